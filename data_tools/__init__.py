@@ -1,0 +1,1 @@
+"""Dataset preparation tools: noise injection, format conversion, synthetic data."""

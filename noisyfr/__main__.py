@@ -1,0 +1,5 @@
+import sys
+
+from noisyfr.cli import main
+
+sys.exit(main())

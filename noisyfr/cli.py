@@ -1,0 +1,64 @@
+"""The ``noisyfr`` command line: one entry point, one subcommand per task.
+
+Each subcommand lives in its own module, imported only when that subcommand runs, and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Bad input (:class:`NoisyFRError`, or a
+``ValueError``/``FileNotFoundError`` raised while reading inputs) is reported as one line on
+stderr with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from noisyfr.errors import NoisyFRError
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "curves": ("noisyfr.losses.curves", "draw similarity and gradient curves of margin losses"),
+    "synth": ("data_tools.synth", "write synthetic face-like identities as an ImageFolder"),
+    "pack": ("data_tools.pack", "pack an ImageFolder into insightface train.rec/.idx/property"),
+    "inject": ("data_tools.inject", "inject controlled label noise and write a manifest"),
+    "train": ("noisyfr.train.cli", "train a backbone + margin head from a YAML config"),
+    "eval": ("noisyfr.eval.cli", "verification accuracy of a checkpoint on pairs/.bin sets"),
+    "sweep": ("noisyfr.tune.cli", "run a Ray Tune grid of losses x noise settings x seeds"),
+    "analyze": ("noisyfr.analysis.cli", "angle/weighting analysis report of a run or sweep"),
+    "demo": ("noisyfr.demo", "run the main job on the embedded synthetic default"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from noisyfr import __version__
+
+    parser = argparse.ArgumentParser(prog="noisyfr", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"noisyfr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        p.set_defaults(_parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # First pass: find the subcommand, then let its module add its own arguments.
+    known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    module = importlib.import_module(known._module)
+    module.add_arguments(known._parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except (NoisyFRError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"noisyfr {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"noisyfr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

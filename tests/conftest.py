@@ -1,0 +1,47 @@
+"""Shared fixtures.
+
+Real faces live in ``../shared/data`` beside the repository (override with NOISYFR_SHARED_DATA).
+Outside CI a test that needs them is skipped when the folder is missing; in CI (``CI`` set) it fails.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _require(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        msg = f"real face data missing: {path} (see DEVELOPERS.md: ../shared/data beside the repo)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require("")
+
+
+@pytest.fixture(scope="session")
+def orl_dir() -> Path:
+    """ORL: 40 identities x 10 grey PGM images, ImageFolder layout ``s<N>/<k>.pgm``."""
+    return _require("orl_faces/images")
+
+
+@pytest.fixture(scope="session")
+def lfw_train_dir() -> Path:
+    """LFW training subset: 84 identities x 10 JPEG (250x250, unaligned)."""
+    return _require("lfw_train/images")
+
+
+@pytest.fixture(scope="session")
+def lfw_pairs_file() -> Path:
+    """LFW View-2 fold 1: 600 pairs; images in ``images/`` beside it."""
+    return _require("lfw_pairs_fold1/pairs.txt")
