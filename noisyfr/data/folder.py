@@ -1,0 +1,122 @@
+"""ImageFolder layout: ``root/<identity>/<image>``, any image format PIL reads.
+
+Indexing only lists files (``os.scandir``, no ``stat`` and no image decoding), so it scales to
+CASIA-WebFace size (~500k files). Identities are the sub-folders sorted by name (label = position),
+files inside each are sorted by name. Hidden entries (name starting with ``.``), files whose
+extension PIL cannot open, files directly in ``root`` and sub-folders without images are ignored.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from noisyfr.data.index import FaceIndex, decode_image
+from noisyfr.errors import NoisyFRError
+
+_IMAGE_EXTENSIONS: frozenset[str] | None = None
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions (with the dot) of every format PIL can open."""
+    global _IMAGE_EXTENSIONS
+    if _IMAGE_EXTENSIONS is None:
+        Image.init()
+        _IMAGE_EXTENSIONS = frozenset(ext.lower() for ext, fmt in
+                                      Image.registered_extensions().items() if fmt in Image.OPEN)
+    return _IMAGE_EXTENSIONS
+
+
+def verify_image_file(path: str | os.PathLike) -> bool:
+    """Cheap integrity check with PIL's ``verify`` (parses headers/chunks, does not decode).
+
+    Catches non-images, wrong contents and broken PNG chunks; a JPEG cut short after its header
+    may still pass and then fails when loaded (with an error naming the file)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types for bad files; any of them means "corrupt"
+        return False
+
+
+class ImageFolderIndex(FaceIndex):
+    """A :class:`FaceIndex` over ``root/<identity>/<image>``.
+
+    ``paths[i]`` is ``"<identity>/<file>"`` relative to ``root``. ``skip_corrupt=True`` verifies
+    every file cheaply when indexing and leaves out the bad ones (their count is ``skipped``,
+    their relative paths ``skipped_paths``); otherwise a corrupt file surfaces when it is loaded,
+    as a :class:`NoisyFRError` naming it.
+    """
+
+    def __init__(self, root: str | os.PathLike, skip_corrupt: bool = False):
+        self.source = str(root)
+        self.root = Path(root)
+        if not self.root.exists():
+            raise NoisyFRError(f"{root}: folder does not exist")
+        if not self.root.is_dir():
+            raise NoisyFRError(f"{root}: not a folder")
+        exts = image_extensions()
+        identities: list[str] = []
+        paths: list[str] = []
+        labels: list[int] = []
+        try:
+            with os.scandir(self.root) as it:
+                subdirs = sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+            for name in subdirs:
+                with os.scandir(self.root / name) as it:
+                    files = sorted(e.name for e in it
+                                   if not e.name.startswith(".")
+                                   and os.path.splitext(e.name)[1].lower() in exts
+                                   and e.is_file())
+                if not files:
+                    continue
+                label = len(identities)
+                identities.append(name)
+                paths.extend(f"{name}/{f}" for f in files)
+                labels.extend([label] * len(files))
+        except OSError as exc:
+            raise NoisyFRError(f"{root}: cannot list folder ({exc.strerror or exc})") from None
+        if not paths:
+            raise NoisyFRError(f"{root}: no images found (expected {root}/<identity>/<image>)")
+        self.skipped = 0
+        self.skipped_paths: list[str] = []
+        if skip_corrupt:
+            keep = [verify_image_file(self.root / p) for p in
+                    tqdm(paths, desc="verify", unit="img", disable=None)]
+            if not all(keep):
+                self.skipped_paths = [p for p, k in zip(paths, keep) if not k]
+                self.skipped = len(self.skipped_paths)
+                paths = [p for p, k in zip(paths, keep) if k]
+                labels = [lab for lab, k in zip(labels, keep) if k]
+                if not paths:
+                    raise NoisyFRError(f"{root}: every image is corrupt")
+                # identities that lost all their images are dropped; labels stay contiguous
+                used = sorted(set(labels))
+                remap = {old: new for new, old in enumerate(used)}
+                identities = [identities[old] for old in used]
+                labels = [remap[lab] for lab in labels]
+        self.identities = identities
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def file(self, i: int) -> Path:
+        """Absolute path of sample ``i``."""
+        return self.root / self.paths[i]
+
+    def read_bytes(self, i: int) -> bytes:
+        """The file's bytes; :class:`NoisyFRError` naming it when it cannot be read."""
+        path = self.root / self.paths[i]
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise NoisyFRError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """uint8 RGB tensor [3, H, W]; a corrupt file raises :class:`NoisyFRError` naming it."""
+        return decode_image(self.read_bytes(i), name=str(self.root / self.paths[i]))
