@@ -7,7 +7,7 @@ the storage (ImageFolder, insightface RecordIO, synthetic). Every index has:
 - ``labels``: int64 numpy array [N], label of each sample (0 .. num_identities-1);
 - ``identities``: list of identity names, ``identities[label]`` is that label's name;
 - ``paths``: list of N strings, a stable key per sample (relative file path for folders,
-  ``"rec/<record id>"`` for RecordIO, ``"synthetic/<id>/<k>.png"`` for synthetic). The dataset
+  ``"rec/<record id>"`` for RecordIO, ``"<identity>/<k:03d>.png"`` for synthetic). The dataset
   fingerprint is computed from ``paths`` and ``labels``;
 - ``source``: the string the index was opened from;
 - ``read_bytes(i)``: the encoded image (JPEG/PNG/PGM... bytes);
