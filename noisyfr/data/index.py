@@ -16,22 +16,26 @@ the storage (ImageFolder, insightface RecordIO, synthetic). Every index has:
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from noisyfr.errors import NoisyFRError
 
+if TYPE_CHECKING:  # torch is imported lazily: label-only work (noise injection) never loads it
+    import torch
 
-def decode_image(data: bytes, name: str = "<bytes>") -> torch.Tensor:
+
+def decode_image(data: bytes, name: str = "<bytes>") -> "torch.Tensor":
     """Decode encoded image bytes to a uint8 RGB tensor [3, H, W]; NoisyFRError naming ``name``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise NoisyFRError(f"{name}: corrupt or unreadable image ({exc})") from None
+    import torch
+
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -54,7 +58,7 @@ class FaceIndex:
     def read_bytes(self, i: int) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def load_image(self, i: int) -> torch.Tensor:
+    def load_image(self, i: int) -> "torch.Tensor":
         return decode_image(self.read_bytes(i), name=f"{self.source}[{i}] ({self.paths[i]})")
 
     def __repr__(self) -> str:
