@@ -1,0 +1,202 @@
+"""Shared machinery of the margin losses.
+
+Every loss is a small subclass of :class:`MarginLoss` that defines ``target_logit(theta)``, a pure
+tensor function of the target angle (radians) before scaling. The base class does the rest once:
+cos -> theta (clamped) -> target_logit -> scatter into ``s * cos``, and the ``exact`` / ``detached``
+gradient switch.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from noisyfr.errors import NoisyFRError
+
+#: Allowed values of ``grad_mode``.
+GRAD_MODES = ("exact", "detached")
+#: cos(theta_y) is clamped to [-1 + COS_EPS, 1 - COS_EPS] before arccos, i.e. theta_y lies in
+#: [~1.41e-3, pi - ~1.41e-3] rad; this keeps d arccos / d cos finite (<= ~707).
+COS_EPS = 1e-6
+
+#: Registry: loss name -> class. Filled by the :func:`register` decorator.
+LOSSES: dict[str, type["MarginLoss"]] = {}
+
+
+def register(name: str):
+    """Class decorator adding a loss class to :data:`LOSSES` under ``name``."""
+
+    def deco(cls):
+        cls.name = name
+        LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+class MarginOutput(NamedTuple):
+    """What a loss hands the head: logits for cross-entropy, the labels to use, an extra term."""
+
+    logits: torch.Tensor  #: [B, C] logits for cross-entropy
+    labels: torch.Tensor  #: [B] labels for cross-entropy (BoundaryFace may correct them)
+    penalty: torch.Tensor | None  #: scalar added to the mean cross-entropy, or None
+
+
+def check_real(loss: str, name: str, value, *, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> float:
+    """Validate a real-valued parameter; raise :class:`NoisyFRError` naming it when invalid."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be a finite number")
+    v = float(value)
+    if integer and v != int(v):
+        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be an integer")
+    bad = ((lo is not None and (v <= lo if lo_open else v < lo))
+           or (hi is not None and (v >= hi if hi_open else v > hi)))
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        rng = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be in {rng}")
+    return int(v) if integer else v
+
+
+def arc_target(theta: torch.Tensor, m) -> torch.Tensor:
+    """ArcFace target cos(theta + m), with the standard fallback cos(theta) - m*sin(m) when
+    theta > pi - m (keeps the curve decreasing). ``m`` may be a float or a tensor like ``theta``."""
+    m_t = torch.as_tensor(m, dtype=theta.dtype, device=theta.device)
+    return torch.where(theta + m_t <= math.pi, torch.cos(theta + m_t),
+                       torch.cos(theta) - m_t * torch.sin(m_t))
+
+
+class MarginLoss(nn.Module):
+    """Base class: ``loss(cos, labels, norms=None) -> logits`` [B, C] for cross-entropy.
+
+    Non-target logits are ``s*cos``, target logits ``s*target_logit(theta_y)``.
+    ``grad_mode="exact"`` differentiates through ``target_logit``; ``"detached"`` applies the margin
+    under ``no_grad`` (arcface_torch convention), so dL/dcos = s*(softmax - onehot).
+    """
+
+    name = "base"
+    #: True when the target logit is cos itself (NormFace, softmax): fast path s*cos.
+    identity_target = False
+    #: Sub-centres per class the head must allocate (Sub-center ArcFace: K).
+    subcenters = 1
+    #: True for plain softmax: the head is an unnormalised linear layer W x + b.
+    linear_head = False
+    #: True when the loss cannot work without ``norms=`` (MagFace).
+    needs_norms = False
+
+    def __init__(self, s: float = 64.0, grad_mode: str = "exact"):
+        super().__init__()
+        self.s = check_real(self.name, "s", s, lo=0.0, lo_open=True)
+        if grad_mode not in GRAD_MODES:
+            raise NoisyFRError(f"{self.name}: invalid parameter grad_mode={grad_mode!r}: "
+                               f"must be one of {', '.join(GRAD_MODES)}")
+        self.grad_mode = grad_mode
+        self.epoch = 1
+
+    # ---- hooks for subclasses -------------------------------------------------------------
+    def target_logit(self, theta: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+        """Target logit before scaling as a pure function of the target angle ``theta`` (radians)."""
+        raise NotImplementedError
+
+    def update_state(self, cos_y: torch.Tensor, norms: torch.Tensor | None) -> None:
+        """Update running state from a training batch (called under no_grad; default: nothing)."""
+
+    def correct_labels(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return the labels to train on (default: unchanged; BoundaryFace corrects some)."""
+        return labels
+
+    def hard_negatives(self, cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor):
+        """Non-target entries to modulate, before scaling and in the graph of ``cos``: either
+        sparse ``(rows, cols, values)`` or a dense modulated copy of ``cos`` [B, C]; None (default)
+        leaves them at ``cos`` (CurricularFace returns its hard negatives)."""
+        return None
+
+    def penalty(self, cos, labels, target, norms) -> torch.Tensor | None:
+        """Extra scalar added to the mean cross-entropy (default: None)."""
+        return None
+
+    # ---- public API ----------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss the current epoch (counts from 1). No-op for most losses."""
+        self.epoch = check_real(self.name, "epoch", epoch, lo=1, integer=True)
+
+    def _check_inputs(self, cos, labels, norms):
+        if not torch.is_tensor(cos) or cos.dim() != 2 or not cos.is_floating_point():
+            raise NoisyFRError(f"{self.name}: cos must be a float tensor [B, C], got "
+                               f"{getattr(cos, 'shape', type(cos).__name__)}")
+        if (not torch.is_tensor(labels) or labels.dim() != 1 or labels.shape[0] != cos.shape[0]
+                or labels.dtype != torch.int64):
+            raise NoisyFRError(f"{self.name}: labels must be an int64 tensor [{cos.shape[0]}], got "
+                               f"{getattr(labels, 'dtype', type(labels).__name__)} "
+                               f"{tuple(getattr(labels, 'shape', ()))}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cos.shape[1]):
+            raise NoisyFRError(f"{self.name}: labels out of range [0, {cos.shape[1]}): "
+                               f"min {int(labels.min())}, max {int(labels.max())}")
+        if norms is not None and (not torch.is_tensor(norms) or norms.shape != labels.shape):
+            raise NoisyFRError(f"{self.name}: norms must be a tensor [{cos.shape[0]}], got "
+                               f"{tuple(getattr(norms, 'shape', ()))}")
+        if norms is None and self.needs_norms:
+            raise NoisyFRError(f"{self.name}: needs the feature norms (norms=[B]); use MarginHead")
+        if cos.dtype in (torch.float16, torch.bfloat16):
+            cos = cos.float()
+            norms = None if norms is None else norms.float()
+        return cos, labels, norms
+
+    def compute(self, cos: torch.Tensor, labels: torch.Tensor,
+                norms: torch.Tensor | None = None) -> MarginOutput:
+        """Logits, training labels and penalty for cosines ``cos`` [B, C] and ``labels`` [B]."""
+        cos, labels, norms = self._check_inputs(cos, labels, norms)
+        if self.identity_target:
+            return MarginOutput(cos * self.s, labels, None)
+        if self.training:
+            with torch.no_grad():
+                self.update_state(cos.gather(1, labels.unsqueeze(1)).squeeze(1), norms)
+        labels = self.correct_labels(cos, labels)
+        idx = labels.unsqueeze(1)
+        cos_y = cos.gather(1, idx).squeeze(1)
+        if self.grad_mode == "exact":
+            theta = torch.acos(cos_y.clamp(-1 + COS_EPS, 1 - COS_EPS))
+            target = self.target_logit(theta, norms)
+        else:
+            with torch.no_grad():
+                theta = torch.acos(cos_y.clamp(-1 + COS_EPS, 1 - COS_EPS))
+                t_val = self.target_logit(theta, norms)
+            target = cos_y + (t_val - cos_y.detach())  # value T(theta), gradient 1 w.r.t. cos_y
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        cols, values = labels, target.to(cos.dtype)
+        hard = self.hard_negatives(cos, labels, target.detach())
+        base = cos
+        if torch.is_tensor(hard):  # dense modulation
+            base = hard if self.grad_mode == "exact" else cos + (hard.detach() - cos.detach())
+        elif hard is not None:
+            h_rows, h_cols, h_vals = hard
+            if self.grad_mode == "detached":  # straight-through: value modulated, gradient 1
+                cos_h = cos[h_rows, h_cols]
+                h_vals = cos_h + (h_vals.detach() - cos_h.detach())
+            rows, cols = torch.cat([rows, h_rows]), torch.cat([cols, h_cols])
+            values = torch.cat([values, h_vals.to(cos.dtype)])
+        # s*cos everywhere, then the target (and modulated) entries written in place: one pass
+        # over [B, C] forward and one in backward beyond NormFace's s*cos.
+        logits = base * self.s
+        logits.index_put_((rows, cols), values * self.s)
+        return MarginOutput(logits, labels, self.penalty(cos, labels, target, norms))
+
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor,
+                norms: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, C] for cross-entropy (see :meth:`compute` for labels and penalty)."""
+        return self.compute(cos, labels, norms).logits
+
+    def hparams(self) -> dict:
+        """The constructor parameters of this loss (name -> value)."""
+        import inspect
+
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in params if k != "self" and hasattr(self, k)}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hparams().items())

@@ -1,0 +1,99 @@
+"""MarginHead: the shared class-centre layer in front of every loss."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noisyfr.errors import NoisyFRError
+from noisyfr.losses.base import MarginLoss, check_real
+
+
+class MarginHead(nn.Module):
+    """Class centres + loss: ``loss_value, logits, cos = head(features, labels)``.
+
+    Features and centres are L2-normalised and ``cos`` [B, C] (after the max over sub-centres) is
+    passed to the loss with ``norms`` = feature norms [B]. ``cos`` stays in the autograd graph, so
+    ``cos.retain_grad()`` gives dL/dcos. ``loss_value`` is the mean cross-entropy plus the loss's
+    penalty (MagFace regulariser, BoundaryFace term). For ``softmax`` the head is an unnormalised
+    linear layer (logits = W x + b), and ``cos`` is still the normalised cosine.
+    ``loss`` is a loss module or a registered name (built with its defaults).
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int, loss: MarginLoss | str = "arcface"):
+        super().__init__()
+        self.embedding_dim = check_real("MarginHead", "embedding_dim", embedding_dim, lo=1,
+                                        integer=True)
+        self.num_classes = check_real("MarginHead", "num_classes", num_classes, lo=1, integer=True)
+        if isinstance(loss, str):
+            from noisyfr.losses import build_loss
+
+            loss = build_loss(loss)
+        if not isinstance(loss, MarginLoss):
+            raise NoisyFRError(f"MarginHead: invalid parameter loss={loss!r}: must be a loss name "
+                               "or a noisyfr.losses loss module")
+        self.loss = loss
+        self.K = int(loss.subcenters)
+        C, d, K = self.num_classes, self.embedding_dim, self.K
+        self.weight = nn.Parameter(torch.empty(C * K, d))
+        if loss.linear_head:
+            self.bias = nn.Parameter(torch.zeros(C))
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
+        else:
+            self.register_parameter("bias", None)
+            nn.init.normal_(self.weight, 0.0, 0.01)  # insightface's centre init
+        if K > 1:
+            self.register_buffer("subcentre_counts", torch.zeros(C, K, dtype=torch.long))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor):
+        """Return ``(loss_value, logits, cos)`` for features [B, d] and int64 labels [B]."""
+        if not torch.is_tensor(features) or features.dim() != 2 \
+                or features.shape[1] != self.embedding_dim:
+            raise NoisyFRError(f"MarginHead: features must be [B, {self.embedding_dim}], got "
+                               f"{tuple(getattr(features, 'shape', ()))}")
+        norms = features.norm(dim=1)
+        x = features / norms.clamp_min(1e-12).unsqueeze(1)
+        # cos = x_hat . W_j / |W_j|: dividing the [B, C] product is cheaper than normalising the
+        # [C, d] centres (B < d), with the same value and gradient.
+        w_norms = self.weight.norm(dim=1)
+        cos = F.linear(x, self.weight) * w_norms.clamp_min(1e-12).reciprocal()
+        if self.K > 1:
+            cos, sub = cos.view(-1, self.num_classes, self.K).max(dim=2)
+            if self.training and torch.is_tensor(labels) and labels.dtype == torch.int64 \
+                    and labels.shape == cos.shape[:1] and labels.numel() \
+                    and 0 <= int(labels.min()) and int(labels.max()) < self.num_classes:
+                with torch.no_grad():
+                    k = sub.gather(1, labels.unsqueeze(1)).squeeze(1)
+                    self.subcentre_counts.view(-1).index_add_(
+                        0, labels * self.K + k, torch.ones_like(labels))
+        if self.loss.linear_head:
+            out = self.loss.compute(cos, labels, norms=norms, centre_norms=w_norms,
+                                    bias=self.bias)
+        else:
+            out = self.loss.compute(cos, labels, norms=norms)
+        value = F.cross_entropy(out.logits, out.labels)
+        if out.penalty is not None:
+            value = value + out.penalty
+        return value, out.logits, cos
+
+    @torch.no_grad()
+    def class_centres(self) -> torch.Tensor:
+        """Normalised class centres [C, d]; with sub-centres, each class's dominant one (the one
+        most training samples were nearest to so far; sub-centre 0 before any training step)."""
+        w = F.normalize(self.weight.detach(), dim=1)
+        if self.K == 1:
+            return w
+        w = w.view(self.num_classes, self.K, -1)
+        dom = self.subcentre_counts.argmax(dim=1)
+        return w[torch.arange(self.num_classes, device=w.device), dom]
+
+    def subcentre_outliers(self, features: torch.Tensor, labels: torch.Tensor,
+                           threshold_deg: float = 75.0):
+        """Sub-center ArcFace outlier query over a whole set of features (see
+        :meth:`SubCenterArcFace.outlier_query`)."""
+        if not hasattr(self.loss, "outlier_query"):
+            raise NoisyFRError(f"MarginHead: loss {self.loss.name} has no sub-centres to query")
+        centres = self.weight.detach().view(self.num_classes, self.K, -1)
+        return self.loss.outlier_query(features, labels, centres, threshold_deg)

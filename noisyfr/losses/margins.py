@@ -1,0 +1,169 @@
+"""Fixed-margin losses: softmax, NormFace, SphereFace, CosFace, ArcFace, combined, ExpFace."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from noisyfr.losses.base import (COS_EPS, MarginLoss, MarginOutput, arc_target, check_real,
+                                 register)
+
+
+@register("softmax")
+class Softmax(MarginLoss):
+    """Plain softmax: unnormalised linear head ``W x + b`` + cross-entropy.
+
+    Called by :class:`MarginHead` with the feature norms, centre norms and bias, the logits are
+    ``|x| |W_j| cos_j + b_j`` (= ``W x + b``), written through ``cos`` so that dL/dcos is readable.
+    Called alone (no norms), the logits are ``cos`` (s = 1).
+    """
+
+    identity_target = True
+    linear_head = True
+
+    def __init__(self, grad_mode: str = "exact"):
+        super().__init__(s=1.0, grad_mode=grad_mode)
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = cos(theta)."""
+        return torch.cos(theta)
+
+    def compute(self, cos, labels, norms=None, centre_norms=None, bias=None) -> MarginOutput:
+        """Logits ``norms*centre_norms*cos + bias`` (each factor optional)."""
+        cos, labels, norms = self._check_inputs(cos, labels, norms)
+        if norms is not None and centre_norms is not None:
+            scale = torch.outer(norms, centre_norms)
+        elif norms is not None:
+            scale = norms.unsqueeze(1)
+        elif centre_norms is not None:
+            scale = centre_norms.unsqueeze(0)
+        else:
+            return MarginOutput(cos if bias is None else cos + bias, labels, None)
+        logits = cos * scale if bias is None else torch.addcmul(bias, cos, scale)
+        return MarginOutput(logits, labels, None)
+
+
+@register("normface")
+class NormFace(MarginLoss):
+    """NormFace: logits ``s*cos`` (no margin), s=64."""
+
+    identity_target = True
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = cos(theta)."""
+        return torch.cos(theta)
+
+
+@register("cosface")
+class CosFace(MarginLoss):
+    """CosFace / AM-Softmax: T(theta) = cos(theta) - m, m=0.35, s=64."""
+
+    def __init__(self, m: float = 0.35, s: float = 64.0, grad_mode: str = "exact"):
+        super().__init__(s=s, grad_mode=grad_mode)
+        self.m = check_real(self.name, "m", m, lo=0.0, hi=2.0)
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = cos(theta) - m."""
+        return torch.cos(theta) - self.m
+
+
+@register("arcface")
+class ArcFace(MarginLoss):
+    """ArcFace: T(theta) = cos(theta + m) (m=0.5, s=64); cos(theta) - m*sin(m) for theta > pi - m."""
+
+    def __init__(self, m: float = 0.5, s: float = 64.0, grad_mode: str = "exact"):
+        super().__init__(s=s, grad_mode=grad_mode)
+        self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = cos(theta + m), fallback cos(theta) - m*sin(m) beyond pi - m."""
+        return arc_target(theta, self.m)
+
+
+@register("combined")
+class Combined(MarginLoss):
+    """Combined margin T(theta) = cos(m1*theta + m2) - m3 with all three margins active.
+
+    Beyond theta_c = (pi - m2)/m1 (where m1*theta + m2 would pass pi) the target continues as
+    cos(theta) - (1 + cos(theta_c)) - m3: continuous at theta_c and decreasing.
+    Defaults m1=1, m2=0.3, m3=0.2, s=64 (insightface's combined setting).
+    """
+
+    def __init__(self, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2, s: float = 64.0,
+                 grad_mode: str = "exact"):
+        super().__init__(s=s, grad_mode=grad_mode)
+        self.m1 = check_real(self.name, "m1", m1, lo=0.0, lo_open=True, hi=10.0)
+        self.m2 = check_real(self.name, "m2", m2, lo=0.0, hi=math.pi, hi_open=True)
+        self.m3 = check_real(self.name, "m3", m3, lo=0.0, hi=2.0)
+        self.theta_c = (math.pi - self.m2) / self.m1
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = cos(m1*theta + m2) - m3 (continuous decreasing fallback beyond theta_c)."""
+        main = torch.cos(self.m1 * theta + self.m2) - self.m3
+        if self.theta_c >= math.pi:
+            return main
+        fallback = torch.cos(theta) - (1.0 + math.cos(self.theta_c)) - self.m3
+        return torch.where(theta <= self.theta_c, main, fallback)
+
+
+@register("expface")
+class ExpFace(MarginLoss):
+    """ExpFace: T(theta) = cos(pi * (theta/pi)^m), m=0.7, s=64 (m must be > 0)."""
+
+    def __init__(self, m: float = 0.7, s: float = 64.0, grad_mode: str = "exact"):
+        super().__init__(s=s, grad_mode=grad_mode)
+        self.m = check_real(self.name, "m", m, lo=0.0, lo_open=True, hi=10.0)
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = cos(pi * (theta/pi)^m)."""
+        return torch.cos(math.pi * torch.pow(theta / math.pi, self.m))
+
+
+@register("sphereface")
+class SphereFace(MarginLoss):
+    """SphereFace (A-Softmax) on normalised features, scaled by ``s`` (not by the feature norm).
+
+    psi(theta) = (-1)^k cos(m*theta) - 2k, k = floor(m*theta/pi); target
+    T = (lambda*cos(theta) + psi(theta)) / (1 + lambda) with the annealing
+    lambda = max(lambda_min, lambda_base*(1 + gamma*iteration)^-power), where ``iteration`` counts
+    training forwards including the current one (0 before training: lambda = lambda_base).
+    """
+
+    def __init__(self, m: float = 4, s: float = 64.0, lambda_base: float = 1000.0,
+                 gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0,
+                 grad_mode: str = "exact"):
+        super().__init__(s=s, grad_mode=grad_mode)
+        self.m = check_real(self.name, "m", m, lo=1.0, hi=16.0)
+        self.lambda_base = check_real(self.name, "lambda_base", lambda_base, lo=0.0)
+        self.gamma = check_real(self.name, "gamma", gamma, lo=0.0)
+        self.power = check_real(self.name, "power", power, lo=0.0)
+        self.lambda_min = check_real(self.name, "lambda_min", lambda_min, lo=0.0)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    @property
+    def lambda_(self) -> float:
+        """Current annealing weight lambda."""
+        it = int(self.iteration)
+        return max(self.lambda_min, self.lambda_base * (1.0 + self.gamma * it) ** (-self.power))
+
+    def set_iteration(self, iteration: int) -> None:
+        """Set the annealing iteration counter (e.g. to show the annealed curve)."""
+        self.iteration.fill_(check_real(self.name, "iteration", iteration, lo=0, integer=True))
+
+    def psi(self, theta: torch.Tensor) -> torch.Tensor:
+        """A-Softmax psi(theta) = (-1)^k cos(m*theta) - 2k, k = floor(m*theta/pi)."""
+        k = torch.floor(self.m * theta.detach() / math.pi)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
+        return sign * torch.cos(self.m * theta) - 2.0 * k
+
+    def update_state(self, cos_y, norms):
+        self.iteration += 1
+
+    def target_logit(self, theta, norms=None):
+        """T(theta) = (lambda*cos(theta) + psi(theta)) / (1 + lambda) at the current lambda."""
+        lam = self.lambda_
+        return (lam * torch.cos(theta) + self.psi(theta)) / (1.0 + lam)
+
+
+__all__ = ["Softmax", "NormFace", "CosFace", "ArcFace", "Combined", "ExpFace", "SphereFace",
+           "COS_EPS"]

@@ -1,0 +1,462 @@
+"""Margin losses against hand-derived closed forms, finite differences and pytorch-metric-learning."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from noisyfr.errors import NoisyFRError
+from noisyfr.losses import LOSSES, MarginHead, build_loss
+
+MARGIN_LOSSES = ["sphereface", "cosface", "arcface", "combined", "expface", "curricularface",
+                 "adaface", "magface", "subcenter_arcface", "boundaryface"]
+ALL = ["softmax", "normface"] + MARGIN_LOSSES
+
+
+def _cos_batch(B=6, C=5, lo=-0.75, hi=0.9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cos = lo + (hi - lo) * torch.rand(B, C, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=g)
+    return cos, labels
+
+
+def _norms(B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return 15.0 + 80.0 * torch.rand(B, generator=g, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- registry and validation
+def test_registry_lists_every_loss():
+    assert set(ALL) <= set(LOSSES)
+    for name in ALL:
+        loss = build_loss(name)
+        assert loss.name == name
+        loss.set_epoch(3)
+        assert loss.epoch == 3
+
+
+@pytest.mark.parametrize("name,kwargs,word", [
+    ("expface", {"m": 0.0}, "m="), ("expface", {"m": -0.5}, "m="), ("arcface", {"s": 0}, "s="),
+    ("cosface", {"m": -0.1}, "m="), ("arcface", {"grad_mode": "fast"}, "grad_mode"),
+    ("combined", {"m1": 0}, "m1"), ("combined", {"m2": -1}, "m2"), ("combined", {"m3": -1}, "m3"),
+    ("sphereface", {"m": 0.5}, "m="), ("magface", {"u_a": 5.0}, "u_a"),
+    ("subcenter_arcface", {"K": 0}, "K="), ("adaface", {"h": 0}, "h="),
+    ("arcface", {"m": "0.5"}, "m="), ("arcface", {"m": float("nan")}, "m="),
+    ("boundaryface", {"start_epoch": 1.5}, "start_epoch"),
+    ("arcface", {"margin": 0.5}, "margin"), ("softmax", {"s": 30}, "'s'"),
+])
+def test_invalid_parameter_names_it(name, kwargs, word):
+    with pytest.raises(ValueError, match=word) as exc:
+        build_loss(name, **kwargs)
+    assert isinstance(exc.value, NoisyFRError)
+    assert name in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unknown_loss_name():
+    with pytest.raises(NoisyFRError, match="'nosuchface'"):
+        build_loss("nosuchface")
+    with pytest.raises(NoisyFRError, match="nosuchface"):
+        MarginHead(8, 4, "nosuchface")
+
+
+def test_bad_inputs_rejected():
+    loss = build_loss("arcface")
+    cos = torch.zeros(3, 4)
+    with pytest.raises(NoisyFRError, match="labels out of range"):
+        loss(cos, torch.tensor([0, 1, 4]))
+    with pytest.raises(NoisyFRError, match="int64"):
+        loss(cos, torch.tensor([0, 1, 2], dtype=torch.int32))
+    with pytest.raises(NoisyFRError, match="cos"):
+        loss(torch.zeros(3), torch.tensor([0, 1, 2]))
+    with pytest.raises(NoisyFRError, match="norms"):
+        build_loss("magface")(cos, torch.tensor([0, 1, 2]))
+    with pytest.raises(NoisyFRError, match="epoch"):
+        loss.set_epoch(0)
+    with pytest.raises(NoisyFRError, match="features"):
+        MarginHead(8, 4, "arcface")(torch.zeros(2, 7), torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------- closed forms
+def _target_closed_form(name, c, loss, norms=None):
+    """Hand-derived target logits from cos values c (float64 numpy), independent of the code."""
+    s1 = np.sqrt(1 - c ** 2)
+    if name == "cosface":
+        return c - 0.35
+    if name in ("arcface", "subcenter_arcface", "boundaryface", "curricularface"):
+        m = 0.5
+        return np.where(c > math.cos(math.pi - m), c * math.cos(m) - s1 * math.sin(m),
+                        c - m * math.sin(m))
+    if name == "combined":  # m1=1, m2=0.3, m3=0.2 ; main branch for theta <= pi - 0.3
+        return c * math.cos(0.3) - s1 * math.sin(0.3) - 0.2
+    if name == "expface":
+        return np.cos(math.pi * (np.arccos(c) / math.pi) ** 0.7)
+    if name == "sphereface":  # m=4: cos(4t) = 8c^4 - 8c^2 + 1 (Chebyshev), k from the angle
+        k = np.floor(4 * np.arccos(c) / math.pi)
+        psi = (-1.0) ** k * (8 * c ** 4 - 8 * c ** 2 + 1) - 2 * k
+        lam = loss.lambda_
+        return (lam * c + psi) / (1 + lam)
+    if name == "adaface":  # running stats at their initial values 20 / 100
+        z = np.clip((np.clip(norms, 1e-3, 100) - 20.0) / (100.0 + 1e-3) * 0.333, -1, 1)
+        th = np.clip(np.arccos(c) - 0.4 * z, 1e-3, math.pi - 1e-3)
+        return np.cos(th) - 0.4 - 0.4 * z
+    if name == "magface":
+        a = np.clip(norms, 10, 110)
+        m = 0.45 + (0.8 - 0.45) * (a - 10) / 100
+        return np.where(np.arccos(c) + m <= math.pi, c * np.cos(m) - s1 * np.sin(m),
+                        c - m * np.sin(m))
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", MARGIN_LOSSES)
+def test_target_logits_match_closed_form(name):
+    cos, labels = _cos_batch(B=40, C=6, lo=-0.99, hi=0.99)
+    norms = _norms(40)
+    loss = build_loss(name).double().eval()
+    logits = loss(cos, labels, norms=norms)
+    c = cos.numpy()
+    cy = c[np.arange(40), labels.numpy()]
+    expected_t = _target_closed_form(name, cy, loss, norms.numpy())
+    if name == "combined":
+        keep = np.arccos(cy) <= math.pi - 0.3
+        expected_t = np.where(keep, expected_t, logits.detach().numpy()[np.arange(40), labels] / 64)
+    np.testing.assert_allclose(logits.detach().numpy()[np.arange(40), labels.numpy()],
+                               loss.s * expected_t, rtol=1e-9, atol=1e-9)
+    mask = np.ones_like(c, dtype=bool)
+    mask[np.arange(40), labels.numpy()] = False
+    if name != "curricularface":  # non-target logits are s*cos
+        np.testing.assert_allclose(logits.detach().numpy()[mask], loss.s * c[mask], rtol=1e-12)
+
+
+def test_arcface_fallback_region():
+    loss = build_loss("arcface", m=0.5).double()
+    theta = torch.tensor([math.pi - 0.5 + 1e-3, 3.0], dtype=torch.float64)
+    np.testing.assert_allclose(loss.target_logit(theta).numpy(),
+                               np.cos(theta.numpy()) - 0.5 * math.sin(0.5), rtol=1e-12)
+
+
+def test_combined_really_combines_and_is_continuous():
+    theta = torch.linspace(0.0, math.pi, 2001, dtype=torch.float64)
+    loss = build_loss("combined", m1=1.2, m2=0.3, m3=0.15).double()
+    t = loss.target_logit(theta)
+    th = theta.numpy()
+    main = np.cos(1.2 * th + 0.3) - 0.15
+    thc = (math.pi - 0.3) / 1.2
+    np.testing.assert_allclose(t.numpy()[th <= thc], main[th <= thc], rtol=1e-12)
+    np.testing.assert_allclose(t.numpy()[th > thc], (np.cos(th) - 1 - math.cos(thc) - 0.15)[th > thc])
+    assert torch.all(t[1:] - t[:-1] < 0)  # decreasing, no jump up
+    assert abs(float(loss.target_logit(torch.tensor(thc + 1e-9, dtype=torch.float64)))
+               - (-1.15)) < 1e-6  # continuous at theta_c
+    # m1=1, m2=0.5, m3=0 is ArcFace wherever theta + m <= pi
+    arc, comb = build_loss("arcface").double(), build_loss("combined", m1=1, m2=0.5, m3=0).double()
+    part = theta[theta <= math.pi - 0.5]
+    torch.testing.assert_close(comb.target_logit(part), arc.target_logit(part))
+
+
+def test_normface_and_softmax_logits():
+    cos, labels = _cos_batch()
+    torch.testing.assert_close(build_loss("normface", s=30)(cos, labels), 30 * cos)
+    torch.manual_seed(0)
+    head = MarginHead(8, 5, "softmax")
+    x = torch.randn(6, 8)
+    value, logits, cos_h = head(x, labels)
+    ref = F.linear(x, head.weight, head.bias)  # the unnormalised linear layer
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(value, F.cross_entropy(ref, labels), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cos_h, F.normalize(x) @ F.normalize(head.weight).T)
+
+
+def test_sphereface_lambda_annealing():
+    loss = build_loss("sphereface").double()
+    assert loss.lambda_ == 1000.0
+    cos, labels = _cos_batch()
+    for n in range(1, 4):
+        loss(cos, labels)  # training mode: one iteration each
+        assert loss.lambda_ == pytest.approx(1000.0 / (1 + 0.12 * n))
+    loss.eval()
+    loss(cos, labels)
+    assert loss.lambda_ == pytest.approx(1000.0 / (1 + 0.12 * 3))  # eval does not anneal
+    loss.set_iteration(10 ** 6)
+    assert loss.lambda_ == 5.0
+    zero = build_loss("sphereface", lambda_base=0, lambda_min=0).double()
+    theta = torch.linspace(0, math.pi, 50, dtype=torch.float64)
+    torch.testing.assert_close(zero.target_logit(theta), zero.psi(theta))
+
+
+def test_curricularface_modulates_hard_negatives():
+    cos, labels = _cos_batch(B=30, C=6, lo=-0.9, hi=0.9)
+    loss = build_loss("curricularface").double()
+    loss(cos, labels)  # training step: t <- 0.01 * mean(cos_y)
+    cy = cos[torch.arange(30), labels]
+    assert float(loss.t) == pytest.approx(0.01 * float(cy.mean()))
+    loss.t.fill_(0.3)
+    loss.eval()
+    logits = loss(cos, labels).detach().numpy() / 64
+    c = cos.numpy()
+    ty = _target_closed_form("curricularface", cy.numpy(), loss)
+    expected = np.where(c > ty[:, None], c * (0.3 + c), c)
+    expected[np.arange(30), labels.numpy()] = ty
+    assert (c > ty[:, None]).sum() > 30  # some hard negatives exist in this batch
+    np.testing.assert_allclose(logits, expected, rtol=1e-12)
+
+
+def test_adaface_running_stats_and_margin():
+    cos, labels = _cos_batch(B=8)
+    norms = _norms(8)
+    loss = build_loss("adaface").double()
+    loss(cos, labels, norms=norms)
+    assert float(loss.batch_mean) == pytest.approx(0.99 * 20 + 0.01 * float(norms.mean()))
+    assert float(loss.batch_std) == pytest.approx(0.99 * 100 + 0.01 * float(norms.std()))
+    # without norms the margin is the typical-sample one: cos(theta) - m
+    theta = torch.linspace(0.1, 3.0, 20, dtype=torch.float64)
+    torch.testing.assert_close(loss.target_logit(theta), torch.cos(theta) - 0.4)
+
+
+def test_magface_regulariser_in_head_value():
+    torch.manual_seed(0)
+    head = MarginHead(8, 5, "magface").double()
+    x = torch.randn(6, 8, dtype=torch.float64) * torch.tensor([5, 20, 50, 80, 120, 30.0])[:, None]
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    value, logits, _ = head(x, labels)
+    a = x.norm(dim=1).clamp(10, 110)
+    reg = 35 * (a / 110 ** 2 + 1 / a).mean()
+    torch.testing.assert_close(value, F.cross_entropy(logits, labels) + reg)
+
+
+def test_boundaryface_corrects_labels_after_start_epoch():
+    loss = build_loss("boundaryface", start_epoch=2).double()
+    # sample 0: own class far (cos 0.1), class 2 close (cos 0.9): cos(acos(0.9)+0.5) > 0.1 -> flip
+    # sample 1: clean, own class close
+    cos = torch.tensor([[0.1, 0.0, 0.9, 0.2], [0.8, 0.1, 0.3, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0])
+    out = loss.compute(cos, labels)
+    assert out.labels.tolist() == [0, 0] and out.penalty is None
+    loss.set_epoch(3)
+    out = loss.compute(cos, labels)
+    assert out.labels.tolist() == [2, 0]
+    assert loss.last_corrected.tolist() == [True, False]
+    t = _target_closed_form("arcface", np.array([0.9, 0.8]), loss)
+    neg = np.array([0.2, 0.3])  # nearest negatives after correction
+    assert float(out.penalty) == pytest.approx(math.pi * np.maximum(neg - t, 0).mean())
+    assert out.logits[0, 2] == pytest.approx(64 * t[0])
+
+
+def test_subcenter_head_max_dominant_and_outliers():
+    torch.manual_seed(0)
+    C, K, d = 3, 3, 6
+    head = MarginHead(d, C, build_loss("subcenter_arcface"))
+    assert head.weight.shape == (C * K, d)
+    x = torch.randn(10, d)
+    labels = torch.randint(0, C, (10,))
+    _, _, cos = head(x, labels)
+    w = F.normalize(head.weight).view(C, K, d)
+    brute = torch.einsum("bd,ckd->bck", F.normalize(x), w).amax(dim=2)
+    torch.testing.assert_close(cos, brute)
+    # a class whose samples sit on sub-centre 2, one sample far away
+    with torch.no_grad():
+        centres = torch.zeros(C, K, d)
+        centres[:, 0, 0] = 1
+        centres[:, 1, 1] = 1
+        centres[:, 2, 2] = 1
+        head.weight.copy_(centres.view(C * K, d))
+    feats = torch.tensor([[0, 0, 1, 0, 0, 0.1], [0, 0.1, 1, 0, 0, 0], [0, 0, 1, 0.2, 0, 0],
+                          [1, 0, 0, 0, 0, 0.0]])
+    lab = torch.zeros(4, dtype=torch.long)
+    q = head.subcentre_outliers(feats, lab)
+    assert int(q.dominant[0]) == 2
+    assert q.outlier.tolist() == [False, False, False, True]
+    assert float(q.theta[3]) == pytest.approx(math.pi / 2)
+    head.train()
+    head(feats, lab)
+    torch.testing.assert_close(head.class_centres()[0], centres[0, 2])
+    assert torch.allclose(head.class_centres().norm(dim=1), torch.ones(C))
+
+
+# ---------------------------------------------------------------- gradients
+def _gradcheck_inputs(name):
+    cos, labels = _cos_batch(B=5, C=4, lo=-0.7, hi=0.85, seed=3)
+    if name == "boundaryface":
+        cos[torch.arange(5), labels] = torch.tensor([0.8, 0.7, 0.75, 0.6, 0.82], dtype=torch.float64)
+    return cos, labels
+
+
+@pytest.mark.parametrize("name", MARGIN_LOSSES)
+def test_exact_gradient_matches_finite_differences(name):
+    cos, labels = _gradcheck_inputs(name)
+    loss = build_loss(name, grad_mode="exact").double().eval()
+    if name == "boundaryface":
+        loss.set_epoch(100)
+    if name == "curricularface":
+        loss.t.fill_(0.2)
+    if name == "sphereface":
+        loss.set_iteration(40)  # lambda between base and min
+    # AdaFace detaches the norms (as in its paper code); MagFace differentiates through them
+    norms = _norms(5).requires_grad_(name == "magface")
+
+    def f(c, n):
+        out = loss.compute(c, labels, norms=n)
+        v = F.cross_entropy(out.logits, out.labels)
+        return v if out.penalty is None else v + out.penalty
+
+    assert torch.autograd.gradcheck(f, (cos.clone().requires_grad_(True), norms), eps=1e-6,
+                                    atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MARGIN_LOSSES)
+def test_detached_gradient_is_s_times_p_minus_y(name):
+    cos, labels = _gradcheck_inputs(name)
+    loss = build_loss(name, grad_mode="detached").double().eval()
+    exact = build_loss(name, grad_mode="exact").double().eval()
+    for lo in (loss, exact):
+        if name == "boundaryface":
+            lo.set_epoch(100)
+        if name == "curricularface":
+            lo.t.fill_(0.2)
+    norms = _norms(5)
+    c = cos.clone().requires_grad_(True)
+    out = loss.compute(c, labels, norms=norms)
+    F.cross_entropy(out.logits, out.labels, reduction="sum").backward()
+    p = torch.softmax(out.logits.detach(), dim=1)
+    expected = loss.s * (p - F.one_hot(out.labels, cos.shape[1]).double())
+    torch.testing.assert_close(c.grad, expected, rtol=1e-10, atol=1e-12)
+    # same forward values in both modes, different gradients
+    c2 = cos.clone().requires_grad_(True)
+    out2 = exact.compute(c2, labels, norms=norms)
+    torch.testing.assert_close(out2.logits, out.logits.detach())
+    F.cross_entropy(out2.logits, out2.labels, reduction="sum").backward()
+    if name == "cosface":  # T = cos - m has dT/dcos = 1: both modes coincide
+        torch.testing.assert_close(c2.grad, c.grad)
+    else:
+        assert not torch.allclose(c2.grad, c.grad)
+
+
+def test_head_cos_grad_is_per_sample_dl_dcos():
+    torch.manual_seed(0)
+    head = MarginHead(8, 5, build_loss("arcface", grad_mode="detached"))
+    x = torch.randn(4, 8, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    value, logits, cos = head(x, labels)
+    cos.retain_grad()
+    value.backward()
+    p = torch.softmax(logits.detach(), dim=1)
+    torch.testing.assert_close(cos.grad, 64 * (p - F.one_hot(labels, 5)) / 4, rtol=1e-4, atol=1e-6)
+    assert x.grad is not None and head.weight.grad is not None
+
+
+def test_same_seed_same_bytes():
+    def run():
+        torch.manual_seed(7)
+        head = MarginHead(16, 9, "curricularface")
+        x = torch.randn(8, 16)
+        v, _, _ = head(x, torch.arange(8))
+        return head.weight.detach().numpy().tobytes(), v.detach().numpy().tobytes()
+    assert run() == run()
+
+
+# ---------------------------------------------------------------- monotonic targets
+@pytest.mark.parametrize("name", ["arcface", "cosface", "expface", "combined", "magface",
+                                  "sphereface", "curricularface"])
+def test_target_curve_decreasing(name):
+    theta = torch.linspace(0, math.pi, 20001, dtype=torch.float64)
+    t = build_loss(name).double().target_logit(theta)
+    assert torch.all(t[1:] < t[:-1])
+
+
+# ---------------------------------------------------------------- pytorch-metric-learning
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside PML (numpy 2 API)
+def test_against_pytorch_metric_learning():
+    pml = pytest.importorskip("pytorch_metric_learning.losses")
+    c = torch.linspace(-0.999, 0.999, 801, dtype=torch.float64)
+    theta = torch.acos(c)
+    arc = pml.ArcFaceLoss(num_classes=3, embedding_size=4, margin=math.degrees(0.5), scale=64)
+    torch.testing.assert_close(build_loss("arcface").double().target_logit(theta),
+                               arc.modify_cosine_of_target_classes(c))
+    cosf = pml.CosFaceLoss(num_classes=3, embedding_size=4, margin=0.35, scale=64)
+    torch.testing.assert_close(build_loss("cosface").double().target_logit(theta),
+                               cosf.modify_cosine_of_target_classes(c))
+    sph = pml.SphereFaceLoss(num_classes=3, embedding_size=4, margin=4)
+    sph.cast_types(torch.float64, "cpu")
+    ours = build_loss("sphereface", lambda_base=0, lambda_min=0).double()
+    torch.testing.assert_close(ours.target_logit(theta), sph.modify_cosine_of_target_classes(c))
+
+
+@pytest.mark.parametrize("name,cls,margin", [("arcface", "ArcFaceLoss", math.degrees(0.5)),
+                                             ("cosface", "CosFaceLoss", 0.35)])
+def test_head_loss_value_matches_pytorch_metric_learning(name, cls, margin):
+    pml = pytest.importorskip("pytorch_metric_learning.losses")
+    torch.manual_seed(0)
+    ref = getattr(pml, cls)(num_classes=7, embedding_size=12, margin=margin, scale=64)
+    head = MarginHead(12, 7, name)
+    with torch.no_grad():
+        head.weight.copy_(ref.W.T)
+    x = torch.randn(16, 12, requires_grad=True)
+    labels = torch.randint(0, 7, (16,))
+    value, _, _ = head(x, labels)
+    (gx,) = torch.autograd.grad(value, x)
+    ref_value = ref(x, labels)
+    (rx,) = torch.autograd.grad(ref_value, x)
+    torch.testing.assert_close(value, ref_value, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, rx, rtol=1e-3, atol=1e-5)  # exact mode = PML's gradient
+
+
+@pytest.mark.parametrize("grad_mode", ["exact", "detached"])
+def test_curricularface_sparse_hard_negatives(grad_mode):
+    """Few hard negatives take the sparse path; values and gradients as in the dense formula."""
+    B, C = 4, 60
+    cos = torch.full((B, C), -0.4, dtype=torch.float64)
+    cos += 0.01 * torch.linspace(-1, 1, B * C, dtype=torch.float64).view(B, C)
+    labels = torch.tensor([0, 5, 10, 59])
+    cos[torch.arange(B), labels] = 0.9
+    cos[1, 7] = 0.7  # hard: above T(theta_y) = cos(acos(0.9) + 0.5) ~ 0.57
+    cos[2, 3] = 0.65
+    loss = build_loss("curricularface", grad_mode=grad_mode).double().eval()
+    loss.t.fill_(0.25)
+    c = cos.clone().requires_grad_(True)
+    logits = loss(c, labels)
+    ty = _target_closed_form("curricularface", np.full(B, 0.9), loss)
+    expected = cos.numpy().copy()
+    hard = expected > ty[:, None]
+    hard[np.arange(B), labels.numpy()] = False
+    assert hard.sum() == 2
+    expected[hard] = expected[hard] * (0.25 + expected[hard])
+    expected[np.arange(B), labels.numpy()] = ty
+    np.testing.assert_allclose(logits.detach().numpy(), 64 * expected, rtol=1e-12)
+    F.cross_entropy(logits, labels, reduction="sum").backward()
+    p = torch.softmax(logits.detach(), dim=1)
+    g = 64 * (p - F.one_hot(labels, C).double())
+    if grad_mode == "exact":  # d/dc [c (t + c)] = t + 2c on hard negatives
+        g[1, 7] *= 0.25 + 2 * 0.7
+        g[2, 3] *= 0.25 + 2 * 0.65
+        cy = 0.9
+        dT = math.cos(0.5) + math.sin(0.5) * cy / math.sqrt(1 - cy ** 2)
+        g[torch.arange(B), labels] *= dT
+    torch.testing.assert_close(c.grad, g, rtol=1e-8, atol=1e-12)
+
+
+def test_boundaryface_against_brute_force():
+    """Corrected labels and penalty equal a direct loop over the rows (random batch, C=2 and 9)."""
+    for C in (2, 9):
+        g = torch.Generator().manual_seed(C)
+        cos = torch.rand(64, C, generator=g, dtype=torch.float64) * 1.6 - 0.8
+        labels = torch.randint(0, C, (64,), generator=g)
+        loss = build_loss("boundaryface", start_epoch=0, m=0.3).double()
+        out = loss.compute(cos, labels)
+        exp_labels, gaps = [], []
+        for b in range(64):
+            y = int(labels[b])
+            negs = [j for j in range(C) if j != y]
+            k = max(negs, key=lambda j: float(cos[b, j]))
+            tk = math.acos(float(cos[b, k]))
+            tk_m = math.cos(tk + 0.3) if tk + 0.3 <= math.pi else math.cos(tk) - 0.3 * math.sin(0.3)
+            new = k if tk_m > float(cos[b, y]) else y
+            exp_labels.append(new)
+            cy = float(cos[b, new])
+            ty = math.cos(math.acos(cy) + 0.3) if math.acos(cy) + 0.3 <= math.pi \
+                else cy - 0.3 * math.sin(0.3)
+            neg = max(float(cos[b, j]) for j in range(C) if j != new)
+            gaps.append(max(neg - ty, 0.0))
+        assert out.labels.tolist() == exp_labels
+        assert 0 < sum(a != b for a, b in zip(exp_labels, labels.tolist())) < 64
+        assert float(out.penalty) == pytest.approx(math.pi * np.mean(gaps), rel=1e-12)
