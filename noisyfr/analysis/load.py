@@ -1,0 +1,332 @@
+"""Find and load training run directories (angle logs + noise manifest + metrics) and sweep results.
+
+A *run directory* holds ``config.yaml``, ``metrics.csv`` and ``angles/epoch_<E>.parquet``; its config's
+``data.manifest`` names the noise manifest (columns ``index, path, identity, orig_label, label, noise``)
+with its sidecar ``<manifest>.json``. A *sweep directory* holds ``results.parquet`` / ``results.csv``
+and run directories under ``trials/<trial>/``. See docs/ARCHITECTURE.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from noisyfr.errors import NoisyFRError
+
+ANGLE_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
+                 "theta_orig", "weight")
+MANIFEST_COLUMNS = ("index", "label", "noise")
+NOISE_TYPES = ("clean", "closed", "open", "split", "merge")
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
+
+
+@dataclass
+class Run:
+    """One training run: its identity (loss, noise condition, seed) and its per-sample angle log.
+
+    ``angles`` has the angle-log columns plus ``noise`` (clean/closed/open/split/merge from the
+    manifest) and ``is_noisy`` (noise != clean), one row per (epoch, sample).
+    """
+
+    path: Path
+    name: str
+    config: dict
+    loss: str
+    seed: int | None
+    condition: str
+    noise_rate: float
+    rates: dict[str, float]
+    angles: pd.DataFrame
+    metrics: pd.DataFrame
+    manifest_path: Path | None = None
+    manifest_meta: dict = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Sorted epochs present in the angle log."""
+        return sorted(int(e) for e in self.angles["epoch"].unique())
+
+
+def is_run_dir(path: Path) -> bool:
+    """True when ``path`` looks like a training run directory (config.yaml and an angles/ folder)."""
+    return (path / "config.yaml").is_file() and (path / "angles").is_dir()
+
+
+def discover_runs(root: str | Path) -> list[Path]:
+    """Run directories under ``root``: ``root`` itself, ``root/trials/*``, or any nested run dir (depth <= 3)."""
+    root = Path(root)
+    if not root.exists():
+        raise NoisyFRError(f"{root}: no such run or sweep directory")
+    if not root.is_dir():
+        raise NoisyFRError(f"{root}: not a directory (expected a run or sweep directory)")
+    if is_run_dir(root):
+        return [root]
+    found: list[Path] = []
+    frontier = [root]
+    for _ in range(3):
+        nxt = []
+        for d in frontier:
+            for child in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                (found if is_run_dir(child) else nxt).append(child)
+        frontier = nxt
+    if not found:
+        raise NoisyFRError(f"{root}: no run directories (config.yaml + angles/) found")
+    return sorted(found)
+
+
+def find_results(root: str | Path) -> Path | None:
+    """The sweep results table of ``root`` (results.parquet preferred over results.csv), or None."""
+    root = Path(root)
+    for name in ("results.parquet", "results.csv"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a Parquet or CSV table, turning any reader failure into a one-line NoisyFRError."""
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NoisyFRError(f"{path}: cannot read table ({msg})") from None
+    except Exception as exc:  # pyarrow raises its own error types on corrupt files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NoisyFRError(f"{path}: cannot read table ({msg})") from None
+
+
+def load_results(path: Path) -> pd.DataFrame:
+    """Load a sweep results table (one row per trial)."""
+    df = read_table(path)
+    if df.empty:
+        raise NoisyFRError(f"{path}: results table is empty")
+    return df
+
+
+def _get(cfg: dict, dotted: str, default=None):
+    cur = cfg
+    for key in dotted.split("."):
+        if not isinstance(cur, dict) or key not in cur:
+            return default
+        cur = cur[key]
+    return cur
+
+
+def _loss_name(cfg: dict) -> str:
+    loss = cfg.get("loss")
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, dict) and loss.get("name"):
+        return str(loss["name"])
+    return "unknown"
+
+
+def _seed(cfg: dict) -> int | None:
+    for key in ("seed", "train.seed", "training.seed"):
+        val = _get(cfg, key)
+        if val is not None:
+            try:
+                return int(val)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def resolve_manifest(value: str, run_dir: Path) -> Path:
+    """Path of a config's ``data.manifest``: absolute, or relative to the run dir, the cwd or a parent of the run dir."""
+    cand = Path(value)
+    if cand.is_absolute():
+        if cand.is_file():
+            return cand
+    else:
+        for base in (run_dir, Path.cwd(), *run_dir.parents):
+            if (base / cand).is_file():
+                return base / cand
+    raise NoisyFRError(f"{run_dir / 'config.yaml'}: data.manifest {value!r} does not exist")
+
+
+def read_manifest_any(path: Path) -> tuple[pd.DataFrame, dict]:
+    """Read a noise manifest and its JSON sidecar (``noisyfr.data.read_manifest`` when available)."""
+    try:
+        from noisyfr.data.manifest import read_manifest  # type: ignore
+    except ImportError:
+        read_manifest = None
+    if read_manifest is not None:
+        try:
+            df, meta = read_manifest(path)
+        except NoisyFRError:
+            raise
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise NoisyFRError(f"{path}: cannot read manifest ({msg})") from None
+        return df, dict(meta or {})
+    df = read_table(path)
+    side = Path(str(path) + ".json")
+    meta: dict = {}
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except json.JSONDecodeError as exc:
+            raise NoisyFRError(f"{side}: invalid JSON sidecar ({exc.msg})") from None
+    return df, meta
+
+
+def _rates_from_meta(meta: dict) -> dict[str, float] | None:
+    """Noise rates of the condition: the sidecar's ``requested`` rates (stable across seeds), else ``rates``."""
+    for key in ("requested", "rates"):
+        rates = meta.get(key)
+        if not isinstance(rates, dict):
+            continue
+        out = {}
+        for name, val in rates.items():
+            name = str(name).replace("_rate", "")
+            if name in NOISE_TYPES and name != "clean" and isinstance(val, (int, float)) \
+                    and not isinstance(val, bool) and val > 0:
+                out[name] = float(val)
+        if out or key == "requested":
+            return out
+    return None
+
+
+def condition_from_meta(meta: dict) -> tuple[str, dict[str, float]] | None:
+    """``(condition label, rates)`` from a manifest sidecar, or None when it holds no rates.
+
+    A non-symmetric closed-set mode is part of the label, e.g. ``closed_pairwise=0.4``.
+    """
+    rates = _rates_from_meta(meta)
+    if rates is None:
+        return None
+    req = meta.get("requested") if isinstance(meta.get("requested"), dict) else {}
+    mode = req.get("closed_mode")
+    labelled = dict(rates)
+    if "closed" in labelled and isinstance(mode, str) and mode != "symmetric":
+        labelled[f"closed_{mode}"] = labelled.pop("closed")
+    return condition_label(labelled), rates
+
+
+def condition_label(rates: dict[str, float]) -> str:
+    """Short name of a noise condition, e.g. ``closed=0.2,open=0.1``; ``clean`` when no noise."""
+    parts = [f"{k}={v:g}" for k, v in sorted(rates.items()) if v > 0]
+    return ",".join(parts) if parts else "clean"
+
+
+def load_angles(run_dir: Path) -> pd.DataFrame:
+    """All ``angles/epoch_<E>.parquet`` files of a run, concatenated and checked."""
+    adir = run_dir / "angles"
+    files = sorted((p for p in adir.iterdir() if _EPOCH_FILE.match(p.name)),
+                   key=lambda p: int(_EPOCH_FILE.match(p.name).group(1)))
+    if not files:
+        raise NoisyFRError(f"{adir}: no angle logs (angles/epoch_<E>.parquet)")
+    frames = []
+    for f in files:
+        df = read_table(f)
+        missing = [c for c in ANGLE_COLUMNS if c not in df.columns]
+        if missing:
+            raise NoisyFRError(f"{f}: angle log lacks column(s) {', '.join(missing)}")
+        frames.append(df[list(ANGLE_COLUMNS)])
+    angles = pd.concat(frames, ignore_index=True)
+    if not np.isfinite(angles["theta_y"].to_numpy(dtype=float)).all():
+        raise NoisyFRError(f"{adir}: column theta_y has NaN or infinite values")
+    if (angles["theta_y"] < -1e-6).any() or (angles["theta_y"] > math.pi + 1e-6).any():
+        raise NoisyFRError(f"{adir}: theta_y outside [0, pi] (angles must be in radians)")
+    # weight may be NaN where the trainer could not log it: weight statistics then come out NaN
+    if np.isinf(angles["weight"].to_numpy(dtype=float)).any():
+        raise NoisyFRError(f"{adir}: column weight has infinite values")
+    if (angles["weight"] < 0).any():
+        raise NoisyFRError(f"{adir}: negative weight (expected |dL/dcos theta_y|)")
+    return angles
+
+
+def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
+    """Load one run directory: config, metrics, angle logs joined with the manifest's noise types."""
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise NoisyFRError(f"{run_dir}: not a run directory (needs config.yaml and angles/)")
+    cfg_path = run_dir / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise NoisyFRError(f"{cfg_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise NoisyFRError(f"{cfg_path}: expected a mapping at the top level")
+    angles = load_angles(run_dir)
+
+    manifest_value = _get(cfg, "data.manifest")
+    manifest_path = None
+    meta: dict = {}
+    if manifest_value:
+        manifest_path = resolve_manifest(str(manifest_value), run_dir)
+        man, meta = read_manifest_any(manifest_path)
+        missing = [c for c in MANIFEST_COLUMNS if c not in man.columns]
+        if missing:
+            raise NoisyFRError(f"{manifest_path}: manifest lacks column(s) {', '.join(missing)}")
+        bad = sorted(set(man["noise"].astype(str)) - set(NOISE_TYPES))
+        if bad:
+            raise NoisyFRError(f"{manifest_path}: unknown noise type(s) {', '.join(bad)}")
+        man = man[["index", "label", "noise"]].rename(
+            columns={"index": "sample_index", "label": "manifest_label"})
+        if man["sample_index"].duplicated().any():
+            raise NoisyFRError(f"{manifest_path}: duplicate index values")
+        merged = angles.merge(man, on="sample_index", how="left", validate="many_to_one")
+        unknown = merged["noise"].isna()
+        if unknown.any():
+            idx = int(merged.loc[unknown, "sample_index"].iloc[0])
+            raise NoisyFRError(f"{run_dir / 'angles'}: sample_index {idx} is not in manifest {manifest_path}")
+        mismatch = merged["label"].to_numpy() != merged["manifest_label"].to_numpy()
+        if mismatch.any():
+            idx = int(merged.loc[mismatch, "sample_index"].iloc[0])
+            raise NoisyFRError(f"{run_dir / 'angles'}: label of sample_index {idx} differs from manifest "
+                               f"{manifest_path} (wrong manifest?)")
+        angles = merged.drop(columns="manifest_label")
+        fractions = man["noise"].value_counts(normalize=True)
+        true_rate = float(1.0 - fractions.get("clean", 0.0))
+        found = condition_from_meta(meta)
+        if found is None:
+            rates = {k: round(float(v), 3) for k, v in fractions.items() if k != "clean"}
+            condition = condition_label(rates)
+        else:
+            condition, rates = found
+    else:
+        angles = angles.assign(noise="clean")
+        true_rate = 0.0
+        rates = {}
+        condition = "clean"
+    angles["noise"] = angles["noise"].astype(str)
+    angles["is_noisy"] = angles["noise"] != "clean"
+
+    metrics = pd.DataFrame()
+    if (run_dir / "metrics.csv").is_file():
+        metrics = read_table(run_dir / "metrics.csv")
+    name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
+    if name in ("", "."):
+        name = run_dir.resolve().name
+    return Run(path=run_dir, name=name, config=cfg, loss=_loss_name(cfg), seed=_seed(cfg),
+               condition=condition, noise_rate=true_rate, rates=rates, angles=angles,
+               metrics=metrics, manifest_path=manifest_path, manifest_meta=meta)
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Load every run directory found under ``root`` (a run or a sweep directory)."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    paths = discover_runs(root)
+    return [load_run(p, root=root) for p in tqdm(paths, desc="load runs", disable=None)]
+
+
+def long_angles(runs: list[Run]) -> pd.DataFrame:
+    """All runs' angle logs in one long table with ``run, loss, condition, seed, noise_rate`` columns."""
+    frames = []
+    for r in runs:
+        frames.append(r.angles.assign(run=r.name, loss=r.loss, condition=r.condition,
+                                      seed=r.seed if r.seed is not None else -1,
+                                      noise_rate=r.noise_rate))
+    return pd.concat(frames, ignore_index=True)

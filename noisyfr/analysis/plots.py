@@ -1,0 +1,202 @@
+"""Seaborn figures of the angle analysis, saved as PNG through :func:`noisyfr.io.atomic_path`.
+
+Every function takes tidy tables from :mod:`noisyfr.analysis.stats` (or the long angle table) and
+an output path, writes one PNG and returns the path. The matplotlib backend is Agg.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from noisyfr.io import atomic_path  # noqa: E402
+
+NOISE_ORDER = ["clean", "closed", "open", "split", "merge"]
+NOISE_PALETTE = {"clean": "#1f77b4", "closed": "#d62728", "open": "#ff7f0e", "split": "#2ca02c", "merge": "#9467bd"}
+DPI = 90
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def pick_epochs(epochs, k: int = 4) -> list[int]:
+    """Up to ``k`` epochs spread evenly from the first to the last."""
+    epochs = sorted(set(int(e) for e in epochs))
+    if len(epochs) <= k:
+        return epochs
+    idx = np.unique(np.round(np.linspace(0, len(epochs) - 1, k)).astype(int))
+    return [epochs[i] for i in idx]
+
+
+def one_seed(angles: pd.DataFrame) -> pd.DataFrame:
+    """Keep the first run (by name) of each loss and condition, so facets show one run, not a pool."""
+    first = angles.groupby(["loss", "condition"])["run"].transform("min")
+    return angles[angles["run"] == first]
+
+
+def _with_degrees(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(theta_y_deg=np.degrees(df["theta_y"].astype(float)),
+                     theta_nearest_deg=np.degrees(df["theta_nearest"].astype(float)))
+
+
+def theta_distributions(angles: pd.DataFrame, condition: str, path: str | Path, max_epochs: int = 4) -> Path:
+    """Histograms (density per noise type) of theta_y: rows = loss, columns = epochs, colour = noise type."""
+    data = _with_degrees(one_seed(angles[angles["condition"] == condition]))
+    epochs = pick_epochs(data["epoch"].unique(), max_epochs)
+    data = data[data["epoch"].isin(epochs)]
+    hue_order = [n for n in NOISE_ORDER if n in set(data["noise"])]
+    # one bin grid for every facet, spanning the data (rounded out to 5 degrees) so narrow
+    # distributions late in training are still resolved
+    lo = max(0.0, 5 * np.floor(data["theta_y_deg"].min() / 5))
+    hi = min(180.0, 5 * np.ceil(data["theta_y_deg"].max() / 5))
+    if hi - lo < 10:
+        lo, hi = max(0.0, lo - 5), min(180.0, hi + 5)
+    g = sns.displot(data, x="theta_y_deg", hue="noise", hue_order=hue_order, palette=NOISE_PALETTE,
+                    row="loss", col="epoch", kind="hist", stat="density", common_norm=False, element="step",
+                    bins=40, binrange=(lo, hi), height=2.2, aspect=1.3,
+                    facet_kws={"sharey": False, "margin_titles": True})
+    g.set_axis_labels("theta_y (deg)", "density")
+    g.figure.suptitle(f"theta_y by noise type over epochs ({condition})", y=1.02)
+    return _save(g.figure, path)
+
+
+def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path) -> Path:
+    """2-D density of angle to own centre (x) vs angle to nearest other centre (y) at the last epoch.
+
+    Rows = loss, columns = noise type. The dashed diagonal is theta_y = theta_nearest: points below
+    it are closer to another class than to their label's.
+    """
+    data = _with_degrees(one_seed(angles[angles["condition"] == condition]))
+    last = data.groupby("run")["epoch"].transform("max")
+    data = data[data["epoch"] == last]
+    col_order = [n for n in NOISE_ORDER if n in set(data["noise"])]
+    both = pd.concat([data["theta_y_deg"], data["theta_nearest_deg"]]).dropna()
+    lo = max(0.0, 10 * np.floor(both.min() / 10)) if len(both) else 0.0
+    hi = min(180.0, 10 * np.ceil(both.max() / 10)) if len(both) else 180.0
+    if hi - lo < 20:
+        lo, hi = max(0.0, lo - 10), min(180.0, hi + 10)
+    g = sns.displot(data, x="theta_y_deg", y="theta_nearest_deg", row="loss", col="noise", col_order=col_order,
+                    kind="hist", bins=30, binrange=((lo, hi), (lo, hi)), height=2.4, aspect=1.0,
+                    facet_kws={"margin_titles": True})
+    for ax in g.axes.flat:
+        ax.plot([lo, hi], [lo, hi], ls="--", lw=0.8, color="grey")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    g.set_axis_labels("theta_y, own (deg)", "theta, nearest other (deg)")
+    g.figure.suptitle(f"own vs nearest-other angle, last epoch ({condition})", y=1.02)
+    return _save(g.figure, path)
+
+
+def weight_share(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
+    """Share of total gradient weight carried by noisy samples per epoch (mean +- sd over seeds).
+
+    Dotted lines: the noisy fraction of samples (the share if every sample weighed the same).
+    """
+    data = epochs_tbl[epochs_tbl["n_noisy"] > 0]
+    conds = sorted(data["condition"].unique())
+    fig, axes = plt.subplots(1, max(len(conds), 1), figsize=(3.4 * max(len(conds), 1), 3.0), squeeze=False,
+                             sharey=True)
+    for ax, cond in zip(axes[0], conds):
+        d = data[data["condition"] == cond]
+        sns.lineplot(d, x="epoch", y="noisy_weight_share", hue="loss", marker="o", errorbar="sd", ax=ax)
+        for loss, dl in d.groupby("loss"):
+            ax.plot(*zip(*dl.groupby("epoch")["noisy_fraction"].mean().items()), ls=":", color="grey", lw=1)
+        ax.set_title(cond, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("noisy share of gradient weight")
+    if not conds:
+        axes[0, 0].text(0.5, 0.5, "no noisy samples", ha="center", va="center")
+    fig.suptitle("gradient weight carried by noisy samples (dotted: noisy fraction of samples)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
+                    curves: pd.DataFrame | None = None) -> Path:
+    """Mean per-sample weight as a function of theta_y (binned), clean vs noisy, one panel per loss.
+
+    When ``curves`` (columns ``loss, theta_deg, gradient``, the same units: |dL/dcos theta_y|) has
+    the loss, its analytic gradient magnitude is overlaid (grey, dashed).
+    """
+    data = binned[binned["condition"] == condition]
+    losses = sorted(data["loss"].unique())
+    fig, axes = plt.subplots(1, max(len(losses), 1), figsize=(3.6 * max(len(losses), 1), 3.0), squeeze=False)
+    for ax, loss in zip(axes[0], losses):
+        d = data[data["loss"] == loss]
+        sns.lineplot(d, x="bin_centre_deg", y="weight_mean", hue="group", hue_order=["clean", "noisy"],
+                     palette={"clean": NOISE_PALETTE["clean"], "noisy": NOISE_PALETTE["closed"]},
+                     marker="o", errorbar="sd", ax=ax)
+        ax.set_xlim(0, 180)
+        ax.set_xlabel("theta_y (deg)")
+        ax.set_ylabel("mean weight |dL/dcos|")
+        ax.set_title(loss, fontsize=9)
+        if curves is not None and not curves.empty and loss in set(curves["loss"]):
+            c = curves[curves["loss"] == loss]
+            ax.plot(c["theta_deg"], c["gradient"], ls="--", color="grey", lw=1.2, label="analytic")
+            ax.legend(fontsize=7, loc="best")
+        elif curves is not None:
+            ax.text(0.02, 0.95, "no analytic curve", transform=ax.transAxes, fontsize=7, va="top", color="grey")
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"weight vs theta_y, last epoch ({condition})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def detection_auc(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
+    """Noisy-sample detection AUC of theta_y per epoch, one panel per noise condition."""
+    data = epochs_tbl[(epochs_tbl["n_noisy"] > 0) & (epochs_tbl["n_noisy"] < epochs_tbl["n"])]
+    conds = sorted(data["condition"].unique())
+    fig, axes = plt.subplots(1, max(len(conds), 1), figsize=(3.4 * max(len(conds), 1), 3.0), squeeze=False,
+                             sharey=True)
+    for ax, cond in zip(axes[0], conds):
+        sns.lineplot(data[data["condition"] == cond], x="epoch", y="auc", hue="loss", marker="o", errorbar="sd",
+                     ax=ax)
+        ax.axhline(0.5, ls=":", color="grey", lw=1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(cond, fontsize=9)
+        ax.set_ylabel("detection AUC (theta_y)")
+    if not conds:
+        axes[0, 0].text(0.5, 0.5, "no noisy samples", ha="center", va="center")
+    fig.suptitle("separability of noisy samples by theta_y", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def noise_estimate(estimates: pd.DataFrame, path: str | Path) -> Path:
+    """Bimodal (GMM) noise-rate estimate vs the true rate, last epoch of each run."""
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    sns.scatterplot(estimates, x="true_rate", y="estimated_rate", hue="loss", style="loss", s=50, ax=ax)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("true noise rate (manifest)")
+    ax.set_ylabel("estimated rate (2-GMM on theta_y)")
+    ax.set_title("noise-rate estimate, last epoch", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy(points: pd.DataFrame, path: str | Path) -> Path:
+    """Verification accuracy vs total noise rate per loss (mean +- sd over seeds)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    if points.empty or points["accuracy"].isna().all():
+        ax.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center")
+    else:
+        sns.lineplot(points, x="noise_rate", y="accuracy", hue="loss", style="loss", markers=True, dashes=False,
+                     errorbar="sd", ax=ax)
+    ax.set_xlabel("noise rate")
+    ax.set_ylabel("verification accuracy")
+    ax.set_title("accuracy vs noise rate (mean +- sd over seeds)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,343 @@
+"""Statistics of how a loss places and weights clean versus noisy samples in angle space.
+
+All functions take the long angle table from :func:`noisyfr.analysis.load.long_angles` (or any
+DataFrame with ``theta_y``, ``weight``, ``noise``/``is_noisy`` and grouping columns) and return
+tidy DataFrames. Angles are radians; tables also give degrees where a reader wants them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import roc_auc_score
+from sklearn.mixture import GaussianMixture
+
+from noisyfr.errors import NoisyFRError
+
+RUN_KEYS = ["run", "loss", "condition", "seed", "noise_rate"]
+DEFAULT_CENTRE_QUANTILE = 0.9
+DEFAULT_BINS = 36
+
+
+def _keys(df: pd.DataFrame, extra: list[str]) -> list[str]:
+    return [k for k in RUN_KEYS if k in df.columns] + extra
+
+
+def detection_auc(theta_y, is_noisy) -> float:
+    """ROC AUC of ``theta_y`` as a score for "is noisy" (1 = perfect separation, 0.5 = chance).
+
+    NaN when only one class is present.
+    """
+    y = np.asarray(is_noisy, dtype=bool)
+    s = np.asarray(theta_y, dtype=float)
+    if y.shape != s.shape:
+        raise NoisyFRError(f"detection_auc: theta_y has shape {s.shape} but is_noisy has {y.shape}")
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> dict:
+    """Estimate the noise rate from the ``theta_y`` distribution alone with a 2-component Gaussian mixture.
+
+    As in Hu et al. (CVPR 2019, "Noise-Tolerant Paradigm for Training Face Recognition CNNs"), the
+    distribution of the angle to the labelled class centre becomes bimodal under label noise: clean
+    samples form the low-angle mode and mislabelled ones the high-angle mode. We fit
+    ``sklearn.mixture.GaussianMixture`` with 1 and 2 components (seeded, 3 initialisations for 2)
+    to theta_y. When the 2-component fit lowers the BIC by at least ``min_bic_gain`` and its modes
+    are separated by Ashman's D = |mean difference| / sqrt((sd1^2 + sd2^2) / 2) > 2, the
+    distribution is called bimodal and ``estimate`` is the mixture weight of the higher-mean
+    component; otherwise it is unimodal and ``estimate`` is 0. Also returned: both components'
+    means and standard deviations, ``separation`` (Ashman's D) and ``bimodal``.
+    Well-separated modes (separation > 3, n >= 1000) give an estimate within 0.05 of the true
+    rate; overlapping modes make it unreliable.
+    """
+    x = np.asarray(theta_y, dtype=float).reshape(-1, 1)
+    if x.shape[0] < 4:
+        raise NoisyFRError(f"bimodal_noise_rate: need at least 4 angles, got {x.shape[0]}")
+    if np.ptp(x) < 1e-9:
+        return {"estimate": 0.0, "mean_low": float(x[0, 0]), "mean_high": float(x[0, 0]),
+                "sd_low": 0.0, "sd_high": 0.0, "separation": 0.0, "bimodal": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(n_components=2, n_init=3, random_state=seed, reg_covar=1e-6).fit(x)
+        gm1 = GaussianMixture(n_components=1, random_state=seed, reg_covar=1e-6).fit(x)
+    means = gm.means_.ravel()
+    sds = np.sqrt(gm.covariances_.reshape(-1))
+    lo, hi = int(np.argmin(means)), int(np.argmax(means))
+    pooled = math.sqrt((sds[lo] ** 2 + sds[hi] ** 2) / 2)
+    separation = float((means[hi] - means[lo]) / pooled) if pooled > 0 else float("inf")
+    # bimodal: the 2-component model is clearly better (BIC) and its modes are separated (Ashman's D > 2)
+    bimodal = bool(gm1.bic(x) - gm.bic(x) >= min_bic_gain and separation > 2.0)
+    return {"estimate": float(gm.weights_[hi]) if bimodal else 0.0,
+            "mean_low": float(means[lo]), "mean_high": float(means[hi]),
+            "sd_low": float(sds[lo]), "sd_high": float(sds[hi]),
+            "separation": separation, "bimodal": bimodal}
+
+
+def epoch_stats(angles: pd.DataFrame) -> pd.DataFrame:
+    """Per run and epoch: how far apart clean and noisy samples sit and the noisy share of the weight.
+
+    Columns: counts, mean/median theta_y of clean and noisy samples (degrees), their difference,
+    detection AUC of theta_y, ``noisy_weight_share`` = sum of noisy samples' weight / sum of all
+    weight, ``noisy_fraction`` (so share / fraction > 1 means a noisy sample outweighs a clean one).
+    """
+    rows = []
+    for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
+        noisy = g["is_noisy"].to_numpy()
+        th = np.degrees(g["theta_y"].to_numpy(dtype=float))
+        w = g["weight"].to_numpy(dtype=float)
+        total = w.sum()
+        row = dict(zip(_keys(angles, ["epoch"]), key))
+        row.update({
+            "n": len(g), "n_noisy": int(noisy.sum()), "noisy_fraction": float(noisy.mean()),
+            "theta_clean_mean_deg": float(th[~noisy].mean()) if (~noisy).any() else float("nan"),
+            "theta_noisy_mean_deg": float(th[noisy].mean()) if noisy.any() else float("nan"),
+            "theta_clean_median_deg": float(np.median(th[~noisy])) if (~noisy).any() else float("nan"),
+            "theta_noisy_median_deg": float(np.median(th[noisy])) if noisy.any() else float("nan"),
+            "auc": detection_auc(th, noisy),
+            "noisy_weight_share": float(w[noisy].sum() / total) if total > 0 else float("nan"),
+        })
+        row["theta_gap_deg"] = row["theta_noisy_mean_deg"] - row["theta_clean_mean_deg"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def noise_type_stats(angles: pd.DataFrame) -> pd.DataFrame:
+    """Per run, epoch and noise type: count, mean angles (degrees) and share of the epoch's total weight.
+
+    The ``weight_share`` column sums to 1 over the noise types of one run and epoch.
+    """
+    keys = _keys(angles, ["epoch"])
+    g = angles.assign(theta_y_deg=np.degrees(angles["theta_y"]),
+                      theta_nearest_deg=np.degrees(angles["theta_nearest"]))
+    out = g.groupby(keys + ["noise"], sort=True).agg(
+        n=("theta_y", "size"), theta_y_mean_deg=("theta_y_deg", "mean"),
+        theta_nearest_mean_deg=("theta_nearest_deg", "mean"), weight_sum=("weight", "sum"),
+        weight_mean=("weight", "mean")).reset_index()
+    totals = out.groupby(keys)["weight_sum"].transform("sum")
+    out["weight_share"] = (out["weight_sum"] / totals).where(totals > 0)
+    return out
+
+
+def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | list[int] = "last") -> pd.DataFrame:
+    """Mean weight as a function of theta_y (fixed bins over [0, 180] degrees), clean vs noisy.
+
+    ``epochs="last"`` keeps each run's last epoch; a list keeps those epochs. Columns:
+    ``bin_left_deg, bin_centre_deg, group (clean/noisy), n, weight_mean, weight_sum``.
+    """
+    if epochs == "last":
+        last = angles.groupby("run")["epoch"].transform("max") if "run" in angles else angles["epoch"].max()
+        sel = angles[angles["epoch"] == last]
+    else:
+        sel = angles[angles["epoch"].isin(list(epochs))]
+    edges = np.linspace(0.0, 180.0, bins + 1)
+    deg = np.degrees(sel["theta_y"].to_numpy(dtype=float))
+    b = np.clip(np.digitize(deg, edges) - 1, 0, bins - 1)
+    tmp = sel.assign(bin=b, group=np.where(sel["is_noisy"], "noisy", "clean"))
+    keys = _keys(tmp, ["epoch"])
+    out = tmp.groupby(keys + ["group", "bin"], sort=True).agg(
+        n=("weight", "size"), weight_mean=("weight", "mean"), weight_sum=("weight", "sum")).reset_index()
+    out["bin_left_deg"] = edges[out["bin"].to_numpy()]
+    out["bin_centre_deg"] = out["bin_left_deg"] + (edges[1] - edges[0]) / 2
+    return out.drop(columns="bin")
+
+
+def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE) -> pd.DataFrame:
+    """Centre vs periphery of angle space and each region's share of samples and of gradient weight.
+
+    Per run and epoch the *centre* is ``theta_y <= t`` with ``t`` the ``quantile`` quantile of the
+    clean samples' theta_y (so ``quantile`` of clean samples are central by construction); the
+    *periphery* is the rest. Per region: ``n``, ``noisy_fraction`` (of the region's samples),
+    ``share_of_noisy`` (of all noisy samples, in this region), ``weight_share`` (of the epoch's total
+    weight; the two regions sum to 1), ``noisy_weight_share`` (noisy samples' weight in the region /
+    total weight) and ``weight_mean`` (mean weight per sample in the region).
+    """
+    if not 0.0 < quantile < 1.0:
+        raise NoisyFRError(f"region quantile {quantile}: must be in (0, 1)")
+    rows = []
+    for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
+        noisy = g["is_noisy"].to_numpy()
+        th = g["theta_y"].to_numpy(dtype=float)
+        w = g["weight"].to_numpy(dtype=float)
+        ref = th[~noisy] if (~noisy).any() else th
+        t = float(np.quantile(ref, quantile))
+        total = w.sum()
+        for region, mask in (("centre", th <= t), ("periphery", th > t)):
+            row = dict(zip(_keys(angles, ["epoch"]), key))
+            row.update({
+                "region": region, "threshold_deg": math.degrees(t), "n": int(mask.sum()),
+                "noisy_fraction": float(noisy[mask].mean()) if mask.any() else float("nan"),
+                "share_of_noisy": float((mask & noisy).sum() / noisy.sum()) if noisy.any() else float("nan"),
+                "weight_share": float(w[mask].sum() / total) if total > 0 else float("nan"),
+                "noisy_weight_share": float(w[mask & noisy].sum() / total) if total > 0 else float("nan"),
+                "weight_mean": float(w[mask].mean()) if mask.any() else float("nan"),
+            })
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def periphery_ratio(regions: pd.DataFrame) -> pd.DataFrame:
+    """Per run and epoch: mean weight of a peripheral sample / mean weight of a central sample.
+
+    Below 1 means the loss down-weights the periphery (ExpFace's aim); about 1 or above means it does not.
+    """
+    keys = [k for k in RUN_KEYS + ["epoch"] if k in regions.columns]
+    wide = regions.pivot_table(index=keys, columns="region", values="weight_mean").reset_index()
+    wide.columns.name = None
+    wide["periphery_to_centre_weight"] = wide.get("periphery") / wide.get("centre")
+    return wide.rename(columns={"centre": "centre_weight_mean", "periphery": "periphery_weight_mean"})
+
+
+def noise_rate_estimates(angles: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per run and epoch: bimodal (GMM) noise-rate estimate from theta_y vs the true rate in the manifest."""
+    rows = []
+    for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
+        if len(g) < 4:
+            est = dict.fromkeys(("estimate", "mean_low", "mean_high", "separation"), float("nan"))
+            est["bimodal"] = False
+        else:
+            est = bimodal_noise_rate(g["theta_y"].to_numpy(dtype=float), seed=seed)
+        row = dict(zip(_keys(angles, ["epoch"]), key))
+        row.update({"true_rate": float(g["is_noisy"].mean()), "estimated_rate": est["estimate"],
+                    "mode_low_deg": math.degrees(est["mean_low"]), "mode_high_deg": math.degrees(est["mean_high"]),
+                    "mode_separation_sd": est["separation"], "bimodal": est["bimodal"]})
+        row["abs_error"] = abs(row["estimated_rate"] - row["true_rate"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def last_epoch(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each run's last epoch."""
+    if df.empty:
+        return df
+    last = df.groupby("run")["epoch"].transform("max")
+    return df[df["epoch"] == last].reset_index(drop=True)
+
+
+def summarise_over_seeds(df: pd.DataFrame, values: list[str], by: list[str] | None = None) -> pd.DataFrame:
+    """Mean and sd over seeds of ``values`` per loss and condition (plus ``by``); adds ``n_seeds``."""
+    by = (by or []) + [k for k in ("loss", "condition") if k in df.columns]
+    by = list(dict.fromkeys(by))
+    agg = df.groupby(by, sort=True)[values].agg(["mean", "std"])
+    agg.columns = [f"{v}_{s}" if s == "std" else v for v, s in agg.columns]
+    agg["n_seeds"] = df.groupby(by, sort=True)["run"].nunique() if "run" in df else df.groupby(by).size()
+    return agg.reset_index()
+
+
+# ---------------------------------------------------------------- accuracy vs noise rate
+_ACC_COLUMNS = ("final_val_accuracy", "val_accuracy", "accuracy", "best_val_accuracy")
+
+
+def _rate_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("noise.") and pd.api.types.is_numeric_dtype(df[c])
+            and c.split(".", 1)[1] in ("closed", "open", "split", "merge")]
+
+
+def _results_condition(df: pd.DataFrame) -> tuple[list[str], list[float]]:
+    """Condition label and true noise rate per results row: from its manifest sidecar when the
+    ``manifest`` column names an existing file, else from the numeric ``noise.<type>`` columns."""
+    from noisyfr.analysis.load import condition_from_meta, condition_label
+
+    rate_cols = _rate_columns(df)
+    conds, rates = [], []
+    for _, row in df.iterrows():
+        man = row.get("manifest") if "manifest" in df.columns else None
+        side = f"{man}.json" if isinstance(man, str) and man else None
+        meta = None
+        if side:
+            try:
+                with open(side, encoding="utf-8") as fh:
+                    meta = json.load(fh)
+            except (OSError, ValueError):
+                meta = None
+        found = condition_from_meta(meta) if isinstance(meta, dict) else None
+        if found is not None:
+            cond, req = found
+            conds.append(cond)
+            actual = meta.get("rates", {}) if isinstance(meta.get("rates"), dict) else {}
+            noisy = actual.get("noisy", 1.0 - actual["clean"] if "clean" in actual else None)
+            if not isinstance(noisy, (int, float)):
+                noisy = None
+            rates.append(float(noisy) if noisy is not None else float(sum(v for k, v in req.items()
+                                                                          if k in ("closed", "open"))))
+            continue
+        vals = {c.split(".", 1)[1]: float(row[c]) for c in rate_cols if pd.notna(row[c]) and float(row[c]) > 0}
+        if not rate_cols and "noise_rate" in df.columns and pd.notna(row["noise_rate"]):
+            vals = {"noise": float(row["noise_rate"])} if float(row["noise_rate"]) > 0 else {}
+            conds.append(",".join(f"{k}={v:g}" for k, v in vals.items()) or "clean")
+            rates.append(float(row["noise_rate"]))
+            continue
+        conds.append(condition_label(vals))
+        rates.append(float(sum(v for k, v in vals.items() if k in ("closed", "open"))))
+    return conds, rates
+
+
+def accuracy_points(results: pd.DataFrame | None, runs_tbl: pd.DataFrame | None = None,
+                    metric: str | None = None) -> pd.DataFrame:
+    """One row per trial: ``loss, condition, noise_rate, seed, accuracy``.
+
+    From a sweep's results (columns ``loss.name``, ``noise.*``, ``seed``, ``manifest``, an accuracy
+    column: ``metric`` or the first of final_val_accuracy/val_accuracy/accuracy/best_val_accuracy;
+    only ``status == completed`` rows when there is a status column) or, without one, from the
+    runs' final ``metrics.csv`` rows (``runs_tbl`` from :func:`runs_table`). The condition and
+    the true noise rate come from the trial's manifest sidecar when it exists (requested rates,
+    actual noisy fraction), else from the ``noise.closed``/``noise.open`` rate columns.
+    """
+    cols = ["loss", "condition", "noise_rate", "seed", "accuracy"]
+    if results is not None and not results.empty:
+        df = results.copy()
+        if "status" in df.columns:
+            df = df[df["status"].astype(str) == "completed"]
+        col = metric or next((c for c in _ACC_COLUMNS if c in df.columns), None)
+        if col is None or col not in df.columns:
+            raise NoisyFRError(f"results table: no accuracy column {metric or '(' + ', '.join(_ACC_COLUMNS) + ')'}")
+        loss_col = "loss.name" if "loss.name" in df.columns else ("loss" if "loss" in df.columns else None)
+        if loss_col is None:
+            raise NoisyFRError("results table: no loss.name column")
+        if df.empty:
+            return pd.DataFrame(columns=cols)
+        df["loss"] = df[loss_col].astype(str)
+        df["condition"], df["noise_rate"] = _results_condition(df)
+        df["accuracy"] = pd.to_numeric(df[col], errors="coerce")
+        if "seed" not in df.columns:
+            df["seed"] = -1
+    elif runs_tbl is not None and not runs_tbl.empty and "val_accuracy" in runs_tbl.columns:
+        df = runs_tbl.copy()
+        df["accuracy"] = pd.to_numeric(df["val_accuracy"], errors="coerce")
+    else:
+        return pd.DataFrame(columns=cols)
+    return df[cols].reset_index(drop=True)
+
+
+def accuracy_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Verification accuracy per loss and noise condition: mean, sd over seeds, number of seeds.
+
+    The paper-style table: columns ``loss, condition, noise_rate`` (mean true rate over seeds),
+    ``accuracy_mean, accuracy_std`` (sample sd), ``n_seeds``.
+    """
+    if points.empty:
+        return pd.DataFrame(columns=["loss", "condition", "noise_rate", "accuracy_mean", "accuracy_std", "n_seeds"])
+    g = points.groupby(["loss", "condition"], sort=True)
+    out = g["accuracy"].agg(accuracy_mean="mean", accuracy_std="std", n_seeds="count").reset_index()
+    out.insert(2, "noise_rate", g["noise_rate"].mean().to_numpy())
+    return out.sort_values(["loss", "noise_rate", "condition"]).reset_index(drop=True)
+
+
+def runs_table(runs) -> pd.DataFrame:
+    """One row per run: loss, condition, seed, true noise rate and final metrics.csv values."""
+    rows = []
+    for r in runs:
+        row = {"run": r.name, "loss": r.loss, "condition": r.condition, "seed": r.seed,
+               "noise_rate": r.noise_rate, "epochs": len(r.epochs), "n_samples": int(r.angles["sample_index"].nunique())}
+        if not r.metrics.empty:
+            last = r.metrics.iloc[-1]
+            for c in ("val_accuracy", "noisy_auc", "loss"):
+                if c in r.metrics.columns:
+                    row["final_" + c if c == "loss" else c] = last[c]
+        rows.append(row)
+    return pd.DataFrame(rows)
