@@ -1,0 +1,398 @@
+"""Training configuration: YAML file + ``key=value`` overrides -> validated dict with defaults.
+
+``load_config(path_or_dict, overrides=())`` reads the YAML (or takes a dict), applies overrides
+(``optim.lr=0.05``, ``data.val=[a.txt,b.bin]``; the value is parsed with ``yaml.safe_load``),
+checks every key against :data:`SCHEMA` and fills in defaults. An unknown key, a wrong type or an
+invalid value raises :class:`NoisyFRError` naming the dotted key, e.g.
+``config key 'optim.lrr': unknown key (did you mean 'optim.lr'?)``.
+
+The ``loss`` section is free-form apart from ``name``: its other keys are the loss's parameters
+and are validated by calling :func:`noisyfr.losses.build_loss`.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from noisyfr.errors import NoisyFRError
+
+_REQUIRED = object()
+
+
+# --------------------------------------------------------------------------- value checkers
+# Each checker takes (key, value) and returns the (possibly coerced) value or raises.
+
+def _err(key: str, msg: str) -> NoisyFRError:
+    return NoisyFRError(f"config key '{key}': {msg}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_float(key: str, v: Any) -> float:
+    # PyYAML (YAML 1.1) reads ``5e-4`` (no dot) as a string: accept numeric strings for floats.
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _err(key, f"expected a number, got {type(v).__name__} {v!r}")
+    if not math.isfinite(float(v)):
+        raise _err(key, f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def int_(lo: int | None = None, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(key: str, v: Any) -> Any:
+        if v is None and optional:
+            return None
+        if not _is_int(v):
+            raise _err(key, f"expected an integer, got {type(v).__name__} {v!r}")
+        if lo is not None and v < lo:
+            raise _err(key, f"must be >= {lo}, got {v}")
+        return v
+    return check
+
+
+def float_(lo: float | None = None, hi: float | None = None, hi_open: bool = False,
+           lo_open: bool = False) -> Callable[[str, Any], float]:
+    def check(key: str, v: Any) -> float:
+        f = _as_float(key, v)
+        if lo is not None and (f < lo or (lo_open and f == lo)):
+            raise _err(key, f"must be {'>' if lo_open else '>='} {lo}, got {v}")
+        if hi is not None and (f > hi or (hi_open and f == hi)):
+            raise _err(key, f"must be {'<' if hi_open else '<='} {hi}, got {v}")
+        return f
+    return check
+
+
+def bool_(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _err(key, f"expected true or false, got {type(v).__name__} {v!r}")
+    return v
+
+
+def str_(optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(key: str, v: Any) -> Any:
+        if v is None and optional:
+            return None
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        if not isinstance(v, str) or not v:
+            raise _err(key, f"expected a non-empty string, got {type(v).__name__} {v!r}")
+        return v
+    return check
+
+
+def choice(*options: str) -> Callable[[str, Any], str]:
+    def check(key: str, v: Any) -> str:
+        if v not in options:
+            raise _err(key, f"expected one of {', '.join(options)}, got {v!r}")
+        return v
+    return check
+
+
+def device_(key: str, v: Any) -> str:
+    if isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
+                               (v.startswith("cuda:") and v[5:].isdigit())):
+        return v
+    raise _err(key, f"expected auto, cpu, cuda or cuda:N, got {v!r}")
+
+
+def str_list(key: str, v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, (str, os.PathLike)):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise _err(key, f"expected a list of paths, got {type(v).__name__} {v!r}")
+    out = []
+    for i, item in enumerate(v):
+        out.append(str_()(f"{key}[{i}]", item))
+    return out
+
+
+def number_list(integer: bool = False, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(key: str, v: Any) -> Any:
+        if v is None and optional:
+            return None
+        if _is_int(v) or isinstance(v, float):
+            v = [v]
+        if not isinstance(v, (list, tuple)):
+            raise _err(key, f"expected a list of numbers, got {type(v).__name__} {v!r}")
+        if integer:
+            return [int_(lo=1)(f"{key}[{i}]", x) for i, x in enumerate(v)]
+        return [float_(lo=0.0)(f"{key}[{i}]", x) for i, x in enumerate(v)]
+    return check
+
+
+def mapping_or_none(key: str, v: Any) -> Any:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise _err(key, f"expected a mapping, got {type(v).__name__} {v!r}")
+    return dict(v)
+
+
+# --------------------------------------------------------------------------- schema
+# section -> key -> (default, checker). ``loss`` accepts any further key (loss parameters).
+SCHEMA: dict[str, Any] = {
+    "name": (None, str_(optional=True)),
+    "seed": (0, int_(lo=0)),
+    "device": ("auto", device_),
+    "output_dir": (None, str_(optional=True)),
+    "resume": (False, bool_),
+    "data": {
+        "train": (_REQUIRED, str_()),
+        "manifest": (None, str_(optional=True)),
+        "noise": (None, mapping_or_none),
+        "image_size": (112, int_(lo=1)),
+        "center_crop": (1.0, float_(lo=0.0, hi=1.0, lo_open=True)),
+        "flip": (True, bool_),
+        "val": ([], str_list),
+        "num_workers": (0, int_(lo=0)),
+        "max_samples": (None, int_(lo=1, optional=True)),
+    },
+    "model": {
+        "backbone": ("iresnet50", str_()),
+        "embedding_dim": (512, int_(lo=1)),
+        "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
+    },
+    "loss": {
+        "name": ("arcface", str_()),
+    },
+    "optim": {
+        "lr": (0.1, float_(lo=0.0, lo_open=True)),
+        "momentum": (0.9, float_(lo=0.0, hi=1.0, hi_open=True)),
+        "weight_decay": (5.0e-4, float_(lo=0.0)),
+        "batch_size": (128, int_(lo=2)),
+        "epochs": (20, int_(lo=1)),
+        "warmup_epochs": (0.0, float_(lo=0.0)),
+        "schedule": ("cosine", choice("cosine", "poly", "step", "constant")),
+        "lr_steps": ([], number_list()),
+        "gamma": (0.1, float_(lo=0.0, lo_open=True)),
+        "power": (2.0, float_(lo=0.0, lo_open=True)),
+        "min_lr": (0.0, float_(lo=0.0)),
+        "grad_clip": (0.0, float_(lo=0.0)),
+        "amp": ("none", choice("none", "bf16", "fp16")),
+    },
+    "eval": {
+        "epochs": (None, number_list(integer=True, optional=True)),
+        "every": (1, int_(lo=0)),
+        "batch_size": (64, int_(lo=1)),
+    },
+    "track": {
+        "angles": (True, bool_),
+    },
+    "checkpoint": {
+        "keep": (0, int_(lo=0)),
+    },
+}
+
+FREE_SECTIONS = ("loss",)
+
+
+def _unknown(key: str, candidates: Iterable[str]) -> NoisyFRError:
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: -len(leaf)]
+    close = difflib.get_close_matches(leaf, list(candidates), n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return _err(key, f"unknown key{hint}")
+
+
+def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in raw:
+        if not isinstance(key, str):
+            raise _err(str(key), "keys must be strings")
+        if key not in SCHEMA:
+            raise _unknown(key, SCHEMA)
+    for key, spec in SCHEMA.items():
+        if isinstance(spec, dict):
+            section = raw.get(key, None)
+            if section is None:
+                section = {}
+            if not isinstance(section, Mapping):
+                raise _err(key, f"expected a mapping, got {type(section).__name__} {section!r}")
+            sec_out: dict[str, Any] = {}
+            for sub in section:
+                if not isinstance(sub, str):
+                    raise _err(f"{key}.{sub}", "keys must be strings")
+                if sub not in spec and key not in FREE_SECTIONS:
+                    raise _unknown(f"{key}.{sub}", spec)
+            for sub, (default, check) in spec.items():
+                dotted = f"{key}.{sub}"
+                if sub in section:
+                    sec_out[sub] = check(dotted, section[sub])
+                elif default is _REQUIRED:
+                    raise _err(dotted, "required key is missing")
+                else:
+                    sec_out[sub] = copy.deepcopy(default)
+            if key in FREE_SECTIONS:
+                for sub, value in section.items():
+                    if sub not in spec:
+                        sec_out[sub] = _plain(f"{key}.{sub}", value)
+            out[key] = sec_out
+        else:
+            default, check = spec
+            out[key] = check(key, raw[key]) if key in raw else copy.deepcopy(default)
+    return out
+
+
+def _plain(key: str, value: Any) -> Any:
+    """Loss parameters must be plain YAML scalars/lists (they go into checkpoints)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    raise _err(key, f"expected a number, string, boolean or list, got {type(value).__name__}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; the value is parsed with yaml.safe_load."""
+    if "=" not in text:
+        raise NoisyFRError(f"override {text!r}: expected KEY=VALUE (e.g. optim.lr=0.05)")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise NoisyFRError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        msg = str(exc).replace("\n", " ")
+        raise NoisyFRError(f"override {text!r}: value is not valid YAML ({msg})") from None
+    return key, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
+    """Set dotted keys in a raw (unvalidated) config dict; returns a new dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        parts = key.split(".")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise _err(".".join(parts[: i + 1]),
+                           f"cannot set '{key}': {'.'.join(parts[: i + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise NoisyFRError(f"config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        msg = " ".join(str(exc).split())
+        raise NoisyFRError(f"config {path}: invalid YAML ({msg})") from None
+    except UnicodeDecodeError:
+        raise NoisyFRError(f"config {path}: not a UTF-8 text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NoisyFRError(f"config {path}: expected a mapping at the top level, "
+                           f"got {type(raw).__name__}")
+    return raw
+
+
+_BACKBONE_KEYS = {"backbone": "model.backbone", "embedding_dim": "model.embedding_dim",
+                  "image_size": "data.image_size", "dropout": "model.dropout"}
+
+
+def _check_model(cfg: dict[str, Any]) -> None:
+    from noisyfr.models import check_backbone_args
+
+    try:
+        check_backbone_args(cfg["model"]["backbone"], cfg["model"]["embedding_dim"],
+                            cfg["data"]["image_size"], cfg["model"]["dropout"])
+    except NoisyFRError as exc:
+        msg = str(exc)
+        head, _, rest = msg.partition(":")
+        key = _BACKBONE_KEYS.get(head.strip())
+        raise (_err(key, rest.strip()) if key else _err("model", msg)) from None
+
+
+def _check_loss(cfg: dict[str, Any]) -> None:
+    from noisyfr.losses import build_loss
+
+    params = {k: v for k, v in cfg["loss"].items() if k != "name"}
+    try:
+        build_loss(cfg["loss"]["name"], **params)
+    except NoisyFRError as exc:
+        raise _err("loss", str(exc)) from None
+    except TypeError as exc:  # a loss without a parameter check of its own
+        raise _err("loss", f"{cfg['loss']['name']}: {exc}") from None
+
+
+def _check_consistency(cfg: dict[str, Any]) -> None:
+    optim = cfg["optim"]
+    if optim["warmup_epochs"] >= optim["epochs"] and optim["warmup_epochs"] > 0:
+        raise _err("optim.warmup_epochs",
+                   f"must be < optim.epochs ({optim['epochs']}), got {optim['warmup_epochs']:g}")
+    if optim["schedule"] == "step" and not optim["lr_steps"]:
+        raise _err("optim.lr_steps", "the step schedule needs at least one epoch, e.g. [8, 14]")
+    if sorted(optim["lr_steps"]) != optim["lr_steps"]:
+        raise _err("optim.lr_steps", f"must be increasing, got {optim['lr_steps']}")
+    if optim["min_lr"] >= optim["lr"] and optim["min_lr"] > 0:
+        raise _err("optim.min_lr", f"must be < optim.lr ({optim['lr']:g})")
+    noise = cfg["data"]["noise"]
+    if noise:
+        generated = str(Path(cfg["output_dir"]) / "manifest.parquet")
+        if cfg["data"]["manifest"] and cfg["data"]["manifest"] != generated:
+            raise _err("data.noise", "give either data.manifest or data.noise, not both")
+        import inspect
+
+        from data_tools.inject import inject_index
+
+        allowed = [k for k in inspect.signature(inject_index).parameters
+                   if k not in ("index", "out", "command")]
+        for key in noise:
+            if key not in allowed:
+                raise _unknown(f"data.noise.{key}", allowed)
+
+
+def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any],
+                overrides: Iterable[str | tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Read, override, validate and complete a training config.
+
+    ``path_or_dict``: a YAML file or an already-parsed mapping. ``overrides``: ``"dotted.key=value"``
+    strings (value parsed as YAML) or ``(dotted_key, value)`` pairs, applied before validation.
+    Returns a plain dict with every key of :data:`SCHEMA` (defaults filled in); ``name`` defaults to
+    the config file's stem (``"run"`` for a dict) and ``output_dir`` to ``runs/<name>``.
+    Raises NoisyFRError naming the dotted key for an unknown key, a wrong type or a bad value,
+    including loss parameters (checked with ``build_loss``) and backbone/image-size combinations.
+    """
+    if isinstance(path_or_dict, Mapping):
+        raw, stem = copy.deepcopy(dict(path_or_dict)), "run"
+    else:
+        path = Path(path_or_dict)
+        raw, stem = _read_yaml(path), path.stem
+    raw = apply_overrides(raw, overrides)
+    cfg = _validate(raw)
+    if cfg["name"] is None:
+        cfg["name"] = stem
+    if cfg["output_dir"] is None:
+        cfg["output_dir"] = str(Path("runs") / cfg["name"])
+    _check_consistency(cfg)
+    _check_model(cfg)
+    _check_loss(cfg)
+    return cfg
+
+
+def dump_config(cfg: Mapping[str, Any]) -> str:
+    """The resolved config as YAML text (keys in schema order)."""
+    return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,137 @@
+"""Training config: defaults, overrides, unknown keys and wrong types name the dotted key."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from noisyfr.cli import main as cli_main
+from noisyfr.errors import NoisyFRError
+from noisyfr.train import load_config
+from noisyfr.train.config import SCHEMA, dump_config, parse_override
+
+BASE = {"data": {"train": "synthetic:ids=4,per_id=4,size=32,seed=0", "image_size": 32},
+        "model": {"backbone": "small_cnn", "embedding_dim": 16}}
+
+
+def test_defaults_are_filled_for_every_schema_key():
+    cfg = load_config(BASE)
+    for section, spec in SCHEMA.items():
+        if isinstance(spec, dict):
+            assert set(spec) <= set(cfg[section]), section
+        else:
+            assert section in cfg
+    assert cfg["optim"]["lr"] == 0.1 and cfg["optim"]["schedule"] == "cosine"
+    assert cfg["loss"]["name"] == "arcface"
+    assert cfg["track"]["angles"] is True and cfg["resume"] is False
+    assert cfg["name"] == "run" and cfg["output_dir"].endswith("run")
+    assert cfg["data"]["val"] == [] and cfg["data"]["center_crop"] == 1.0
+
+
+def test_name_and_output_dir_default_from_the_file_stem(tmp_path):
+    path = tmp_path / "my_exp.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    cfg = load_config(path)
+    assert cfg["name"] == "my_exp"
+    assert cfg["output_dir"].replace("\\", "/") == "runs/my_exp"
+
+
+def test_resolved_config_round_trips_through_yaml():
+    cfg = load_config(BASE, ["loss.name=cosface", "loss.m=0.3", "data.val=[a.txt, b.bin]"])
+    again = load_config(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("optim.lr=0.05", ("optim", "lr"), 0.05),
+    ("optim.epochs=3", ("optim", "epochs"), 3),
+    ("optim.weight_decay=5e-4", ("optim", "weight_decay"), 5e-4),   # YAML 1.1 reads this as a str
+    ("data.val=[x/pairs.txt, y.bin]", ("data", "val"), ["x/pairs.txt", "y.bin"]),
+    ("data.val=one.txt", ("data", "val"), ["one.txt"]),
+    ("track.angles=false", ("track", "angles"), False),
+    ("loss.s=30", ("loss", "s"), 30),
+    ("optim.lr_steps=[1, 2]", ("optim", "lr_steps"), [1.0, 2.0]),
+])
+def test_dotted_overrides(override, key, value):
+    cfg = load_config(BASE, [override])
+    assert cfg[key[0]][key[1]] == value
+
+
+def test_override_beats_file_value_and_pairs_are_accepted():
+    cfg = load_config({**BASE, "optim": {"lr": 0.3}}, [("optim.lr", 0.01)])
+    assert cfg["optim"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lrr=0.1", "config key 'optim.lrr': unknown key (did you mean 'optim.lr'?)"),
+    ("optimizer.lr=0.1", "config key 'optimizer': unknown key"),
+    ("data.trian=x", "config key 'data.trian': unknown key"),
+    ("optim.batch_size=abc", "config key 'optim.batch_size': expected an integer"),
+    ("optim.batch_size=true", "config key 'optim.batch_size': expected an integer"),
+    ("optim.batch_size=1", "config key 'optim.batch_size': must be >= 2"),
+    ("optim.lr=-1", "config key 'optim.lr': must be > 0"),
+    ("optim.lr=fast", "config key 'optim.lr': expected a number"),
+    ("optim.schedule=linear", "config key 'optim.schedule': expected one of"),
+    ("optim.amp=fp8", "config key 'optim.amp'"),
+    ("device=tpu", "config key 'device'"),
+    ("resume=yes please", "config key 'resume': expected true or false"),
+    ("data.center_crop=1.5", "config key 'data.center_crop': must be <= 1.0"),
+    ("data.val=[1, 2]", "config key 'data.val[0]'"),
+    ("model.dropout=1.0", "config key 'model.dropout'"),
+    ("data.image_size=40", "config key 'data.image_size'"),        # small_cnn: multiples of 16
+    ("model.backbone=resnet9000", "config key 'model.backbone'"),
+    ("optim=3", "config key 'optim': expected a mapping"),
+    ("optim.schedule=step", "config key 'optim.lr_steps'"),        # step schedule needs epochs
+    ("optim.warmup_epochs=30", "config key 'optim.warmup_epochs': must be < optim.epochs"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(NoisyFRError) as info:
+        load_config(BASE, [override])
+    msg = str(info.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_missing_required_key():
+    with pytest.raises(NoisyFRError, match="config key 'data.train': required"):
+        load_config({"model": {"backbone": "small_cnn"}})
+
+
+def test_loss_parameters_are_checked_by_build_loss():
+    assert load_config(BASE, ["loss.name=cosface", "loss.m=0.2"])["loss"] == {"name": "cosface", "m": 0.2}
+    with pytest.raises(NoisyFRError, match="config key 'loss'.*mm"):
+        load_config(BASE, ["loss.mm=0.2"])
+    with pytest.raises(NoisyFRError, match="config key 'loss'.*nosuchloss"):
+        load_config(BASE, ["loss.name=nosuchloss"])
+    with pytest.raises(NoisyFRError, match="config key 'loss'.*s"):
+        load_config(BASE, ["loss.s=-3"])
+
+
+@pytest.mark.parametrize("text", ["optim.lr", "=3", "optim..lr=1", "optim.lr=[1, 2"])
+def test_malformed_overrides(text):
+    with pytest.raises(NoisyFRError, match="override"):
+        parse_override(text)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(NoisyFRError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(NoisyFRError, match="invalid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(NoisyFRError, match="mapping at the top level"):
+        load_config(listy)
+
+
+def test_cli_print_config_and_exit_status(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert cli_main(["train", str(path), "optim.lr=0.02", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.02 and printed["name"] == "c"
+    assert cli_main(["train", str(path), "optim.lrr=0.02"]) == 2
+    err = capsys.readouterr().err
+    assert "noisyfr train: error: config key 'optim.lrr': unknown key" in err
+    assert not (tmp_path / "runs").exists()
