@@ -234,7 +234,15 @@ def load_pairs(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     ``images/`` beside the file. A folder holding ``pairs.txt`` is accepted too. ``.bin``: the
     pickle ``(images, issame)``, loaded with a restricted unpickler; pair ``k`` is images
     ``(2k, 2k+1)``. Bad input raises :class:`NoisyFRError` naming the file.
+
+    ``synthetic-pairs:ids=100,per_id=10,first_id=100000,pairs=600,size=112,seed=0`` (keys
+    optional) builds a :class:`~noisyfr.data.synthetic.SyntheticPairs` set over synthetic
+    identities never seen by a ``synthetic:`` training set with ``ids <= first_id``.
     """
+    if isinstance(path, str) and (path == "synthetic-pairs" or path.startswith("synthetic-pairs:")):
+        from noisyfr.data.synthetic import SyntheticPairs
+
+        return SyntheticPairs.from_spec(path)
     p = Path(path)
     if p.is_dir() and (p / "pairs.txt").is_file():
         p = p / "pairs.txt"

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from noisyfr.data.index import FaceIndex
+from noisyfr.data.pairs import VerificationSet
 from noisyfr.errors import NoisyFRError
 
 #: Bump when the drawing changes: recorded in ``synth.json`` so that old folders can be told apart.
@@ -698,3 +699,226 @@ def montage(index: FaceIndex, ids: int = 8, per_id: int = 8) -> np.ndarray:
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     return np.concatenate(rows, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification pairs over unseen synthetic identities
+# ----------------------------------------------------------------------------------------------
+PAIRS_PREFIX = "synthetic-pairs"
+PAIRS_DEFAULTS = {"ids": 100, "per_id": 10, "first_id": 100_000, "pairs": 600, "size": 112,
+                  "seed": 0}
+MAX_PAIRS = 2_000_000
+MAX_LABEL = 2**62
+
+
+def _pairs_available(ids: int, per_id: int) -> tuple[int, int]:
+    """(number of distinct same-identity pairs, number of distinct different-identity pairs)."""
+    n = ids * per_id
+    same = ids * (per_id * (per_id - 1) // 2)
+    return same, n * (n - 1) // 2 - same
+
+
+def check_pairs_params(ids, per_id, first_id, pairs, size, seed,
+                       where: str = "synthetic-pairs") -> dict:
+    """Validate the parameters of a synthetic verification set; NoisyFRError naming the bad one.
+
+    ``ids`` >= 2 and ``per_id`` >= 2 (both kinds of pairs must exist), ``first_id`` >= 0,
+    ``pairs`` even, >= 2 and at most the number of distinct same (and different) pairs,
+    ``size`` in [16, 1024], ``seed`` >= 0. Returns the parameters as a dict of ints.
+    """
+    values = {"ids": ids, "per_id": per_id, "first_id": first_id, "pairs": pairs, "size": size,
+              "seed": seed}
+    bounds = {"ids": (2, MAX_IMAGES), "per_id": (2, MAX_IMAGES), "first_id": (0, MAX_LABEL),
+              "pairs": (2, MAX_PAIRS), "size": (MIN_SIZE, MAX_SIZE), "seed": (0, 2**63 - 1)}
+    out = {}
+    for name, value in values.items():
+        lo, hi = bounds[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise NoisyFRError(f"{where}: {name} must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise NoisyFRError(f"{where}: {name} must be in [{lo}, {hi}], got {value}")
+        out[name] = int(value)
+    if out["ids"] * out["per_id"] > MAX_IMAGES:
+        raise NoisyFRError(f"{where}: ids x per_id = {out['ids'] * out['per_id']} images exceeds "
+                           f"the limit {MAX_IMAGES}")
+    if out["first_id"] + out["ids"] > MAX_LABEL:
+        raise NoisyFRError(f"{where}: first_id + ids must be <= {MAX_LABEL}")
+    if out["pairs"] % 2:
+        raise NoisyFRError(f"{where}: pairs must be even (half same, half different), "
+                           f"got {out['pairs']}")
+    same, diff = _pairs_available(out["ids"], out["per_id"])
+    half = out["pairs"] // 2
+    if half > same:
+        raise NoisyFRError(f"{where}: pairs={out['pairs']} needs {half} distinct same-identity "
+                           f"pairs but ids={out['ids']} x per_id={out['per_id']} has only {same}")
+    if half > diff:  # pragma: no cover - unreachable with ids, per_id >= 2 and half <= same
+        raise NoisyFRError(f"{where}: pairs={out['pairs']} needs {half} distinct "
+                           f"different-identity pairs but only {diff} exist")
+    return out
+
+
+def parse_pairs_spec(spec: str) -> dict:
+    """Parse ``synthetic-pairs[:key=value,...]`` (keys ids, per_id, first_id, pairs, size, seed;
+    ``-`` may replace ``_``) into a full, validated parameter dict (defaults for missing keys)."""
+    if not isinstance(spec, str) or not (spec == PAIRS_PREFIX or spec.startswith(PAIRS_PREFIX + ":")):
+        raise NoisyFRError(f"synthetic pairs spec {spec!r}: must look like 'synthetic-pairs:"
+                           f"ids=100,per_id=10,first_id=100000,pairs=600,size=112,seed=0'")
+    where = f"synthetic pairs spec {spec!r}"
+    params = dict(PAIRS_DEFAULTS)
+    body = spec[len(PAIRS_PREFIX) + 1:]
+    seen = set()
+    for item in filter(None, (s.strip() for s in body.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in PAIRS_DEFAULTS:
+            raise NoisyFRError(f"{where}: unknown key {key!r} (expected {', '.join(PAIRS_DEFAULTS)})")
+        if not eq or not value.strip():
+            raise NoisyFRError(f"{where}: key {key!r} needs a value ({key}=N)")
+        if key in seen:
+            raise NoisyFRError(f"{where}: key {key!r} given twice")
+        seen.add(key)
+        try:
+            params[key] = int(value.strip())
+        except ValueError:
+            raise NoisyFRError(f"{where}: {key} must be an integer, got {value.strip()!r}") from None
+    return check_pairs_params(**params, where=where)
+
+
+def _draw_unique(rng: np.random.Generator, need: int, n_images: int, draw, valid) -> np.ndarray:
+    """``need`` distinct unordered pairs (a < b) by rejection: ``draw(m)`` -> two int64 arrays of
+    candidates, ``valid(a, b)`` -> bool mask. Returns [need, 2] int64 in first-drawn order."""
+    keys = np.empty(0, dtype=np.int64)
+    while True:
+        a, b = draw(2 * need + 64)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        ok = (lo != hi) & valid(lo, hi)
+        keys = np.concatenate([keys, lo[ok] * n_images + hi[ok]])
+        _, first = np.unique(keys, return_index=True)
+        if len(first) >= need:
+            keys = keys[np.sort(first)[:need]]
+            return np.stack([keys // n_images, keys % n_images], axis=1)
+
+
+def sample_pairs(ids: int, per_id: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of a synthetic verification set: ``(pairs [P, 2] int64, issame [P] bool)``.
+
+    Image ``i`` is image ``i % per_id`` of the ``i // per_id``-th identity. ``P/2`` distinct
+    same-identity pairs, then ``P/2`` distinct different-identity pairs, each drawn uniformly
+    without replacement from all unordered pairs of its kind with
+    ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(2**32 - 1, 0)))`` (a stream that no
+    identity or image uses: those have keys ``(label,)`` and ``(label, k + 1)``) and sorted (LFW-like order). Each pair is stored as ``(a, b)`` with ``a < b``.
+    """
+    p = check_pairs_params(ids, per_id, 0, pairs, MIN_SIZE, seed, where="sample_pairs")
+    ids, per_id, half = p["ids"], p["per_id"], p["pairs"] // 2
+    n = ids * per_id
+    rng = np.random.default_rng(_seed_sequence(p["seed"], 2**32 - 1, 0))
+    n_same, n_diff = _pairs_available(ids, per_id)
+    labels = np.arange(n, dtype=np.int64) // per_id
+
+    # same-identity pairs
+    if 2 * half > n_same:       # dense: enumerate every candidate, pick without replacement
+        a, b = np.triu_indices(per_id, 1)
+        base = (np.arange(ids, dtype=np.int64) * per_id)[:, None]
+        cand = np.stack([(base + a).ravel(), (base + b).ravel()], axis=1)
+        same = cand[rng.choice(len(cand), half, replace=False)]
+    else:
+        def draw_same(m):
+            who = rng.integers(ids, size=m, dtype=np.int64) * per_id
+            return who + rng.integers(per_id, size=m), who + rng.integers(per_id, size=m)
+        same = _draw_unique(rng, half, n, draw_same, lambda lo, hi: np.ones(len(lo), bool))
+
+    # different-identity pairs
+    if 2 * half > n_diff:       # dense (few identities, few images): enumerate
+        a, b = np.triu_indices(n, 1)
+        keep = labels[a] != labels[b]
+        cand = np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
+        diff = cand[rng.choice(len(cand), half, replace=False)]
+    else:
+        diff = _draw_unique(rng, half, n,
+                            lambda m: (rng.integers(n, size=m), rng.integers(n, size=m)),
+                            lambda lo, hi: labels[lo] != labels[hi])
+
+    blocks = [blk[np.lexsort((blk[:, 1], blk[:, 0]))] for blk in (same, diff)]
+    out = np.concatenate(blocks).astype(np.int64)
+    issame = np.repeat(np.array([True, False]), half)
+    return out, issame
+
+
+class SyntheticPairs(VerificationSet):
+    """A verification set over synthetic identities ``first_id .. first_id + ids - 1``.
+
+    Image ``i`` is ``render_image(seed, first_id + i // per_id, i % per_id, size)``: the same
+    renderer and seed as :class:`SyntheticIndex`, so with ``first_id >= ids`` of a training index
+    of the same seed none of these identities was seen in training. ``pairs``/``issame`` come from
+    :func:`sample_pairs` (half same, half different, no duplicates, same block first). Images are
+    rendered on first access and cached (``cache_mb``). ``name`` is ``"synthetic-pairs"``,
+    ``source``/``spec`` the canonical spec string, ``labels`` the identity label of every image.
+    """
+
+    name = PAIRS_PREFIX
+
+    def __init__(self, ids: int = 100, per_id: int = 10, first_id: int = 100_000,
+                 pairs: int = 600, size: int = 112, seed: int = 0, cache_mb: float = 512.0):
+        p = check_pairs_params(ids, per_id, first_id, pairs, size, seed, where="SyntheticPairs")
+        self.ids, self.per_id, self.first_id = p["ids"], p["per_id"], p["first_id"]
+        self.size, self.seed = p["size"], p["seed"]
+        self.source = self.spec_for(p)
+        self.labels = self.first_id + np.arange(self.ids * self.per_id, dtype=np.int64) // self.per_id
+        self.pairs, self.issame = sample_pairs(self.ids, self.per_id, p["pairs"], self.seed)
+        self._cache_max = max(0, int(cache_mb * 2**20 // (3 * self.size * self.size)))
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    @staticmethod
+    def spec_for(p: dict) -> str:
+        """Canonical spec string of a parameter dict."""
+        return PAIRS_PREFIX + ":" + ",".join(f"{k}={p[k]}" for k in PAIRS_DEFAULTS)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs) -> "SyntheticPairs":
+        """``SyntheticPairs.from_spec("synthetic-pairs:ids=100,pairs=600")``; keys optional."""
+        return cls(**parse_pairs_spec(spec), **kwargs)
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec string (what :meth:`from_spec` reads back)."""
+        return self.source
+
+    @property
+    def num_images(self) -> int:
+        return self.ids * self.per_id
+
+    def image_name(self, i: int) -> str:
+        label, k = divmod(int(i), self.per_id)
+        return f"{self.source}[{i}] (id{self.first_id + label:04d}/{k:03d}.png)"
+
+    def identity_params(self, label: int) -> IdentityParams:
+        """The stable parameters of identity ``label`` (an absolute label, ``first_id`` + j)."""
+        return render_identity_params(self.seed, int(label))
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """uint8 tensor [3, size, size] of image ``i`` (rendered once, then cached)."""
+        n = self.num_images
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise IndexError(f"{self.source}: image index {i!r} out of range [0, {n})")
+        i = int(i) % n
+        img = self._cache.get(i)
+        if img is not None:
+            self._cache.move_to_end(i)
+            return img.clone()
+        j, k = divmod(i, self.per_id)
+        img = render_image(self.seed, self.first_id + j, k, self.size)
+        if self._cache_max:
+            self._cache[i] = img
+            if len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+            return img.clone()
+        return img
+
+    def read_bytes(self, i: int) -> bytes:
+        """PNG bytes of image ``i`` (decode them to get exactly :meth:`load_image`)."""
+        return encode_png(self.load_image(i))
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        return state
