@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_tools import noise as nz
+from noisyfr.data.manifest import fingerprint_dict, paths_array, write_manifest
 from noisyfr.errors import NoisyFRError
 
 CLOSED_MODES = ("symmetric", "pairwise", "nearest")
@@ -181,6 +183,41 @@ def _identity_features_from_images(index, rows, labels, num_ids):
 
 # --------------------------------------------------------------------------- the API
 
+class _Job:
+    """``fn(*args)`` run in a thread: for work that releases the GIL (hashing, arrow kernels,
+    Parquet encoding), so that it overlaps the numpy work of the caller on a second core.
+    :meth:`result` waits and returns the value or re-raises the exception. Not a daemon: an
+    interrupted caller still lets a started write finish (and rename) or clean up its temp file."""
+
+    def __init__(self, fn, *args):
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=False,
+                                        name="noisyfr-inject")
+        self._thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _path_column(index_paths: pa.Array, rows, open_mask, open_source: pa.Array | None,
+                 open_rows) -> pa.Array:
+    """The manifest's ``path`` column: the in-set rows' paths, the open-set rows (``open_mask``)
+    replaced by ``open_source[open_rows]``."""
+    col = index_paths if rows is None else index_paths.take(pa.array(rows))
+    if open_source is not None:
+        col = pc.replace_with_mask(col, pa.array(open_mask), open_source.take(pa.array(open_rows)))
+    return col
+
+
 def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outliers=None,
                    holdout_ids=0, split=0, merge=0, seed=0, embeddings=None, command=None,
                    out=None) -> tuple[pa.Table, dict]:
@@ -190,7 +227,6 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
     """
     from noisyfr import __version__
     from noisyfr.data.index import FaceIndex
-    from noisyfr.data.manifest import fingerprint_dict, paths_array
 
     closed, open_, holdout_ids, split, merge, seed = _check_options(
         closed, closed_mode, open, outliers, holdout_ids, split, merge, seed, embeddings)
@@ -221,13 +257,16 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
     kept = np.flatnonzero(keep_mask)
     remap = np.full(c_all, -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
-    in_set = remap[labels0] >= 0
     # rows: in-set rows of the index (None when all are in the set: saves two N-sized arrays)
-    rows = np.flatnonzero(in_set) if holdout_ids else None
-    m = len(rows) if holdout_ids else n_all
+    if holdout_ids:
+        in_set = remap[labels0] >= 0
+        rows = np.flatnonzero(in_set)
+        m = len(rows)
+    else:  # nothing held out: remap is the identity
+        in_set, rows, m = None, None, n_all
     if m == 0:
         raise NoisyFRError(f"--holdout-ids {holdout_ids}: no samples left in the label set")
-    labels = remap[labels0] if rows is None else remap[labels0[rows]]
+    labels = labels0.copy() if rows is None else remap[labels0[rows]]
     c_in = len(kept)
     sizes = np.bincount(labels, minlength=c_in)
 
@@ -236,7 +275,7 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
         pool = _open_outliers(outliers, index)
         pool_size = len(pool)
     else:
-        held_rows = np.flatnonzero(~in_set)
+        held_rows = np.flatnonzero(~in_set) if in_set is not None else np.zeros(0, dtype=np.int64)
         pool_size = len(held_rows)
 
     final = labels.copy()
@@ -285,8 +324,11 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
 
     # 4. open and 5. closed: exact stratified counts over the still-clean samples, then one random
     # order per identity: the first open_i samples become open-set, the next closed_i closed-set.
-    eligible = noise == _CLEAN
-    clean_sizes = np.bincount(labels[eligible], minlength=c_in)
+    if merge or split:
+        eligible = noise == _CLEAN
+        clean_sizes = np.bincount(labels[eligible], minlength=c_in)
+    else:  # every sample is still clean
+        eligible, clean_sizes = None, sizes
     n_clean = int(clean_sizes.sum())
     need_open, need_closed = nz.exact_count(open_, m), nz.exact_count(closed, m)
     if need_open > n_clean:
@@ -295,6 +337,10 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
     if need_open + need_closed > n_clean:
         raise NoisyFRError(f"--closed {closed}: needs {need_closed} clean samples, "
                            f"only {n_clean - need_open} left after split/merge/open")
+    # The index's paths as one arrow array (needs the GIL); its fingerprint is hashed in a
+    # background thread while the noise is drawn.
+    index_paths = paths_array(index)
+    fingerprint_job = _Job(fingerprint_dict, index, index_paths)
     open_counts = nz.stratified_counts(clean_sizes, open_, rng_open, reference=m)
     closed_counts = nz.stratified_counts(clean_sizes - open_counts, closed, rng_closed, reference=m)
     if open_ > 0 or closed > 0:
@@ -309,10 +355,18 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
 
     source_is_pool = None
     draws = None
+    pool_paths = open_source = open_src_rows = None
     if n_open:
         draws = nz.draw_outliers(pool_size, n_open, rng_draw)
         noise[open_mask] = _OPEN
         source_is_pool = pool is not None
+        if source_is_pool:
+            pool_paths = open_source = paths_array(pool)
+            open_src_rows = draws
+        else:
+            open_source, open_src_rows = index_paths, held_rows[draws]
+    # the path column is gathered by arrow in a background thread while labels are flipped
+    path_job = _Job(_path_column, index_paths, rows, open_mask, open_source, open_src_rows)
 
     nearest_info = None
     if closed > 0:
@@ -350,14 +404,11 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
 
     # Columns as arrow arrays: strings are gathered in C++ (no per-sample Python work);
     # identity / noise / source are dictionary-encoded.
-    index_paths = paths_array(index)
-    index_fingerprint = fingerprint_dict(index, index_paths)
     name_code = labels0 if holdout_ids == 0 else labels0[rows]
     name_code = name_code.astype(np.int32)
     names = pa.array(identities, type=pa.string())
     source_index = rows.copy() if holdout_ids else np.arange(m, dtype=np.int64)
     source_code = np.zeros(m, dtype=np.int8)  # 0: index, 1: outliers
-    path_col = index_paths if holdout_ids == 0 else index_paths.take(pa.array(rows))
     if n_open:
         open_rows = np.flatnonzero(open_mask)
         if source_is_pool:
@@ -366,14 +417,12 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
             name_code[open_rows] = c_all + pool_labels[draws]
             source_code[open_rows] = 1
             source_index[open_rows] = draws
-            pool_paths = paths_array(pool)
-            open_paths = pool_paths.take(pa.array(draws))
         else:
             src = held_rows[draws]
             name_code[open_rows] = labels0[src]
             source_index[open_rows] = src
-            open_paths = index_paths.take(pa.array(src))
-        path_col = pc.replace_with_mask(path_col, pa.array(open_mask), open_paths)
+    index_fingerprint = fingerprint_job.result()  # first: it names a paths/labels mismatch
+    path_col = path_job.result()
     del index_paths
     table = pa.table({
         "index": pa.array(np.arange(m, dtype=np.int64)),
@@ -386,7 +435,8 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
         "source_index": pa.array(source_index),
     })
 
-    counts = {name: int(np.count_nonzero(noise == code)) for code, name in enumerate(NOISE_CODES)}
+    per_code = np.bincount(noise.view(np.uint8), minlength=len(NOISE_CODES))
+    counts = {name: int(per_code[code]) for code, name in enumerate(NOISE_CODES)}
     rates = {name: counts[name] / m for name in NOISE_CODES}
     rates["noisy"] = 1.0 - rates["clean"]
     outlier_meta = None
@@ -396,7 +446,7 @@ def build_manifest(index, *, closed=0.0, closed_mode="symmetric", open=0.0, outl
             root = str(Path(root).resolve())
         kind = "index" if isinstance(outliers, FaceIndex) else "folder"
         outlier_meta = {"kind": kind, "root": None if root is None else str(root),
-                        "fingerprint": fingerprint_dict(pool), "pool": int(len(pool))}
+                        "fingerprint": fingerprint_dict(pool, pool_paths), "pool": int(len(pool))}
     elif holdout_ids:
         outlier_meta = {"kind": "holdout", "root": None, "pool": int(pool_size)}
     classes = [identities[k] for k in kept] + [f"{identities[kept[a]]}#split" for a in chosen]
@@ -443,16 +493,19 @@ def inject_index(index, out, *, closed=0.0, closed_mode="symmetric", open=0.0, o
     Output is Parquet, or CSV when ``out`` ends ``.csv``. Invalid options raise NoisyFRError before
     anything is written. Returns ``(manifest DataFrame, meta dict)``.
     """
-    from noisyfr.data.manifest import write_manifest
-
     out = Path(out)
     if out.is_dir():
         raise NoisyFRError(f"--out {out}: is a folder, expected a manifest file path")
     table, meta = build_manifest(index, closed=closed, closed_mode=closed_mode, open=open,
                                  outliers=outliers, holdout_ids=holdout_ids, split=split, merge=merge,
                                  seed=seed, embeddings=embeddings, command=command, out=out)
-    write_manifest(table, meta, out)
-    return table.to_pandas(split_blocks=True), meta
+    # Parquet encoding (C++, no GIL) overlaps the conversion of the returned DataFrame
+    writer = _Job(write_manifest, table, meta, out)
+    try:
+        df = table.to_pandas(split_blocks=True)
+    finally:
+        writer.result()
+    return df, meta
 
 
 def summary(out, meta: dict) -> str:

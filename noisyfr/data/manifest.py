@@ -73,10 +73,11 @@ def fingerprint(index, paths: pa.Array | None = None) -> str:
     h = hashlib.sha256()
     h.update(b"noisyfr-fingerprint-v2\0")
     h.update(np.int64(n).astype("<i8").tobytes())
-    h.update((offsets[1:] - offsets[0]).astype("<i8", copy=False).tobytes())
+    ends = offsets[1:] - offsets[0] if offsets[0] else offsets[1:]
+    h.update(ends.astype("<i8", copy=False))  # numpy buffers are hashed without bytes copies
     if n:
         h.update(memoryview(data_buf)[int(offsets[0]):int(offsets[-1])])
-    h.update(labels.tobytes())
+    h.update(labels)
     return h.hexdigest()
 
 
@@ -114,9 +115,48 @@ def _to_table(manifest: pd.DataFrame | pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields)).replace_schema_metadata(None)
 
 
+_JSON_INDENT = 2
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_flat(obj) -> bool:
+    """True for a list/dict whose items are all JSON scalars (the bulk of a sidecar)."""
+    values = obj.values() if isinstance(obj, dict) else obj
+    return all(type(v) in _JSON_SCALARS for v in values)
+
+
+def _dumps_indented(obj, level: int) -> str:
+    """``json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)``, nested
+    ``level`` deep, byte for byte. Flat containers (tens of thousands of class names or label
+    lists) go through the C encoder with the newline + indent as item separator: encoded JSON
+    never holds a raw newline, so this is exactly the indented layout, without the per-item
+    Python of ``json``'s indenting encoder."""
+    opts = dict(sort_keys=True, ensure_ascii=False, allow_nan=False)
+    is_dict = isinstance(obj, dict)
+    if not isinstance(obj, (list, tuple, dict)) or not obj:
+        return json.dumps(obj, **opts)
+    inner = "\n" + " " * (_JSON_INDENT * (level + 1))
+    outer = "\n" + " " * (_JSON_INDENT * level)
+    if _json_flat(obj):
+        text = json.dumps(obj, separators=("," + inner, ": "), **opts)
+        return text[0] + inner + text[1:-1] + outer + text[-1]
+    if is_dict:
+        if not all(isinstance(k, str) for k in obj):  # non-string keys: json's own rules
+            return json.dumps(obj, indent=_JSON_INDENT, **opts).replace("\n", outer)
+        items = [json.dumps(k, ensure_ascii=False) + ": " + _dumps_indented(obj[k], level + 1)
+                 for k in sorted(obj)]
+        return "{" + inner + ("," + inner).join(items) + outer + "}"
+    items = [_dumps_indented(v, level + 1) for v in obj]
+    return "[" + inner + ("," + inner).join(items) + outer + "]"
+
+
 def dumps_meta(meta: dict) -> str:
-    """The sidecar text: sorted keys, 2-space indent, trailing newline (deterministic)."""
-    return json.dumps(meta, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    """The sidecar text: sorted keys, 2-space indent, trailing newline (deterministic).
+
+    Byte-identical to ``json.dumps(meta, sort_keys=True, indent=2, ensure_ascii=False,
+    allow_nan=False) + "\\n"``, several times faster on a web-scale sidecar.
+    """
+    return _dumps_indented(meta, 0) + "\n"
 
 
 def write_manifest(manifest: pd.DataFrame | pa.Table, meta: dict, path: str | os.PathLike) -> Path:

@@ -16,12 +16,16 @@ keys ``1 .. labels[0]-1`` and the identity records ``labels[0] .. labels[1]-1`` 
 [start, end) image keys of one identity. The plain *im2rec layout* has no header record: every key
 is an image.
 
-Reading is done with one ``os.pread`` per image at offsets computed once when the index is opened
-(a vectorised header scan), with one file descriptor per process, re-opened after ``fork``.
+Reading: image offsets are computed once when the index is opened (a vectorised header scan);
+``read_bytes`` then slices a read-only ``mmap`` of the ``.rec`` (one bytes copy, no system call per
+image). The descriptor and the map are per process: re-opened lazily after ``fork`` and dropped
+when pickled. Multi-part records (rare) are joined with ``os.pread``. The ``.rec`` must not be
+truncated while an index is reading it (the offsets were checked against its size at open time).
 """
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -252,6 +256,8 @@ class RecordIOIndex(FaceIndex):
         self.layout = "arcface"
         self._fd: int | None = None
         self._fd_gen = -1
+        self._mm: mmap.mmap | None = None
+        self._mm_gen = -1
         rec = self.rec_path
         if not rec.is_file():
             raise NoisyFRError(f"{rec}: RecordIO file does not exist")
@@ -428,6 +434,17 @@ class RecordIOIndex(FaceIndex):
             self._fd_gen = _FORK_GENERATION
         return self._fd
 
+    def _map(self) -> mmap.mmap:
+        """This process's read-only map of the whole ``.rec`` (created on first use)."""
+        if self._mm is None or self._mm_gen != _FORK_GENERATION:
+            try:
+                self._mm = mmap.mmap(self._file(), 0, access=mmap.ACCESS_READ)
+            except (ValueError, OSError) as exc:  # e.g. emptied since it was opened
+                raise NoisyFRError(f"{self.rec_path}: cannot map the RecordIO file "
+                                   f"({getattr(exc, 'strerror', None) or exc})") from None
+            self._mm_gen = _FORK_GENERATION
+        return self._mm
+
     @property
     def keys(self) -> np.ndarray:
         """Record key of each sample."""
@@ -438,21 +455,28 @@ class RecordIOIndex(FaceIndex):
         return self._payload_of(self._offsets[i])
 
     def read_bytes(self, i: int) -> bytes:
-        """The encoded image of sample ``i`` (one ``pread`` for single-part records)."""
-        fd = self._fd if self._fd_gen == _FORK_GENERATION else None
-        if fd is None:
-            fd = self._file()
+        """The encoded image of sample ``i`` (a slice of the file's map for single-part records)."""
+        mm = self._mm if self._mm_gen == _FORK_GENERATION else None
+        if mm is None:
+            mm = self._map()
         n = self._img_len[i]
         if n >= 0:
-            data = os.pread(fd, n, self._img_start[i])
-            if len(data) != n:
+            start = self._img_start[i]
+            data = mm[start:start + n]
+            if len(data) != n:  # the file was shorter than the offsets when it was mapped
                 raise NoisyFRError(f"{self.rec_path}: truncated: record {self.paths[i]} ends "
                                    f"past the end of the file")
             return data
         return unpack_irheader(self.read_record(i))[4]
 
     def close(self) -> None:
-        """Close this process's file descriptor (re-opened on the next read)."""
+        """Close this process's map and file descriptor (re-opened on the next read)."""
+        if self._mm is not None and self._mm_gen == _FORK_GENERATION:
+            try:
+                self._mm.close()
+            except (OSError, ValueError, BufferError):
+                pass
+        self._mm = None
         if self._fd is not None and self._fd_gen == _FORK_GENERATION:
             try:
                 os.close(self._fd)
@@ -464,6 +488,8 @@ class RecordIOIndex(FaceIndex):
         state = self.__dict__.copy()
         state["_fd"] = None
         state["_fd_gen"] = -1
+        state["_mm"] = None
+        state["_mm_gen"] = -1
         return state
 
     def __del__(self):  # pragma: no cover - interpreter-dependent timing
