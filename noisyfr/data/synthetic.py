@@ -620,7 +620,56 @@ def parse_spec(spec: str) -> dict:
     return params
 
 
-class SyntheticIndex(FaceIndex):
+class _RenderedImages:
+    """Shared by :class:`SyntheticIndex` and :class:`SyntheticPairs`: image ``i`` is
+    ``render_image(seed, first_label + i // per_id, i % per_id, size)``, rendered on first access
+    and kept in a bounded LRU cache (``cache_mb`` megabytes, 0 disables it) that is not pickled
+    (DataLoader workers start with an empty cache)."""
+
+    first_label = 0
+    _what = "image"
+
+    def _init_cache(self, cache_mb: float) -> None:
+        self._cache_max = max(0, int(cache_mb * 2**20 // (3 * self.size * self.size)))
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def _check_index(self, i) -> int:
+        n = self.ids * self.per_id
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise IndexError(f"{self.source}: {self._what} index {i!r} out of range [0, {n})")
+        return int(i) % n
+
+    def identity_params(self, label: int) -> IdentityParams:
+        """The stable parameters of identity ``label`` (an absolute label)."""
+        return render_identity_params(self.seed, int(label))
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """uint8 tensor [3, size, size] of image ``i`` (rendered once, then cached)."""
+        i = self._check_index(i)
+        img = self._cache.get(i)
+        if img is not None:
+            self._cache.move_to_end(i)
+            return img.clone()
+        j, k = divmod(i, self.per_id)
+        img = render_image(self.seed, self.first_label + j, k, self.size)
+        if self._cache_max:
+            self._cache[i] = img
+            if len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+            return img.clone()
+        return img
+
+    def read_bytes(self, i: int) -> bytes:
+        """PNG bytes of image ``i`` (decode them to get exactly :meth:`load_image`)."""
+        return encode_png(self.load_image(i))
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()   # don't ship rendered images to DataLoader workers
+        return state
+
+
+class SyntheticIndex(_RenderedImages, FaceIndex):
     """In-memory index of ``ids`` x ``per_id`` synthetic face-like images of ``size`` x ``size``.
 
     ``labels = repeat(arange(ids), per_id)``; identity names ``id0000``...; paths
@@ -639,8 +688,7 @@ class SyntheticIndex(FaceIndex):
         self.labels = np.repeat(np.arange(self.ids, dtype=np.int64), self.per_id)
         self.paths = [f"{name}/{k:0{kwidth}d}.png" for name in self.identities
                       for k in range(self.per_id)]
-        self._cache_max = max(0, int(cache_mb * 2**20 // (3 * self.size * self.size)))
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._init_cache(cache_mb)
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> "SyntheticIndex":
@@ -653,40 +701,7 @@ class SyntheticIndex(FaceIndex):
         return (f"synthetic:ids={self.ids},per_id={self.per_id},size={self.size},"
                 f"seed={self.seed}")
 
-    def _check_index(self, i) -> int:
-        n = len(self)
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
-            raise IndexError(f"{self.source}: sample index {i!r} out of range [0, {n})")
-        return int(i) % n
-
-    def identity_params(self, label: int) -> IdentityParams:
-        """The stable parameters of identity ``label``."""
-        return render_identity_params(self.seed, int(label))
-
-    def load_image(self, i: int) -> torch.Tensor:
-        """uint8 tensor [3, size, size] of sample ``i`` (rendered once, then cached)."""
-        i = self._check_index(i)
-        img = self._cache.get(i)
-        if img is not None:
-            self._cache.move_to_end(i)
-            return img.clone()
-        label, k = divmod(i, self.per_id)
-        img = render_image(self.seed, label, k, self.size)
-        if self._cache_max:
-            self._cache[i] = img
-            if len(self._cache) > self._cache_max:
-                self._cache.popitem(last=False)
-            return img.clone()
-        return img
-
-    def read_bytes(self, i: int) -> bytes:
-        """PNG bytes of sample ``i`` (decode them to get exactly :meth:`load_image`)."""
-        return encode_png(self.load_image(i))
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()   # don't ship rendered images to DataLoader workers
-        return state
+    _what = "sample"
 
 
 def montage(index: FaceIndex, ids: int = 8, per_id: int = 8) -> np.ndarray:
@@ -844,7 +859,7 @@ def sample_pairs(ids: int, per_id: int, pairs: int, seed: int) -> tuple[np.ndarr
     return out, issame
 
 
-class SyntheticPairs(VerificationSet):
+class SyntheticPairs(_RenderedImages, VerificationSet):
     """A verification set over synthetic identities ``first_id .. first_id + ids - 1``.
 
     Image ``i`` is ``render_image(seed, first_id + i // per_id, i % per_id, size)``: the same
@@ -865,8 +880,7 @@ class SyntheticPairs(VerificationSet):
         self.source = self.spec_for(p)
         self.labels = self.first_id + np.arange(self.ids * self.per_id, dtype=np.int64) // self.per_id
         self.pairs, self.issame = sample_pairs(self.ids, self.per_id, p["pairs"], self.seed)
-        self._cache_max = max(0, int(cache_mb * 2**20 // (3 * self.size * self.size)))
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._init_cache(cache_mb)
 
     @staticmethod
     def spec_for(p: dict) -> str:
@@ -891,34 +905,6 @@ class SyntheticPairs(VerificationSet):
         label, k = divmod(int(i), self.per_id)
         return f"{self.source}[{i}] (id{self.first_id + label:04d}/{k:03d}.png)"
 
-    def identity_params(self, label: int) -> IdentityParams:
-        """The stable parameters of identity ``label`` (an absolute label, ``first_id`` + j)."""
-        return render_identity_params(self.seed, int(label))
-
-    def load_image(self, i: int) -> torch.Tensor:
-        """uint8 tensor [3, size, size] of image ``i`` (rendered once, then cached)."""
-        n = self.num_images
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
-            raise IndexError(f"{self.source}: image index {i!r} out of range [0, {n})")
-        i = int(i) % n
-        img = self._cache.get(i)
-        if img is not None:
-            self._cache.move_to_end(i)
-            return img.clone()
-        j, k = divmod(i, self.per_id)
-        img = render_image(self.seed, self.first_id + j, k, self.size)
-        if self._cache_max:
-            self._cache[i] = img
-            if len(self._cache) > self._cache_max:
-                self._cache.popitem(last=False)
-            return img.clone()
-        return img
-
-    def read_bytes(self, i: int) -> bytes:
-        """PNG bytes of image ``i`` (decode them to get exactly :meth:`load_image`)."""
-        return encode_png(self.load_image(i))
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        return state
+    @property
+    def first_label(self) -> int:
+        return self.first_id
