@@ -36,20 +36,8 @@ class CurricularFace(MarginLoss):
         return arc_target(theta, self.m)
 
     def hard_negatives(self, cos, labels, target):
-        t = self.t.to(cos.dtype)
-        with torch.no_grad():
-            mask = cos > target.unsqueeze(1)
-            rows, cols = mask.nonzero(as_tuple=True)
-            if rows.numel() * 20 > mask.numel():  # many hard negatives (early training)
-                mask[torch.arange(labels.shape[0], device=labels.device), labels] = False
-                rows = None
-            else:  # few: modulate only those entries (the target is overwritten anyway)
-                keep = cols != labels[rows]
-                rows, cols = rows[keep], cols[keep]
-        if rows is None:
-            return torch.where(mask, cos * (cos + t), cos)
-        hard = cos[rows, cols]
-        return rows, cols, hard * (t + hard)
+        """The hard-negative coefficient ``t`` (the base class modulates the entries)."""
+        return self.t.to(cos.dtype)
 
 
 @register("adaface")
@@ -240,5 +228,5 @@ class BoundaryFace(MarginLoss):
     def penalty(self, cos, labels, target, norms):
         if self._neg_idx is None or self.penalty_weight == 0:
             return None
-        neg_cos = cos.gather(1, self._neg_idx.unsqueeze(1)).squeeze(1)
+        neg_cos = cos.gather(1, self._neg_idx.unsqueeze(1), sparse_grad=True).squeeze(1)
         return self.penalty_weight * torch.relu(neg_cos - target).mean()

@@ -9,6 +9,47 @@ from noisyfr.losses.base import (COS_EPS, MarginLoss, MarginOutput, arc_target, 
                                  register)
 
 
+class _LinearLogits(torch.autograd.Function):
+    """``bias + cos * outer(norms, centre_norms)`` (bias optional), computed in place on the
+    outer product, with a lean backward: the norm gradients are two matrix-vector products of
+    ``grad * cos`` instead of two more elementwise products and reductions over [B, C]."""
+
+    @staticmethod
+    def forward(ctx, cos, norms, centre_norms, bias):
+        if cos.dtype == norms.dtype == centre_norms.dtype:
+            # in place on the outer product: the same values as addcmul(bias, cos, scale)
+            logits = torch.outer(norms, centre_norms).mul_(cos)
+            if bias is not None:
+                logits.add_(bias)
+        else:  # mixed precision: let type promotion decide, as the plain expression would
+            scale = torch.outer(norms, centre_norms)
+            logits = cos * scale if bias is None else torch.addcmul(bias, cos, scale)
+        ctx.save_for_backward(cos, norms, centre_norms)
+        return logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        cos, norms, centre_norms = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_cos = grad_norms = grad_centre = None
+        buf = None
+        if need[1] or need[2]:
+            buf = grad * cos
+            if need[1]:
+                grad_norms = torch.mv(buf, centre_norms.to(buf.dtype))
+            if need[2]:
+                grad_centre = torch.mv(buf.t(), norms.to(buf.dtype))
+        if need[0]:  # grad * outer(norms, centre_norms), reusing the [B, C] buffer
+            if buf is not None and buf.dtype == norms.dtype == centre_norms.dtype:
+                grad_cos = torch.outer(norms, centre_norms, out=buf)
+            else:
+                grad_cos = torch.outer(norms, centre_norms)
+            grad_cos.mul_(grad)
+        grad_bias = grad.sum(0) if need[3] else None
+        return grad_cos, grad_norms, grad_centre, grad_bias
+
+
 @register("softmax")
 class Softmax(MarginLoss):
     """Plain softmax: unnormalised linear head ``W x + b`` + cross-entropy.
@@ -31,9 +72,9 @@ class Softmax(MarginLoss):
     def compute(self, cos, labels, norms=None, centre_norms=None, bias=None) -> MarginOutput:
         """Logits ``norms*centre_norms*cos + bias`` (each factor optional)."""
         cos, labels, norms = self._check_inputs(cos, labels, norms)
-        if norms is not None and centre_norms is not None:
-            scale = torch.outer(norms, centre_norms)
-        elif norms is not None:
+        if norms is not None and centre_norms is not None:  # the head's case
+            return MarginOutput(_LinearLogits.apply(cos, norms, centre_norms, bias), labels, None)
+        if norms is not None:
             scale = norms.unsqueeze(1)
         elif centre_norms is not None:
             scale = centre_norms.unsqueeze(0)
