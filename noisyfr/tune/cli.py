@@ -1,0 +1,65 @@
+"""``noisyfr sweep``: run a Ray Tune grid of training runs (losses x noise settings x seeds).
+
+Examples::
+
+    noisyfr sweep experiments/configs/demo.yaml --out runs/demo
+    noisyfr sweep experiments/configs/demo.yaml grid.seed=[0,1,2] optim.epochs=3
+    noisyfr sweep --resume --out runs/demo          # finish an interrupted sweep
+    noisyfr sweep cfg.yaml --address auto           # join a running Ray cluster (ray start --head)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from noisyfr.errors import NoisyFRError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``noisyfr sweep``."""
+    parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE",
+                        help="sweep YAML (training config + grid/noise/resources; optional with "
+                             "--resume --out DIR), then dotted-key overrides, e.g. optim.epochs=3 grid.seed=[0,1]")
+    parser.add_argument("--out", help="sweep directory (default: the config's output_dir, else runs/<name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish an interrupted sweep in the sweep directory: only unfinished trials run")
+    parser.add_argument("--address", help="address of a running Ray cluster ('auto' or HOST:PORT); "
+                        "default: start a local Ray")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and list the trials and manifests, run nothing")
+    # Let overrides come before or after the options (``CONFIG --out DIR k=v``): the top-level parser
+    # hands the subcommand's arguments to this parser's parse_known_args.
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = original(args, namespace)
+        ns.args = list(getattr(ns, "args", None) or []) + [a for a in extras if not a.startswith("-")]
+        return ns, [a for a in extras if a.startswith("-")]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``noisyfr sweep``."""
+    from noisyfr.tune.sweep import load_stored_sweep, load_sweep, plan_manifests, run_sweep
+
+    items = list(args.args)
+    config = items.pop(0) if items and ("=" not in items[0] or Path(items[0]).exists()) else None
+    overrides = items
+    if config is None:
+        if not (args.resume and args.out):
+            raise NoisyFRError("sweep: give a CONFIG first (or --resume --out SWEEP_DIR)")
+        if overrides:
+            raise NoisyFRError("sweep: overrides need a CONFIG")
+        spec = load_stored_sweep(args.out)
+    else:
+        spec = load_sweep(config, overrides, sweep_dir=args.out)
+    if args.dry_run:
+        groups = plan_manifests(spec)
+        print(f"sweep {spec.name}: {len(spec.trials)} trials, {len(groups)} manifests -> {spec.sweep_dir}")
+        for t in spec.trials:
+            print(f"  {t.name}" + (f"  manifest={Path(t.manifest).name}" if t.manifest else ""))
+        return 0
+    run_sweep(spec, resume=args.resume, address=args.address)
+    print(f"results: {spec.sweep_dir / 'results.csv'}  summary: {spec.sweep_dir / 'summary.md'}")
+    return 0

@@ -1,0 +1,205 @@
+"""End-to-end sweeps on one local Ray (2 CPUs, started once for the module)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from noisyfr.errors import NoisyFRError
+
+HERE = Path(__file__).resolve().parent
+SYN = "synthetic:ids=6,per_id=6,size=32,seed=0"
+
+
+# --------------------------------------------------------------------------- stand-in trainer
+def fake_train(config, report=None):
+    """Stand-in for noisyfr.train.train (the report/checkpoint/resume contract, no learning).
+
+    Loss 1/epoch; ``sphereface`` diverges at epoch 2 like the real guard rail does; events go to
+    ``config["fake"]["log"]`` (one JSON line per start/epoch/end) so tests can count runs.
+    """
+    from noisyfr.errors import NoisyFRError as Err
+
+    fake = config.get("fake", {})
+    out = Path(config["output_dir"])
+    ck = out / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    start = 1
+    if config.get("resume") and (ck / "last.pt").is_file():
+        start = json.loads((ck / "last.pt").read_text())["epoch"] + 1
+
+    def log(event, **kw):
+        if fake.get("log"):
+            with open(fake["log"], "a") as fh:
+                fh.write(json.dumps({"trial": config["name"], "event": event, "pid": os.getpid(), **kw}) + "\n")
+
+    log("start", epoch=start)
+    epochs = config["optim"]["epochs"]
+    for e in range(start, epochs + 1):
+        time.sleep(fake.get("sleep", 0.0))
+        if config["loss"]["name"] == "sphereface" and e == 2:
+            raise Err("loss sphereface: non-finite loss (nan) at epoch 2 step 7")
+        path = ck / f"epoch_{e}.pt"
+        path.write_text(json.dumps({"epoch": e}))
+        (ck / "last.pt").write_text(json.dumps({"epoch": e}))
+        log("epoch", epoch=e)
+        if report:
+            report({"epoch": e, "step": e * 3, "loss": 1.0 / e, "val_accuracy": 0.5 + 0.1 * e,
+                    "noisy_auc": float("nan"), "theta_clean_mean": 1.0, "theta_noisy_mean": 1.1,
+                    "checkpoint": str(path)})
+    log("end")
+    return {"epoch": epochs}
+
+
+def load_config(config):
+    """Validator the sweep uses for trainers from this module: stand-in configs pass through, real ones
+    go through noisyfr.train.load_config (minus the test-only ``crash_after_epoch`` key)."""
+    if "fake" in config:
+        return config
+    from noisyfr.train import load_config as real
+
+    config = dict(config)
+    extra = {k: config.pop(k) for k in ("crash_after_epoch", "crash_trials") if k in config}
+    return {**real(config), **extra}
+
+
+def crash_once_train(config, report=None):
+    """The real trainer, but the trial's process dies (os._exit) right after reporting epoch
+    ``crash_after_epoch``, once: Tune must restart it from its last checkpoint."""
+    from noisyfr.train import train
+
+    config = dict(config)
+    crash = config.pop("crash_after_epoch", 0)
+    out = Path(config["output_dir"])
+    if not config["name"].startswith(config.pop("crash_trials", "")):
+        crash = 0
+    marker = out.parent / f"{out.name}.crashed"
+    with open(out.parent / f"{out.name}.starts", "a") as fh:
+        fh.write(f"{bool(config.get('resume'))}\n")
+
+    def rep(metrics):
+        report(metrics)
+        if crash and metrics["epoch"] == crash and not marker.exists():
+            marker.touch()
+            os._exit(3)
+
+    return train(config, report=rep)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    old = os.environ.get("PYTHONPATH")
+    # Ray workers import the stand-in trainer from this folder.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([old] if old else []))
+    import noisyfr.tune.sweep  # noqa: F401  (sets the quiet Ray env vars first)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+def real_cfg(**extra):
+    cfg = {
+        "name": "e2e", "device": "cpu", "seed": 0,
+        "data": {"train": SYN, "image_size": 32},
+        "model": {"backbone": "small_cnn", "embedding_dim": 16},
+        "loss": {"name": "arcface", "s": 16, "m": 0.3},
+        "optim": {"lr": 0.05, "batch_size": 12, "epochs": 3},
+        "noise": {"closed": 0.0},
+        "grid": {"loss.name": ["arcface", "cosface"], "noise.closed": [0.0, 0.5]},
+        "resources": {"cpu": 1},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
+    from noisyfr.data import read_manifest
+    from noisyfr.tune import load_sweep, run_sweep
+
+    # the real trainer; trial 003's process dies once right after reporting epoch 2 (max_failures=1)
+    cfg = real_cfg(trainer="test_tune_sweep:crash_once_train", crash_after_epoch=2, crash_trials="003_",
+                   max_failures=1)
+    spec = load_sweep(cfg, sweep_dir=tmp_path / "sw")
+    df = run_sweep(spec, echo=None)
+    sdir = tmp_path / "sw"
+    assert len(df) == 4 and set(df["status"]) == {"completed"}, df[["trial", "status", "error"]]
+    assert (df["epochs"] == 3).all()
+    # the crashed trial restarted once, with resume: true (its Tune checkpoint put back as last.pt),
+    # and trained every epoch exactly once in its run directory
+    crashed = Path(df.loc[df["trial"].str.startswith("003_"), "output_dir"].iloc[0])
+    assert crashed.with_name(crashed.name + ".crashed").exists()
+    assert crashed.with_name(crashed.name + ".starts").read_text().split() == ["False", "True"]
+    assert pd.read_csv(crashed / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+    other = Path(df["output_dir"].iloc[0])
+    assert other.with_name(other.name + ".starts").read_text().split() == ["False"]
+    back = pd.read_csv(sdir / "results.csv")
+    assert list(back["trial"]) == list(df["trial"])
+    assert pd.read_parquet(sdir / "results.parquet").shape == df.shape
+    # one manifest per noise setting, shared by both losses, with the requested noise rate
+    manifests = sorted((sdir / "manifests").glob("*.parquet"))
+    assert len(manifests) == 2
+    assert df.groupby("noise.closed")["manifest"].nunique().eq(1).all()
+    for rate, path in df.groupby("noise.closed")["manifest"].first().items():
+        m, _ = read_manifest(path)
+        assert (m["noise"] != "clean").mean() == pytest.approx(rate, abs=1 / len(m))
+    # Tune's per-epoch reports reach the table unchanged: compare with each run's own metrics.csv
+    for _, row in df.iterrows():
+        metrics = pd.read_csv(Path(row["output_dir"]) / "metrics.csv")
+        assert row["final_loss"] == pytest.approx(metrics["loss"].iloc[-1], rel=1e-6)
+        assert row["final_theta_clean_mean"] == pytest.approx(metrics["theta_clean_mean"].iloc[-1], rel=1e-6)
+        assert (Path(row["output_dir"]) / "checkpoints" / "last.pt").is_file()
+        if row["noise.closed"] == 0:
+            assert math.isnan(row["final_noisy_auc"])
+        else:
+            assert 0.0 <= row["final_noisy_auc"] <= 1.0
+    md = (sdir / "summary.md").read_text()
+    assert "| arcface |" in md and "| cosface |" in md and "closed=0.5" in md
+    # the sweep directory is taken: a second run without --resume is refused
+    with pytest.raises(NoisyFRError, match="already holds a sweep"):
+        run_sweep(load_sweep(cfg, sweep_dir=sdir), echo=None)
+    # --resume of a finished sweep re-runs nothing and rewrites the same results
+    before = {p: p.stat().st_mtime_ns for p in sdir.glob("trials/*/metrics.csv")}
+    df2 = run_sweep(load_sweep(cfg, sweep_dir=sdir), resume=True, echo=None)
+    assert list(df2["final_loss"]) == list(df["final_loss"])
+    assert before == {p: p.stat().st_mtime_ns for p in sdir.glob("trials/*/metrics.csv")}
+
+
+def test_gpu_request_without_gpu_fails_before_any_trial(ray_local, tmp_path):
+    from noisyfr.tune import load_sweep, run_sweep
+
+    if ray_local.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine has a GPU")
+    cfg = real_cfg(resources={"cpu": 1, "gpu": 0.25})
+    with pytest.raises(NoisyFRError, match="resources.gpu.*no GPU"):
+        run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw"), echo=None)
+    assert not (tmp_path / "sw" / "trials").exists()
+    assert not (tmp_path / "sw" / "tune").exists()
+    assert not (tmp_path / "sw" / "manifests").exists()
+    cfg["resources"] = {"cpu": 3}
+    with pytest.raises(NoisyFRError, match="resources.cpu.*no node"):
+        run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw2"), echo=None)
+
+
+def test_distributed_trial_with_two_gloo_workers(ray_local, tmp_path):
+    from noisyfr.tune import load_sweep, run_sweep
+
+    cfg = real_cfg(grid={"seed": [0]}, workers_per_trial=2, resources={"cpu": 0.5}, noise=None)
+    cfg["optim"]["epochs"] = 1
+    df = run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw"), echo=None)
+    assert df["status"].tolist() == ["completed"], df["error"].tolist()
+    row = df.iloc[0]
+    assert row["epochs"] == 1 and np.isfinite(row["final_loss"])
+    assert row["world_size"] == 2  # reported from inside the 2-process TorchTrainer group
+    assert (Path(row["output_dir"]) / "metrics.csv").is_file()
+
