@@ -45,3 +45,31 @@ def lfw_train_dir() -> Path:
 def lfw_pairs_file() -> Path:
     """LFW View-2 fold 1: 600 pairs; images in ``images/`` beside it."""
     return _require("lfw_pairs_fold1/pairs.txt")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a shared 2-core runner.
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def orl(orl_dir):
+    """The ORL faces opened as an ImageFolder index."""
+    from noisyfr.data import open_index
+
+    return open_index(orl_dir)
+
+
+@pytest.fixture(scope="session")
+def lfw(lfw_train_dir):
+    """The LFW training subset opened as an ImageFolder index."""
+    from noisyfr.data import open_index
+
+    return open_index(lfw_train_dir)

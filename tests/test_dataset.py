@@ -17,15 +17,6 @@ from noisyfr.data.transforms import face_transform
 from noisyfr.errors import NoisyFRError
 
 
-@pytest.fixture(scope="module")
-def orl(orl_dir):
-    return open_index(orl_dir)
-
-
-@pytest.fixture(scope="module")
-def lfw(lfw_train_dir):
-    return open_index(lfw_train_dir)
-
 
 @pytest.fixture(scope="module")
 def orl_manifest(orl, lfw_train_dir, tmp_path_factory):

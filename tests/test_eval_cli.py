@@ -14,13 +14,7 @@ from noisyfr.data.pairs import write_bin
 from noisyfr.eval import evaluate
 from noisyfr.models import create_backbone
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a shared 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CONFIG = {"model": {"backbone": "small_cnn", "embedding_dim": 16},

@@ -17,15 +17,6 @@ from noisyfr.data import open_index, read_manifest
 from noisyfr.errors import NoisyFRError
 
 
-@pytest.fixture(scope="module")
-def orl(orl_dir):
-    return open_index(orl_dir)
-
-
-@pytest.fixture(scope="module")
-def lfw(lfw_train_dir):
-    return open_index(lfw_train_dir)
-
 
 def _per_identity(df, mask):
     return np.bincount(df["orig_label"].to_numpy()[mask], minlength=40)

@@ -17,13 +17,7 @@ from noisyfr.errors import NoisyFRError
 SMALL = "synthetic-pairs:ids=12,per_id=4,first_id=40,pairs=40,size=16,seed=3"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a shared 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unordered(pairs: np.ndarray) -> set[tuple[int, int]]:

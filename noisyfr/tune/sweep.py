@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.train.config import parse_override
+from noisyfr.train.config import parse_override, set_dotted as _set_dotted
 
 # Keep Ray quiet, offline and light. Set before ray is imported anywhere in this process.
 for _k, _v in {
@@ -73,20 +73,6 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    """Set ``cfg[a][b][c] = value`` for ``key = "a.b.c"``, creating missing sections."""
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise _err(key, f"cannot set it: '{'.'.join(parts[:i + 1])}' is not a mapping")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 def get_dotted(cfg: Mapping, key: str, default: Any = None) -> Any:
     """``cfg[a][b]`` for ``"a.b"``; ``default`` when a part is missing."""
     node: Any = cfg
@@ -119,7 +105,7 @@ def _apply_override(raw: dict, key: str, value: Any) -> None:
             raise _err("grid", "expected a mapping of axes")
         grid[key[len("grid."):]] = value
     else:
-        set_dotted(raw, key, value)
+        _set_dotted(raw, key, value, err=_err)
 
 
 def read_sweep_yaml(path: str | os.PathLike) -> dict:
@@ -393,7 +379,7 @@ def load_sweep(path_or_dict: str | os.PathLike | Mapping, overrides: Iterable[st
             elif key.startswith("noise."):
                 noise[key.split(".", 1)[1]] = value
             else:
-                set_dotted(cfg, key, value)
+                _set_dotted(cfg, key, value, err=_err)
         _resolve_paths(cfg, base)
         if resources["gpu"] == 0 and cfg.get("device", "auto") in (None, "auto"):
             cfg["device"] = "cpu"   # no GPU reserved for the trial: do not let it grab one
@@ -487,7 +473,7 @@ def plan_manifests(spec: SweepSpec) -> dict[str, tuple[str, dict, list[Trial]]]:
             groups[key] = (train, t.noise, [])
         groups[key][2].append(t)
         t.manifest = str(spec.sweep_dir / "manifests" / manifest_name(t.noise, key))
-        set_dotted(t.config, "data.manifest", t.manifest)
+        _set_dotted(t.config, "data.manifest", t.manifest, err=_err)
     return groups
 
 
