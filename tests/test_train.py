@@ -275,3 +275,13 @@ def test_checkpoint_loading_refuses_bad_files(tmp_path):
     prune_checkpoints(tmp_path / "run", keep=2)
     left = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert left == ["epoch_2.pt", "epoch_3.pt", "last.pt"]
+
+
+def test_fresh_run_in_a_used_directory_leaves_no_stale_epoch_files(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, **{"optim.epochs": 2}))
+    assert (out / "angles" / "epoch_2.parquet").is_file()
+    train(tiny_config(out, **{"optim.epochs": 1}))
+    assert sorted(p.name for p in (out / "angles").iterdir()) == ["epoch_1.parquet"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_1.pt", "last.pt"]
+    assert len(pd.read_csv(out / "metrics.csv")) == 1

@@ -173,6 +173,15 @@ def _broadcast_state(module: torch.nn.Module) -> None:
             dist.broadcast(t, 0)
 
 
+def _remove_stale_outputs(out_dir: Path) -> None:
+    """A fresh (not resumed) run owns its directory: drop the epoch files of an earlier run there
+    (angle logs, checkpoints, metrics) so none outlives this run. The manifest and config stay."""
+    stale = [out_dir / "metrics.csv", *out_dir.glob("angles/epoch_*.parquet"),
+             *out_dir.glob("checkpoints/*.pt")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def _check_resume(state: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
     for key in _RESUME_KEYS:
         old, new = _get(state["config"], key), _get(cfg, key)
@@ -380,6 +389,8 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
         history = list(state.get("history", []))
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt_path is None:
+            _remove_stale_outputs(out_dir)
         with atomic_write(out_dir / "config.yaml", "w", encoding="utf-8") as fh:
             fh.write(dump_config(cfg))
 
