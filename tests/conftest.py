@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -73,3 +74,23 @@ def lfw(lfw_train_dir):
     from noisyfr.data import open_index
 
     return open_index(lfw_train_dir)
+
+
+def true_in_forked_child(check: Callable[[], bool]) -> bool:
+    """Run ``check()`` in a forked child process and return its verdict (False if it raised)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            ok = False
+            try:
+                ok = bool(check())
+            finally:
+                os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    verdict = os.read(r, 1) == b"1"
+    os.close(r)
+    return verdict

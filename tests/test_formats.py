@@ -24,6 +24,7 @@ from noisyfr.data import open_index
 from noisyfr.data.folder import ImageFolderIndex
 from noisyfr.data.recordio import RecordIOIndex, encode_record, pack_index
 from noisyfr.errors import NoisyFRError
+from conftest import true_in_forked_child
 
 MAGIC = struct.pack("<I", 0xCED7230A)
 REPO = Path(__file__).resolve().parents[1]
@@ -245,18 +246,8 @@ def test_reader_works_after_fork(tmp_path: Path, tiny_folder: Path):
     pack_index(open_index(tiny_folder), tmp_path / "t", progress=False)
     ix = open_index(tmp_path / "t.rec")
     expected = [ix.read_bytes(i) for i in range(len(ix))]  # parent opened its descriptor
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            ok = [ix.read_bytes(i) for i in range(len(ix))] == expected and ix._fd_gen != -1
-            os.write(w, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    assert os.read(r, 1) == b"1"
-    os.close(r)
+    assert true_in_forked_child(
+        lambda: [ix.read_bytes(i) for i in range(len(ix))] == expected and ix._fd_gen != -1)
     assert [ix.read_bytes(i) for i in range(len(ix))] == expected
     clone = pickle.loads(pickle.dumps(ix))  # spawn-style workers get a fresh descriptor
     assert clone._fd is None and [clone.read_bytes(i) for i in range(len(ix))] == expected

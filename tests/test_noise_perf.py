@@ -24,6 +24,7 @@ from data_tools.inject import inject_index
 from noisyfr.data.index import FaceIndex
 from noisyfr.data.manifest import dumps_meta
 from noisyfr.errors import NoisyFRError
+from conftest import true_in_forked_child
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,18 +164,9 @@ def test_rec_read_bytes_from_map_after_close_fork_and_pickle(small_rec):
     assert ix.read_bytes(-1) == expected[-1]
     ix.close()
     assert ix._mm is None and ix.read_bytes(3) == expected[3]  # re-mapped on demand
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: maps the file again in its own generation
-        try:
-            ok = [ix.read_bytes(i) for i in range(len(ix))] == expected and ix._mm_gen != -1
-            os.write(w, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    assert os.read(r, 1) == b"1"
-    os.close(r)
+    # a forked child maps the file again in its own generation
+    assert true_in_forked_child(
+        lambda: [ix.read_bytes(i) for i in range(len(ix))] == expected and ix._mm_gen != -1)
     clone = pickle.loads(pickle.dumps(ix))
     assert clone._mm is None and [clone.read_bytes(i) for i in range(len(ix))] == expected
     ix.close()
