@@ -241,3 +241,13 @@ def test_benchmark_runs_small_and_prints_the_table(capsys):
     for metric in ("run 1 wall (s)", "peak RSS (MiB)", ".rec read_bytes / f.read 1 MiB chunks"):
         line = next(line for line in out.splitlines() if metric in line)
         assert line.rstrip().endswith(("PASS", "FAIL"))
+
+
+def test_outlier_index_with_paths_labels_mismatch_is_named(tmp_path):
+    labels = np.repeat(np.arange(10), 5)
+    index = _Labels(labels, [f"p{k}" for k in range(len(labels))])
+    outliers = _Labels(np.repeat(np.arange(3), 4), [f"o{k}" for k in range(11)])  # one path short
+    outliers.source, outliers.identities = "<outliers>", ["x0", "x1", "x2"]
+    with pytest.raises(NoisyFRError, match=r"<outliers>: 11 paths but 12 labels"):
+        inject_index(index, tmp_path / "m.parquet", open=0.2, outliers=outliers, seed=0)
+    assert list(tmp_path.iterdir()) == []

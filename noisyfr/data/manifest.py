@@ -39,11 +39,18 @@ _PARQUET_OPTIONS = dict(compression="snappy", use_dictionary=["identity", "noise
                         store_schema=False)
 
 
+def _check_path_count(index, n_paths: int) -> None:
+    if n_paths != len(index.labels):
+        raise NoisyFRError(f"{getattr(index, 'source', index)}: {n_paths} paths but "
+                           f"{len(index.labels)} labels")
+
+
 def paths_array(index) -> pa.Array:
     """The index's ``paths`` as an arrow ``large_string`` array (one conversion, reused)."""
     paths = index.paths
     if not isinstance(paths, (list, tuple)):
         paths = [str(p) for p in paths]
+    _check_path_count(index, len(paths))
     try:
         return pa.array(paths, type=pa.large_string())
     except (pa.ArrowTypeError, pa.ArrowInvalid):  # e.g. Path objects
@@ -61,8 +68,7 @@ def fingerprint(index, paths: pa.Array | None = None) -> str:
     """
     labels = np.ascontiguousarray(np.asarray(index.labels), dtype="<i8")
     arr = paths_array(index) if paths is None else paths
-    if len(arr) != len(labels):
-        raise NoisyFRError(f"{getattr(index, 'source', index)}: {len(arr)} paths but {len(labels)} labels")
+    _check_path_count(index, len(arr))
     if arr.null_count:
         raise NoisyFRError(f"{getattr(index, 'source', index)}: paths contain missing values")
     if not pa.types.is_large_string(arr.type):
