@@ -591,30 +591,35 @@ def check_params(ids, per_id, size, seed, where: str | None = "synthetic",
     return tuple(out)  # type: ignore[return-value]
 
 
+def _parse_int_items(body: str, defaults: dict, where: str) -> dict:
+    """``"ids=10,per-id=5"`` -> ``defaults`` updated with those integers (``-`` may replace ``_``);
+    an unknown, repeated or valueless key, or a non-integer value, is a NoisyFRError naming ``where``."""
+    params = dict(defaults)
+    seen = set()
+    for item in filter(None, (s.strip() for s in body.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in defaults:
+            raise NoisyFRError(f"{where}: unknown key {key!r} (expected {', '.join(defaults)})")
+        if not eq or not value.strip():
+            raise NoisyFRError(f"{where}: key {key!r} needs a value ({key}=N)")
+        if key in seen:
+            raise NoisyFRError(f"{where}: key {key!r} given twice")
+        seen.add(key)
+        try:
+            params[key] = int(value.strip())
+        except ValueError:
+            raise NoisyFRError(f"{where}: {key} must be an integer, got {value.strip()!r}") from None
+    return params
+
+
 def parse_spec(spec: str) -> dict:
     """Parse ``synthetic[:key=value,...]`` (keys ids, per_id, size, seed) into a full parameter dict."""
     if not isinstance(spec, str) or not (spec == "synthetic" or spec.startswith("synthetic:")):
         raise NoisyFRError(f"synthetic spec {spec!r}: must look like "
                            f"'synthetic:ids=100,per_id=20,size=112,seed=0'")
-    params = dict(DEFAULTS)
     body = spec[len("synthetic:"):] if spec.startswith("synthetic:") else ""
-    seen = set()
-    for item in filter(None, (s.strip() for s in body.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in DEFAULTS:
-            raise NoisyFRError(f"synthetic spec {spec!r}: unknown key {key!r} "
-                               f"(expected {', '.join(DEFAULTS)})")
-        if not eq or not value.strip():
-            raise NoisyFRError(f"synthetic spec {spec!r}: key {key!r} needs a value ({key}=N)")
-        if key in seen:
-            raise NoisyFRError(f"synthetic spec {spec!r}: key {key!r} given twice")
-        seen.add(key)
-        try:
-            params[key] = int(value.strip())
-        except ValueError:
-            raise NoisyFRError(f"synthetic spec {spec!r}: {key} must be an integer, "
-                               f"got {value.strip()!r}") from None
+    params = _parse_int_items(body, DEFAULTS, f"synthetic spec {spec!r}")
     check_params(params["ids"], params["per_id"], params["size"], params["seed"],
                   f"synthetic spec {spec!r}")
     return params
@@ -779,23 +784,7 @@ def parse_pairs_spec(spec: str) -> dict:
         raise NoisyFRError(f"synthetic pairs spec {spec!r}: must look like 'synthetic-pairs:"
                            f"ids=100,per_id=10,first_id=100000,pairs=600,size=112,seed=0'")
     where = f"synthetic pairs spec {spec!r}"
-    params = dict(PAIRS_DEFAULTS)
-    body = spec[len(PAIRS_PREFIX) + 1:]
-    seen = set()
-    for item in filter(None, (s.strip() for s in body.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in PAIRS_DEFAULTS:
-            raise NoisyFRError(f"{where}: unknown key {key!r} (expected {', '.join(PAIRS_DEFAULTS)})")
-        if not eq or not value.strip():
-            raise NoisyFRError(f"{where}: key {key!r} needs a value ({key}=N)")
-        if key in seen:
-            raise NoisyFRError(f"{where}: key {key!r} given twice")
-        seen.add(key)
-        try:
-            params[key] = int(value.strip())
-        except ValueError:
-            raise NoisyFRError(f"{where}: {key} must be an integer, got {value.strip()!r}") from None
+    params = _parse_int_items(spec[len(PAIRS_PREFIX) + 1:], PAIRS_DEFAULTS, where)
     return check_pairs_params(**params, where=where)
 
 
