@@ -98,25 +98,31 @@ def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path) -> Path:
     return _save(g.figure, path)
 
 
+def _condition_panels(data: pd.DataFrame):
+    """One panel per noise condition in a row (shared y): ``(fig, [(ax, condition, rows), ...])``;
+    with no condition, a single panel that says there are no noisy samples."""
+    conds = sorted(data["condition"].unique())
+    fig, axes = plt.subplots(1, max(len(conds), 1), figsize=(3.4 * max(len(conds), 1), 3.0),
+                             squeeze=False, sharey=True)
+    if not conds:
+        axes[0, 0].text(0.5, 0.5, "no noisy samples", ha="center", va="center")
+    return fig, [(ax, cond, data[data["condition"] == cond]) for ax, cond in zip(axes[0], conds)]
+
+
 def weight_share(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
     """Share of total gradient weight carried by noisy samples per epoch (mean +- sd over seeds).
 
     Dotted lines: the noisy fraction of samples (the share if every sample weighed the same).
     """
     data = epochs_tbl[epochs_tbl["n_noisy"] > 0]
-    conds = sorted(data["condition"].unique())
-    fig, axes = plt.subplots(1, max(len(conds), 1), figsize=(3.4 * max(len(conds), 1), 3.0), squeeze=False,
-                             sharey=True)
-    for ax, cond in zip(axes[0], conds):
-        d = data[data["condition"] == cond]
+    fig, panels = _condition_panels(data)
+    for ax, cond, d in panels:
         sns.lineplot(d, x="epoch", y="noisy_weight_share", hue="loss", marker="o", errorbar="sd", ax=ax)
         for loss, dl in d.groupby("loss"):
             ax.plot(*zip(*dl.groupby("epoch")["noisy_fraction"].mean().items()), ls=":", color="grey", lw=1)
         ax.set_title(cond, fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_ylabel("noisy share of gradient weight")
-    if not conds:
-        axes[0, 0].text(0.5, 0.5, "no noisy samples", ha="center", va="center")
     fig.suptitle("gradient weight carried by noisy samples (dotted: noisy fraction of samples)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -156,18 +162,13 @@ def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
 def detection_auc(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
     """Noisy-sample detection AUC of theta_y per epoch, one panel per noise condition."""
     data = epochs_tbl[(epochs_tbl["n_noisy"] > 0) & (epochs_tbl["n_noisy"] < epochs_tbl["n"])]
-    conds = sorted(data["condition"].unique())
-    fig, axes = plt.subplots(1, max(len(conds), 1), figsize=(3.4 * max(len(conds), 1), 3.0), squeeze=False,
-                             sharey=True)
-    for ax, cond in zip(axes[0], conds):
-        sns.lineplot(data[data["condition"] == cond], x="epoch", y="auc", hue="loss", marker="o", errorbar="sd",
-                     ax=ax)
+    fig, panels = _condition_panels(data)
+    for ax, cond, d in panels:
+        sns.lineplot(d, x="epoch", y="auc", hue="loss", marker="o", errorbar="sd", ax=ax)
         ax.axhline(0.5, ls=":", color="grey", lw=1)
         ax.set_ylim(0, 1.02)
         ax.set_title(cond, fontsize=9)
         ax.set_ylabel("detection AUC (theta_y)")
-    if not conds:
-        axes[0, 0].text(0.5, 0.5, "no noisy samples", ha="center", va="center")
     fig.suptitle("separability of noisy samples by theta_y", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
