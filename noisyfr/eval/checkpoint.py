@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 
 
@@ -23,18 +24,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NoisyFRError(f"device: {device!r} requested but CUDA is not available")
     return dev
-
-
-def config_value(config: dict, dotted: str, default: Any = None, required: bool = False) -> Any:
-    """``config["a"]["b"]`` for ``dotted="a.b"``; ``default`` (or KeyError if ``required``) when absent."""
-    node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            if required:
-                raise KeyError(dotted)
-            return default
-        node = node[key]
-    return node
 
 
 def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -59,12 +48,12 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise NoisyFRError(f"{path}: not a noisyfr checkpoint (needs a dict with 'config' and 'model')")
     config = ckpt["config"]
-    try:
-        name = config_value(config, "model.backbone", required=True)
-    except KeyError:
-        raise NoisyFRError(f"{path}: checkpoint config lacks model.backbone") from None
-    embedding_dim = config_value(config, "model.embedding_dim", 512)
-    image_size = config_value(config, "data.image_size", 112)
+    missing = object()
+    name = get_dotted(config, "model.backbone", missing)
+    if name is missing:
+        raise NoisyFRError(f"{path}: checkpoint config lacks model.backbone")
+    embedding_dim = get_dotted(config, "model.embedding_dim", 512)
+    image_size = get_dotted(config, "data.image_size", 112)
     model = create_backbone(name, embedding_dim=embedding_dim, image_size=image_size)
     try:
         model.load_state_dict(ckpt["model"])

@@ -48,7 +48,8 @@ def _json_safe(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, evaluate every ``--val`` set, print a table, optionally write JSON."""
     from noisyfr.data import load_pairs
-    from noisyfr.eval.checkpoint import config_value, load_backbone, resolve_device
+    from noisyfr.dotted import get_dotted
+    from noisyfr.eval.checkpoint import load_backbone, resolve_device
     from noisyfr.eval.verification import evaluate
     from noisyfr.io import atomic_write
 
@@ -63,19 +64,19 @@ def run(args: argparse.Namespace) -> int:
     vsets = [load_pairs(path) for path in args.val]
     model, ckpt = load_backbone(args.checkpoint, device=device)
     config = ckpt["config"]
-    image_size = config_value(config, "data.image_size", 112)
-    center_crop = args.center_crop if args.center_crop is not None else config_value(config, "data.center_crop", 1.0)
+    image_size = get_dotted(config, "data.image_size", 112)
+    center_crop = args.center_crop if args.center_crop is not None else get_dotted(config, "data.center_crop", 1.0)
     results = []
     for vset in vsets:
         results.append(evaluate(model, vset, folds=args.folds, image_size=image_size,
                                 center_crop=center_crop, batch_size=args.batch_size,
                                 device=device, num_workers=args.num_workers))
-    print(f"checkpoint {args.checkpoint} ({config_value(config, 'model.backbone')}, "
+    print(f"checkpoint {args.checkpoint} ({get_dotted(config, 'model.backbone')}, "
           f"epoch {ckpt.get('epoch', '?')}, image_size {image_size}, center_crop {center_crop})")
     print(format_table(results))
     if args.out:
         payload = {"checkpoint": str(args.checkpoint), "epoch": ckpt.get("epoch"),
-                   "step": ckpt.get("step"), "backbone": config_value(config, "model.backbone"),
+                   "step": ckpt.get("step"), "backbone": get_dotted(config, "model.backbone"),
                    "image_size": image_size, "center_crop": center_crop, "folds": args.folds,
                    "results": results}
         with atomic_write(args.out, "w", encoding="utf-8") as fh:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from noisyfr.dotted import set_dotted
 from noisyfr.errors import NoisyFRError
 
 _REQUIRED = object()
@@ -272,28 +273,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def set_dotted(cfg: dict, key: str, value: Any, err: Callable[[str, str], Exception] = _err) -> None:
-    """Set ``cfg[a][b][c] = value`` for ``key = "a.b.c"``, creating missing sections; a path
-    through a non-mapping raises ``err(prefix, message)``."""
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            prefix = ".".join(parts[: i + 1])
-            raise err(prefix, f"cannot set '{key}': '{prefix}' is not a mapping")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
     """Set dotted keys in a raw (unvalidated) config dict; returns a new dict."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
-        set_dotted(raw, key, value)
+        set_dotted(raw, key, value, err=_err)
     return raw
 
 

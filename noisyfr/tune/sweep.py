@@ -36,8 +36,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from noisyfr.dotted import get_dotted, set_dotted as _set_dotted
 from noisyfr.errors import NoisyFRError
-from noisyfr.train.config import parse_override, set_dotted as _set_dotted
+from noisyfr.train.config import parse_override
 
 # Keep Ray quiet, offline and light. Set before ray is imported anywhere in this process.
 for _k, _v in {
@@ -71,16 +72,6 @@ def _err(key: str, msg: str) -> NoisyFRError:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def get_dotted(cfg: Mapping, key: str, default: Any = None) -> Any:
-    """``cfg[a][b]`` for ``"a.b"``; ``default`` when a part is missing."""
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
