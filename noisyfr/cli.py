@@ -27,10 +27,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``noisyfr CMD: error: ...``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else 'bad usage'}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from noisyfr import __version__
 
-    parser = argparse.ArgumentParser(prog="noisyfr", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="noisyfr", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"noisyfr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

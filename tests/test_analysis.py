@@ -134,23 +134,31 @@ def _random_angles(seed=0, runs=2, epochs=2, n=200):
     for r in range(runs):
         for e in range(1, epochs + 1):
             noise = rng.choice(["clean", "closed", "open"], n, p=[0.6, 0.3, 0.1])
+            label = rng.integers(0, 10, n)
+            theta_y = rng.uniform(0.1, 3.0, n)
+            weight = rng.exponential(1.0, n)
             frames.append(pd.DataFrame({"run": f"r{r}", "loss": "arcface", "condition": "c", "seed": r,
                                         "noise_rate": 0.4, "epoch": e, "sample_index": np.arange(n),
-                                        "theta_y": rng.uniform(0.1, 3.0, n), "theta_nearest": rng.uniform(0.1, 3, n),
-                                        "weight": rng.exponential(1.0, n), "noise": noise,
+                                        "label": label, "label_used": label, "orig_label": label,
+                                        "theta_y": theta_y, "theta_nearest": rng.uniform(0.1, 3, n),
+                                        "nearest_label": (label + 1) % 10, "theta_dominant": theta_y,
+                                        "weight": weight, "weight_theta": weight * np.sin(theta_y),
+                                        "grad_norm": rng.exponential(2.0, n), "noise": noise,
                                         "is_noisy": noise != "clean"}))
     return pd.concat(frames, ignore_index=True)
 
 
-def test_weight_shares_sum_to_one_and_match_direct_sums():
+@pytest.mark.parametrize("weight", ["weight", "weight_theta", "grad_norm"])
+def test_weight_shares_sum_to_one_and_match_direct_sums(weight):
     a = _random_angles()
-    types = stats.noise_type_stats(a)
+    types = stats.noise_type_stats(a, weight=weight)
     assert np.allclose(types.groupby(["run", "epoch"])["weight_share"].sum(), 1.0)
-    reg = stats.region_stats(a, quantile=0.8)
+    reg = stats.region_stats(a, quantile=0.8, weight=weight)
     assert np.allclose(reg.groupby(["run", "epoch"])["weight_share"].sum(), 1.0)
-    ep = stats.epoch_stats(a)
+    ep = stats.epoch_stats(a, weight=weight)
+    assert set(ep["weight_column"]) == {weight}
     for (run, epoch), g in a.groupby(["run", "epoch"]):
-        direct = g.loc[g["is_noisy"], "weight"].sum() / g["weight"].sum()
+        direct = g.loc[g["is_noisy"], weight].sum() / g[weight].sum()
         row = ep[(ep["run"] == run) & (ep["epoch"] == epoch)].iloc[0]
         assert row["noisy_weight_share"] == pytest.approx(direct)
         assert row["theta_noisy_mean_deg"] == pytest.approx(np.degrees(g.loc[g["is_noisy"], "theta_y"]).mean())
@@ -162,32 +170,45 @@ def test_weight_shares_sum_to_one_and_match_direct_sums():
         share_noisy = ((g["theta_y"] > t) & g["is_noisy"]).sum() / g["is_noisy"].sum()
         assert rr.loc["periphery", "share_of_noisy"] == pytest.approx(share_noisy)
     # binned weight: per-bin sums add up to the total weight of the last epoch
-    b = stats.binned_weight(a, bins=12)
+    b = stats.binned_weight(a, bins=12, weight=weight)
     last = a[a["epoch"] == 2]
     assert b.groupby("run")["weight_sum"].sum().to_numpy() == pytest.approx(
-        last.groupby("run")["weight"].sum().to_numpy(), rel=1e-9)
+        last.groupby("run")[weight].sum().to_numpy(), rel=1e-9)
     with pytest.raises(NoisyFRError):
         stats.region_stats(a, quantile=1.5)
 
 
 def test_accuracy_table_mean_and_sample_sd_over_seeds(sweep):
+    from noisyfr.analysis.load import load_runs
+    from noisyfr.losses import loss_label
+
     res = pd.read_csv(sweep / "results.csv")
-    pts = stats.accuracy_points(res)
+    rtab = stats.runs_table(load_runs(sweep))
+    pts = stats.accuracy_points(res, rtab)
+    assert pts["learned"].all()                     # the synthetic runs' clean samples are all fitted
     tab = stats.accuracy_table(pts)
-    assert set(tab["n_seeds"]) == {2}
+    assert set(tab["n_seeds"]) == {2} and set(tab["n_not_learned"]) == {0}
     for loss, rate in [("arcface", 0.4), ("mystery", 0.0)]:
         vals = res[(res["loss.name"] == loss) & (res["noise.closed"] == rate)]["final_val_accuracy"]
-        row = tab[(tab["loss"] == loss) & (tab["noise_rate"].round(6) == rate)].iloc[0]
+        label = loss_label({"name": loss})
+        row = tab[(tab["loss"] == label) & (tab["noise_rate"].round(6) == rate)].iloc[0]
         assert row["accuracy_mean"] == pytest.approx(vals.mean())
         assert row["accuracy_std"] == pytest.approx(np.std(vals, ddof=1))
+    # a run that did not learn is left out of the means and counted
+    one = pts.index[(pts["loss"] == loss_label({"name": "arcface"})) & (pts["noise_rate"].round(6) == 0.4)][0]
+    pts2 = pts.copy()
+    pts2.loc[one, "learned"] = False
+    row = stats.accuracy_table(pts2).set_index(["loss", "condition"]).loc[(pts.loc[one, "loss"], "closed=0.4")]
+    assert row["n_seeds"] == 1 and row["n_not_learned"] == 1
+    others = pts2[(pts2["loss"] == pts.loc[one, "loss"]) & (pts2["condition"] == "closed=0.4") & pts2["learned"]]
+    assert row["accuracy_mean"] == pytest.approx(others["accuracy"].mean())
     with pytest.raises(NoisyFRError):
         stats.accuracy_points(res.drop(columns=["final_val_accuracy", "best_val_accuracy"]))
 
 
-@pytest.mark.parametrize("use_module", [True, False])
-def test_analytic_curve_matches_arcface_closed_form(use_module):
+def test_analytic_curve_matches_arcface_closed_form():
     s, m, c = 16.0, 0.3, 10
-    cur = analytic_curves({"arcface": {"s": s, "m": m}, "no_such_loss": {}}, num_classes=c, use_module=use_module)
+    cur = analytic_curves({"arcface": {"s": s, "m": m}, "no_such_loss": {}}, num_classes=c)
     assert set(cur["loss"]) == {"arcface"}  # unknown loss degrades to no curve
     th = np.radians(cur["theta_deg"].to_numpy())
     keep = (th + m < math.pi) & (th > 0.01)
@@ -196,6 +217,7 @@ def test_analytic_curve_matches_arcface_closed_form(use_module):
     p = 1 / (1 + (c - 1) * np.exp(-s * t))
     expected = s * (1 - p) * np.sin(th + m) / np.sin(th)  # |d cos(theta+m) / d cos theta| = sin(theta+m)/sin(theta)
     assert cur["gradient"].to_numpy()[keep] == pytest.approx(expected[keep], rel=1e-5)
+    assert cur["gradient_theta"].to_numpy()[keep] == pytest.approx((expected * np.sin(th))[keep], rel=1e-5)
 
 
 def test_markdown_table_renders_rows():
@@ -210,14 +232,14 @@ def test_trained_run_noisy_samples_sit_further_and_are_separable(trained_run, tm
     run = load_run(trained_run)
     assert run.condition == "closed=0.5" and run.noise_rate == pytest.approx(0.5)
     a = long_angles([run])
-    ep = stats.epoch_stats(a)
+    ep = stats.epoch_stats(a, weight="weight")
     last = ep[ep["epoch"] == ep["epoch"].max()].iloc[0]
     assert last["noisy_fraction"] == pytest.approx(0.5)
     assert last["theta_noisy_mean_deg"] > last["theta_clean_mean_deg"] + 10
     assert last["auc"] > 0.75
     assert last["theta_gap_deg"] > ep.iloc[0]["theta_gap_deg"]  # the gap opens up during training
     out = tmp_path / "rep"
-    path = write_report(trained_run, out)
+    path = write_report(trained_run, out, weight="weight", learned_threshold=0.0)
     summary = pd.read_csv(out / "tables" / "summary.csv")
     assert summary.loc[0, "theta_gap_deg"] == pytest.approx(last["theta_gap_deg"], rel=1e-4)
     assert 0.0 <= summary.loc[0, "noisy_weight_share"] <= 1.0
@@ -226,12 +248,13 @@ def test_trained_run_noisy_samples_sit_further_and_are_separable(trained_run, tm
 
 def test_report_on_sweep_is_complete_deterministic_and_degrades_for_unknown_loss(sweep, tmp_path):
     out1, out2 = tmp_path / "r1", tmp_path / "r2"
-    assert main(["analyze", str(sweep), "--out", str(out1)]) == 0
-    write_report(sweep, out2, figures=False)  # same tables and text, without redrawing
+    assert main(["analyze", str(sweep), "--out", str(out1), "--weight", "weight"]) == 0
+    write_report(sweep, out2, figures=False, weight="weight")  # same tables and text, no redrawing
     md = (out1 / "report.md").read_text()
     html = (out1 / "report.html").read_text()
     pngs = sorted(p.name for p in (out1 / "figures").glob("*.png"))
-    assert "accuracy.png" in pngs and "noisy_weight_share.png" in pngs and len(pngs) == 10
+    assert "accuracy.png" in pngs and "noisy_weight_share.png" in pngs and "health.png" in pngs
+    assert len(pngs) == 11
     for name in pngs:
         assert f"figures/{name}" in md and f'<img src="figures/{name}"' in html
         with Image.open(out1 / "figures" / name) as im:
@@ -247,7 +270,8 @@ def test_report_on_sweep_is_complete_deterministic_and_degrades_for_unknown_loss
     assert "<script" not in html and "http" not in html
     assert "no analytic curve for mystery" in md
     summary = pd.read_csv(out1 / "tables" / "summary.csv")
-    assert set(summary["condition"]) == {"clean", "closed=0.4"} and set(summary["n_seeds"]) == {2}
+    assert set(summary["condition"]) == {"clean", "closed=0.4"} and set(summary["n_learned"]) == {2}
+    assert "Weight used for shares: **`weight`**" in md and "8 of 8 runs learned" in md
     noisy = summary[summary["condition"] == "closed=0.4"]
     assert (noisy["theta_gap_deg"] > 20).all() and (noisy["auc"] > 0.95).all()
     assert (noisy["estimated_rate"] - 0.4).abs().max() < 0.1

@@ -79,8 +79,9 @@ def test_magface_curve_uses_mid_margin(df):
     m = 0.5 * (0.45 + 0.8)
     d = df[df.loss == "magface"]
     th = d.theta.to_numpy()
-    keep = th <= math.pi - m
+    keep = th < math.pi / 2                     # easy margin (MagFace's default): cos(theta) beyond 90
     np.testing.assert_allclose(d.target_logit[keep], np.cos(th[keep] + m), atol=1e-12)
+    np.testing.assert_allclose(d.target_logit[~keep], np.cos(th[~keep]), atol=1e-12)
 
 
 def test_bad_arguments():

@@ -102,11 +102,10 @@ def _target_closed_form(name, c, loss, norms=None):
         z = np.clip((np.clip(norms, 1e-3, 100) - 20.0) / (100.0 + 1e-3) * 0.333, -1, 1)
         th = np.clip(np.arccos(c) - 0.4 * z, 1e-3, math.pi - 1e-3)
         return np.cos(th) - 0.4 - 0.4 * z
-    if name == "magface":
+    if name == "magface":  # official MagLinear default: easy margin, cos(theta) where cos <= 0
         a = np.clip(norms, 10, 110)
         m = 0.45 + (0.8 - 0.45) * (a - 10) / 100
-        return np.where(np.arccos(c) + m <= math.pi, c * np.cos(m) - s1 * np.sin(m),
-                        c - m * np.sin(m))
+        return np.where(c > 0, c * np.cos(m) - s1 * np.sin(m), c)
     raise AssertionError(name)
 
 
@@ -356,12 +355,47 @@ def test_same_seed_same_bytes():
 
 
 # ---------------------------------------------------------------- monotonic targets
-@pytest.mark.parametrize("name", ["arcface", "cosface", "expface", "combined", "magface",
-                                  "sphereface", "curricularface"])
-def test_target_curve_decreasing(name):
+@pytest.mark.parametrize("name, params", [
+    ("arcface", {}), ("cosface", {}), ("expface", {}), ("combined", {}),
+    ("magface", {"easy_margin": False}), ("sphereface", {}), ("curricularface", {})])
+def test_target_curve_decreasing(name, params):
     theta = torch.linspace(0, math.pi, 20001, dtype=torch.float64)
-    t = build_loss(name).double().target_logit(theta)
+    t = build_loss(name, **params).double().target_logit(theta)
     assert torch.all(t[1:] < t[:-1])
+
+
+def test_magface_easy_margin_matches_official_default():
+    """MagLinear's default: cos(theta + m(a)) where cos(theta) > 0, cos(theta) beyond 90 degrees;
+    without the easy margin, ArcFace's fallback cos(theta) - m sin(m) beyond pi - m."""
+    theta = torch.tensor([math.radians(120.0), math.radians(60.0)], dtype=torch.float64)
+    norms = torch.tensor([60.0, 60.0], dtype=torch.float64)
+    m = 0.45 + (0.8 - 0.45) * (60 - 10) / 100
+    easy = build_loss("magface").double().target_logit(theta, norms)
+    assert float(easy[0]) == pytest.approx(-0.5, abs=1e-12)            # cos(120 deg), no margin
+    assert float(easy[1]) == pytest.approx(math.cos(math.radians(60.0) + m), abs=1e-12)
+    hard = build_loss("magface", easy_margin=False).double().target_logit(theta, norms)
+    assert float(hard[0]) == pytest.approx(math.cos(math.radians(120.0) + m), abs=1e-12)
+    with pytest.raises(NoisyFRError, match="easy_margin"):
+        build_loss("magface", easy_margin="yes")
+
+
+def test_magface_detached_mode_keeps_the_margin_norm_gradient():
+    """grad_mode=detached detaches the angle only: MagFace's margin m(|x|) still moves the norms,
+    with the same norm gradient as the exact mode (same values, same d/d|x| at fixed theta)."""
+    torch.manual_seed(0)
+    feats = (torch.randn(6, 8, dtype=torch.float64) * 4).requires_grad_(False)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    grads = {}
+    for mode in ("exact", "detached"):
+        loss = build_loss("magface", s=16.0, lambda_g=0.0, grad_mode=mode).double()
+        norms = feats.norm(dim=1).clamp(12.0, 100.0).detach().requires_grad_(True)
+        cos = torch.full((6, 5), 0.1, dtype=torch.float64)
+        cos[torch.arange(6), labels] = torch.linspace(0.2, 0.9, 6, dtype=torch.float64)
+        out = loss.compute(cos, labels, norms=norms)
+        torch.nn.functional.cross_entropy(out.logits, out.labels).backward()
+        grads[mode] = norms.grad.clone()
+    assert grads["detached"].abs().min() > 0
+    torch.testing.assert_close(grads["detached"], grads["exact"])
 
 
 # ---------------------------------------------------------------- pytorch-metric-learning

@@ -12,7 +12,7 @@ import yaml
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.train import load_config, train
-from noisyfr.train.angles import COLUMNS, batch_angles, target_grad
+from noisyfr.train.angles import COLUMNS, batch_rows
 from noisyfr.train.checkpoint import load_checkpoint
 from noisyfr.train.trainer import _check_labels, lr_factor, make_batches
 
@@ -81,7 +81,7 @@ def test_batch_angles_against_bruteforce():
     cos = feats @ centres.T
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2])
     orig = torch.tensor([0, 3, 2, -1, 4, 0, 0, 1, 5])
-    got = batch_angles(cos, labels, orig).numpy()
+    got = batch_rows(cos, labels, labels, orig).numpy()
     f, c = feats.double().numpy(), centres.double().numpy()
     for i in range(9):
         ang = [math.acos(max(-1.0, min(1.0, float(f[i] @ c[k])))) for k in range(6)]
@@ -97,6 +97,8 @@ def test_batch_angles_against_bruteforce():
             assert got[i, 3] == pytest.approx(ang[int(orig[i])], abs=1e-5)
     clean = (orig == labels).numpy()
     np.testing.assert_array_equal(got[clean, 3], got[clean, 0])
+    np.testing.assert_array_equal(got[:, 4], got[:, 0])          # one centre: theta_dominant = theta_y
+    assert np.isnan(got[:, 5:]).all()                              # no gradients given: no weights
 
 
 def test_weight_is_per_sample_dL_dcos_y_arcface():
@@ -107,16 +109,22 @@ def test_weight_is_per_sample_dL_dcos_y_arcface():
     head = MarginHead(8, 5, build_loss("arcface", s=s, m=m))
     feats = torch.randn(6, 8)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    feats.requires_grad_(True)
     loss, logits, cos = head(feats, labels)
     cos.retain_grad()
     loss.backward()
-    w = target_grad(cos.grad, labels, len(labels)).numpy()
-    # Reference 1: each sample alone through the head, its own gradient.
+    rows = batch_rows(cos, labels, labels, labels, grad_cos=cos.grad, grad_feat=feats.grad).numpy()
+    w, w_theta, g_norm = rows[:, 5], rows[:, 6], rows[:, 7]
+    # Reference 1: each sample alone through the head, its own gradients.
     for i in range(6):
-        li, _, ci = head(feats[i:i + 1], labels[i:i + 1])
+        fi = feats.detach()[i:i + 1].clone().requires_grad_(True)
+        li, _, ci = head(fi, labels[i:i + 1])
         ci.retain_grad()
         li.backward()
         assert w[i] == pytest.approx(abs(float(ci.grad[0, labels[i]])), rel=1e-4)
+        assert g_norm[i] == pytest.approx(float(fi.grad.norm()), rel=1e-4)
+    theta_y = rows[:, 0]
+    np.testing.assert_allclose(w_theta, w * np.sin(theta_y), rtol=1e-5)
     # Reference 2: closed form |s (p_y - 1) sin(theta + m) / sin(theta)| (theta + m < pi here).
     with torch.no_grad():
         p = torch.softmax(logits, 1)[torch.arange(6), labels].double()
@@ -134,15 +142,12 @@ def test_weight_for_softmax_closed_form():
     head = MarginHead(8, 4, build_loss("softmax"))
     feats, labels = torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 0])
     loss, logits, cos = head(feats, labels)
-    logits.retain_grad()
     cos.retain_grad()
     loss.backward()
-    w = target_grad(cos.grad, labels, 5).numpy()
+    w = batch_rows(cos, labels, labels, labels, grad_cos=cos.grad).numpy()[:, 5]
     p = torch.softmax(logits.detach(), 1)[torch.arange(5), labels]
     ref = (1 - p) * feats.norm(dim=1) * head.weight.detach().norm(dim=1)[labels]
     np.testing.assert_allclose(w, ref.numpy(), rtol=1e-5)
-    # and the fallback on the logits' gradient is |dCE_i/dz_y| = 1 - p_y
-    np.testing.assert_allclose(target_grad(logits.grad, labels, 5).numpy(), (1 - p).numpy(), rtol=1e-5)
 
 
 def test_label_outside_head_is_an_error():

@@ -99,4 +99,4 @@ def test_sigkill_then_resume_runs_each_trial_to_completion_once(tmp_path):
     per_epoch = Counter((e["trial"], e["epoch"]) for e in ev if e["event"] == "epoch")
     assert set(per_epoch) == {(t, k) for t in df["trial"] for k in range(1, EPOCHS + 1)}
     assert max(per_epoch.values()) <= 2
-    assert "| arcface |" in (out / "summary.md").read_text()
+    assert "| arcface s=64 m=0.5 exact | 1/1 |" in (out / "summary.md").read_text()

@@ -52,7 +52,7 @@ def fake_train(config, report=None):
         if report:
             report({"epoch": e, "step": e * 3, "loss": 1.0 / e, "val_accuracy": 0.5 + 0.1 * e,
                     "noisy_auc": float("nan"), "theta_clean_mean": 1.0, "theta_noisy_mean": 1.1,
-                    "checkpoint": str(path)})
+                    "clean_true_accuracy": 0.9, "learned": True, "checkpoint": str(path)})
     log("end")
     return {"epoch": epochs}
 
@@ -164,7 +164,16 @@ def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
         else:
             assert 0.0 <= row["final_noisy_auc"] <= 1.0
     md = (sdir / "summary.md").read_text()
-    assert "| arcface |" in md and "| cosface |" in md and "closed=0.5" in md
+    # rows name the loss with its scale, margin and grad_mode; every trial's learned flag is the
+    # trainer's own last-epoch verdict, counted per cell
+    assert "| arcface s=16 m=0.3 exact |" in md and "| cosface s=16 m=0.3 exact |" in md
+    assert "closed=0.5" in md
+    for _, row in df.iterrows():
+        metrics = pd.read_csv(Path(row["output_dir"]) / "metrics.csv")
+        assert bool(row["learned"]) == bool(metrics["learned"].iloc[-1])
+        assert row["final_clean_true_accuracy"] == pytest.approx(metrics["clean_true_accuracy"].iloc[-1])
+        assert row["loss.grad_mode"] == "exact" and row["loss.s"] == 16
+    assert f"{int(df['learned'].sum())} of 4 completed trials learned" in md
     # the sweep directory is taken: a second run without --resume is refused
     with pytest.raises(NoisyFRError, match="already holds a sweep"):
         run_sweep(load_sweep(cfg, sweep_dir=sdir), echo=None)

@@ -168,10 +168,11 @@ def test_manifests_are_shared_by_noise_setting_and_seed(tmp_path):
     assert len(sw.plan_manifests(spec)) == 2
 
 
-def _history(losses, vals, aucs, clean=1.0, noisy=1.2):
+def _history(losses, vals, aucs, clean=1.0, noisy=1.2, learned=True):
     return pd.DataFrame({"epoch": np.arange(1, len(losses) + 1), "loss": losses,
                          "val_accuracy": vals, "noisy_auc": aucs,
-                         "theta_clean_mean": clean, "theta_noisy_mean": noisy})
+                         "theta_clean_mean": clean, "theta_noisy_mean": noisy,
+                         "clean_true_accuracy": 0.9 if learned else 0.1, "learned": learned})
 
 
 def test_summarize_trial_final_and_best():
@@ -212,7 +213,13 @@ def test_results_table_and_summary_statistics(tmp_path):
         hist[t.name] = (_history([2.0, 1.0], [acc - 0.1, acc], [auc, auc]), None)
     bad = spec.trials[-1].name
     hist[bad] = (None, "RuntimeError: boom")
+    # one cosface trial at closed=0.4 completes without learning: left out of the means, counted
+    unlearned = next(t.name for t in spec.trials if t.config["loss"]["name"] == "cosface"
+                     and t.noise["closed"] == 0.4 and t.name != bad)
+    hist[unlearned] = (_history([2.0, 1.0], [0.3, 0.2], [0.5, 0.5], learned=False), None)
     df = sw.results_table(spec, hist)
+    assert not df.set_index("trial").loc[unlearned, "learned"]
+    assert not df.set_index("trial").loc[bad, "learned"]
     assert list(df["trial"]) == [t.name for t in spec.trials]
     for col in ("loss.name", "noise.closed", "seed", "status", "final_val_accuracy", "best_val_accuracy",
                 "final_noisy_auc", "output_dir", "manifest"):
@@ -226,12 +233,19 @@ def test_results_table_and_summary_statistics(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     # recompute one cell independently: cosface at closed=0.4 over the completed seeds
     sel = [t for t in spec.trials if t.config["loss"]["name"] == "cosface" and t.noise["closed"] == 0.4
-           and t.name != bad]
+           and t.name not in (bad, unlearned)]
     vals = [finals[t.name] * 100 for t in sel]
-    expect = f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})"
+    expect = (f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})" if len(vals) > 1
+              else f"{vals[0]:.2f} (n=1)")
     line = next(ln for ln in md.split("## Verification accuracy, last epoch")[1].splitlines()
                 if ln.startswith("| cosface"))
     assert expect in line
+    counts = next(ln for ln in md.split("## Trials that learned")[1].splitlines()
+                  if ln.startswith("| cosface"))
+    n_cell = len([t for t in spec.trials if t.config["loss"]["name"] == "cosface"
+                  and t.noise["closed"] == 0.4 and t.name != bad])
+    assert f"| {n_cell - 1}/{n_cell} |" in counts
+    assert f"`{unlearned}` (cosface" in md.split("## Completed trials that did not learn")[1]
     header = next(ln for ln in md.splitlines() if ln.startswith("| loss |"))
     assert "closed=0" in header and "closed=0.4" in header
     assert f"`{bad}`: error: RuntimeError: boom" in md

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from noisyfr.analysis import stats
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default=None,
                         help="accuracy column of the sweep results (default: first of final_val_accuracy, "
                              "val_accuracy, accuracy, best_val_accuracy)")
+    parser.add_argument("--weight", default=stats.DEFAULT_WEIGHT, metavar="{weight,weight_theta,grad_norm}",
+                        help="per-sample weight used for shares: grad_norm (||dL/df||, comparable across "
+                             "losses), weight (|dL/dcos theta|) or weight_theta (|dL/dtheta|) "
+                             "(default %(default)s)")
+    parser.add_argument("--region-deg", type=float, default=stats.DEFAULT_REGION_DEG, metavar="DEG",
+                        help="angle of the fixed and 2-D regions, in (0, 180) (default %(default)s)")
+    parser.add_argument("--learned-threshold", type=float, default=DEFAULT_LEARNED_ACCURACY,
+                        metavar="ACC", help="a run learned when its last epoch's clean-sample accuracy "
+                                            "reaches this, in [0, 1] (default %(default)s)")
     parser.add_argument("--no-figures", action="store_true", help="write tables and report text only (no PNGs)")
 
 
@@ -27,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.analysis.report import write_report
 
     path = write_report(args.input, args.out, quantile=args.quantile, bins=args.bins, seed=args.seed,
-                        metric=args.metric, figures=not args.no_figures)
+                        metric=args.metric, figures=not args.no_figures, weight=args.weight,
+                        region_deg=args.region_deg, learned_threshold=args.learned_threshold)
     print(path)
     return 0

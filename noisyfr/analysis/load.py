@@ -7,7 +7,6 @@ and run directories under ``trials/<trial>/``. See docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,10 +16,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
+from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics, learned
 
-ANGLE_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
-                 "theta_orig", "weight")
+#: Columns an angle log must have; the others of :data:`noisyfr.train.angles.COLUMNS` were added
+#: later and are filled in for older logs by :func:`load_angles`.
+REQUIRED_ANGLE_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest",
+                          "nearest_label", "theta_orig", "weight")
 MANIFEST_COLUMNS = ("index", "label", "noise")
 NOISE_TYPES = ("clean", "closed", "open", "split", "merge")
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
@@ -30,14 +34,20 @@ _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
 class Run:
     """One training run: its identity (loss, noise condition, seed) and its per-sample angle log.
 
-    ``angles`` has the angle-log columns plus ``noise`` (clean/closed/open/split/merge from the
-    manifest) and ``is_noisy`` (noise != clean), one row per (epoch, sample).
+    ``loss`` is the loss *label* (name, s, margins, grad_mode: ``arcface s=32 m=0.5 detached``,
+    see :func:`noisyfr.losses.loss_label`), ``loss_name`` the registered name and
+    ``loss_settings`` every loss setting. ``angles`` has the angle-log columns plus ``noise``
+    (clean/closed/open/split/merge from the manifest), ``orig_label`` (the true label; the given
+    one without a manifest) and ``is_noisy`` (noise != clean), one row per (epoch, sample).
+    ``health`` has one row per epoch of :func:`noisyfr.train.angles.health_metrics`.
     """
 
     path: Path
     name: str
     config: dict
     loss: str
+    loss_name: str
+    loss_settings: dict
     seed: int | None
     condition: str
     noise_rate: float
@@ -46,11 +56,29 @@ class Run:
     metrics: pd.DataFrame
     manifest_path: Path | None = None
     manifest_meta: dict = field(default_factory=dict)
+    health: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def epochs(self) -> list[int]:
         """Sorted epochs present in the angle log."""
         return sorted(int(e) for e in self.angles["epoch"].unique())
+
+    @property
+    def final_clean_accuracy(self) -> float:
+        """``clean_true_accuracy`` of the last epoch (NaN without angle rows)."""
+        if self.health.empty:
+            return float("nan")
+        return float(self.health.sort_values("epoch")["clean_true_accuracy"].iloc[-1])
+
+    def learned(self, threshold: float = DEFAULT_LEARNED_ACCURACY) -> bool:
+        """True when the last epoch's ``clean_true_accuracy`` reaches ``threshold``."""
+        return learned(self.final_clean_accuracy, threshold)
+
+
+def epoch_health(angles: pd.DataFrame) -> pd.DataFrame:
+    """:func:`noisyfr.train.angles.health_metrics` per epoch of one run's angle table."""
+    rows = [{"epoch": int(e), **health_metrics(g)} for e, g in angles.groupby("epoch", sort=True)]
+    return pd.DataFrame(rows)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -111,33 +139,21 @@ def load_results(path: Path) -> pd.DataFrame:
     return df
 
 
-def _get(cfg: dict, dotted: str, default=None):
-    cur = cfg
-    for key in dotted.split("."):
-        if not isinstance(cur, dict) or key not in cur:
-            return default
-        cur = cur[key]
-    return cur
-
-
-def _loss_name(cfg: dict) -> str:
+def _loss_section(cfg: dict) -> dict:
     loss = cfg.get("loss")
     if isinstance(loss, str):
-        return loss
+        return {"name": loss}
     if isinstance(loss, dict) and loss.get("name"):
-        return str(loss["name"])
-    return "unknown"
+        return dict(loss)
+    return {"name": "unknown"}
 
 
 def _seed(cfg: dict) -> int | None:
-    for key in ("seed", "train.seed", "training.seed"):
-        val = _get(cfg, key)
-        if val is not None:
-            try:
-                return int(val)
-            except (TypeError, ValueError):
-                return None
-    return None
+    val = cfg.get("seed")
+    try:
+        return None if val is None else int(val)
+    except (TypeError, ValueError):
+        return None
 
 
 def resolve_manifest(value: str, run_dir: Path) -> Path:
@@ -154,29 +170,18 @@ def resolve_manifest(value: str, run_dir: Path) -> Path:
 
 
 def read_manifest_any(path: Path) -> tuple[pd.DataFrame, dict]:
-    """Read a noise manifest and its JSON sidecar (``noisyfr.data.read_manifest`` when available)."""
+    """Read a noise manifest and its JSON sidecar with :func:`noisyfr.data.manifest.read_manifest`;
+    any reader failure becomes a one-line NoisyFRError naming the file."""
+    from noisyfr.data.manifest import read_manifest
+
     try:
-        from noisyfr.data.manifest import read_manifest  # type: ignore
-    except ImportError:
-        read_manifest = None
-    if read_manifest is not None:
-        try:
-            df, meta = read_manifest(path)
-        except NoisyFRError:
-            raise
-        except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise NoisyFRError(f"{path}: cannot read manifest ({msg})") from None
-        return df, dict(meta or {})
-    df = read_table(path)
-    side = Path(str(path) + ".json")
-    meta: dict = {}
-    if side.is_file():
-        try:
-            meta = json.loads(side.read_text())
-        except json.JSONDecodeError as exc:
-            raise NoisyFRError(f"{side}: invalid JSON sidecar ({exc.msg})") from None
-    return df, meta
+        df, meta = read_manifest(path)
+    except NoisyFRError:
+        raise
+    except Exception as exc:  # pyarrow and pandas raise their own types on corrupt files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NoisyFRError(f"{path}: cannot read manifest ({msg})") from None
+    return df, dict(meta or {})
 
 
 def _rates_from_meta(meta: dict) -> dict[str, float] | None:
@@ -228,21 +233,34 @@ def load_angles(run_dir: Path) -> pd.DataFrame:
     frames = []
     for f in files:
         df = read_table(f)
-        missing = [c for c in ANGLE_COLUMNS if c not in df.columns]
+        missing = [c for c in REQUIRED_ANGLE_COLUMNS if c not in df.columns]
         if missing:
             raise NoisyFRError(f"{f}: angle log lacks column(s) {', '.join(missing)}")
-        frames.append(df[list(ANGLE_COLUMNS)])
+        frames.append(_complete_angle_log(df))
     angles = pd.concat(frames, ignore_index=True)
     if not np.isfinite(angles["theta_y"].to_numpy(dtype=float)).all():
         raise NoisyFRError(f"{adir}: column theta_y has NaN or infinite values")
     if (angles["theta_y"] < -1e-6).any() or (angles["theta_y"] > math.pi + 1e-6).any():
         raise NoisyFRError(f"{adir}: theta_y outside [0, pi] (angles must be in radians)")
-    # weight may be NaN where the trainer could not log it: weight statistics then come out NaN
-    if np.isinf(angles["weight"].to_numpy(dtype=float)).any():
-        raise NoisyFRError(f"{adir}: column weight has infinite values")
-    if (angles["weight"] < 0).any():
-        raise NoisyFRError(f"{adir}: negative weight (expected |dL/dcos theta_y|)")
+    # weights may be NaN where the trainer could not log them: their statistics then come out NaN
+    for col in WEIGHT_COLUMNS:
+        if np.isinf(angles[col].to_numpy(dtype=float)).any():
+            raise NoisyFRError(f"{adir}: column {col} has infinite values")
+        if (angles[col] < 0).any():
+            raise NoisyFRError(f"{adir}: negative {col} (expected a gradient magnitude)")
     return angles
+
+
+def _complete_angle_log(df: pd.DataFrame) -> pd.DataFrame:
+    """The log's :data:`~noisyfr.train.angles.COLUMNS` in order; columns older logs lack are filled:
+    ``label_used`` = ``label``, ``theta_dominant`` = ``theta_y``, ``weight_theta`` = ``weight *
+    sin(theta_y)``, ``grad_norm`` = NaN (not logged)."""
+    fill = {"label_used": lambda d: d["label"],
+            "theta_dominant": lambda d: d["theta_y"],
+            "weight_theta": lambda d: d["weight"] * np.sin(d["theta_y"].astype(float)),
+            "grad_norm": lambda d: np.full(len(d), np.nan)}
+    missing = {c: f(df) for c, f in fill.items() if c not in df.columns}
+    return df.assign(**missing)[list(ANGLE_COLUMNS)]
 
 
 def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
@@ -259,7 +277,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
         raise NoisyFRError(f"{cfg_path}: expected a mapping at the top level")
     angles = load_angles(run_dir)
 
-    manifest_value = _get(cfg, "data.manifest")
+    manifest_value = get_dotted(cfg, "data.manifest")
     manifest_path = None
     meta: dict = {}
     if manifest_value:
@@ -271,7 +289,9 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
         bad = sorted(set(man["noise"].astype(str)) - set(NOISE_TYPES))
         if bad:
             raise NoisyFRError(f"{manifest_path}: unknown noise type(s) {', '.join(bad)}")
-        man = man[["index", "label", "noise"]].rename(
+        if "orig_label" not in man.columns:
+            man = man.assign(orig_label=man["label"])
+        man = man[["index", "label", "noise", "orig_label"]].rename(
             columns={"index": "sample_index", "label": "manifest_label"})
         if man["sample_index"].duplicated().any():
             raise NoisyFRError(f"{manifest_path}: duplicate index values")
@@ -295,7 +315,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
         else:
             condition, rates = found
     else:
-        angles = angles.assign(noise="clean")
+        angles = angles.assign(noise="clean", orig_label=angles["label"])
         true_rate = 0.0
         rates = {}
         condition = "clean"
@@ -308,9 +328,14 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
     if name in ("", "."):
         name = run_dir.resolve().name
-    return Run(path=run_dir, name=name, config=cfg, loss=_loss_name(cfg), seed=_seed(cfg),
+    from noisyfr.losses import loss_label, loss_settings
+
+    section = _loss_section(cfg)
+    return Run(path=run_dir, name=name, config=cfg, loss=loss_label(section),
+               loss_name=str(section["name"]), loss_settings=loss_settings(section), seed=_seed(cfg),
                condition=condition, noise_rate=true_rate, rates=rates, angles=angles,
-               metrics=metrics, manifest_path=manifest_path, manifest_meta=meta)
+               metrics=metrics, manifest_path=manifest_path, manifest_meta=meta,
+               health=epoch_health(angles))
 
 
 def load_runs(root: str | Path) -> list[Run]:
@@ -323,10 +348,13 @@ def load_runs(root: str | Path) -> list[Run]:
 
 
 def long_angles(runs: list[Run]) -> pd.DataFrame:
-    """All runs' angle logs in one long table with ``run, loss, condition, seed, noise_rate`` columns."""
+    """All runs' angle logs in one long table with ``run, loss`` (the loss label), ``loss_name``,
+    ``grad_mode``, ``condition, seed, noise_rate`` columns."""
     frames = []
     for r in runs:
-        frames.append(r.angles.assign(run=r.name, loss=r.loss, condition=r.condition,
+        frames.append(r.angles.assign(run=r.name, loss=r.loss, loss_name=r.loss_name,
+                                      grad_mode=str(r.loss_settings.get("grad_mode")),
+                                      condition=r.condition,
                                       seed=r.seed if r.seed is not None else -1,
                                       noise_rate=r.noise_rate))
     return pd.concat(frames, ignore_index=True)

@@ -65,17 +65,20 @@ def theta_distributions(angles: pd.DataFrame, condition: str, path: str | Path, 
     g = sns.displot(data, x="theta_y_deg", hue="noise", hue_order=hue_order, palette=NOISE_PALETTE,
                     row="loss", col="epoch", kind="hist", stat="density", common_norm=False, element="step",
                     bins=40, binrange=(lo, hi), height=2.2, aspect=1.3,
-                    facet_kws={"sharey": False, "margin_titles": True})
+                    facet_kws={"sharey": False, "margin_titles": False})
+    g.set_titles("{row_name}\nepoch {col_name}", size=8)
     g.set_axis_labels("theta_y (deg)", "density")
-    g.figure.suptitle(f"theta_y by noise type over epochs ({condition})", y=1.02)
+    g.figure.suptitle(f"theta_y by noise type over epochs ({condition})", y=1.04)
     return _save(g.figure, path)
 
 
-def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path) -> Path:
+def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path,
+             threshold_deg: float | None = None) -> Path:
     """2-D density of angle to own centre (x) vs angle to nearest other centre (y) at the last epoch.
 
     Rows = loss, columns = noise type. The dashed diagonal is theta_y = theta_nearest: points below
-    it are closer to another class than to their label's.
+    it are closer to another class than to their label's. ``threshold_deg`` draws the 2-D region
+    cuts (dotted) at that angle on both axes.
     """
     data = _with_degrees(one_seed(angles[angles["condition"] == condition]))
     last = data.groupby("run")["epoch"].transform("max")
@@ -88,13 +91,17 @@ def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path) -> Path:
         lo, hi = max(0.0, lo - 10), min(180.0, hi + 10)
     g = sns.displot(data, x="theta_y_deg", y="theta_nearest_deg", row="loss", col="noise", col_order=col_order,
                     kind="hist", bins=30, binrange=((lo, hi), (lo, hi)), height=2.4, aspect=1.0,
-                    facet_kws={"margin_titles": True})
+                    facet_kws={"margin_titles": False})
+    g.set_titles("{row_name}\n{col_name}", size=8)
     for ax in g.axes.flat:
         ax.plot([lo, hi], [lo, hi], ls="--", lw=0.8, color="grey")
+        if threshold_deg is not None:
+            ax.axvline(threshold_deg, ls=":", lw=0.8, color="black")
+            ax.axhline(threshold_deg, ls=":", lw=0.8, color="black")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
     g.set_axis_labels("theta_y, own (deg)", "theta, nearest other (deg)")
-    g.figure.suptitle(f"own vs nearest-other angle, last epoch ({condition})", y=1.02)
+    g.figure.suptitle(f"own vs nearest-other angle, last epoch ({condition})", y=1.04)
     return _save(g.figure, path)
 
 
@@ -109,8 +116,8 @@ def _condition_panels(data: pd.DataFrame):
     return fig, [(ax, cond, data[data["condition"] == cond]) for ax, cond in zip(axes[0], conds)]
 
 
-def weight_share(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
-    """Share of total gradient weight carried by noisy samples per epoch (mean +- sd over seeds).
+def weight_share(epochs_tbl: pd.DataFrame, path: str | Path, weight: str = "weight") -> Path:
+    """Share of the total ``weight`` carried by noisy samples per epoch (mean +- sd over seeds).
 
     Dotted lines: the noisy fraction of samples (the share if every sample weighed the same).
     """
@@ -122,18 +129,19 @@ def weight_share(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
             ax.plot(*zip(*dl.groupby("epoch")["noisy_fraction"].mean().items()), ls=":", color="grey", lw=1)
         ax.set_title(cond, fontsize=9)
         ax.set_ylim(0, 1)
-        ax.set_ylabel("noisy share of gradient weight")
-    fig.suptitle("gradient weight carried by noisy samples (dotted: noisy fraction of samples)", fontsize=10)
+        ax.set_ylabel(f"noisy share of {weight}")
+    fig.suptitle(f"{weight} carried by noisy samples (dotted: noisy fraction of samples)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
-                    curves: pd.DataFrame | None = None) -> Path:
-    """Mean per-sample weight as a function of theta_y (binned), clean vs noisy, one panel per loss.
+                    curves: pd.DataFrame | None = None, weight: str = "weight") -> Path:
+    """Mean per-sample ``weight`` as a function of theta_y (binned), clean vs noisy, one panel per
+    loss.
 
-    When ``curves`` (columns ``loss, theta_deg, gradient``, the same units: |dL/dcos theta_y|) has
-    the loss, its analytic gradient magnitude is overlaid (grey, dashed).
+    When ``curves`` (columns ``loss, theta_deg, gradient``, in the units of ``weight``) has the
+    loss, its analytic gradient magnitude is overlaid (grey, dashed).
     """
     data = binned[binned["condition"] == condition]
     losses = sorted(data["loss"].unique())
@@ -145,7 +153,7 @@ def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
                      marker="o", errorbar="sd", ax=ax)
         ax.set_xlim(0, 180)
         ax.set_xlabel("theta_y (deg)")
-        ax.set_ylabel("mean weight |dL/dcos|")
+        ax.set_ylabel(f"mean {weight}")
         ax.set_title(loss, fontsize=9)
         if curves is not None and not curves.empty and loss in set(curves["loss"]):
             c = curves[curves["loss"] == loss]
@@ -155,6 +163,36 @@ def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
             ax.text(0.02, 0.95, "no analytic curve", transform=ax.transAxes, fontsize=7, va="top", color="grey")
         ax.set_ylim(bottom=0)
     fig.suptitle(f"weight vs theta_y, last epoch ({condition})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def health(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
+    """Training health per epoch: rows = clean_true_accuracy, noisy_fit_given, noisy_fit_true;
+    columns = noise condition; one line per loss (mean +- sd over seeds)."""
+    metrics = ["clean_true_accuracy", "noisy_fit_given", "noisy_fit_true"]
+    data = epochs_tbl.melt(id_vars=["loss", "condition", "epoch", "run"], value_vars=metrics,
+                           var_name="metric", value_name="value").dropna(subset=["value"])
+    conds = sorted(epochs_tbl["condition"].unique())
+    fig, axes = plt.subplots(len(metrics), max(len(conds), 1), squeeze=False, sharex=True,
+                             sharey=True, figsize=(3.4 * max(len(conds), 1), 2.2 * len(metrics)))
+    for j, cond in enumerate(conds):
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            d = data[(data["condition"] == cond) & (data["metric"] == metric)]
+            if len(d):
+                sns.lineplot(d, x="epoch", y="value", hue="loss", marker="o", markersize=3,
+                             errorbar="sd", ax=ax, legend=(i == 0 and j == len(conds) - 1))
+            else:
+                ax.text(0.5, 0.5, "no closed-set noise", ha="center", va="center", fontsize=8,
+                        transform=ax.transAxes)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(cond if i == 0 else "", fontsize=9)
+            ax.set_ylabel(metric if j == 0 else "", fontsize=8)
+    leg = axes[0, -1].get_legend()
+    if leg is not None:
+        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
+    fig.suptitle("training health per epoch (plain cosine argmax)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

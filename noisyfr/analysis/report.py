@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from noisyfr.analysis import load, plots, stats
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, check_learned_threshold
 
 GMM_TOLERANCE = 0.05
 
@@ -46,82 +48,46 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _curves_module(losses: dict[str, dict], num_classes: int) -> pd.DataFrame | None:
-    """Overlay curves from ``noisyfr.losses.curves.loss_curves`` (None when that module is missing)."""
-    try:
-        from noisyfr.losses.curves import loss_curves
-    except ImportError:
-        return None
+def analytic_curves(losses: dict[str, dict], num_classes: int = 2) -> pd.DataFrame | None:
+    """Analytic per-sample weight vs theta_y per loss: columns ``loss, theta_deg, gradient``
+    (|dL/dcos theta_y|) and ``gradient_theta`` (|dL/dtheta_y| = gradient * sin theta).
+
+    ``losses`` maps a label to the loss's parameters (``name`` among them, else the label is the
+    name; ``grad_mode`` picks the curve). Taken from :func:`noisyfr.losses.curves.loss_curves`
+    (``weight_exact`` or ``weight_detached``) at ``num_classes`` classes with the other centres
+    at 90 degrees. Losses that cannot be built (unknown name, bad parameters) are left out;
+    None when no loss has a curve.
+    """
+    from noisyfr.losses.curves import loss_curves
+
     frames = []
-    for loss, params in losses.items():
+    for label, params in losses.items():
         params = dict(params)
+        name = params.pop("name", label)
         mode = params.get("grad_mode", "exact")
         try:
-            df = loss_curves(loss, points=181, num_classes=num_classes, params=params)
-        except Exception:  # unknown loss or parameters: no curve for it
+            df = loss_curves(name, points=181, num_classes=num_classes, params=params)
+        except NoisyFRError:  # unknown loss or parameters: no curve for it
             continue
         col = "weight_detached" if mode == "detached" else "weight_exact"
-        frames.append(pd.DataFrame({"loss": loss, "theta_deg": df["theta_deg"].astype(float),
-                                    "gradient": df[col].astype(float).abs()}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["loss", "theta_deg", "gradient"])
-
-
-def _own_curve(loss: str, params: dict, num_classes: int) -> pd.DataFrame | None:
-    import torch
-
-    from noisyfr.losses import build_loss
-
-    try:
-        mod = build_loss(loss, **params)
-        theta = torch.linspace(0.02, math.pi - 0.02, 180, dtype=torch.float64, requires_grad=True)
-        target = mod.target_logit(theta)
-        (dt_dtheta,) = torch.autograd.grad(target.sum(), theta)
-    except Exception:  # unknown loss, parameters or a loss needing feature norms: no curve
-        return None
-    th = theta.detach()
-    s = float(getattr(mod, "s", 1.0))
-    if getattr(mod, "grad_mode", "exact") == "detached":  # margin applied under no_grad: dT/dcos = 1
-        dt_dcos = torch.ones_like(th)
-    else:
-        dt_dcos = dt_dtheta / (-torch.sin(th))
-    # softmax probability of the target with the other num_classes-1 centres at 90 degrees (cos = 0)
-    p = torch.sigmoid(s * target.detach() - math.log(max(num_classes - 1, 1)))
-    grad = (s * (1 - p) * dt_dcos.abs()).numpy()
-    if not np.isfinite(grad).all():
-        return None
-    return pd.DataFrame({"loss": loss, "theta_deg": np.degrees(th.numpy()), "gradient": grad})
+        grad = df[col].astype(float).abs()
+        frames.append(pd.DataFrame({"loss": label, "theta_deg": df["theta_deg"].astype(float),
+                                    "gradient": grad,
+                                    "gradient_theta": grad * np.sin(df["theta"].astype(float))}))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def run_curves(runs) -> pd.DataFrame | None:
-    """:func:`analytic_curves` for the losses of ``runs`` with their configs' loss parameters and the
-    manifests' number of classes (first run of each loss)."""
+    """:func:`analytic_curves` for the loss settings of ``runs`` (first run of each loss label)
+    and the manifests' number of classes."""
     params: dict[str, dict] = {}
     for r in runs:
-        sec = r.config.get("loss") if isinstance(r.config.get("loss"), dict) else {}
-        params.setdefault(r.loss, {k: v for k, v in sec.items() if k != "name"})
+        params.setdefault(r.loss, dict(r.loss_settings))
     num_classes = next((int(r.manifest_meta["num_classes"]) for r in runs
                         if isinstance(r.manifest_meta.get("num_classes"), int)), 0)
     if num_classes < 2:
         num_classes = max(int(r.angles["label"].max()) + 1 for r in runs)
     return analytic_curves(params, num_classes=max(num_classes, 2))
-
-
-def analytic_curves(losses: dict[str, dict], num_classes: int = 2, use_module: bool = True) -> pd.DataFrame | None:
-    """Analytic per-sample gradient magnitude vs theta_y per loss: columns ``loss, theta_deg, gradient``.
-
-    Taken from ``noisyfr.losses.curves.loss_curves`` (``weight_exact``, or ``weight_detached`` for
-    ``grad_mode="detached"``) when that module is importable; otherwise computed here from
-    ``build_loss(name, **params).target_logit`` by autograd as
-    ``s * (1 - p) * |dT/dcos theta|`` (``dT/dcos = 1`` for ``grad_mode="detached"``) with ``p`` the softmax probability of the target when the
-    other ``num_classes - 1`` centres are at 90 degrees. Losses that cannot be built (unknown name,
-    bad parameters, losses needing feature norms) are left out; None when no loss has a curve.
-    """
-    if use_module:
-        from_module = _curves_module(losses, num_classes)
-        if from_module is not None:
-            return from_module if not from_module.empty else None
-    frames = [c for c in (_own_curve(n, p, num_classes) for n, p in losses.items()) if c is not None]
-    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 class _Doc:
@@ -190,191 +156,346 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def summary_table(ep: pd.DataFrame, reg: pd.DataFrame, est: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
-    """The report's headline table: per loss and condition, last epoch, mean over seeds.
+def summary_table(ep: pd.DataFrame, reg: pd.DataFrame, est: pd.DataFrame, acc: pd.DataFrame,
+                  counts: pd.DataFrame) -> pd.DataFrame:
+    """The report's headline table over the runs that learned: per loss and condition, last epoch,
+    mean over seeds.
 
-    How far apart clean and noisy samples sit (mean theta_y, gap in degrees, detection AUC) and
-    what share of the gradient the noisy ones get (vs their fraction of samples), plus the
-    periphery's weight share, the periphery/centre weight-per-sample ratio, the bimodal noise-rate
-    estimate and the accuracy.
+    How far apart clean and noisy samples sit (mean theta_y, gap in degrees, detection AUC at the
+    last and at the best epoch) and what share of the weight the noisy ones get (vs their fraction
+    of samples), plus the periphery's weight share, the periphery/centre weight-per-sample ratio
+    (regions of ``reg``, one method), the bimodal noise-rate estimate and the accuracy;
+    ``n_runs``/``n_learned`` from ``counts`` say how many runs each cell had and kept.
     """
     last = stats.last_epoch(ep)
+    best = ep.groupby("run")["auc"].max().rename("best_auc").reset_index()
     ratio = stats.periphery_ratio(stats.last_epoch(reg))
     periph = stats.last_epoch(reg)
-    periph = periph[periph["region"] == "periphery"][["run", "weight_share", "share_of_noisy"]].rename(
+    periph = periph[periph["region"] != "centre"].groupby("run", sort=True)[
+        ["weight_share", "share_of_noisy"]].sum().reset_index().rename(
         columns={"weight_share": "periphery_weight_share", "share_of_noisy": "noisy_in_periphery"})
     e = stats.last_epoch(est)[["run", "estimated_rate", "mode_separation_sd"]]
-    df = (last.merge(ratio[["run", "periphery_to_centre_weight"]], on="run", how="left")
+    df = (last.merge(best, on="run", how="left")
+          .merge(ratio[["run", "periphery_to_centre_weight"]], on="run", how="left")
           .merge(periph, on="run", how="left").merge(e, on="run", how="left"))
-    values = ["noisy_fraction", "theta_clean_mean_deg", "theta_noisy_mean_deg", "theta_gap_deg", "auc",
-              "noisy_weight_share", "periphery_weight_share", "noisy_in_periphery", "periphery_to_centre_weight",
-              "estimated_rate", "mode_separation_sd"]
+    values = ["noisy_fraction", "clean_true_accuracy", "noisy_fit_given", "theta_clean_median_deg",
+              "theta_noisy_median_deg", "theta_clean_mean_deg", "theta_noisy_mean_deg",
+              "theta_gap_deg", "auc", "best_auc", "noisy_weight_share", "periphery_weight_share",
+              "noisy_in_periphery", "periphery_to_centre_weight", "estimated_rate",
+              "mode_separation_sd"]
     out = df.groupby(["loss", "condition"], sort=True)[values].mean().reset_index()
-    out.insert(2, "n_seeds", df.groupby(["loss", "condition"], sort=True)["run"].nunique().to_numpy())
-    out["weight_share_per_fraction"] = out["noisy_weight_share"] / out["noisy_fraction"].where(out["noisy_fraction"] > 0)
+    out = counts[["loss", "condition", "n_runs", "n_learned"]].merge(out, on=["loss", "condition"],
+                                                                      how="left")
+    out["weight_share_per_fraction"] = out["noisy_weight_share"] / out["noisy_fraction"].where(
+        out["noisy_fraction"] > 0)
     if not acc.empty:
-        out = out.merge(acc[["loss", "condition", "accuracy_mean", "accuracy_std"]], on=["loss", "condition"],
-                        how="left")
+        out = out.merge(acc[["loss", "condition", "accuracy_mean", "accuracy_std"]],
+                        on=["loss", "condition"], how="left")
     return out
 
 
-def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: float = stats.DEFAULT_CENTRE_QUANTILE,
-                 bins: int = stats.DEFAULT_BINS, seed: int = 0, metric: str | None = None,
-                 figures: bool = True) -> Path:
-    """Analyse a run or sweep directory and write ``out_dir/report.md`` (+ html, figures, tables).
+@dataclass
+class _Options:
+    weight: str
+    quantile: float
+    region_deg: float
+    bins: int
+    seed: int
+    metric: str | None
+    learned_threshold: float
 
-    ``quantile`` defines the centre region (theta_y at or below that quantile of the clean samples'
-    theta_y, per run and epoch), ``bins`` the number of theta_y bins over [0, 180] degrees,
-    ``seed`` the Gaussian-mixture seed, ``metric`` the sweep results' accuracy column;
-    ``figures=False`` skips drawing the PNGs (tables and report text only; the report still
-    references the figure files). Returns the path of report.md.
-    """
-    src = Path(run_or_sweep_dir)
-    out = Path(out_dir)
+
+def _check_options(out: Path, o: _Options) -> None:
+    """Every option checked before anything is loaded or written."""
     if out.exists() and not out.is_dir():
         raise NoisyFRError(f"{out}: --out exists and is not a directory")
-    if bins < 2:
-        raise NoisyFRError(f"bins {bins}: need at least 2")
-    runs = load.load_runs(src)
+    if isinstance(o.bins, bool) or not isinstance(o.bins, int) or o.bins < 2:
+        raise NoisyFRError(f"bins {o.bins}: need an integer >= 2")
+    if not 0.0 < o.quantile < 1.0:
+        raise NoisyFRError(f"region quantile {o.quantile}: must be in (0, 1)")
+    stats.check_weight(o.weight)
+    stats.check_region_deg(o.region_deg)
+    check_learned_threshold(o.learned_threshold, "learned threshold")
+
+
+def _check_weight_logged(runs, weight: str) -> None:
+    for r in runs:
+        if r.angles[weight].isna().all():
+            raise NoisyFRError(f"weight {weight!r}: not logged in run {r.name} (an older angle "
+                               "log?); choose another with --weight")
+
+
+def _compute(runs, results, o: _Options) -> dict[str, pd.DataFrame]:
+    """Every table of the report; comparisons (summary, regions, weights, accuracy) use the runs
+    that learned, the health tables every run."""
     angles = load.long_angles(runs)
-    results_path = load.find_results(src)
-    results = load.load_results(results_path) if results_path else None
-
-    steps = tqdm(total=8, desc="analyze", disable=None)
-    rtab = stats.runs_table(runs)
-    ep = stats.epoch_stats(angles)
-    steps.update()
-    types = stats.noise_type_stats(angles)
-    reg = stats.region_stats(angles, quantile)
-    ratio = stats.periphery_ratio(reg)
-    binned = stats.binned_weight(angles, bins=bins)
-    steps.update()
-    est = stats.noise_rate_estimates(angles, seed=seed)
-    steps.update()
-    points = stats.accuracy_points(results, rtab, metric=metric)
-    acc = stats.accuracy_table(points)
-    summary = summary_table(ep, reg, est, acc)
-    curves = run_curves(runs)
-
-    tables = {"summary.csv": summary, "runs.csv": rtab, "epoch_stats.csv": ep, "noise_types.csv": types,
-              "regions.csv": reg, "periphery_ratio.csv": ratio, "weight_by_theta.csv": binned,
-              "noise_rate_estimates.csv": est, "accuracy.csv": acc, "accuracy_points.csv": points}
-    for name, df in tables.items():
-        _write_csv(df, out / "tables" / name)
-    steps.update()
-
-    conditions = sorted(angles["condition"].unique())
-    if figures:
-        for cond in conditions:
-            s = _slug(cond)
-            plots.theta_distributions(angles, cond, out / "figures" / f"theta_hist_{s}.png")
-            plots.angle_2d(angles, cond, out / "figures" / f"angle2d_{s}.png")
-            plots.weight_vs_theta(binned, cond, out / "figures" / f"weight_vs_theta_{s}.png", curves=curves)
-        steps.update()
-        plots.weight_share(ep, out / "figures" / "noisy_weight_share.png")
-        plots.detection_auc(ep, out / "figures" / "detection_auc.png")
-        plots.noise_estimate(stats.last_epoch(est), out / "figures" / "noise_rate_estimate.png")
-        plots.accuracy(points, out / "figures" / "accuracy.png")
-        steps.update()
+    rtab = stats.runs_table(runs, o.learned_threshold)
+    counts = stats.learned_counts(rtab)
+    ep_all = stats.epoch_stats(angles, o.weight)
+    ok = set(rtab.loc[rtab["learned"].astype(bool), "run"])
+    kept = angles[angles["run"].isin(ok)]
+    ep = ep_all[ep_all["run"].isin(ok)]
+    t: dict[str, pd.DataFrame] = {"runs.csv": rtab, "learned.csv": counts, "epoch_stats.csv": ep_all}
+    t["noise_types.csv"] = stats.noise_type_stats(kept, o.weight) if len(kept) else pd.DataFrame()
+    reg = [stats.region_stats(kept, o.quantile, m, o.region_deg, o.weight)
+           for m in stats.REGION_METHODS] if len(kept) else []
+    t["regions.csv"] = pd.concat(reg, ignore_index=True) if reg else pd.DataFrame()
+    t["periphery_ratio.csv"] = (stats.periphery_ratio(t["regions.csv"]) if len(kept)
+                                else pd.DataFrame())
+    t["weight_by_theta.csv"] = (stats.binned_weight(kept, bins=o.bins, weight=o.weight)
+                                if len(kept) else pd.DataFrame())
+    t["noise_rate_estimates.csv"] = (stats.noise_rate_estimates(kept, seed=o.seed) if len(kept)
+                                     else pd.DataFrame())
+    t["accuracy_points.csv"] = stats.accuracy_points(results, rtab, metric=o.metric)
+    t["accuracy.csv"] = stats.accuracy_table(t["accuracy_points.csv"])
+    if len(kept):
+        quantile_reg = t["regions.csv"][t["regions.csv"]["method"] == "quantile"]
+        t["summary.csv"] = summary_table(ep, quantile_reg, t["noise_rate_estimates.csv"],
+                                         t["accuracy.csv"], counts)
     else:
-        steps.update(2)
+        t["summary.csv"] = counts.copy()
+    t["_angles"] = kept
+    return t
 
-    doc = _Doc()
+
+def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
+    """Every figure of the report."""
+    fig = out / "figures"
+    plots.health(t["epoch_stats.csv"], fig / "health.png")
+    plots.detection_auc(t["epoch_stats.csv"], fig / "detection_auc.png")
+    kept = t["_angles"]
+    if len(kept):
+        for cond in sorted(kept["condition"].unique()):
+            sl = _slug(cond)
+            plots.theta_distributions(kept, cond, fig / f"theta_hist_{sl}.png")
+            plots.angle_2d(kept, cond, fig / f"angle2d_{sl}.png", threshold_deg=o.region_deg)
+            plots.weight_vs_theta(t["weight_by_theta.csv"], cond, fig / f"weight_vs_theta_{sl}.png",
+                                  curves=curves, weight=o.weight)
+        learned_ep = t["epoch_stats.csv"][t["epoch_stats.csv"]["run"].isin(set(kept["run"]))]
+        plots.weight_share(learned_ep, fig / "noisy_weight_share.png", weight=o.weight)
+        plots.noise_estimate(stats.last_epoch(t["noise_rate_estimates.csv"]),
+                             fig / "noise_rate_estimate.png")
+    plots.accuracy(t["accuracy_points.csv"][t["accuracy_points.csv"]["learned"].astype(bool)]
+                   if len(t["accuracy_points.csv"]) else t["accuracy_points.csv"],
+                   fig / "accuracy.png")
+
+
+def _doc_header(doc: _Doc, src: Path, runs, results_path, t, o: _Options) -> None:
+    rtab, counts = t["runs.csv"], t["learned.csv"]
+    n_ok = int(rtab["learned"].sum())
     doc.h(1, "noisyfr angle analysis")
-    losses = sorted(angles["loss"].unique())
-    doc.p(f"Source: `{src}` - {len(runs)} run(s), losses {', '.join(losses)}; noise conditions "
-          f"{', '.join(conditions)}; epochs {int(angles['epoch'].min())}-{int(angles['epoch'].max())}; "
-          f"{'sweep results: `' + results_path.name + '`' if results_path else 'no sweep results table (accuracy from metrics.csv)'}.")
-    doc.p("Angles are theta_y = angle between a sample's embedding and its *labelled* class centre; "
-          "weight = |dL/dcos theta_y| logged per sample by the trainer. A sample is *noisy* when its manifest "
-          "noise type is not `clean`. Tables give the last epoch of each run, averaged over seeds.")
-    doc.h(2, "Summary: how far apart clean and noisy samples sit, and the noisy share of the gradient")
-    doc.p("`theta_gap_deg` = mean theta_y(noisy) - mean theta_y(clean); `auc` = detection AUC of theta_y; "
-          "`noisy_weight_share` = noisy samples' share of the total weight, to compare with `noisy_fraction` "
-          "(`weight_share_per_fraction` > 1: a noisy sample pulls harder than a clean one); "
-          f"`periphery_to_centre_weight` = mean weight of a peripheral sample / of a central one (centre = theta_y "
-          f"<= the {quantile:g} quantile of clean theta_y): below 1 the loss down-weights the periphery, as ExpFace intends.")
-    sep_cols = ["loss", "condition", "n_seeds", "noisy_fraction", "theta_clean_mean_deg", "theta_noisy_mean_deg",
-                "theta_gap_deg", "auc", "estimated_rate", "mode_separation_sd"]
-    w_cols = ["loss", "condition", "noisy_fraction", "noisy_weight_share", "weight_share_per_fraction",
-              "noisy_in_periphery", "periphery_weight_share", "periphery_to_centre_weight", "accuracy_mean",
-              "accuracy_std"]
+    doc.p(f"Source: `{src}` - {len(runs)} run(s); loss settings (name, scale s, margin m, "
+          f"grad_mode): {'; '.join(sorted(rtab['loss'].unique()))}; noise conditions "
+          f"{', '.join(sorted(rtab['condition'].unique()))}; "
+          + (f"sweep results: `{results_path.name}`." if results_path
+             else "no sweep results table (accuracy from metrics.csv)."))
+    doc.p(f"**{n_ok} of {len(rtab)} runs learned** (last epoch's clean-sample accuracy on their labels, "
+          f"plain cosine argmax, >= {o.learned_threshold:g}). Every comparison below (summary, "
+          "distributions, weights, regions, accuracy) uses the learned runs only; "
+          f"{len(rtab) - n_ok} run(s) were left out. A loss that does not learn under noise is a "
+          "result in itself: see Training health.")
+    doc.p(f"Weight used for shares: **`{o.weight}`** ({WEIGHT_MEANING[o.weight]}). Angles: theta_y "
+          "= angle between a sample's embedding and its *labelled* class centre. A sample is *noisy* "
+          "when its manifest noise type is not `clean`. Tables give the last epoch of each run, "
+          "averaged over seeds.")
+
+
+WEIGHT_MEANING = {
+    "weight": "|dL_i/dcos theta| at the label trained on, in units of the loss's scale s (for "
+              "plain softmax: of |x| |W_y|)",
+    "weight_theta": "|dL_i/dtheta| at the label trained on = weight * sin(theta)",
+    "grad_norm": "||dL_i/df_i||, the norm of the per-sample gradient on the embedding the backbone "
+                 "outputs: the real pull on the backbone, negatives and feature-norm terms included; "
+                 "comparable across losses",
+}
+
+
+def _doc_health(doc: _Doc, t) -> None:
+    doc.h(2, "Training health")
+    doc.p("Runs that learned per loss and noise condition (`n_learned` of `n_runs`):")
+    doc.table(t["learned.csv"], "tables/learned.csv")
+    cols = ["run", "loss", "condition", "seed", "epochs", "final_clean_true_accuracy",
+            "final_noisy_fit_given", "final_noisy_fit_true", "learned"]
+    doc.table(t["runs.csv"][[c for c in cols if c in t["runs.csv"].columns]], "tables/runs.csv")
+    doc.p("Per epoch, every run: `clean_true_accuracy` (clean samples predicted as their label), "
+          "`noisy_fit_given` (closed-set noisy samples predicted as their given, wrong label: "
+          "memorised) and `noisy_fit_true` (predicted as their true label). A rising "
+          "`noisy_fit_given` with a falling detection AUC is memorisation.")
+    doc.img("figures/health.png", "training health per epoch (all runs)")
+    doc.img("figures/detection_auc.png", "noisy-sample detection AUC from theta_y per epoch (all runs)")
+    ep = t["epoch_stats.csv"]
+    if len(ep) and ep["n_corrected"].sum() > 0:
+        corr = ep[ep["n_corrected"] > 0][["run", "loss", "epoch", "n", "n_corrected"]]
+        doc.p("Label corrections per epoch (rows trained on a label other than the given one, "
+              "BoundaryFace); `weight` is read at the label trained on:")
+        doc.table(corr, None)
+
+
+def _doc_summary(doc: _Doc, t, o: _Options) -> None:
+    summary = t["summary.csv"]
+    doc.h(2, "Summary over the runs that learned")
+    if "auc" not in summary.columns:
+        doc.p("No run learned: there is nothing to compare.")
+        return
+    doc.p("`theta_gap_deg` = mean theta_y(noisy) - mean theta_y(clean); `auc` / `best_auc` = detection "
+          "AUC of theta_y at the last / best epoch; `noisy_weight_share` = noisy samples' share of the "
+          f"total `{o.weight}`, to compare with `noisy_fraction` (`weight_share_per_fraction` > 1: a "
+          "noisy sample pulls harder than a clean one); `periphery_to_centre_weight` = mean weight of a "
+          f"peripheral sample / of a central one (centre = theta_y <= the {o.quantile:g} quantile of "
+          "clean theta_y): below 1 the loss down-weights the periphery, as ExpFace intends.")
+    sep_cols = ["loss", "condition", "n_runs", "n_learned", "noisy_fraction", "clean_true_accuracy",
+                "noisy_fit_given", "theta_clean_median_deg", "theta_noisy_median_deg",
+                "theta_gap_deg", "auc", "best_auc", "estimated_rate", "mode_separation_sd"]
+    w_cols = ["loss", "condition", "n_learned", "noisy_fraction", "noisy_weight_share",
+              "weight_share_per_fraction", "noisy_in_periphery", "periphery_weight_share",
+              "periphery_to_centre_weight", "accuracy_mean", "accuracy_std"]
     doc.p("**How far apart** (angles in degrees):")
     doc.table(summary[[c for c in sep_cols if c in summary.columns]])
-    doc.p("**What share of the gradient** the noisy samples get, and how the loss weights the periphery:")
+    doc.p(f"**What share of the weight (`{o.weight}`)** the noisy samples get, and how the loss "
+          "weights the periphery:")
     doc.table(summary[[c for c in w_cols if c in summary.columns]], "tables/summary.csv")
 
-    doc.h(2, "1. Angle distributions")
-    doc.p("Per noise condition: density of theta_y by noise type over epochs (one run per loss), and the 2-D "
-          "histogram of the angle to the own centre vs the angle to the nearest other centre at the last epoch "
-          "(open-set / Type-I noise sits far from both; split / Type-II noise near both).")
-    for cond in conditions:
+
+def _doc_distributions(doc: _Doc, t) -> None:
+    kept = t["_angles"]
+    doc.h(2, "1. Angle distributions (learned runs)")
+    doc.p("Per noise condition: density of theta_y by noise type over epochs (one run per loss), and the "
+          "2-D histogram of the angle to the own centre vs the angle to the nearest other centre at the "
+          "last epoch (open-set / Type-I noise sits far from both; split / Type-II noise near both; "
+          "closed-set flips near another centre). Dotted lines: the fixed region threshold.")
+    for cond in sorted(kept["condition"].unique()):
         s = _slug(cond)
         doc.h(3, f"Condition {cond}")
         doc.img(f"figures/theta_hist_{s}.png", f"theta_y histograms, {cond}")
         doc.img(f"figures/angle2d_{s}.png", f"own vs nearest-other angle, {cond}")
-    type_last = stats.last_epoch(types)
-    type_tab = type_last.groupby(["loss", "condition", "noise"], sort=True)[
+    types = stats.last_epoch(t["noise_types.csv"])
+    tab = types.groupby(["loss", "condition", "noise"], sort=True)[
         ["n", "theta_y_mean_deg", "theta_nearest_mean_deg", "weight_mean", "weight_share"]].mean().reset_index()
     doc.p("Per noise type, last epoch (mean over seeds); `weight_share` sums to 1 over the types of a run.")
-    doc.table(type_tab, "tables/noise_types.csv")
+    doc.table(tab, "tables/noise_types.csv")
 
-    doc.h(2, "2. Weighting")
-    doc.img("figures/noisy_weight_share.png", "share of gradient weight carried by noisy samples per epoch")
-    for cond in conditions:
-        doc.img(f"figures/weight_vs_theta_{_slug(cond)}.png", f"mean weight vs theta_y, {cond}")
-    if curves is None:
+
+def _doc_weighting(doc: _Doc, t, curves, o: _Options) -> None:
+    kept = t["_angles"]
+    doc.h(2, f"2. Weighting (`{o.weight}`)")
+    doc.img("figures/noisy_weight_share.png", f"share of {o.weight} carried by noisy samples per epoch")
+    for cond in sorted(kept["condition"].unique()):
+        doc.img(f"figures/weight_vs_theta_{_slug(cond)}.png", f"mean {o.weight} vs theta_y, {cond}")
+    if o.weight == "grad_norm":
+        doc.p("`grad_norm` has no analytic curve: it depends on every other class's angle.")
+    elif curves is None:
         doc.p("Analytic gradient curves: none of the losses could be built, overlay omitted.")
     else:
-        missing = sorted(set(angles["loss"]) - set(curves["loss"]))
-        doc.p("Grey dashed: the loss's analytic |dL/dcos theta_y| (same units) for a sample whose other class "
-              "centres are all at 90 degrees"
-              + (f"; no analytic curve for {', '.join(missing)}." if missing else "."))
-    doc.p(f"Centre vs periphery: per run and epoch the centre is theta_y <= the {quantile:g} quantile of the clean "
-          "samples' theta_y (so that share of clean samples is central by construction), the periphery the rest. "
-          "Per region: share of the total weight (`weight_share`, the two regions sum to 1), share of all noisy "
-          "samples found there (`share_of_noisy`), mean weight per sample.")
-    reg_last = stats.last_epoch(reg)
-    reg_tab = reg_last.groupby(["loss", "condition", "region"], sort=True)[
+        missing = sorted(set(kept["loss"]) - set(curves["loss"]))
+        doc.p("Grey dashed: the loss's analytic weight in the same units for a sample whose other class "
+              "centres are all at 90 degrees" + (f"; no analytic curve for {', '.join(missing)}." if missing else "."))
+    doc.p("Regions, three ways (docs/analysis.md): `quantile` = centre is theta_y <= the "
+          f"{o.quantile:g} quantile of the clean samples' theta_y (uses ground truth; the threshold "
+          f"differs per run); `fixed` = centre is theta_y <= {o.region_deg:g} degrees (the same for "
+          "every loss); `2d` = the plane of theta_y against theta_nearest, both cut at "
+          f"{o.region_deg:g} degrees: `centre`, `far_from_all` (Type-I / open set), `near_both` "
+          "(Type-II / split) and `nearer_other` (closed-set flips). Per region: share of the total "
+          "weight (`weight_share`, the regions sum to 1), share of all noisy samples found there "
+          "(`share_of_noisy`), mean weight per sample.")
+    reg = stats.last_epoch(t["regions.csv"])
+    tab = reg.groupby(["method", "loss", "condition", "region"], sort=True)[
         ["threshold_deg", "n", "noisy_fraction", "share_of_noisy", "weight_share", "noisy_weight_share",
          "weight_mean"]].mean().reset_index()
-    doc.table(reg_tab, "tables/regions.csv")
+    doc.table(tab, "tables/regions.csv")
+    ratio = stats.last_epoch(t["periphery_ratio.csv"]).groupby(["method", "loss", "condition"], sort=True)[
+        "periphery_to_centre_weight"].mean().reset_index()
+    doc.p("Mean weight of a sample outside the centre / of a central one, per region method:")
+    doc.table(ratio, "tables/periphery_ratio.csv")
 
-    doc.h(2, "3. Separability")
-    doc.img("figures/detection_auc.png", "noisy-sample detection AUC from theta_y per epoch")
+
+def _doc_separability(doc: _Doc, t, o: _Options) -> None:
+    doc.h(2, "3. Separability (learned runs)")
     doc.p("Bimodal noise-rate estimate (after Hu et al., CVPR 2019): Gaussian mixtures with 1 and 2 components "
-          f"(`sklearn.mixture.GaussianMixture`, seed {seed}) are fitted to theta_y of each run and epoch; when the "
+          f"(`sklearn.mixture.GaussianMixture`, seed {o.seed}) are fitted to theta_y of each run and epoch; when the "
           "2-component fit lowers the BIC by >= 10 and its modes are apart by Ashman's D (`mode_separation_sd`) > 2 "
           "the distribution is `bimodal` and the weight of the high-angle "
           "component estimates the noise rate, otherwise the estimate is 0. Expected accuracy: within "
           f"{GMM_TOLERANCE:g} of the true rate when the two modes are well separated (`mode_separation_sd` > 3) and "
           "there are >= 1000 samples; with overlapping modes the estimate is not reliable.")
-    est_tab = stats.last_epoch(est).groupby(["loss", "condition"], sort=True)[
+    est_tab = stats.last_epoch(t["noise_rate_estimates.csv"]).groupby(["loss", "condition"], sort=True)[
         ["true_rate", "estimated_rate", "abs_error", "bimodal", "mode_low_deg", "mode_high_deg", "mode_separation_sd"]
     ].mean().reset_index()
     doc.table(est_tab, "tables/noise_rate_estimates.csv")
     doc.img("figures/noise_rate_estimate.png", "estimated vs true noise rate")
 
-    doc.h(2, "4. Accuracy")
-    doc.p("Verification accuracy per loss and noise condition, mean and sd over seeds"
-          + (f" (sweep results, column `{metric}`)." if metric else "."))
-    acc_show = acc.copy()
-    if not acc_show.empty:
-        acc_show["accuracy"] = [f"{m:.4f} ± {s:.4f}" if isinstance(s, float) and not math.isnan(s) else _fmt(m)
-                                for m, s in zip(acc_show["accuracy_mean"], acc_show["accuracy_std"])]
+
+def _doc_accuracy(doc: _Doc, t, o: _Options) -> None:
+    acc, points = t["accuracy.csv"], t["accuracy_points.csv"]
+    doc.h(2, "4. Accuracy (learned runs)")
+    doc.p("Verification accuracy per loss and noise condition, mean and sd over the seeds that learned; "
+          "`n_not_learned` runs were left out" + (f" (sweep results, column `{o.metric}`)." if o.metric else "."))
+    show = acc.copy()
+    if not show.empty:
+        show["accuracy"] = [f"{m:.4f} ± {s:.4f}" if isinstance(s, float) and not math.isnan(s) else _fmt(m)
+                            for m, s in zip(show["accuracy_mean"], show["accuracy_std"])]
     if points.empty or points["accuracy"].isna().all():
         doc.p("No verification accuracy was recorded (the runs' configs have no `data.val` pairs, or the sweep "
               "has no completed trial): the table and plot are empty.")
-    doc.table(acc_show, "tables/accuracy.csv")
-    doc.img("figures/accuracy.png", "accuracy vs noise rate")
+    doc.table(show, "tables/accuracy.csv")
+    doc.img("figures/accuracy.png", "accuracy vs noise rate (learned runs)")
 
+
+def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: float = stats.DEFAULT_CENTRE_QUANTILE,
+                 bins: int = stats.DEFAULT_BINS, seed: int = 0, metric: str | None = None,
+                 figures: bool = True, weight: str = stats.DEFAULT_WEIGHT,
+                 region_deg: float = stats.DEFAULT_REGION_DEG,
+                 learned_threshold: float = DEFAULT_LEARNED_ACCURACY) -> Path:
+    """Analyse a run or sweep directory and write ``out_dir/report.md`` (+ html, figures, tables).
+
+    ``weight`` is the per-sample weight column used for shares (``grad_norm``, ``weight`` or
+    ``weight_theta``); ``quantile`` defines the quantile centre region and ``region_deg`` the
+    fixed-angle and 2-D regions; ``bins`` the number of theta_y bins over [0, 180] degrees;
+    ``seed`` the Gaussian-mixture seed; ``metric`` the sweep results' accuracy column (it must
+    exist); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
+    (comparisons use learned runs only). ``figures=False`` skips drawing the PNGs (tables and
+    report text only). Every option is checked before anything is written. Returns the path of
+    report.md.
+    """
+    src, out = Path(run_or_sweep_dir), Path(out_dir)
+    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
+    _check_options(out, o)
+    runs = load.load_runs(src)
+    _check_weight_logged(runs, o.weight)
+    results_path = load.find_results(src)
+    results = load.load_results(results_path) if results_path else None
+    if metric is not None and results is not None and metric not in results.columns:
+        raise NoisyFRError(f"--metric {metric!r}: no such column in {results_path}")
+
+    steps = tqdm(total=4, desc="analyze", disable=None)
+    t = _compute(runs, results, o)
+    curves = run_curves(runs) if o.weight != "grad_norm" else None
+    if curves is not None and o.weight == "weight_theta":
+        curves = curves.assign(gradient=curves["gradient_theta"])
+    steps.update()
+    for name, df in t.items():
+        if not name.startswith("_"):
+            _write_csv(df, out / "tables" / name)
+    steps.update()
+    if figures:
+        _draw(t, curves, out, o)
+    steps.update()
+
+    doc = _Doc()
+    _doc_header(doc, src, runs, results_path, t, o)
+    _doc_health(doc, t)
+    _doc_summary(doc, t, o)
+    if len(t["_angles"]):
+        _doc_distributions(doc, t)
+        _doc_weighting(doc, t, curves, o)
+        _doc_separability(doc, t, o)
+    _doc_accuracy(doc, t, o)
     doc.h(2, "Files")
-    doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in tables) + ". Figures (PNG) in `figures/`.")
-
+    doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))
+          + ". Figures (PNG) in `figures/`.")
     with atomic_write(out / "report.md", "w", encoding="utf-8") as fh:
         fh.write(doc.markdown())
     with atomic_write(out / "report.html", "w", encoding="utf-8") as fh:
         fh.write(doc.html(f"noisyfr analysis: {src.name}"))
-    steps.update(2)
+    steps.update()
     steps.close()
     return out / "report.md"

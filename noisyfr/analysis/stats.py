@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,10 +18,18 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
 
 RUN_KEYS = ["run", "loss", "condition", "seed", "noise_rate"]
 DEFAULT_CENTRE_QUANTILE = 0.9
 DEFAULT_BINS = 36
+#: Default weight column for shares: the per-sample gradient norm on the embedding (comparable
+#: across losses, negatives and feature-norm terms included).
+DEFAULT_WEIGHT = "grad_norm"
+#: Region definitions of :func:`region_masks`.
+REGION_METHODS = ("quantile", "fixed", "2d")
+#: Default fixed region threshold (degrees) of the ``fixed`` and ``2d`` regions.
+DEFAULT_REGION_DEG = 60.0
 
 
 def _keys(df: pd.DataFrame, extra: list[str]) -> list[str]:
@@ -79,18 +88,32 @@ def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> di
             "separation": separation, "bimodal": bimodal}
 
 
-def epoch_stats(angles: pd.DataFrame) -> pd.DataFrame:
-    """Per run and epoch: how far apart clean and noisy samples sit and the noisy share of the weight.
+def check_weight(weight: str) -> str:
+    """``weight`` if it names a per-sample weight column of the angle log, else NoisyFRError."""
+    if weight not in WEIGHT_COLUMNS:
+        raise NoisyFRError(f"weight {weight!r}: unknown weight column; choose from "
+                           f"{', '.join(WEIGHT_COLUMNS)}")
+    return weight
+
+
+def epoch_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+    """Per run and epoch: training health, how far apart clean and noisy samples sit and the noisy
+    share of the weight.
 
     Columns: counts, mean/median theta_y of clean and noisy samples (degrees), their difference,
-    detection AUC of theta_y, ``noisy_weight_share`` = sum of noisy samples' weight / sum of all
-    weight, ``noisy_fraction`` (so share / fraction > 1 means a noisy sample outweighs a clean one).
+    detection AUC of theta_y (``auc``) and of the angle to the dominant centre (``auc_dominant``;
+    the same for single-centre losses), ``noisy_weight_share`` = sum of noisy samples' ``weight``
+    column / sum of all (``weight_column`` names it), ``noisy_fraction`` (so share / fraction > 1
+    means a noisy sample outweighs a clean one), the health metrics of
+    :func:`noisyfr.train.angles.health_metrics` and ``n_corrected`` (rows trained on a label other
+    than the given one: BoundaryFace corrections).
     """
+    check_weight(weight)
     rows = []
     for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
         noisy = g["is_noisy"].to_numpy()
         th = np.degrees(g["theta_y"].to_numpy(dtype=float))
-        w = g["weight"].to_numpy(dtype=float)
+        w = g[weight].to_numpy(dtype=float)
         total = w.sum()
         row = dict(zip(_keys(angles, ["epoch"]), key))
         row.update({
@@ -100,36 +123,45 @@ def epoch_stats(angles: pd.DataFrame) -> pd.DataFrame:
             "theta_clean_median_deg": float(np.median(th[~noisy])) if (~noisy).any() else float("nan"),
             "theta_noisy_median_deg": float(np.median(th[noisy])) if noisy.any() else float("nan"),
             "auc": detection_auc(th, noisy),
+            "auc_dominant": detection_auc(g["theta_dominant"].to_numpy(dtype=float), noisy),
+            "weight_column": weight,
             "noisy_weight_share": float(w[noisy].sum() / total) if total > 0 else float("nan"),
+            "n_corrected": int((g["label_used"].to_numpy() != g["label"].to_numpy()).sum()),
         })
+        row.update(health_metrics(g))
         row["theta_gap_deg"] = row["theta_noisy_mean_deg"] - row["theta_clean_mean_deg"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def noise_type_stats(angles: pd.DataFrame) -> pd.DataFrame:
-    """Per run, epoch and noise type: count, mean angles (degrees) and share of the epoch's total weight.
+def noise_type_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+    """Per run, epoch and noise type: count, mean angles (degrees) and share of the epoch's total
+    ``weight`` (a weight column of the angle log).
 
     The ``weight_share`` column sums to 1 over the noise types of one run and epoch.
     """
+    check_weight(weight)
     keys = _keys(angles, ["epoch"])
     g = angles.assign(theta_y_deg=np.degrees(angles["theta_y"]),
-                      theta_nearest_deg=np.degrees(angles["theta_nearest"]))
+                      theta_nearest_deg=np.degrees(angles["theta_nearest"]), _w=angles[weight])
     out = g.groupby(keys + ["noise"], sort=True).agg(
         n=("theta_y", "size"), theta_y_mean_deg=("theta_y_deg", "mean"),
-        theta_nearest_mean_deg=("theta_nearest_deg", "mean"), weight_sum=("weight", "sum"),
-        weight_mean=("weight", "mean")).reset_index()
+        theta_nearest_mean_deg=("theta_nearest_deg", "mean"), weight_sum=("_w", "sum"),
+        weight_mean=("_w", "mean")).reset_index()
     totals = out.groupby(keys)["weight_sum"].transform("sum")
     out["weight_share"] = (out["weight_sum"] / totals).where(totals > 0)
     return out
 
 
-def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | list[int] = "last") -> pd.DataFrame:
-    """Mean weight as a function of theta_y (fixed bins over [0, 180] degrees), clean vs noisy.
+def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | list[int] = "last",
+                  weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+    """Mean ``weight`` (a weight column) as a function of theta_y (fixed bins over [0, 180]
+    degrees), clean vs noisy.
 
     ``epochs="last"`` keeps each run's last epoch; a list keeps those epochs. Columns:
     ``bin_left_deg, bin_centre_deg, group (clean/noisy), n, weight_mean, weight_sum``.
     """
+    check_weight(weight)
     if epochs == "last":
         last = angles.groupby("run")["epoch"].transform("max") if "run" in angles else angles["epoch"].max()
         sel = angles[angles["epoch"] == last]
@@ -138,39 +170,82 @@ def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | 
     edges = np.linspace(0.0, 180.0, bins + 1)
     deg = np.degrees(sel["theta_y"].to_numpy(dtype=float))
     b = np.clip(np.digitize(deg, edges) - 1, 0, bins - 1)
-    tmp = sel.assign(bin=b, group=np.where(sel["is_noisy"], "noisy", "clean"))
+    tmp = sel.assign(bin=b, group=np.where(sel["is_noisy"], "noisy", "clean"), _w=sel[weight])
     keys = _keys(tmp, ["epoch"])
     out = tmp.groupby(keys + ["group", "bin"], sort=True).agg(
-        n=("weight", "size"), weight_mean=("weight", "mean"), weight_sum=("weight", "sum")).reset_index()
+        n=("_w", "size"), weight_mean=("_w", "mean"), weight_sum=("_w", "sum")).reset_index()
     out["bin_left_deg"] = edges[out["bin"].to_numpy()]
     out["bin_centre_deg"] = out["bin_left_deg"] + (edges[1] - edges[0]) / 2
     return out.drop(columns="bin")
 
 
-def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE) -> pd.DataFrame:
-    """Centre vs periphery of angle space and each region's share of samples and of gradient weight.
+def check_region_deg(value) -> float:
+    """A fixed region threshold in degrees, strictly inside (0, 180); NoisyFRError otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise NoisyFRError(f"region threshold {value!r}: must be an angle in (0, 180) degrees") from None
+    if isinstance(value, bool) or not 0.0 < v < 180.0:
+        raise NoisyFRError(f"region threshold {value!r}: must be an angle in (0, 180) degrees")
+    return v
 
-    Per run and epoch the *centre* is ``theta_y <= t`` with ``t`` the ``quantile`` quantile of the
-    clean samples' theta_y (so ``quantile`` of clean samples are central by construction); the
-    *periphery* is the rest. Per region: ``n``, ``noisy_fraction`` (of the region's samples),
-    ``share_of_noisy`` (of all noisy samples, in this region), ``weight_share`` (of the epoch's total
-    weight; the two regions sum to 1), ``noisy_weight_share`` (noisy samples' weight in the region /
-    total weight) and ``weight_mean`` (mean weight per sample in the region).
+
+def region_masks(g: pd.DataFrame, method: str, quantile: float = DEFAULT_CENTRE_QUANTILE,
+                 threshold_deg: float = DEFAULT_REGION_DEG) -> tuple[float, dict[str, np.ndarray]]:
+    """The regions of one run's epoch as ``(threshold in degrees, {region: bool mask})``.
+
+    ``quantile``: centre = theta_y <= the ``quantile`` quantile of the clean samples' theta_y
+    (uses ground truth; the threshold differs per run and loss); periphery = the rest.
+    ``fixed``: centre = theta_y <= ``threshold_deg``; periphery = the rest.
+    ``2d`` (the ExpFace paper's plane of theta_y against theta_nearest, both cut at
+    ``threshold_deg``): ``centre`` (near the own centre, far from every other one),
+    ``far_from_all`` (upper right, where open-set / Type-I noise goes), ``near_both`` (lower left,
+    where split / Type-II noise goes) and ``nearer_other`` (lower right, where closed-set
+    label flips sit).
+    """
+    th = g["theta_y"].to_numpy(dtype=float)
+    if method == "quantile":
+        noisy = g["is_noisy"].to_numpy()
+        ref = th[~noisy] if (~noisy).any() else th
+        t = float(np.quantile(ref, quantile))
+        return math.degrees(t), {"centre": th <= t, "periphery": th > t}
+    t = math.radians(threshold_deg)
+    if method == "fixed":
+        return threshold_deg, {"centre": th <= t, "periphery": th > t}
+    if method == "2d":
+        near = g["theta_nearest"].to_numpy(dtype=float)
+        own, other = th <= t, near > t
+        return threshold_deg, {"centre": own & other, "far_from_all": ~own & other,
+                               "near_both": own & ~other, "nearer_other": ~own & ~other}
+    raise NoisyFRError(f"region method {method!r}: choose from {', '.join(REGION_METHODS)}")
+
+
+def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE,
+                 method: str = "quantile", threshold_deg: float = DEFAULT_REGION_DEG,
+                 weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+    """Regions of angle space (see :func:`region_masks`) and each region's share of samples and of
+    the ``weight`` column, per run and epoch.
+
+    Per region: ``n``, ``noisy_fraction`` (of the region's samples), ``share_of_noisy`` (of all
+    noisy samples, in this region), ``weight_share`` (of the epoch's total weight; the regions sum
+    to 1), ``noisy_weight_share`` (noisy samples' weight in the region / total weight) and
+    ``weight_mean`` (mean weight per sample in the region); ``method`` and ``threshold_deg`` say
+    how the regions were cut.
     """
     if not 0.0 < quantile < 1.0:
         raise NoisyFRError(f"region quantile {quantile}: must be in (0, 1)")
+    check_region_deg(threshold_deg)
+    check_weight(weight)
     rows = []
     for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
         noisy = g["is_noisy"].to_numpy()
-        th = g["theta_y"].to_numpy(dtype=float)
-        w = g["weight"].to_numpy(dtype=float)
-        ref = th[~noisy] if (~noisy).any() else th
-        t = float(np.quantile(ref, quantile))
+        w = g[weight].to_numpy(dtype=float)
+        t, masks = region_masks(g, method, quantile, threshold_deg)
         total = w.sum()
-        for region, mask in (("centre", th <= t), ("periphery", th > t)):
+        for region, mask in masks.items():
             row = dict(zip(_keys(angles, ["epoch"]), key))
             row.update({
-                "region": region, "threshold_deg": math.degrees(t), "n": int(mask.sum()),
+                "method": method, "region": region, "threshold_deg": t, "n": int(mask.sum()),
                 "noisy_fraction": float(noisy[mask].mean()) if mask.any() else float("nan"),
                 "share_of_noisy": float((mask & noisy).sum() / noisy.sum()) if noisy.any() else float("nan"),
                 "weight_share": float(w[mask].sum() / total) if total > 0 else float("nan"),
@@ -182,14 +257,22 @@ def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE
 
 
 def periphery_ratio(regions: pd.DataFrame) -> pd.DataFrame:
-    """Per run and epoch: mean weight of a peripheral sample / mean weight of a central sample.
+    """Per run, epoch and region method: mean weight of a sample outside the centre / mean weight
+    of a central sample.
 
     Below 1 means the loss down-weights the periphery (ExpFace's aim); about 1 or above means it does not.
     """
-    keys = [k for k in RUN_KEYS + ["epoch"] if k in regions.columns]
-    wide = regions.pivot_table(index=keys, columns="region", values="weight_mean").reset_index()
+    keys = [k for k in RUN_KEYS + ["epoch", "method"] if k in regions.columns]
+    r = regions.assign(_wsum=regions["weight_mean"].fillna(0.0) * regions["n"],
+                       _side=np.where(regions["region"] == "centre", "centre", "periphery"))
+    agg = r.groupby(keys + ["_side"], sort=True)[["_wsum", "n"]].sum().reset_index()
+    agg["mean"] = agg["_wsum"] / agg["n"].where(agg["n"] > 0)
+    wide = agg.pivot_table(index=keys, columns="_side", values="mean", dropna=False).reset_index()
     wide.columns.name = None
-    wide["periphery_to_centre_weight"] = wide.get("periphery") / wide.get("centre")
+    for side in ("centre", "periphery"):
+        if side not in wide.columns:
+            wide[side] = float("nan")
+    wide["periphery_to_centre_weight"] = wide["periphery"] / wide["centre"]
     return wide.rename(columns={"centre": "centre_weight_mean", "periphery": "periphery_weight_mean"})
 
 
@@ -277,18 +360,37 @@ def _results_condition(df: pd.DataFrame) -> tuple[list[str], list[float]]:
     return conds, rates
 
 
+def _results_loss_labels(df: pd.DataFrame, loss_col: str) -> list[str]:
+    """Loss label per results row: ``loss.label`` when recorded, else built from the ``loss.*``
+    columns with :func:`noisyfr.losses.loss_label`."""
+    from noisyfr.losses import loss_label
+
+    if "loss.label" in df.columns:
+        return df["loss.label"].astype(str).tolist()
+    keys = [c for c in df.columns if c.startswith("loss.") and c != "loss.name"]
+    out = []
+    for _, row in df.iterrows():
+        section = {c.split(".", 1)[1]: row[c] for c in keys
+                   if not (isinstance(row[c], float) and math.isnan(row[c]))}
+        section = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in section.items()}
+        out.append(loss_label({**section, "name": str(row[loss_col])}))
+    return out
+
+
 def accuracy_points(results: pd.DataFrame | None, runs_tbl: pd.DataFrame | None = None,
                     metric: str | None = None) -> pd.DataFrame:
-    """One row per trial: ``loss, condition, noise_rate, seed, accuracy``.
+    """One row per trial: ``loss`` (label), ``condition, noise_rate, seed, accuracy, learned``.
 
-    From a sweep's results (columns ``loss.name``, ``noise.*``, ``seed``, ``manifest``, an accuracy
-    column: ``metric`` or the first of final_val_accuracy/val_accuracy/accuracy/best_val_accuracy;
-    only ``status == completed`` rows when there is a status column) or, without one, from the
-    runs' final ``metrics.csv`` rows (``runs_tbl`` from :func:`runs_table`). The condition and
-    the true noise rate come from the trial's manifest sidecar when it exists (requested rates,
-    actual noisy fraction), else from the ``noise.closed``/``noise.open`` rate columns.
+    From a sweep's results (columns ``loss.name`` and the other ``loss.*`` settings, ``noise.*``,
+    ``seed``, ``manifest``, an accuracy column: ``metric`` or the first of
+    final_val_accuracy/val_accuracy/accuracy/best_val_accuracy; only ``status == completed`` rows
+    when there is a status column) or, without one, from the runs' final ``metrics.csv`` rows
+    (``runs_tbl`` from :func:`runs_table`). The condition and the true noise rate come from the
+    trial's manifest sidecar when it exists (requested rates, actual noisy fraction), else from the
+    ``noise.closed``/``noise.open`` rate columns. ``learned`` comes from the run loaded from the
+    trial's ``output_dir`` (``runs_tbl``), else from the results' own ``learned`` column.
     """
-    cols = ["loss", "condition", "noise_rate", "seed", "accuracy"]
+    cols = ["loss", "condition", "noise_rate", "seed", "accuracy", "learned"]
     if results is not None and not results.empty:
         df = results.copy()
         if "status" in df.columns:
@@ -301,11 +403,21 @@ def accuracy_points(results: pd.DataFrame | None, runs_tbl: pd.DataFrame | None 
             raise NoisyFRError("results table: no loss.name column")
         if df.empty:
             return pd.DataFrame(columns=cols)
-        df["loss"] = df[loss_col].astype(str)
+        df["loss"] = _results_loss_labels(df, loss_col)
         df["condition"], df["noise_rate"] = _results_condition(df)
         df["accuracy"] = pd.to_numeric(df[col], errors="coerce")
         if "seed" not in df.columns:
             df["seed"] = -1
+        learned = (df["learned"].map(lambda v: v is True or v == 1 or v == "True")
+                   if "learned" in df.columns else pd.Series(False, index=df.index))
+        if runs_tbl is not None and not runs_tbl.empty and "output_dir" in df.columns:
+            by_path = dict(zip(runs_tbl["path"], zip(runs_tbl["loss"], runs_tbl["learned"])))
+            for i, out_dir in df["output_dir"].items():
+                hit = by_path.get(str(Path(str(out_dir)).resolve()))
+                if hit is not None:
+                    df.loc[i, "loss"] = hit[0]
+                    learned.loc[i] = bool(hit[1])
+        df["learned"] = learned.astype(bool)
     elif runs_tbl is not None and not runs_tbl.empty and "val_accuracy" in runs_tbl.columns:
         df = runs_tbl.copy()
         df["accuracy"] = pd.to_numeric(df["val_accuracy"], errors="coerce")
@@ -315,25 +427,42 @@ def accuracy_points(results: pd.DataFrame | None, runs_tbl: pd.DataFrame | None 
 
 
 def accuracy_table(points: pd.DataFrame) -> pd.DataFrame:
-    """Verification accuracy per loss and noise condition: mean, sd over seeds, number of seeds.
+    """Verification accuracy per loss and noise condition over the runs that learned: mean, sd
+    over seeds, number of seeds, and how many runs were left out because they did not learn.
 
     The paper-style table: columns ``loss, condition, noise_rate`` (mean true rate over seeds),
-    ``accuracy_mean, accuracy_std`` (sample sd), ``n_seeds``.
+    ``accuracy_mean, accuracy_std`` (sample sd, learned runs), ``n_seeds`` (learned runs with an
+    accuracy), ``n_not_learned`` (runs left out).
     """
+    cols = ["loss", "condition", "noise_rate", "accuracy_mean", "accuracy_std", "n_seeds",
+            "n_not_learned"]
     if points.empty:
-        return pd.DataFrame(columns=["loss", "condition", "noise_rate", "accuracy_mean", "accuracy_std", "n_seeds"])
-    g = points.groupby(["loss", "condition"], sort=True)
-    out = g["accuracy"].agg(accuracy_mean="mean", accuracy_std="std", n_seeds="count").reset_index()
+        return pd.DataFrame(columns=cols)
+    ok = points["learned"].astype(bool)
+    pts = points.assign(_ok=ok, _acc=pd.to_numeric(points["accuracy"], errors="coerce").where(ok))
+    g = pts.groupby(["loss", "condition"], sort=True)
+    out = g["_acc"].agg(accuracy_mean="mean", accuracy_std="std", n_seeds="count").reset_index()
     out.insert(2, "noise_rate", g["noise_rate"].mean().to_numpy())
-    return out.sort_values(["loss", "noise_rate", "condition"]).reset_index(drop=True)
+    out["n_not_learned"] = (g.size() - g["_ok"].sum()).astype(int).to_numpy()
+    return out[cols].sort_values(["loss", "noise_rate", "condition"]).reset_index(drop=True)
 
 
-def runs_table(runs) -> pd.DataFrame:
-    """One row per run: loss, condition, seed, true noise rate and final metrics.csv values."""
+def runs_table(runs, learned_threshold: float = DEFAULT_LEARNED_ACCURACY) -> pd.DataFrame:
+    """One row per run: loss label and name, grad mode, condition, seed, true noise rate, the last
+    epoch's health, ``learned`` (last epoch's ``clean_true_accuracy >= learned_threshold``) and
+    final metrics.csv values."""
     rows = []
     for r in runs:
-        row = {"run": r.name, "loss": r.loss, "condition": r.condition, "seed": r.seed,
-               "noise_rate": r.noise_rate, "epochs": len(r.epochs), "n_samples": int(r.angles["sample_index"].nunique())}
+        row = {"run": r.name, "path": str(Path(r.path).resolve()), "loss": r.loss,
+               "loss_name": r.loss_name,
+               "grad_mode": r.loss_settings.get("grad_mode"), "condition": r.condition,
+               "seed": r.seed, "noise_rate": r.noise_rate, "epochs": len(r.epochs),
+               "n_samples": int(r.angles["sample_index"].nunique())}
+        if not r.health.empty:
+            last = r.health.sort_values("epoch").iloc[-1]
+            for c in ("clean_true_accuracy", "noisy_fit_given", "noisy_fit_true"):
+                row[f"final_{c}"] = float(last[c])
+        row["learned"] = r.learned(learned_threshold)
         if not r.metrics.empty:
             last = r.metrics.iloc[-1]
             for c in ("val_accuracy", "noisy_auc", "loss"):
@@ -341,3 +470,13 @@ def runs_table(runs) -> pd.DataFrame:
                     row["final_" + c if c == "loss" else c] = last[c]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def learned_counts(rtab: pd.DataFrame) -> pd.DataFrame:
+    """Per loss and condition: ``n_runs``, ``n_learned``, ``n_not_learned`` (from
+    :func:`runs_table`)."""
+    g = rtab.groupby(["loss", "condition"], sort=True)["learned"]
+    out = g.agg(n_runs="size", n_learned="sum").reset_index()
+    out["n_learned"] = out["n_learned"].astype(int)
+    out["n_not_learned"] = out["n_runs"] - out["n_learned"]
+    return out

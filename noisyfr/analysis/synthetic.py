@@ -96,11 +96,18 @@ def make_synthetic_run(out_dir: str | Path, num_ids: int = 10, per_id: int = 20,
         nearest = np.where(noise == "closed", identity, nearest)
         theta_orig = np.where(noise == "closed", theta_near, np.where(noise == "open", np.nan, theta_y))
         weight = _weights(theta_y, theta_near, num_ids, margin=mg)
+        # |dL/dtheta|; the synthetic gradient norm on the embedding is that pull alone (no negatives)
+        weight_theta = weight * np.sin(theta_y)
         angles = pd.DataFrame({"sample_index": np.arange(m, dtype=np.int64), "epoch": np.int64(e),
-                               "label": label.astype(np.int64), "theta_y": theta_y.astype(np.float32),
+                               "label": label.astype(np.int64), "label_used": label.astype(np.int64),
+                               "theta_y": theta_y.astype(np.float32),
                                "theta_nearest": theta_near.astype(np.float32),
                                "nearest_label": nearest.astype(np.int64),
-                               "theta_orig": theta_orig.astype(np.float32), "weight": weight.astype(np.float32)})
+                               "theta_orig": theta_orig.astype(np.float32),
+                               "theta_dominant": theta_y.astype(np.float32),
+                               "weight": weight.astype(np.float32),
+                               "weight_theta": weight_theta.astype(np.float32),
+                               "grad_norm": weight_theta.astype(np.float32)})
         with atomic_path(out / "angles" / f"epoch_{e}.parquet") as tmp:
             angles.to_parquet(tmp, index=False)
         is_noisy = noise != "clean"

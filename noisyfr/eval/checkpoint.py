@@ -54,7 +54,8 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise NoisyFRError(f"{path}: checkpoint config lacks model.backbone")
     embedding_dim = get_dotted(config, "model.embedding_dim", 512)
     image_size = get_dotted(config, "data.image_size", 112)
-    model = create_backbone(name, embedding_dim=embedding_dim, image_size=image_size)
+    width = get_dotted(config, "model.width", 1.0)
+    model = create_backbone(name, embedding_dim=embedding_dim, image_size=image_size, width=width)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:

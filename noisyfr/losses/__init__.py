@@ -6,6 +6,7 @@ class centres and calls the loss. See docs/losses.md.
 from __future__ import annotations
 
 import inspect
+from typing import Any, Mapping
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses.base import COS_EPS, GRAD_MODES, LOSSES, MarginLoss, MarginOutput, arc_target
@@ -28,6 +29,43 @@ def _lookup(name):
     return LOSSES[name]
 
 
+#: Loss parameters always shown in a loss label (when the loss has them), in this order.
+LABEL_KEYS = ("s", "m", "m1", "m2", "m3", "K")
+
+
+def loss_settings(section: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting of a config ``loss`` section that changes a number: ``name``, each
+    constructor parameter (the section's value, else the loss's default) and ``grad_mode``.
+    An unregistered name gives the section as it is (``grad_mode`` defaulting to exact)."""
+    section = dict(section or {})
+    name = section.get("name", "arcface")
+    out: dict[str, Any] = {"name": name}
+    if isinstance(name, str) and name in LOSSES:
+        for key, default in loss_parameters(name).items():
+            out[key] = section.get(key, default)
+    else:
+        out.update({k: v for k, v in section.items() if k != "name"})
+    out.setdefault("grad_mode", "exact")
+    return out
+
+
+def loss_label(section: Mapping[str, Any]) -> str:
+    """Short label of a loss setting, e.g. ``arcface s=32 m=0.5 detached``: the name, the scale
+    and margins (:data:`LABEL_KEYS`), any other parameter that differs from the loss's default,
+    and the gradient mode."""
+    settings = loss_settings(section)
+    name = settings.pop("name")
+    mode = settings.pop("grad_mode")
+    defaults = loss_parameters(name) if isinstance(name, str) and name in LOSSES else {}
+
+    def fmt(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    shown = [k for k in LABEL_KEYS if k in settings]
+    shown += [k for k in settings if k not in LABEL_KEYS and settings[k] != defaults.get(k, object())]
+    return " ".join([str(name), *(f"{k}={fmt(settings[k])}" for k in shown), str(mode)])
+
+
 def build_loss(name: str, **kwargs) -> MarginLoss:
     """Build the registered loss ``name`` with keyword parameters (``s``, ``m``, ``m1``/``m2``/``m3``,
     ``grad_mode``, ...). Unknown name or parameter, or an invalid value -> NoisyFRError naming it."""
@@ -39,5 +77,5 @@ def build_loss(name: str, **kwargs) -> MarginLoss:
     return cls(**kwargs)
 
 
-__all__ = ["LOSSES", "build_loss", "loss_parameters", "MarginHead", "MarginLoss", "MarginOutput",
+__all__ = ["LOSSES", "build_loss", "loss_parameters", "loss_settings", "loss_label", "MarginHead", "MarginLoss", "MarginOutput",
            "SubcentreQuery", "GRAD_MODES", "COS_EPS", "arc_target"]

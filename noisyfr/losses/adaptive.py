@@ -83,17 +83,26 @@ class AdaFace(MarginLoss):
 class MagFace(MarginLoss):
     """MagFace: ArcFace with a norm-dependent margin plus a norm regulariser.
 
-    a = clamp(|x|, l_a, u_a); m(a) = l_m + (u_m - l_m)*(a - l_a)/(u_a - l_a); T = cos(theta + m(a))
-    (ArcFace fallback); regulariser lambda_g * mean(a/u_a^2 + 1/a) added to the loss value.
-    Defaults l_a=10, u_a=110, l_m=0.45, u_m=0.8, lambda_g=35, s=64. Training needs ``norms``;
-    ``target_logit(theta)`` without norms uses a = (l_a + u_a)/2.
+    a = clamp(|x|, l_a, u_a); m(a) = l_m + (u_m - l_m)*(a - l_a)/(u_a - l_a); regulariser
+    lambda_g * mean(a/u_a^2 + 1/a) added to the loss value. With ``easy_margin`` (the default of
+    the official ``MagLinear``) T = cos(theta + m(a)) where cos(theta) > 0 and T = cos(theta)
+    beyond 90 degrees; without it, the ArcFace fallback cos(theta) - m(a)*sin(m(a)) beyond
+    pi - m(a). Defaults l_a=10, u_a=110, l_m=0.45, u_m=0.8, lambda_g=35, s=64,
+    easy_margin=True. Training needs ``norms``; ``target_logit(theta)`` without norms uses
+    a = (l_a + u_a)/2. In both grad modes the margin's dependence on the norm is differentiated
+    (``detached`` detaches the angle only).
     """
 
     needs_norms = True
 
     def __init__(self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45,
-                 u_m: float = 0.8, lambda_g: float = 35.0, grad_mode: str = "exact"):
+                 u_m: float = 0.8, lambda_g: float = 35.0, easy_margin: bool = True,
+                 grad_mode: str = "exact"):
         super().__init__(s=s, grad_mode=grad_mode)
+        if not isinstance(easy_margin, bool):
+            raise NoisyFRError(f"{self.name}: invalid parameter easy_margin={easy_margin!r}: "
+                               "must be true or false")
+        self.easy_margin = easy_margin
         self.l_a = check_real(self.name, "l_a", l_a, lo=0.0, lo_open=True)
         self.u_a = check_real(self.name, "u_a", u_a, lo=self.l_a, lo_open=True)
         self.l_m = check_real(self.name, "l_m", l_m, lo=0.0, hi=math.pi, hi_open=True)
@@ -113,8 +122,12 @@ class MagFace(MarginLoss):
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
 
     def target_logit(self, theta, norms=None):
-        """T = cos(theta + m(a)), fallback cos(theta) - m(a)*sin(m(a)) beyond pi - m(a)."""
-        return arc_target(theta, self.margin(norms))
+        """T = cos(theta + m(a)); beyond 90 degrees cos(theta) (easy margin), else the ArcFace
+        fallback cos(theta) - m(a)*sin(m(a)) beyond pi - m(a)."""
+        target = arc_target(theta, self.margin(norms))
+        if self.easy_margin:
+            return torch.where(theta < 0.5 * math.pi, target, torch.cos(theta))
+        return target
 
     def penalty(self, cos, labels, target, norms):
         a = norms.clamp(self.l_a, self.u_a)

@@ -248,13 +248,16 @@ class MarginLoss(nn.Module):
     def _target(self, cos_y: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
         """Target logit T(theta_y) before scaling from the target cosines ``cos_y`` [B], with
         the ``grad_mode`` applied: ``exact`` differentiates through ``target_logit``,
-        ``detached`` has value T and gradient 1 w.r.t. ``cos_y``."""
+        ``detached`` has value T and gradient 1 w.r.t. ``cos_y`` (the angle is detached; a
+        dependence on ``norms`` keeps its gradient)."""
         if self.grad_mode == "exact":
             theta = torch.acos(cos_y.clamp(-1 + COS_EPS, 1 - COS_EPS))
             return self.target_logit(theta, norms)
         with torch.no_grad():
             theta = torch.acos(cos_y.clamp(-1 + COS_EPS, 1 - COS_EPS))
-            t_val = self.target_logit(theta, norms)
+        # Only the angle is detached: a margin that depends on the feature norm (MagFace's m(|x|))
+        # keeps its gradient w.r.t. the norms, as in the official MagFace code.
+        t_val = self.target_logit(theta, norms)
         return cos_y + (t_val - cos_y.detach())  # value T(theta), gradient 1 w.r.t. cos_y
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor,

@@ -81,6 +81,8 @@ class MarginHead(nn.Module):
     penalty (MagFace regulariser, BoundaryFace term). For ``softmax`` the head is an unnormalised
     linear layer (logits = W x + b), and ``cos`` is still the normalised cosine.
     ``loss`` is a loss module or a registered name (built with its defaults).
+    After a forward, ``last_labels`` [B] holds the labels the cross-entropy trained on (the
+    given labels, or BoundaryFace's corrected ones).
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, loss: MarginLoss | str = "arcface"):
@@ -107,6 +109,7 @@ class MarginHead(nn.Module):
             nn.init.normal_(self.weight, 0.0, 0.01)  # insightface's centre init
         if K > 1:
             self.register_buffer("subcentre_counts", torch.zeros(C, K, dtype=torch.long))
+        self.last_labels: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor):
         """Return ``(loss_value, logits, cos)`` for features [B, d] and int64 labels [B]."""
@@ -139,6 +142,7 @@ class MarginHead(nn.Module):
                                     bias=self.bias)
         else:
             out = self.loss.compute(cos, labels, norms=norms)
+        self.last_labels = out.labels.detach()
         value = F.cross_entropy(out.logits, out.labels)
         if out.penalty is not None:
             value = value + out.penalty

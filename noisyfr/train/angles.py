@@ -1,18 +1,37 @@
-"""Per-sample angle tracking from the training forward/backward pass (no extra forward).
+"""Per-sample angle tracking from the training forward/backward pass (no extra forward), and the
+training-health metrics derived from it. This module owns the angle-log contract.
 
 For every sample of a batch, from the head's cosine matrix ``cos`` [B, C] (before the margin):
 
-- ``theta_y``: ``arccos(cos[i, label_i])``, the angle to the labelled class centre;
+- ``label``: the label given by the data (after noise injection); ``label_used``: the label the
+  loss actually trained on (BoundaryFace may correct it; otherwise equal to ``label``);
+- ``theta_y``: ``arccos(cos[i, label_i])``, the angle to the labelled class centre (the nearest
+  of its sub-centres for Sub-center ArcFace);
 - ``theta_nearest`` / ``nearest_label``: the smallest angle to any *other* centre and its class;
 - ``theta_orig``: the angle to the original (true) label's centre from the manifest; equal to
   ``theta_y`` for clean samples, NaN when the true identity is outside the label set (open set,
   ``orig_label == -1``);
-- ``weight``: ``|dL_i / d cos_{i, y}|``, the per-sample gradient magnitude on the target cosine
-  (the mean-loss gradient times the batch size). For losses whose logits do not go through ``cos``
-  (the plain ``softmax`` loss) it is ``|dL_i / d z_y|`` on the target logit instead.
+- ``theta_dominant``: the angle to the labelled class's *dominant* centre (Sub-center ArcFace:
+  the sub-centre most samples of the class were nearest to so far, the paper's noise criterion);
+  equal to ``theta_y`` for single-centre losses;
+- ``weight``: ``|dL_i / d cos_{i, label_used}|``, the per-sample gradient magnitude on the cosine
+  of the class trained on (the mean-loss gradient times the batch size). Its unit is the loss's
+  scale ``s`` times a probability; for plain ``softmax`` (logits ``|x| |W_j| cos_j + b_j``) the
+  scale is the product of the feature and centre norms instead of ``s``;
+- ``weight_theta``: ``|dL_i / d theta_{label_used}|`` = ``weight * sin(theta_{label_used})``;
+- ``grad_norm``: ``||dL_i / d f_i||``, the norm of the per-sample gradient on the embedding ``f``
+  the backbone outputs (before L2 normalisation): the real pull of the sample on the backbone,
+  negatives, hard-negative modulation and feature-norm terms included. Comparable across losses.
 
 All angles are in radians. Rows are kept on the training device during the epoch (no host sync per
 step) and written once per epoch to ``angles/epoch_<E>.parquet`` (E from 1).
+
+Health (:func:`health_metrics`), from the same rows with the plain cosine argmax (no margin):
+``clean_true_accuracy`` (clean samples predicted as their label), ``noisy_fit_given`` /
+``noisy_fit_true`` (closed-set noisy samples predicted as their given, wrong label = memorised /
+as their true label), ``theta_clean_median`` / ``theta_noisy_median`` (radians). A run *learned*
+(:func:`learned`) when its last epoch's ``clean_true_accuracy`` reaches a threshold (0.8 by
+default, config key ``health.learned_accuracy``).
 """
 from __future__ import annotations
 
@@ -23,18 +42,52 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
 
-COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
-           "theta_orig", "weight")
+#: Columns of ``angles/epoch_<E>.parquet``, in order.
+COLUMNS = ("sample_index", "epoch", "label", "label_used", "theta_y", "theta_nearest",
+           "nearest_label", "theta_orig", "theta_dominant", "weight", "weight_theta", "grad_norm")
+#: Per-sample weight columns; ``noisyfr analyze --weight`` picks one of them.
+WEIGHT_COLUMNS = ("weight", "weight_theta", "grad_norm")
+#: Float values per sample kept by the tracker, in order (the columns after the labels).
+_FLOATS = ("theta_y", "theta_nearest", "nearest_label", "theta_orig", "theta_dominant", "weight",
+           "weight_theta", "grad_norm")
+#: Health metrics of one epoch (see :func:`health_metrics`).
+HEALTH_COLUMNS = ("clean_true_accuracy", "noisy_fit_given", "noisy_fit_true",
+                  "theta_clean_median", "theta_noisy_median")
+#: Default of ``health.learned_accuracy``: a run learned when its last epoch's
+#: ``clean_true_accuracy`` is at least this.
+DEFAULT_LEARNED_ACCURACY = 0.8
 
 
-def batch_angles(cos: torch.Tensor, labels: torch.Tensor,
-                 orig_labels: torch.Tensor) -> torch.Tensor:
-    """Angles of one batch as a float tensor [B, 4]: theta_y, theta_nearest, nearest_label, theta_orig.
+def check_learned_threshold(value, name: str = "learned threshold") -> float:
+    """``value`` as a float in [0, 1]; NoisyFRError naming ``name`` otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise NoisyFRError(f"{name} {value!r}: must be a number in [0, 1]") from None
+    if isinstance(value, bool) or not 0.0 <= v <= 1.0:
+        raise NoisyFRError(f"{name} {value!r}: must be a number in [0, 1]")
+    return v
 
-    ``cos`` [B, C] (detached or not), ``labels`` and ``orig_labels`` int64 [B]; an ``orig_label``
-    outside ``0..C-1`` (e.g. -1 for open-set noise) gives ``theta_orig = NaN``.
+
+def learned(clean_true_accuracy: float, threshold: float = DEFAULT_LEARNED_ACCURACY) -> bool:
+    """True when ``clean_true_accuracy`` (a run's last epoch) reaches ``threshold``; False for NaN."""
+    return bool(clean_true_accuracy == clean_true_accuracy and clean_true_accuracy >= threshold)
+
+
+def batch_rows(cos: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tensor,
+               orig_labels: torch.Tensor, grad_cos: torch.Tensor | None = None,
+               grad_feat: torch.Tensor | None = None, scale: float = 1.0,
+               theta_dominant: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample values of one batch as a float tensor [B, 8] in the order of ``_FLOATS``.
+
+    ``cos`` [B, C] (detached or not); ``labels``, ``labels_used``, ``orig_labels`` int64 [B]
+    (an ``orig_label`` outside ``0..C-1``, e.g. -1 for open-set noise, gives ``theta_orig = NaN``);
+    ``grad_cos`` [B, C] and ``grad_feat`` [B, d]: gradients of the *batch-mean* loss w.r.t. the
+    cosines and the backbone's output (times ``scale`` under a gradient scaler), None -> NaN
+    weights; ``theta_dominant`` [B] (None: equal to ``theta_y``).
     """
     cos = cos.detach().float().clamp(-1.0, 1.0)
     b, c = cos.shape
@@ -50,35 +103,39 @@ def batch_angles(cos: torch.Tensor, labels: torch.Tensor,
         near_idx = torch.full_like(labels, -1)
     valid = (orig_labels >= 0) & (orig_labels < c)
     cos_o = cos[rows, orig_labels.clamp(0, c - 1)]
+    theta_y = torch.arccos(cos_y)
     theta_o = torch.where(valid, torch.arccos(cos_o), torch.full_like(cos_o, float("nan")))
-    return torch.stack([torch.arccos(cos_y), torch.arccos(near_val), near_idx.float(), theta_o], 1)
-
-
-def target_grad(grad: torch.Tensor | None, labels: torch.Tensor, batch_size: int,
-                scale: float = 1.0) -> torch.Tensor:
-    """Per-sample ``|dL_i/dx_{i,y}|`` from the gradient of the batch-mean loss w.r.t. x [B, C]."""
-    if grad is None:
-        return torch.full(labels.shape, float("nan"), device=labels.device)
-    rows = torch.arange(grad.shape[0], device=grad.device)
-    return (grad[rows, labels].float() * (batch_size / scale)).abs()
+    theta_dom = theta_y if theta_dominant is None else theta_dominant.detach().float()
+    nan = torch.full_like(cos_y, float("nan"))
+    if grad_cos is None:
+        weight = nan
+    else:
+        weight = (grad_cos[rows, labels_used].float() * (b / scale)).abs()
+    weight_theta = weight * torch.sqrt((1.0 - cos[rows, labels_used] ** 2).clamp_min(0.0))
+    if grad_feat is None:
+        grad_norm = nan
+    else:
+        grad_norm = grad_feat.detach().float().norm(dim=1) * (b / scale)
+    return torch.stack([theta_y, torch.arccos(near_val), near_idx.float(), theta_o, theta_dom,
+                        weight, weight_theta, grad_norm], 1)
 
 
 class AngleTracker:
-    """Collects per-sample angle rows over one epoch and writes them as Parquet."""
+    """Collects per-sample rows over one epoch (kept on the device until :meth:`arrays`)."""
 
     def __init__(self) -> None:
         self._index: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
-        self._angles: list[torch.Tensor] = []
-        self._weights: list[torch.Tensor] = []
+        self._used: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
 
-    def add(self, sample_index: torch.Tensor, labels: torch.Tensor, angles: torch.Tensor,
-            weight: torch.Tensor) -> None:
-        """Add a batch: ``angles`` from :func:`batch_angles`, ``weight`` from :func:`target_grad`."""
+    def add(self, sample_index: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tensor,
+            values: torch.Tensor) -> None:
+        """Add a batch: ``values`` from :func:`batch_rows`."""
         self._index.append(sample_index.detach())
         self._labels.append(labels.detach())
-        self._angles.append(angles.detach())
-        self._weights.append(weight.detach().float())
+        self._used.append(labels_used.detach())
+        self._values.append(values.detach())
 
     def __len__(self) -> int:
         return sum(len(i) for i in self._index)
@@ -87,12 +144,13 @@ class AngleTracker:
         """The collected rows as numpy arrays (one host transfer per column)."""
         if not self._index:
             return {"sample_index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
-                    "angles": np.zeros((0, 4), np.float32), "weight": np.zeros(0, np.float32)}
+                    "label_used": np.zeros(0, np.int64),
+                    "values": np.zeros((0, len(_FLOATS)), np.float32)}
         return {
             "sample_index": torch.cat(self._index).cpu().numpy().astype(np.int64),
             "label": torch.cat(self._labels).cpu().numpy().astype(np.int64),
-            "angles": torch.cat(self._angles).cpu().numpy().astype(np.float32),
-            "weight": torch.cat(self._weights).cpu().numpy().astype(np.float32),
+            "label_used": torch.cat(self._used).cpu().numpy().astype(np.int64),
+            "values": torch.cat(self._values).cpu().numpy().astype(np.float32),
         }
 
 
@@ -100,18 +158,16 @@ def rows_frame(arrays: dict[str, np.ndarray], epoch: int) -> pd.DataFrame:
     """Build the epoch's angle table, one row per sample (first occurrence kept), sorted by index."""
     idx = arrays["sample_index"]
     _, first = np.unique(idx, return_index=True)  # sorted unique sample indices
-    ang = arrays["angles"][first]
-    near = ang[:, 2]
-    near_label = np.where(np.isfinite(near), near, -1).astype(np.int64)
+    val = arrays["values"][first]
+    col = {name: val[:, i] for i, name in enumerate(_FLOATS)}
+    near = col["nearest_label"]
+    col["nearest_label"] = np.where(np.isfinite(near), near, -1).astype(np.int64)
     return pd.DataFrame({
         "sample_index": idx[first],
         "epoch": np.full(len(first), epoch, dtype=np.int64),
         "label": arrays["label"][first],
-        "theta_y": ang[:, 0],
-        "theta_nearest": ang[:, 1],
-        "nearest_label": near_label,
-        "theta_orig": ang[:, 3],
-        "weight": arrays["weight"][first],
+        "label_used": arrays["label_used"][first],
+        **col,
     }, columns=list(COLUMNS))
 
 
@@ -123,24 +179,65 @@ def write_angles(frame: pd.DataFrame, output_dir: str | Path, epoch: int) -> Pat
     return path
 
 
-def angle_summary(frame: pd.DataFrame, noisy: np.ndarray | None) -> dict[str, float]:
-    """``theta_clean_mean``/``theta_noisy_mean`` (radians) and ``noisy_auc`` for one epoch.
+def health_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """Training health of one epoch from its angle rows, with the plain cosine argmax (no margin).
 
-    ``noisy``: bool array indexed by sample_index (manifest ``noise != "clean"``), or None when
-    the run has no manifest (everything is clean; the AUC is NaN).
+    ``frame`` needs ``label, theta_y, theta_nearest, nearest_label`` plus ``noise`` (manifest
+    noise type per row; absent = all clean) and ``orig_label`` (absent = ``label``). The
+    prediction is ``label`` when ``theta_y <= theta_nearest``, else ``nearest_label``. Returns
+    :data:`HEALTH_COLUMNS`: ``clean_true_accuracy`` over clean rows, ``noisy_fit_given`` and
+    ``noisy_fit_true`` over closed-set noisy rows, ``theta_clean_median`` and
+    ``theta_noisy_median`` (radians; noisy = any noise type but clean). NaN where a group is empty.
     """
+    label = frame["label"].to_numpy(np.int64)
     theta = frame["theta_y"].to_numpy(np.float64)
-    if noisy is None:
-        flags = np.zeros(len(frame), dtype=bool)
-    else:
-        flags = np.asarray(noisy, dtype=bool)[frame["sample_index"].to_numpy()]
-    out = {
-        "theta_clean_mean": float(theta[~flags].mean()) if (~flags).any() else math.nan,
-        "theta_noisy_mean": float(theta[flags].mean()) if flags.any() else math.nan,
-        "noisy_auc": math.nan,
+    near = frame["theta_nearest"].to_numpy(np.float64)
+    pred = np.where(~(theta > near), label, frame["nearest_label"].to_numpy(np.int64))
+    noise = (frame["noise"].astype(str).to_numpy() if "noise" in frame.columns
+             else np.full(len(frame), "clean"))
+    orig = frame["orig_label"].to_numpy(np.int64) if "orig_label" in frame.columns else label
+    clean, closed = noise == "clean", noise == "closed"
+
+    def mean(x):
+        return float(np.mean(x)) if len(x) else math.nan
+
+    def median(x):
+        return float(np.median(x)) if len(x) else math.nan
+
+    return {
+        "clean_true_accuracy": mean(pred[clean] == label[clean]),
+        "noisy_fit_given": mean(pred[closed] == label[closed]),
+        "noisy_fit_true": mean(pred[closed] == orig[closed]),
+        "theta_clean_median": median(theta[clean]),
+        "theta_noisy_median": median(theta[~clean]),
     }
+
+
+def epoch_summary(frame: pd.DataFrame, noise: np.ndarray | None = None,
+                  orig_labels: np.ndarray | None = None) -> dict[str, float]:
+    """Everything the trainer reports about one epoch's angle rows: :func:`health_metrics`,
+    ``theta_clean_mean``/``theta_noisy_mean`` (radians), ``noisy_auc`` (ROC AUC of theta_y for
+    noise != clean; NaN without noisy samples) and ``n_corrected`` (rows whose ``label_used``
+    differs from ``label``).
+
+    ``noise`` (str) and ``orig_labels`` (int) are arrays indexed by sample_index (None: all clean).
+    """
+    idx = frame["sample_index"].to_numpy()
+    rows = frame
+    if noise is not None:
+        rows = rows.assign(noise=np.asarray(noise, dtype=object)[idx])
+    if orig_labels is not None:
+        rows = rows.assign(orig_label=np.asarray(orig_labels, dtype=np.int64)[idx])
+    out = health_metrics(rows)
+    theta = frame["theta_y"].to_numpy(np.float64)
+    flags = (np.zeros(len(frame), dtype=bool) if noise is None
+             else rows["noise"].astype(str).to_numpy() != "clean")
+    out["theta_clean_mean"] = float(theta[~flags].mean()) if (~flags).any() else math.nan
+    out["theta_noisy_mean"] = float(theta[flags].mean()) if flags.any() else math.nan
+    out["noisy_auc"] = math.nan
     if flags.any() and (~flags).any():
         from noisyfr.eval import noisy_detection_auc
 
         out["noisy_auc"] = float(noisy_detection_auc(theta, flags))
+    out["n_corrected"] = int((frame["label_used"].to_numpy() != frame["label"].to_numpy()).sum())
     return out

@@ -41,7 +41,7 @@ def _as_float(key: str, v: Any) -> float:
     # PyYAML (YAML 1.1) reads ``5e-4`` (no dot) as a string: accept numeric strings for floats.
     if isinstance(v, str):
         try:
-            return float(v)
+            v = float(v)
         except ValueError:
             pass
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -158,6 +158,7 @@ SCHEMA: dict[str, Any] = {
         "image_size": (112, int_(lo=1)),
         "center_crop": (1.0, float_(lo=0.0, hi=1.0, lo_open=True)),
         "flip": (True, bool_),
+        "crop_jitter": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "val": ([], str_list),
         "num_workers": (0, int_(lo=0)),
         "max_samples": (None, int_(lo=1, optional=True)),
@@ -166,6 +167,7 @@ SCHEMA: dict[str, Any] = {
         "backbone": ("iresnet50", str_()),
         "embedding_dim": (512, int_(lo=1)),
         "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
+        "width": (1.0, float_(lo=0.0, lo_open=True, hi=4.0)),
     },
     "loss": {
         "name": ("arcface", str_()),
@@ -192,6 +194,9 @@ SCHEMA: dict[str, Any] = {
     },
     "track": {
         "angles": (True, bool_),
+    },
+    "health": {
+        "learned_accuracy": (0.8, float_(lo=0.0, hi=1.0)),
     },
     "checkpoint": {
         "keep": (0, int_(lo=0)),
@@ -301,7 +306,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 _BACKBONE_KEYS = {"backbone": "model.backbone", "embedding_dim": "model.embedding_dim",
-                  "image_size": "data.image_size", "dropout": "model.dropout"}
+                  "image_size": "data.image_size", "dropout": "model.dropout",
+                  "width": "model.width"}
 
 
 def _check_model(cfg: dict[str, Any]) -> None:
@@ -309,7 +315,8 @@ def _check_model(cfg: dict[str, Any]) -> None:
 
     try:
         check_backbone_args(cfg["model"]["backbone"], cfg["model"]["embedding_dim"],
-                            cfg["data"]["image_size"], cfg["model"]["dropout"])
+                            cfg["data"]["image_size"], cfg["model"]["dropout"],
+                            cfg["model"]["width"])
     except NoisyFRError as exc:
         msg = str(exc)
         head, _, rest = msg.partition(":")

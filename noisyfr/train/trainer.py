@@ -42,7 +42,7 @@ from noisyfr.train.config import dump_config, load_config
 
 # Keys that must be equal between a checkpoint and the config resuming from it.
 _RESUME_KEYS = ("data.train", "data.manifest", "data.image_size", "data.max_samples",
-                "model.backbone", "model.embedding_dim", "loss", "seed")
+                "model.backbone", "model.embedding_dim", "model.width", "loss", "seed")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,13 +215,14 @@ def _eval_due(cfg: Mapping[str, Any], epoch: int) -> bool:
 
 # --------------------------------------------------------------------------- one step
 class Stepper:
-    """One optimiser step of backbone + head, with optional per-sample angle tracking.
+    """One optimiser step of backbone + head, with per-sample angle tracking.
 
     ``step(images, labels, index, where)`` runs forward (backbone under autocast when
     ``amp_dtype`` is set, head in float32), checks the loss is finite (NoisyFRError naming the loss
     and ``where``), backward, gradient all-reduce (``world > 1``), clipping, optimiser and
     scheduler steps. When ``self.tracker`` is an :class:`~noisyfr.train.angles.AngleTracker`, the
-    batch's angles and per-sample weights are added to it from this same forward/backward pass.
+    batch's angles are added to it from this same forward pass, and with ``self.track_grads``
+    the per-sample weights (``weight``, ``weight_theta``, ``grad_norm``) from its backward pass.
     Returns ``(loss value, number of correct argmax predictions, lr used)``.
     """
 
@@ -235,6 +236,16 @@ class Stepper:
         self.orig_labels = orig_labels
         self.loss_name = loss_name
         self.tracker: angles_mod.AngleTracker | None = None
+        self.track_grads = True
+
+    def _theta_dominant(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """Angle to the labelled class's dominant sub-centre (None for single-centre heads)."""
+        if getattr(self.head, "K", 1) == 1:
+            return None
+        with torch.no_grad():
+            x = torch.nn.functional.normalize(feats.detach().float(), dim=1)
+            centres = self.head.class_centres()[labels]
+            return torch.arccos((x * centres).sum(1).clamp(-1.0, 1.0))
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
              where: str = "") -> tuple[float, int, float]:
@@ -242,15 +253,16 @@ class Stepper:
         labels = labels.to(self.device, non_blocking=True).long()
         index = index.long()
         track = self.tracker is not None
+        grads = track and self.track_grads
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             feats = self.model(images)
-        loss, logits, cos = self.head(feats.float(), labels)
-        if track:
-            if cos.requires_grad:
-                cos.retain_grad()
-            if logits.requires_grad:
-                logits.retain_grad()
+        feats = feats.float()
+        if grads and feats.requires_grad:
+            feats.retain_grad()
+        loss, logits, cos = self.head(feats, labels)
+        if grads and cos.requires_grad:
+            cos.retain_grad()
         loss_val = float(loss.detach())
         if not math.isfinite(loss_val):
             raise NoisyFRError(
@@ -280,12 +292,15 @@ class Stepper:
             self.scheduler.step()
         correct = int((logits.detach().argmax(1) == labels).sum())
         if track:
-            grad = cos.grad if cos.grad is not None else logits.grad
             orig = (self.orig_labels[index] if self.orig_labels is not None else index.new_full(
                 index.shape, -1)).to(self.device)
-            ang = angles_mod.batch_angles(cos, labels, orig)
-            weight = angles_mod.target_grad(grad, labels, labels.shape[0], scale)
-            self.tracker.add(index, labels, ang, weight)
+            used = getattr(self.head, "last_labels", None)
+            used = labels if used is None else used
+            values = angles_mod.batch_rows(
+                cos, labels, used, orig, grad_cos=cos.grad if grads else None,
+                grad_feat=feats.grad if grads else None, scale=scale,
+                theta_dominant=self._theta_dominant(feats, labels))
+            self.tracker.add(index, labels, used, values)
         return loss_val, correct, lr_used
 
 
@@ -300,8 +315,11 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     ``epoch, step, loss, train_accuracy, lr, img_per_s, epoch_time_s, val_accuracy`` (mean over
     the val sets, NaN when none or not evaluated this epoch), ``val/<name>/accuracy``,
     ``noisy_auc`` (ROC AUC of theta_y for manifest noise != clean; NaN without noise),
-    ``theta_clean_mean``, ``theta_noisy_mean`` (radians) and ``checkpoint`` (path of the epoch's
-    checkpoint). Raises NoisyFRError for bad input, a label outside the head's classes, or a
+    ``theta_clean_mean``, ``theta_noisy_mean`` (radians), the health metrics
+    ``clean_true_accuracy``, ``noisy_fit_given``, ``noisy_fit_true``, ``theta_clean_median``,
+    ``theta_noisy_median`` (see :mod:`noisyfr.train.angles`), ``n_corrected`` (BoundaryFace
+    label corrections this epoch), ``learned`` (``clean_true_accuracy >=
+    health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises NoisyFRError for bad input, a label outside the head's classes, or a
     non-finite loss (naming the loss, epoch and step).
     """
     from noisyfr.data.transforms import face_transform
@@ -326,12 +344,13 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
 
     # ---- data (errors before any training work)
     transform = face_transform(cfg["data"]["image_size"], cfg["data"]["center_crop"], train=True,
-                               flip=cfg["data"]["flip"])
+                               flip=cfg["data"]["flip"], crop_jitter=cfg["data"]["crop_jitter"])
     dataset = _open_dataset(cfg, transform, rank, world)
     num_classes = int(dataset.num_classes)
     _check_labels(dataset, num_classes)
-    noisy = np.asarray(dataset.noise) != "clean" if cfg["data"]["manifest"] else None
-    orig_all = torch.from_numpy(np.array(dataset.orig_labels, dtype=np.int64))
+    noise_types = np.asarray(dataset.noise, dtype=object)
+    orig_np = np.array(dataset.orig_labels, dtype=np.int64)
+    orig_all = torch.from_numpy(orig_np)
     train_set = dataset
     if cfg["data"]["max_samples"] and cfg["data"]["max_samples"] < len(dataset):
         pick = np.random.default_rng([seed, 1]).choice(len(dataset), cfg["data"]["max_samples"],
@@ -351,7 +370,8 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     # ---- model, head, optimiser, schedule
     torch.manual_seed(seed)
     model = create_backbone(cfg["model"]["backbone"], embedding_dim=cfg["model"]["embedding_dim"],
-                            image_size=cfg["data"]["image_size"], dropout=cfg["model"]["dropout"])
+                            image_size=cfg["data"]["image_size"], dropout=cfg["model"]["dropout"],
+                            width=cfg["model"]["width"])
     loss_params = {k: v for k, v in cfg["loss"].items() if k != "name"}
     head = MarginHead(cfg["model"]["embedding_dim"], num_classes,
                       build_loss(cfg["loss"]["name"], **loss_params))
@@ -396,9 +416,11 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
 
     # ---- epochs
     track = cfg["track"]["angles"]
+    learned_at = cfg["health"]["learned_accuracy"]
     stepper = Stepper(model, head, optimizer, scheduler, scaler=scaler, amp_dtype=amp_dtype,
                       grad_clip=o["grad_clip"], world=world, orig_labels=orig_all,
                       loss_name=cfg["loss"]["name"])
+    stepper.track_grads = track
     metrics: dict[str, Any] = dict(history[-1]) if history else {}
     for epoch in range(start_epoch, o["epochs"] + 1):
         torch.manual_seed(epoch_seed(seed, epoch))
@@ -412,12 +434,12 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
         model.train()
         head.train()
         tracker = angles_mod.AngleTracker()
+        stepper.tracker = tracker
         loss_sum, correct, seen = 0.0, 0, 0
         lr_used = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch}/{o['epochs']}", unit="batch",
                    leave=False, disable=None if rank == 0 else True)
-        stepper.tracker = tracker if track else None
         for images, labels, index in bar:
             loss_val, n_correct, lr_used = stepper.step(images, labels, index,
                                                         where=f"epoch {epoch} step {step + 1}")
@@ -448,18 +470,17 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
             "img_per_s": float(totals[2] / max(float(totals[3]), 1e-9)),
             "epoch_time_s": float(totals[3]),
         }
-        summary = {"noisy_auc": math.nan, "theta_clean_mean": math.nan, "theta_noisy_mean": math.nan}
-        if track:
-            arrays = tracker.arrays()
-            if world > 1:
-                gathered: list[Any] = [None] * world
-                dist.all_gather_object(gathered, arrays)
-                arrays = {k: np.concatenate([g[k] for g in gathered]) for k in arrays}
-            frame = angles_mod.rows_frame(arrays, epoch)
-            summary = angles_mod.angle_summary(frame, noisy)
-            if rank == 0:
-                angles_mod.write_angles(frame, out_dir, epoch)
-        metrics.update(summary)
+        # health and angle summary from this epoch's rows (all ranks gathered)
+        arrays = tracker.arrays()
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, arrays)
+            arrays = {k: np.concatenate([g[k] for g in gathered]) for k in arrays}
+        frame = angles_mod.rows_frame(arrays, epoch)
+        metrics.update(angles_mod.epoch_summary(frame, noise_types, orig_np))
+        metrics["learned"] = angles_mod.learned(metrics["clean_true_accuracy"], learned_at)
+        if track and rank == 0:
+            angles_mod.write_angles(frame, out_dir, epoch)
 
         val = {"val_accuracy": math.nan, **{f"val/{n}/accuracy": math.nan for n, _ in vsets}}
         if rank == 0 and vsets and _eval_due(cfg, epoch):
@@ -508,6 +529,10 @@ def _epoch_line(m: Mapping[str, Any], epochs: int) -> str:
              f"{m['img_per_s']:.0f} img/s"]
     if math.isfinite(m.get("val_accuracy", math.nan)):
         parts.append(f"val {m['val_accuracy']:.4f}")
+    if math.isfinite(m.get("clean_true_accuracy", math.nan)):
+        parts.append(f"clean acc {m['clean_true_accuracy']:.3f}")
     if math.isfinite(m.get("noisy_auc", math.nan)):
         parts.append(f"noisy AUC {m['noisy_auc']:.3f}")
+    if math.isfinite(m.get("noisy_fit_given", math.nan)):
+        parts.append(f"noisy fit {m['noisy_fit_given']:.3f}")
     return "  ".join(parts)

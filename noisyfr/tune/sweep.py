@@ -38,6 +38,7 @@ import yaml
 
 from noisyfr.dotted import get_dotted, set_dotted as _set_dotted
 from noisyfr.errors import NoisyFRError
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY
 from noisyfr.train.config import parse_override
 
 # Keep Ray quiet, offline and light. Set before ray is imported anywhere in this process.
@@ -59,7 +60,9 @@ NOISE_DEFAULTS: dict[str, Any] = {
 CLOSED_MODES = ("symmetric", "pairwise", "nearest")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_TRAINER = "noisyfr.train:train"
-METRICS = ("loss", "val_accuracy", "noisy_auc", "theta_clean_mean", "theta_noisy_mean")
+METRICS = ("loss", "val_accuracy", "noisy_auc", "theta_clean_mean", "theta_noisy_mean",
+           "clean_true_accuracy", "noisy_fit_given", "noisy_fit_true", "theta_clean_median",
+           "theta_noisy_median")
 STATE_FILE = "sweep.json"
 DRIVER_CPU = 0.01   # CPU reserved by a trial's driver when its workers are Ray Train actors
 
@@ -847,17 +850,24 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
 # --------------------------------------------------------------------------- results and summary
 
 def _config_columns(spec: SweepSpec, t: Trial) -> dict:
-    cols: dict[str, Any] = {"loss.name": get_dotted(t.config, "loss.name")}
+    from noisyfr.losses import loss_label, loss_settings
+
+    section = t.config.get("loss") if isinstance(t.config.get("loss"), Mapping) else {}
+    # every loss setting that changes a number (defaults filled in), and the label naming them
+    cols: dict[str, Any] = {f"loss.{k}": v for k, v in loss_settings(section).items()}
+    cols["loss.label"] = loss_label(section)
     for key, value in t.values.items():
         if isinstance(value, Mapping):
             for k, v in flatten(value).items():
                 cols[f"{key}.{k}"] = v
-        elif not key.startswith("noise."):
+        elif not key.startswith(("noise.", "loss.")):
             cols[key] = value
     if t.noise is not None:
         for k, v in t.noise.items():
             cols[f"noise.{k}"] = v
     cols["seed"] = t.config.get("seed", 0)
+    threshold = get_dotted(t.config, "health.learned_accuracy")
+    cols["learned_threshold"] = float(DEFAULT_LEARNED_ACCURACY if threshold is None else threshold)
     return cols
 
 
@@ -870,6 +880,7 @@ def summarize_trial(history: Any, error: str | None, finished: bool = True) -> d
     for m in METRICS:
         out[f"final_{m}"] = float("nan")
     out["final_theta_gap_deg"] = float("nan")
+    out["learned"] = False
     out["best_val_accuracy"] = out["best_noisy_auc"] = float("nan")
     out["best_epoch"] = out["hostname"] = out["node_id"] = None
     out["world_size"] = 1
@@ -901,6 +912,8 @@ def summarize_trial(history: Any, error: str | None, finished: bool = True) -> d
         for k in ("hostname", "node_id", "world_size"):
             if k in h.columns:
                 out[k] = last[k]
+        if "learned" in h.columns and last["learned"] is not None:
+            out["learned"] = bool(last["learned"])
     # Tuner.fit returns only when every trial has ended: a trial without error that reported is complete.
     if len(h):
         out["status"] = "completed" if finished else "incomplete"
@@ -912,13 +925,16 @@ def summarize_trial(history: Any, error: str | None, finished: bool = True) -> d
 
 
 def results_table(spec: SweepSpec, histories: Mapping[str, tuple[Any, str | None]]):
-    """One tidy row per trial: config columns, final/best metrics, status, paths."""
+    """One tidy row per trial: config columns (every loss setting, ``loss.label``), final/best
+    metrics, the last epoch's health, ``learned`` (only completed trials can have learned),
+    status, paths."""
     import pandas as pd
 
     rows = []
     for t in spec.trials:
         hist, error = histories.get(t.name, (None, None))
         row = {"trial": t.name, **_config_columns(spec, t), **summarize_trial(hist, error)}
+        row["learned"] = bool(row["learned"]) and row["status"] == "completed"
         row["output_dir"] = t.config["output_dir"]
         row["manifest"] = t.manifest
         rows.append(row)
@@ -935,17 +951,18 @@ def results_table(spec: SweepSpec, histories: Mapping[str, tuple[Any, str | None
 
 
 def _group_labels(df, spec: SweepSpec):
-    """(row label, column label) per trial: loss (+ other varying non-noise keys) x noise setting."""
-    cfg_cols = [c for c in df.columns if c == "loss.name" or c.startswith(("loss.", "noise.")) or
-                c in spec.axes or any(c.startswith(a + ".") for a in spec.axes)]
+    """(row label, column label) per trial: loss label (+ other varying non-loss, non-noise keys)
+    x noise setting."""
+    cfg_cols = [c for c in df.columns if c.startswith("noise.") or c in spec.axes
+                or any(c.startswith(a + ".") for a in spec.axes)]
     varying = [c for c in cfg_cols if df[c].astype(str).nunique() > 1]
     noise_cols = [c for c in varying if c.startswith("noise.") and c != "noise.seed"]
-    row_cols = [c for c in varying if c not in noise_cols and c not in ("seed", "noise.seed",
-                                                                        "loss.name")]
+    row_cols = [c for c in varying if c not in noise_cols and c not in ("seed", "noise.seed")
+                and not c.startswith("loss.") and c != "loss"]
 
     def row_label(r):
         extra = " ".join(f"{c.rsplit('.', 1)[-1]}={_fmt(r[c])}" for c in row_cols)
-        return f"{r['loss.name']} {extra}".strip()
+        return f"{r['loss.label']} {extra}".strip()
 
     def col_label(r):
         if not noise_cols:
@@ -955,12 +972,19 @@ def _group_labels(df, spec: SweepSpec):
     return df.apply(row_label, axis=1), df.apply(col_label, axis=1)
 
 
+#: (column, title, scale, digits, learned runs only) of the summary's metric tables.
 SUMMARY_METRICS = (
-    ("final_val_accuracy", "Verification accuracy, last epoch (%)", 100.0, 2),
-    ("best_val_accuracy", "Verification accuracy, best epoch (%)", 100.0, 2),
-    ("final_noisy_auc", "Noisy-sample detection AUC from theta_y, last epoch", 1.0, 3),
-    ("final_theta_gap_deg", "Mean theta_y of noisy minus clean samples, last epoch (degrees)", 1.0, 2),
-    ("final_loss", "Training loss, last epoch", 1.0, 3),
+    ("final_clean_true_accuracy", "Clean-sample accuracy on their labels, last epoch (all completed runs)",
+     1.0, 3, False),
+    ("best_noisy_auc", "Noisy-sample detection AUC from theta_y, best epoch", 1.0, 3, True),
+    ("final_noisy_auc", "Noisy-sample detection AUC from theta_y, last epoch", 1.0, 3, True),
+    ("final_noisy_fit_given", "Closed-set noisy samples fitted to their given (wrong) label, last epoch",
+     1.0, 3, True),
+    ("final_theta_clean_median_deg", "Median theta_y of clean samples, last epoch (degrees)", 1.0, 1, True),
+    ("final_theta_noisy_median_deg", "Median theta_y of noisy samples, last epoch (degrees)", 1.0, 1, True),
+    ("final_val_accuracy", "Verification accuracy, last epoch (%)", 100.0, 2, True),
+    ("best_val_accuracy", "Verification accuracy, best epoch (%)", 100.0, 2, True),
+    ("final_loss", "Training loss, last epoch", 1.0, 3, True),
 )
 
 
@@ -975,35 +999,57 @@ def _cell(values, scale: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} (n={len(v)})"
 
 
+def _grid_table(rows, cols, row_order, col_order, cell) -> list[str]:
+    lines = ["| loss | " + " | ".join(col_order) + " |", "|---|" + "---|" * len(col_order)]
+    for rl in row_order:
+        lines.append(f"| {rl} | " + " | ".join(cell((rows == rl) & (cols == cl)) for cl in col_order) + " |")
+    return lines + [""]
+
+
 def summary_markdown(df, spec: SweepSpec) -> str:
-    """``summary.md`` text: for each metric a table loss x noise setting, mean ± std over seeds
-    (sample standard deviation) of the completed trials; failed and errored trials listed with reasons."""
+    """``summary.md`` text: how many runs learned per loss x noise setting, then for each metric a
+    table of mean ± sample std over the seeds that learned (the clean-sample accuracy over every
+    completed run); failed and errored trials listed with reasons. Row labels carry the loss's
+    scale, margin and grad_mode."""
+    import numpy as np
+
     counts = df["status"].value_counts().to_dict() if len(df) else {}
+    done = df[df["status"] == "completed"].copy()
+    thresholds = sorted(set(float(x) for x in done.get("learned_threshold", [])))
     lines = [f"# Sweep `{spec.name}`", "",
-             f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-             "Cells: mean ± sample std over seeds (n = completed trials).", ""]
-    ok = df[df["status"] == "completed"]
-    if len(ok):
-        rows, cols = _group_labels(ok, spec)
-        row_order = list(dict.fromkeys(rows))
-        col_order = list(dict.fromkeys(cols))
-        for metric, title, scale, digits in SUMMARY_METRICS:
-            if metric not in ok.columns or ok[metric].isna().all():
+             f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "; "
+             f"{int(done['learned'].sum()) if len(done) else 0} of {len(done)} completed trials learned.",
+             "A trial *learned* when its last epoch's clean-sample accuracy on their labels (plain cosine "
+             f"argmax) reaches health.learned_accuracy ({', '.join(f'{t:g}' for t in thresholds) or '-'}). "
+             "Metric cells: mean ± sample std over the seeds that learned (n = learned trials); runs "
+             "that did not learn are counted below and left out, never averaged in.", ""]
+    if len(done):
+        for c in ("theta_clean_median", "theta_noisy_median"):
+            done[f"final_{c}_deg"] = np.degrees(done[f"final_{c}"].astype(float))
+        rows, cols = _group_labels(done, spec)
+        row_order, col_order = list(dict.fromkeys(rows)), list(dict.fromkeys(cols))
+        learned = done["learned"].astype(bool)
+        lines += ["## Trials that learned (learned / completed)", ""]
+        lines += _grid_table(rows, cols, row_order, col_order,
+                             lambda m: f"{int(learned[m].sum())}/{int(m.sum())}" if m.any() else "–")
+        for metric, title, scale, digits, only_learned in SUMMARY_METRICS:
+            if metric not in done.columns or done[metric].isna().all():
                 continue
-            lines += [f"## {title}", "", "| loss | " + " | ".join(col_order) + " |",
-                      "|---|" + "---|" * len(col_order)]
-            for rl in row_order:
-                cells = []
-                for cl in col_order:
-                    sel = ok[(rows == rl) & (cols == cl)][metric]
-                    cells.append(_cell(list(sel.astype(float)), scale, digits))
-                lines.append(f"| {rl} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += [f"## {title}", ""]
+            lines += _grid_table(rows, cols, row_order, col_order, lambda m: _cell(
+                list(done.loc[m & (learned | (not only_learned)), metric].astype(float)), scale, digits))
     bad = df[df["status"].isin(["failed", "error", "incomplete", "pending"])]
     if len(bad):
         lines += ["## Trials that did not complete", ""]
         for _, r in bad.iterrows():
             lines.append(f"- `{r['trial']}`: {r['status']}" + (f": {r['error']}" if r["error"] else ""))
+        lines.append("")
+    not_learned = done[~done["learned"].astype(bool)] if len(done) else done
+    if len(not_learned):
+        lines += ["## Completed trials that did not learn", ""]
+        for _, r in not_learned.iterrows():
+            lines.append(f"- `{r['trial']}` ({r['loss.label']}): clean-sample accuracy "
+                         f"{float(r['final_clean_true_accuracy']):.3f} at the last epoch")
         lines.append("")
     return "\n".join(lines)
 
