@@ -62,6 +62,19 @@ def test_mapping_axis_replaces_a_whole_section(tmp_path):
                                                         {"name": "softmax"}]
 
 
+@pytest.mark.parametrize("order", ["section first", "key first"])
+def test_section_axis_applies_before_keys_inside_it(tmp_path, order):
+    losses = [{"name": "arcface", "s": 32, "m": 0.5}, {"name": "expface", "s": 32, "m": 0.7}]
+    axes = [("loss", losses), ("loss.grad_mode", ["exact", "detached"])]
+    grid = dict(axes if order == "section first" else axes[::-1])
+    spec = sw.load_sweep(base(grid=grid), sweep_dir=tmp_path)
+    got = sorted((t.config["loss"]["name"], t.config["loss"]["grad_mode"]) for t in spec.trials)
+    assert got == [("arcface", "detached"), ("arcface", "exact"), ("expface", "detached"), ("expface", "exact")]
+    assert all(t.config["loss"]["s"] == 32 for t in spec.trials)
+    names = " ".join(t.name for t in spec.trials)
+    assert "loss=arcface-s32-m0.5" in names and "grad_mode=detached" in names
+
+
 def test_nested_grid_mapping_is_flattened(tmp_path):
     spec = sw.load_sweep(base(grid={"optim": {"lr": [0.1, 0.01]}}), sweep_dir=tmp_path)
     assert [t.config["optim"]["lr"] for t in spec.trials] == [0.1, 0.01]
@@ -287,6 +300,17 @@ def test_demo_config_is_valid_and_small():
     assert spec.resources == {"cpu": 1.0, "gpu": 0.0}
     assert all(t.config["data"]["train"].startswith("synthetic:") for t in spec.trials)
     assert all(t.config["device"] == "cpu" for t in spec.trials)
+
+
+def test_grad_mode_config_compares_exact_and_detached_for_arcface_and_expface():
+    spec = sw.load_sweep(CONFIGS / "grad_mode.yaml", base_dir=REPO)
+    combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"], t.noise["closed"]) for t in spec.trials}
+    assert combos == {(n, g, c) for n in ("arcface", "expface") for g in ("exact", "detached")
+                      for c in (0.0, 0.4)}
+    demo = sw.load_sweep(CONFIGS / "demo.yaml", base_dir=REPO)
+    # the same regime as the demo: only the gradient mode differs
+    for key in ("data", "model", "optim"):
+        assert spec.trials[0].config[key] == demo.trials[0].config[key]
 
 
 def test_lfw_demo_config_points_at_the_shared_data(lfw_train_dir, lfw_pairs_file):

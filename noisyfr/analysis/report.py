@@ -254,8 +254,37 @@ def _compute(runs, results, o: _Options) -> dict[str, pd.DataFrame]:
                                          t["accuracy.csv"], counts)
     else:
         t["summary.csv"] = counts.copy()
+    t["grad_mode.csv"] = grad_mode_table(rtab, ep_all, t)
     t["_angles"] = kept
     return t
+
+
+def grad_mode_table(rtab: pd.DataFrame, ep_all: pd.DataFrame, t: dict) -> pd.DataFrame:
+    """Per loss name, condition and grad mode (only for losses run in more than one mode): runs,
+    learned runs, last-epoch clean accuracy and best detection AUC over every run, and over the
+    learned runs the noisy weight share and the periphery/centre weight ratio of each region method.
+    Empty when no loss was run in two modes."""
+    modes = rtab.groupby("loss_name")["grad_mode"].nunique()
+    both = set(modes[modes > 1].index)
+    if not both:
+        return pd.DataFrame()
+    keys = ["loss_name", "condition", "grad_mode"]
+    r = rtab[rtab["loss_name"].isin(both)]
+    best = ep_all.groupby("run")["auc"].max().rename("best_auc")
+    r = r.merge(best, left_on="run", right_index=True, how="left")
+    out = r.groupby(keys, sort=True).agg(n_runs=("run", "size"), n_learned=("learned", "sum"),
+                                         clean_true_accuracy=("final_clean_true_accuracy", "mean"),
+                                         best_auc=("best_auc", "mean")).reset_index()
+    last = stats.last_epoch(ep_all)
+    share = last[last["run"].isin(set(r.loc[r["learned"].astype(bool), "run"]))][["run", "noisy_weight_share"]]
+    ratio = stats.last_epoch(t["periphery_ratio.csv"]) if len(t["periphery_ratio.csv"]) else pd.DataFrame()
+    per_run = r[["run", *keys]].merge(share, on="run", how="left")
+    if len(ratio):
+        wide = ratio.pivot_table(index="run", columns="method", values="periphery_to_centre_weight")
+        wide.columns = [f"periphery_to_centre_{m}" for m in wide.columns]
+        per_run = per_run.merge(wide, left_on="run", right_index=True, how="left")
+    extra = per_run.drop(columns="run").groupby(keys, sort=True).mean(numeric_only=True).reset_index()
+    return out.merge(extra, on=keys, how="left")
 
 
 def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
@@ -424,6 +453,21 @@ def _doc_separability(doc: _Doc, t, o: _Options) -> None:
     doc.img("figures/noise_rate_estimate.png", "estimated vs true noise rate")
 
 
+def _doc_grad_mode(doc: _Doc, t, o: _Options) -> None:
+    tab = t["grad_mode.csv"]
+    if tab.empty:
+        return
+    doc.h(2, "Gradient convention: exact against detached")
+    doc.p("Losses run in both gradient modes. `exact` differentiates through the margin, so the "
+          "target weight |dL/dcos theta| follows the shape of the loss's target curve; `detached` (the "
+          "arcface_torch convention) applies the margin under no_grad, so the target weight is "
+          "s (1 - p) and saturates at s for every loss once p is small. Does a loss's effect depend on "
+          "the convention? Compare the rows of one loss: whether the runs learned, the detection AUC, "
+          f"the noisy share of `{o.weight}` and the periphery/centre weight ratio (learned runs only; "
+          "below 1 = the periphery is down-weighted).")
+    doc.table(tab, "tables/grad_mode.csv")
+
+
 def _doc_accuracy(doc: _Doc, t, o: _Options) -> None:
     acc, points = t["accuracy.csv"], t["accuracy_points.csv"]
     doc.h(2, "4. Accuracy (learned runs)")
@@ -488,6 +532,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
         _doc_distributions(doc, t)
         _doc_weighting(doc, t, curves, o)
         _doc_separability(doc, t, o)
+    _doc_grad_mode(doc, t, o)
     _doc_accuracy(doc, t, o)
     doc.h(2, "Files")
     doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))

@@ -124,7 +124,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, Mapping):
-        return "-".join(_fmt(x) if k == "name" else f"{k}{_fmt(x)}" for k, x in v.items())
+        # numbers carry their key (s32, m0.5); names and other words stand alone (arcface, detached)
+        return "-".join(f"{k}{_fmt(x)}" if _is_num(x) else _fmt(x) for k, x in v.items())
     if isinstance(v, (list, tuple)):
         return "+".join(_fmt(x) for x in v)
     return str(v)
@@ -365,7 +366,8 @@ def load_sweep(path_or_dict: str | os.PathLike | Mapping, overrides: Iterable[st
         cfg = copy.deepcopy(train_base)
         noise = dict(base_noise or {})
         values = dict(zip(axes, combo))
-        for key, value in values.items():
+        # whole sections first, then keys inside them (loss: [...] before loss.grad_mode: [...])
+        for key, value in sorted(values.items(), key=lambda kv: kv[0].count(".")):
             if key == "noise":
                 if not isinstance(value, Mapping):
                     raise _err("grid.noise", f"values must be mappings of noise keys, got {value!r}")
