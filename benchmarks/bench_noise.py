@@ -2,7 +2,7 @@
 
 1. Manifest: a label set of 5.8M samples / 85k identities (an in-memory index: labels + RecordIO-
    style paths ``rec/<key>`` as a Python list, like :class:`RecordIOIndex` holds them), closed 0.2
-   (symmetric) + open 0.1 from a 100k-image outlier pool; times ``inject_index`` (noise + Parquet
+   (symmetric) + open 0.1 from a 100k-image outlier pool; times ``inject_to`` (noise + Parquet
    manifest + sidecar written + the returned DataFrame) and reports the peak RSS of this process
    (``getrusage`` ``ru_maxrss``). Targets: <= 3 s wall and <= 1.5 GiB peak RSS. Wall and CPU time
    are both printed: on a busy machine wall time also counts other processes' turns. Nothing here
@@ -72,8 +72,9 @@ class LabelSet(FaceIndex):
 
 def bench_manifest(samples: int, ids: int, outlier_ids: int, per_outlier: int, seed: int,
                    repeat: int) -> dict:
-    """Time ``inject_index`` on a synthetic web-scale label set; peak RSS of this process."""
-    from data_tools.inject import inject_index
+    """Time ``inject_to`` (noise + Parquet + DataFrame) on a synthetic web-scale label set; peak RSS
+    of this process."""
+    from noisyfr.noise import NoiseSpec, inject_to
 
     rss_start = _rss_mb()
     rng = np.random.default_rng(seed)
@@ -88,7 +89,8 @@ def bench_manifest(samples: int, ids: int, outlier_ids: int, per_outlier: int, s
         out = Path(tmp) / "manifest.parquet"
         for _ in range(repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            df, meta = inject_index(index, out, closed=0.2, open=0.1, outliers=outliers, seed=seed)
+            manifest = inject_to(index, NoiseSpec(closed=0.2, open=0.1, outliers=outliers, seed=seed), out)
+            df, meta = manifest.frame, manifest.meta
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
             del df

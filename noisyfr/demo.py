@@ -1,14 +1,12 @@
 """``noisyfr demo`` (what ``make demo`` runs): the main job on the embedded synthetic default.
 
 Sweeps ``experiments/configs/demo.yaml`` (arcface, cosface, expface x closed-set noise {0, 0.4} on synthetic
-identities, CPU, no download) into ``runs/demo``; then, when the analysis package is installed, writes
-its report to ``runs/demo/report``. Running it again finishes an interrupted demo, or just rewrites the
+identities, CPU, no download) into ``runs/demo``; then writes its analysis report to ``runs/demo/report``. Running it again finishes an interrupted demo, or just rewrites the
 results of a finished one.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from pathlib import Path
 
@@ -36,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo sweep, then the analysis report if ``noisyfr.analysis`` is available."""
-    from noisyfr.tune.sweep import STATE_FILE, load_sweep, run_sweep
+    """Run the demo sweep, then its analysis report."""
+    from noisyfr.analysis import write_report
+    from noisyfr.tune import load_sweep, run_sweep
+    from noisyfr.tune.spec import STATE_FILE
 
     t0 = time.time()
     config = _find_config(args.config)
@@ -55,16 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"results: {spec.sweep_dir / 'results.csv'}  summary: {spec.sweep_dir / 'summary.md'}")
     if not args.no_report:
-        try:
-            analysis = importlib.import_module("noisyfr.analysis")
-        except ImportError:
-            analysis = None
-        write_report = getattr(analysis, "write_report", None)
-        if write_report is None:
-            print("noisyfr demo: analysis report skipped (noisyfr.analysis not available)")
-        else:
-            report_dir = spec.sweep_dir / "report"
-            write_report(spec.sweep_dir, report_dir)
-            print(f"report: {report_dir}")
+        report_dir = spec.sweep_dir / "report"
+        write_report(spec.sweep_dir, report_dir)
+        print(f"report: {report_dir}")
     print(f"noisyfr demo: done in {time.time() - t0:.0f} s")
     return 0

@@ -1,6 +1,8 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""File input and output shared by every command.
 
-A failed or interrupted write never leaves a partial output file behind.
+Output is atomic: write to a temporary file beside the target, then rename, so a failed or
+interrupted write never leaves a partial output file behind. Input: YAML (aliases refused) and
+JSON readers whose errors are one line naming the file.
 """
 from __future__ import annotations
 
@@ -39,3 +41,65 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **open_kwargs) as fh:
             yield fh
+
+
+def _safe_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that refuses anchors and aliases: a config never needs them, and an alias
+        bomb (nested aliases expanding to billions of nodes) would exhaust memory."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML aliases (*name) are not allowed", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
+def parse_yaml(text: str, what: str):
+    """YAML ``text`` parsed safely with anchors/aliases refused; NoisyFRError naming ``what``."""
+    import yaml
+
+    from noisyfr.errors import NoisyFRError
+
+    try:
+        return yaml.load(text, Loader=_safe_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise NoisyFRError(f"{what}: invalid YAML ({' '.join(str(exc).split())})") from None
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config"):
+    """Read a YAML file with :func:`parse_yaml`; a missing file, non-UTF-8 text or invalid YAML
+    raises NoisyFRError naming ``what`` and the path."""
+    from noisyfr.errors import NoisyFRError
+
+    p = Path(path)
+    if not p.is_file():
+        raise NoisyFRError(f"{what} {p}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NoisyFRError(f"{what} {p}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise NoisyFRError(f"{what} {p}: cannot read ({exc.strerror or exc})") from None
+    return parse_yaml(text, f"{what} {p}")
+
+
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """Read a JSON file; a missing, unreadable or invalid file raises NoisyFRError naming
+    ``what`` and the path."""
+    import json
+
+    from noisyfr.errors import NoisyFRError
+
+    p = Path(path)
+    if not p.is_file():
+        raise NoisyFRError(f"{what} {p}: no such file")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NoisyFRError(f"{what} {p}: not valid JSON ({str(exc).splitlines()[0]})") from None

@@ -94,3 +94,11 @@ def true_in_forked_child(check: Callable[[], bool]) -> bool:
     verdict = os.read(r, 1) == b"1"
     os.close(r)
     return verdict
+
+
+def inject_file(index, out, *, command=None, **noise):
+    """``noisyfr.noise.inject_to`` with the spec given as keywords: ``(DataFrame, meta)``."""
+    from noisyfr.noise import NoiseSpec, inject_to
+
+    manifest = inject_to(index, NoiseSpec(**noise), out, command=command)
+    return manifest.frame, manifest.meta

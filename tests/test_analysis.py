@@ -20,7 +20,7 @@ from noisyfr.analysis.load import load_run, long_angles
 from noisyfr.analysis.report import analytic_curves, markdown_table
 from noisyfr.analysis.synthetic import make_synthetic_run, make_synthetic_sweep
 from noisyfr.cli import main
-from noisyfr.data.manifest import write_manifest
+from noisyfr.noise.manifest import write_manifest
 from noisyfr.errors import NoisyFRError
 
 
@@ -189,7 +189,7 @@ def test_accuracy_table_mean_and_sample_sd_over_seeds(sweep):
     tab = stats.accuracy_table(pts)
     assert set(tab["n_seeds"]) == {2} and set(tab["n_not_learned"]) == {0}
     for loss, rate in [("arcface", 0.4), ("mystery", 0.0)]:
-        vals = res[(res["loss.name"] == loss) & (res["noise.closed"] == rate)]["final_val_accuracy"]
+        vals = res[(res["loss.name"] == loss) & (res["data.noise.closed"] == rate)]["final_val_accuracy"]
         label = loss_label({"name": loss})
         row = tab[(tab["loss"] == label) & (tab["noise_rate"].round(6) == rate)].iloc[0]
         assert row["accuracy_mean"] == pytest.approx(vals.mean())

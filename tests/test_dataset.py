@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_tools.inject import inject_index
-from noisyfr.data import NoisyDataset, open_index, read_manifest
-from noisyfr.data.manifest import write_manifest
+from conftest import inject_file
+from noisyfr.data import open_index
+from noisyfr.noise import NoisyDataset, read_manifest
+from noisyfr.noise.manifest import write_manifest
 from noisyfr.data.transforms import face_transform
 from noisyfr.errors import NoisyFRError
 
@@ -21,7 +22,7 @@ from noisyfr.errors import NoisyFRError
 @pytest.fixture(scope="module")
 def orl_manifest(orl, lfw_train_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("man") / "m.parquet"
-    inject_index(orl, out, closed=0.2, open=0.1, outliers=lfw_train_dir, split=1, merge=1, seed=0)
+    inject_file(orl, out, closed=0.2, open=0.1, outliers=lfw_train_dir, split=1, merge=1, seed=0)
     return out
 
 
@@ -125,7 +126,7 @@ def test_read_manifest_missing_or_corrupt_files(orl_manifest, tmp_path):
 
 
 def test_minimal_manifest_without_extra_columns(orl, tmp_path):
-    from noisyfr.data import fingerprint
+    from noisyfr.noise import fingerprint
 
     labels = np.asarray(orl.labels)
     df = pd.DataFrame({"index": np.arange(400), "path": list(orl.paths),
@@ -142,7 +143,7 @@ def test_minimal_manifest_without_extra_columns(orl, tmp_path):
 def test_fingerprint_matches_a_direct_sha256():
     import hashlib
 
-    from noisyfr.data import fingerprint
+    from noisyfr.noise import fingerprint
 
     class Labels:  # a duck-typed index
         paths = [f"id{k % 97}/{k}.jpg" if k % 5 else f"é{k}" for k in range(150_000)]  # non-ASCII too
@@ -164,7 +165,7 @@ def test_outliers_passed_in_memory(orl, lfw, tmp_path):
 
     pool = SyntheticIndex(ids=3, per_id=4, size=16, seed=1)
     out = tmp_path / "m.parquet"
-    inject_index(orl, out, open=0.05, outliers=pool, seed=0)
+    inject_file(orl, out, open=0.05, outliers=pool, seed=0)
     ds = NoisyDataset(orl, out, outliers=pool)
     i = int(np.flatnonzero(ds.noise == "open")[0])
     img, _, _ = ds[i]

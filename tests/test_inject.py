@@ -1,4 +1,4 @@
-"""``noisyfr inject`` / ``inject_index`` on real faces (ORL PGM, LFW JPEG): every noise type,
+"""``noisyfr inject`` / ``inject_to`` on real faces (ORL PGM, LFW JPEG): every noise type,
 exact counts, stratification, determinism, bad input."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_tools.inject import inject_index
+from conftest import inject_file
 from noisyfr.cli import main
-from noisyfr.data import open_index, read_manifest
+from noisyfr.data import open_index
+from noisyfr.noise import read_manifest
 from noisyfr.errors import NoisyFRError
 
 
@@ -23,7 +24,7 @@ def _per_identity(df, mask):
 
 
 def test_closed_symmetric_counts_stratified_and_labels(orl, tmp_path):
-    df, meta = inject_index(orl, tmp_path / "m.parquet", closed=0.3, seed=1)
+    df, meta = inject_file(orl, tmp_path / "m.parquet", closed=0.3, seed=1)
     assert len(df) == len(orl) == 400
     closed = (df["noise"] == "closed").to_numpy()
     assert closed.sum() == round(0.3 * 400) == meta["counts"]["closed"]
@@ -41,7 +42,7 @@ def test_closed_symmetric_counts_stratified_and_labels(orl, tmp_path):
 
 
 def test_pairwise_uses_one_partner_per_identity(orl, tmp_path):
-    df, _ = inject_index(orl, tmp_path / "m.parquet", closed=0.4, closed_mode="pairwise", seed=2)
+    df, _ = inject_file(orl, tmp_path / "m.parquet", closed=0.4, closed_mode="pairwise", seed=2)
     closed = df[df["noise"] == "closed"]
     partner = closed.groupby("orig_label")["label"].nunique()
     assert len(partner) == 40 and (partner == 1).all()
@@ -56,7 +57,7 @@ def test_nearest_from_images_finds_a_duplicated_identity(orl_dir, tmp_path):
     for name, src in [("s1", "s1"), ("s1copy", "s1"), ("s2", "s2"), ("s3", "s3"), ("s4", "s4")]:
         shutil.copytree(orl_dir / src, root / name)
     index = open_index(root)
-    df, meta = inject_index(index, tmp_path / "m.parquet", closed=0.5, closed_mode="nearest", seed=0)
+    df, meta = inject_file(index, tmp_path / "m.parquet", closed=0.5, closed_mode="nearest", seed=0)
     names = index.identities
     closed = df[df["noise"] == "closed"]
     for a, b in [("s1", "s1copy"), ("s1copy", "s1")]:
@@ -71,23 +72,23 @@ def test_nearest_from_embeddings(orl, tmp_path):
     base = rng.normal(size=(20, 32))
     ident = np.repeat(base, 2, axis=0) + 0.01 * rng.normal(size=(40, 32))
     np.save(tmp_path / "e.npy", ident)
-    df, meta = inject_index(orl, tmp_path / "m.parquet", closed=0.2, closed_mode="nearest",
+    df, meta = inject_file(orl, tmp_path / "m.parquet", closed=0.2, closed_mode="nearest",
                             embeddings=tmp_path / "e.npy", seed=0)
     closed = df[df["noise"] == "closed"]
     assert np.array_equal(closed["label"].to_numpy(), closed["orig_label"].to_numpy() ^ 1)
     # per-sample embeddings give the same partners
     per_sample = ident[np.asarray(orl.labels)] + 0.001 * rng.normal(size=(400, 32))
-    df2, _ = inject_index(orl, tmp_path / "m2.parquet", closed=0.2, closed_mode="nearest",
+    df2, _ = inject_file(orl, tmp_path / "m2.parquet", closed=0.2, closed_mode="nearest",
                           embeddings=per_sample, seed=0)
     assert df2["label"].equals(df["label"])
     with pytest.raises(NoisyFRError, match="rows"):
-        inject_index(orl, tmp_path / "m3.parquet", closed=0.2, closed_mode="nearest",
+        inject_file(orl, tmp_path / "m3.parquet", closed=0.2, closed_mode="nearest",
                      embeddings=np.zeros((7, 3)), seed=0)
     assert not (tmp_path / "m3.parquet").exists()
 
 
 def test_open_set_from_outlier_folder(orl, lfw_train_dir, lfw, tmp_path):
-    df, meta = inject_index(orl, tmp_path / "m.parquet", open=0.1, outliers=lfw_train_dir, seed=3)
+    df, meta = inject_file(orl, tmp_path / "m.parquet", open=0.1, outliers=lfw_train_dir, seed=3)
     assert len(df) == 400  # size unchanged
     op = df[df["noise"] == "open"]
     assert len(op) == 40 and meta["counts"]["open"] == 40
@@ -103,7 +104,7 @@ def test_open_set_from_outlier_folder(orl, lfw_train_dir, lfw, tmp_path):
 
 
 def test_open_set_holdout_renumbers_labels(lfw, tmp_path):
-    df, meta = inject_index(lfw, tmp_path / "m.parquet", open=0.2, holdout_ids=4, seed=5)
+    df, meta = inject_file(lfw, tmp_path / "m.parquet", open=0.2, holdout_ids=4, seed=5)
     held = set(meta["holdout"]["identities"])
     assert len(held) == 4 and meta["num_classes"] == 80 == meta["num_identities"]
     assert len(df) == len(lfw) - 40  # in-set samples only
@@ -122,7 +123,7 @@ def test_open_set_holdout_renumbers_labels(lfw, tmp_path):
 
 
 def test_split_and_merge(orl, tmp_path):
-    df, meta = inject_index(orl, tmp_path / "m.parquet", split=3, merge=2, seed=4)
+    df, meta = inject_file(orl, tmp_path / "m.parquet", split=3, merge=2, seed=4)
     assert meta["num_classes"] == 43
     sp = df[df["noise"] == "split"]
     assert len(sp) == 15 and meta["counts"]["split"] == 15  # floor(10 / 2) moved per identity
@@ -142,7 +143,7 @@ def test_split_and_merge(orl, tmp_path):
 
 
 def test_mixed_noise_never_overlaps_and_counts(lfw, tmp_path):
-    df, meta = inject_index(lfw, tmp_path / "m.parquet", closed=0.3, open=0.1, holdout_ids=2,
+    df, meta = inject_file(lfw, tmp_path / "m.parquet", closed=0.3, open=0.1, holdout_ids=2,
                             split=2, merge=1, seed=6)
     m = len(df)
     assert m == len(lfw) - 20
@@ -256,12 +257,12 @@ def test_failed_write_leaves_no_partial_files(orl, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", boom)
     with pytest.raises(OSError, match="disk full"):
-        inject_index(orl, tmp_path / "m.parquet", closed=0.1, seed=0)
+        inject_file(orl, tmp_path / "m.parquet", closed=0.1, seed=0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_fingerprint_independent_of_storage_but_of_labels(orl, orl_dir, tmp_path):
-    from noisyfr.data import fingerprint
+    from noisyfr.noise import fingerprint
 
     assert fingerprint(orl) == fingerprint(open_index(orl_dir))
     root = tmp_path / "faces"
@@ -274,7 +275,7 @@ def test_fingerprint_independent_of_storage_but_of_labels(orl, orl_dir, tmp_path
 
 def test_rate_rounding_matches_round(orl, tmp_path):
     for rate in (0.0125, 0.0375, 0.333):
-        df, meta = inject_index(orl, tmp_path / "m.parquet", closed=rate, seed=0)
+        df, meta = inject_file(orl, tmp_path / "m.parquet", closed=rate, seed=0)
         assert meta["counts"]["closed"] == round(rate * 400)
         per_id = np.bincount(df["orig_label"][df["noise"] == "closed"], minlength=40)
         assert set(per_id) <= {math.floor(rate * 10), math.floor(rate * 10) + 1}

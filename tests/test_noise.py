@@ -1,4 +1,4 @@
-"""Pure noise functions (data_tools.noise): exact stratified counts, flips, partners, draws."""
+"""Pure noise functions (noisyfr.noise.draw): exact stratified counts, flips, partners, draws."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics.pairwise import cosine_similarity
 
-from data_tools import noise as nz
+from noisyfr.noise import draw as nz
 
 
 def _rng(seed=0):
@@ -142,7 +142,29 @@ def test_split_mask_moves_half_of_each_chosen_identity():
     assert list(np.bincount(labels[mask], minlength=6)) == [4, 0, 0, 3, 0, 2]
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x"])
-def test_check_rate_rejects(bad):
-    with pytest.raises(ValueError, match="--closed"):
-        nz.check_rate("--closed", bad)
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), "x", True])
+def test_noise_spec_rejects_bad_rates_naming_the_key(bad):
+    from noisyfr.errors import NoisyFRError
+    from noisyfr.noise import NoiseSpec, cli_flag
+
+    with pytest.raises(NoisyFRError, match=r"data\.noise\.closed"):
+        NoiseSpec.from_mapping({"closed": bad})
+    with pytest.raises(NoisyFRError, match="--closed"):
+        NoiseSpec.from_mapping({"closed": bad}, name=cli_flag)
+
+
+def test_noise_spec_one_spelling_and_seed():
+    from noisyfr.errors import NoisyFRError
+    from noisyfr.noise import NoiseSpec
+
+    spec = NoiseSpec.from_mapping({"closed": 0.4, "closed_mode": "pairwise"})
+    assert spec.seed is None and spec.with_seed(7).seed == 7 and spec.replace(seed=3).with_seed(7).seed == 3
+    assert NoiseSpec.from_mapping(spec.to_dict()) == spec
+    with pytest.raises(NoisyFRError, match=r"data\.noise\.clozed: unknown noise key"):
+        NoiseSpec.from_mapping({"clozed": 0.1})
+    with pytest.raises(NoisyFRError, match="sum to 1.2"):
+        NoiseSpec(closed=0.6, open=0.6, holdout_ids=2)
+    with pytest.raises(NoisyFRError, match="outlier source"):
+        NoiseSpec(open=0.1)
+    with pytest.raises(Exception):  # frozen
+        spec.closed = 0.1

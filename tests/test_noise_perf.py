@@ -4,7 +4,7 @@
 - ``select_rounds`` (one repeat + one scatter) == a per-label reference loop over the same keys;
 - ``RecordIOIndex.read_bytes`` (mmap slices) == the record bytes, after close/fork/pickle, and a
   ``.rec`` cut after opening is still reported as truncated;
-- ``inject_index`` (background hashing / path gathering) still names a paths/labels mismatch;
+- ``inject_to`` (background hashing / path gathering) still names a paths/labels mismatch;
 - the benchmark itself runs at a small scale and prints its PASS/FAIL table.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_tools import noise as nz
-from data_tools.inject import inject_index
+from noisyfr.noise import draw as nz
+from conftest import inject_file
 from noisyfr.data.index import FaceIndex
-from noisyfr.data.manifest import dumps_meta
+from noisyfr.noise.manifest import dumps_meta
 from noisyfr.errors import NoisyFRError
 from conftest import true_in_forked_child
 
@@ -206,7 +206,7 @@ def test_inject_names_paths_labels_mismatch_despite_background_work(tmp_path, op
     labels = np.repeat(np.arange(10), 5)
     index = _Labels(labels, [f"p{k}" for k in range(len(labels) - 1)])  # one path short
     with pytest.raises(NoisyFRError, match="49 paths but 50 labels"):
-        inject_index(index, tmp_path / "m.parquet", seed=0, **opts)
+        inject_file(index, tmp_path / "m.parquet", seed=0, **opts)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -218,7 +218,7 @@ def test_inject_same_bytes_in_repeated_runs(tmp_path):
     blobs = []
     for run in range(3):
         out = tmp_path / f"m{run}.parquet"
-        df, meta = inject_index(index, out, closed=0.2, open=0.1, outliers=outliers, seed=5,
+        df, meta = inject_file(index, out, closed=0.2, open=0.1, outliers=outliers, seed=5,
                                 command="cmd")
         blobs.append((out.read_bytes(), Path(str(out) + ".json").read_bytes()))
         assert (df["source"] == "outliers").sum() == round(0.1 * len(labels))
@@ -249,5 +249,5 @@ def test_outlier_index_with_paths_labels_mismatch_is_named(tmp_path):
     outliers = _Labels(np.repeat(np.arange(3), 4), [f"o{k}" for k in range(11)])  # one path short
     outliers.source, outliers.identities = "<outliers>", ["x0", "x1", "x2"]
     with pytest.raises(NoisyFRError, match=r"<outliers>: 11 paths but 12 labels"):
-        inject_index(index, tmp_path / "m.parquet", open=0.2, outliers=outliers, seed=0)
+        inject_file(index, tmp_path / "m.parquet", open=0.2, outliers=outliers, seed=0)
     assert list(tmp_path.iterdir()) == []

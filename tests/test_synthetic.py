@@ -282,7 +282,7 @@ def test_render_image_matches_index():
 def test_written_folder_is_the_same_dataset_as_the_index(tmp_path):
     """Integration with the ImageFolder reader: same paths, labels, pixels and fingerprint."""
     from noisyfr.data import open_index
-    from noisyfr.data.manifest import fingerprint
+    from noisyfr.noise.manifest import fingerprint
 
     out = tmp_path / "ds"
     assert _synth(tmp_path, out) == 0

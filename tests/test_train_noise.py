@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from noisyfr.cli import main as cli_main
-from noisyfr.data import open_index, read_manifest
+from noisyfr.data import open_index
+from noisyfr.noise import read_manifest
 from noisyfr.train import load_config, train
 
 
@@ -62,10 +63,10 @@ def test_angle_logs_cover_every_sample_with_noise_flags(tmp_path):
 
 
 def test_orl_with_30_percent_manifest(orl_dir, tmp_path):
-    from data_tools.inject import inject_index
+    from conftest import inject_file
 
     manifest_path = tmp_path / "orl_closed30.parquet"
-    manifest, _ = inject_index(open_index(str(orl_dir)), manifest_path, closed=0.3, seed=0)
+    manifest, _ = inject_file(open_index(str(orl_dir)), manifest_path, closed=0.3, seed=0)
     assert (manifest["noise"] == "closed").mean() == pytest.approx(0.3)
     out = tmp_path / "orl"
     cfg = _config(out, str(orl_dir), **{"data.manifest": str(manifest_path), "data.max_samples": 48})
@@ -119,5 +120,6 @@ def test_cli_lfw_with_noise_and_val(lfw_train_dir, lfw_pairs_file, tmp_path, cap
     # bad input through the CLI: exit status 2 and no run directory
     assert cli_main(["train", str(config), "data.noise.closd=0.3",
                      f"output_dir={tmp_path / 'never'}"]) == 2
-    assert "config key 'data.noise.closd': unknown key" in capsys.readouterr().err
+    assert "config key 'data.noise.closd': unknown noise key (did you mean config key " \
+        "'data.noise.closed'?)" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()

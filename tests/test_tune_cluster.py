@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def two_node_cluster():
     pytest.importorskip("ray")
-    import noisyfr.tune.sweep  # noqa: F401  (quiet Ray env vars)
+    from noisyfr.tune.run import quiet_ray_env
+    quiet_ray_env()
     from ray.cluster_utils import Cluster
 
     old = os.environ.get("PYTHONPATH")

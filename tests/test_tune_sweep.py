@@ -98,7 +98,8 @@ def ray_local():
     old = os.environ.get("PYTHONPATH")
     # Ray workers import the stand-in trainer from this folder.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([old] if old else []))
-    import noisyfr.tune.sweep  # noqa: F401  (sets the quiet Ray env vars first)
+    from noisyfr.tune.run import quiet_ray_env
+    quiet_ray_env()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
@@ -111,20 +112,21 @@ def ray_local():
 def real_cfg(**extra):
     cfg = {
         "name": "e2e", "device": "cpu", "seed": 0,
-        "data": {"train": SYN, "image_size": 32},
+        "data": {"train": SYN, "image_size": 32, "noise": {"closed": 0.0}},
         "model": {"backbone": "small_cnn", "embedding_dim": 16},
         "loss": {"name": "arcface", "s": 16, "m": 0.3},
         "optim": {"lr": 0.05, "batch_size": 12, "epochs": 3},
-        "noise": {"closed": 0.0},
-        "grid": {"loss.name": ["arcface", "cosface"], "noise.closed": [0.0, 0.5]},
+        "grid": {"loss.name": ["arcface", "cosface"], "data.noise.closed": [0.0, 0.5]},
         "resources": {"cpu": 1},
     }
+    if "noise" in extra:
+        cfg["data"]["noise"] = extra.pop("noise")
     cfg.update(extra)
     return cfg
 
 
 def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
-    from noisyfr.data import read_manifest
+    from noisyfr.noise import read_manifest
     from noisyfr.tune import load_sweep, run_sweep
 
     # the real trainer; trial 003's process dies once right after reporting epoch 2 (max_failures=1)
@@ -149,8 +151,8 @@ def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
     # one manifest per noise setting, shared by both losses, with the requested noise rate
     manifests = sorted((sdir / "manifests").glob("*.parquet"))
     assert len(manifests) == 2
-    assert df.groupby("noise.closed")["manifest"].nunique().eq(1).all()
-    for rate, path in df.groupby("noise.closed")["manifest"].first().items():
+    assert df.groupby("data.noise.closed")["manifest"].nunique().eq(1).all()
+    for rate, path in df.groupby("data.noise.closed")["manifest"].first().items():
         m, _ = read_manifest(path)
         assert (m["noise"] != "clean").mean() == pytest.approx(rate, abs=1 / len(m))
     # Tune's per-epoch reports reach the table unchanged: compare with each run's own metrics.csv
@@ -159,7 +161,7 @@ def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
         assert row["final_loss"] == pytest.approx(metrics["loss"].iloc[-1], rel=1e-6)
         assert row["final_theta_clean_mean"] == pytest.approx(metrics["theta_clean_mean"].iloc[-1], rel=1e-6)
         assert (Path(row["output_dir"]) / "checkpoints" / "last.pt").is_file()
-        if row["noise.closed"] == 0:
+        if row["data.noise.closed"] == 0:
             assert math.isnan(row["final_noisy_auc"])
         else:
             assert 0.0 <= row["final_noisy_auc"] <= 1.0

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.tune import sweep as sw
+from noisyfr.noise import NoiseSpec
+from noisyfr.tune import results, run, spec as sweep_spec, trainable
 
 SYN = "synthetic:ids=6,per_id=4,size=32,seed=0"
 
@@ -24,17 +25,19 @@ def base(**extra):
         "model": {"backbone": "small_cnn", "embedding_dim": 16},
         "loss": {"name": "arcface", "s": 16, "m": 0.5},
         "optim": {"lr": 0.05, "batch_size": 8, "epochs": 2},
-        "grid": {"loss.name": ["arcface", "cosface"], "noise.closed": [0.0, 0.4], "seed": [0, 1, 2]},
-        "noise": {"closed": 0.0},
+        "grid": {"loss.name": ["arcface", "cosface"], "data.noise.closed": [0.0, 0.4], "seed": [0, 1, 2]},
     }
+    noise = extra.pop("noise", {"closed": 0.0})
+    if noise is not None:
+        cfg["data"]["noise"] = noise
     cfg.update(extra)
     return cfg
 
 
 def test_grid_is_the_cartesian_product(tmp_path):
-    spec = sw.load_sweep(base(), sweep_dir=tmp_path)
+    spec = sweep_spec.load_sweep(base(), sweep_dir=tmp_path)
     assert len(spec.trials) == 2 * 2 * 3
-    combos = {(t.config["loss"]["name"], t.noise["closed"], t.config["seed"]) for t in spec.trials}
+    combos = {(t.config["loss"]["name"], t.noise.closed, t.config["seed"]) for t in spec.trials}
     assert combos == {(l, c, s) for l in ("arcface", "cosface") for c in (0.0, 0.4) for s in (0, 1, 2)}
     names = [t.name for t in spec.trials]
     assert len(set(names)) == len(names)
@@ -43,21 +46,21 @@ def test_grid_is_the_cartesian_product(tmp_path):
         assert t.config["output_dir"] == str(tmp_path.resolve() / "trials" / t.name)
         # loss parameters not on an axis come from the base config
         assert t.config["loss"]["s"] == 16
-        # the noise seed follows the trial seed unless noise.seed is given
-        assert t.noise["seed"] == t.config["seed"]
+        # the noise seed follows the trial seed unless data.noise.seed is given
+        assert t.noise.seed == t.config["seed"] == t.config["data"]["noise"]["seed"]
         assert "grid" not in t.config and "noise" not in t.config
 
 
 def test_device_follows_the_gpu_resources(tmp_path):
     cfg = base(device="auto", grid={"seed": [0]})
-    assert sw.load_sweep(cfg, sweep_dir=tmp_path).trials[0].config["device"] == "cpu"
+    assert sweep_spec.load_sweep(cfg, sweep_dir=tmp_path).trials[0].config["device"] == "cpu"
     cfg["resources"] = {"gpu": 0.5}
-    assert sw.load_sweep(cfg, sweep_dir=tmp_path).trials[0].config["device"] == "auto"
+    assert sweep_spec.load_sweep(cfg, sweep_dir=tmp_path).trials[0].config["device"] == "auto"
 
 
 def test_mapping_axis_replaces_a_whole_section(tmp_path):
     cfg = base(grid={"loss": [{"name": "arcface", "s": 8, "m": 0.3}, {"name": "softmax"}]})
-    spec = sw.load_sweep(cfg, sweep_dir=tmp_path)
+    spec = sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
     assert [t.config["loss"] for t in spec.trials] == [{"name": "arcface", "s": 8, "m": 0.3},
                                                         {"name": "softmax"}]
 
@@ -67,7 +70,7 @@ def test_section_axis_applies_before_keys_inside_it(tmp_path, order):
     losses = [{"name": "arcface", "s": 32, "m": 0.5}, {"name": "expface", "s": 32, "m": 0.7}]
     axes = [("loss", losses), ("loss.grad_mode", ["exact", "detached"])]
     grid = dict(axes if order == "section first" else axes[::-1])
-    spec = sw.load_sweep(base(grid=grid), sweep_dir=tmp_path)
+    spec = sweep_spec.load_sweep(base(grid=grid), sweep_dir=tmp_path)
     got = sorted((t.config["loss"]["name"], t.config["loss"]["grad_mode"]) for t in spec.trials)
     assert got == [("arcface", "detached"), ("arcface", "exact"), ("expface", "detached"), ("expface", "exact")]
     assert all(t.config["loss"]["s"] == 32 for t in spec.trials)
@@ -76,13 +79,13 @@ def test_section_axis_applies_before_keys_inside_it(tmp_path, order):
 
 
 def test_nested_grid_mapping_is_flattened(tmp_path):
-    spec = sw.load_sweep(base(grid={"optim": {"lr": [0.1, 0.01]}}), sweep_dir=tmp_path)
+    spec = sweep_spec.load_sweep(base(grid={"optim": {"lr": [0.1, 0.01]}}), sweep_dir=tmp_path)
     assert [t.config["optim"]["lr"] for t in spec.trials] == [0.1, 0.01]
     assert spec.trials[0].config["optim"]["batch_size"] == 8
 
 
 def test_overrides_set_keys_and_axes(tmp_path):
-    spec = sw.load_sweep(base(), ["optim.epochs=5", "grid.seed=[7]", ("grid.loss.name", ["cosface"])],
+    spec = sweep_spec.load_sweep(base(), ["optim.epochs=5", "grid.seed=[7]", ("grid.loss.name", ["cosface"])],
                          sweep_dir=tmp_path)
     assert len(spec.trials) == 2
     assert {t.config["seed"] for t in spec.trials} == {7}
@@ -95,7 +98,7 @@ def test_relative_paths_are_resolved(tmp_path):
     (tmp_path / "pairs.txt").write_text("1\t1\n")
     cfg = base()
     cfg["data"] = {"train": "faces", "val": ["pairs.txt"], "image_size": 32}
-    spec = sw.load_sweep(cfg, sweep_dir="out", base_dir=tmp_path, validate=False)
+    spec = sweep_spec.load_sweep(cfg, sweep_dir="out", base_dir=tmp_path, validate=False)
     t = spec.trials[0]
     assert t.config["data"]["train"] == str(tmp_path / "faces")
     assert t.config["data"]["val"] == [str(tmp_path / "pairs.txt")]
@@ -107,60 +110,62 @@ def test_relative_paths_are_resolved(tmp_path):
     (base(grid=None), "grid.*empty grid"),
     (base(grid={"seed": []}), "grid.seed.*empty axis"),
     (base(grid={"seed": 3}), "grid.seed.*non-empty list"),
-    (base(grid={"noise.clozed": [0.1]}), "grid.noise.clozed.*unknown noise key"),
+    (base(grid={"data.noise.clozed": [0.1]}), "grid.data.noise.clozed.*unknown noise key"),
+    (base(grid={"noise.closed": [0.1]}), "grid.noise.closed.*moved to data.noise"),
+    (dict(base(noise=None), noise={"closed": 0.1}), "sweep key 'noise'.*moved to data.noise"),
     (base(grid={"output_dir": ["a", "b"]}), "grid.output_dir"),
     (base(resources={"cpu": 0}), "resources.cpu.*> 0"),
     (base(resources={"tpu": 1}), "resources.tpu.*unknown"),
     (base(resources={"gpu": 1.5}), "resources.gpu.*fractions"),
     (base(workers_per_trial=0), "workers_per_trial"),
-    (base(noise={"closed": 1.5}, grid={"seed": [0]}), "noise.closed.*rate"),
-    (base(grid={"noise.closed": [0.1, -0.1]}), "noise.closed.*rate"),
+    (base(noise={"closed": 1.5}, grid={"seed": [0]}), "data.noise.closed.*rate"),
+    (base(grid={"data.noise.closed": [0.1, -0.1]}), "data.noise.closed.*rate"),
     (base(noise={"closed": 0.6, "open": 0.6, "holdout_ids": 2}, grid={"seed": [0]}), "noise.*sum to 1.2"),
-    (base(noise={"open": 0.2}, grid={"seed": [0]}), "noise.open.*outliers"),
-    (base(noise={"closed_mode": "random"}), "noise.closed_mode"),
+    (base(noise={"open": 0.2}, grid={"seed": [0]}), "data.noise.open.*outliers"),
+    (base(noise={"closed_mode": "random"}), "data.noise.closed_mode"),
 ])
 def test_bad_sweep_keys(tmp_path, cfg, match):
     with pytest.raises(NoisyFRError, match=match):
-        sw.load_sweep(cfg, sweep_dir=tmp_path)
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
 
 
 def test_unknown_training_key_is_reported_with_the_trial(tmp_path):
     cfg = base()
     cfg["optim"]["lrr"] = 0.1
     with pytest.raises(NoisyFRError, match=r"trial 000_.*optim\.lrr.*unknown key"):
-        sw.load_sweep(cfg, sweep_dir=tmp_path)
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
     # an axis value that only some trials get is caught too (here a bad loss parameter)
     cfg = base(grid={"loss": [{"name": "arcface", "m": 0.5}, {"name": "cosface", "mm": 0.3}]})
     with pytest.raises(NoisyFRError, match=r"trial 001_"):
-        sw.load_sweep(cfg, sweep_dir=tmp_path)
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
 
 
 def test_missing_dataset_is_an_error(tmp_path):
     cfg = base()
     cfg["data"]["train"] = str(tmp_path / "nope")
     with pytest.raises(NoisyFRError, match="data.train .*nope.*does not exist"):
-        sw.load_sweep(cfg, sweep_dir=tmp_path)
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
     cfg = base()
     cfg["data"]["val"] = [str(tmp_path / "pairs.txt")]
     with pytest.raises(NoisyFRError, match="data.val .*pairs.txt"):
-        sw.load_sweep(cfg, sweep_dir=tmp_path)
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     cfg = base()
     cfg["data"]["train"] = str(tmp_path / "empty")
     with pytest.raises(NoisyFRError, match="empty folder"):
-        sw.load_sweep(cfg, sweep_dir=tmp_path)
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
 
 
 def test_noise_section_and_manifest_conflict(tmp_path):
     cfg = base()
     cfg["data"]["manifest"] = "m.parquet"
-    with pytest.raises(NoisyFRError, match="noise.*data.manifest"):
-        sw.load_sweep(cfg, sweep_dir=tmp_path, validate=False)
+    with pytest.raises(NoisyFRError, match="data.manifest.*data.noise"):
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path, validate=False)
 
 
 def test_manifests_are_shared_by_noise_setting_and_seed(tmp_path):
-    spec = sw.load_sweep(base(), sweep_dir=tmp_path)
-    groups = sw.plan_manifests(spec)
+    spec = sweep_spec.load_sweep(base(), sweep_dir=tmp_path)
+    groups = sweep_spec.plan_manifests(spec)
     # 2 noise rates x 3 seeds; the two losses share each manifest
     assert len(groups) == 6
     for _, (_, noise, trials) in groups.items():
@@ -170,15 +175,15 @@ def test_manifests_are_shared_by_noise_setting_and_seed(tmp_path):
     paths = {t.manifest for t in spec.trials}
     assert len(paths) == 6 and all(p.startswith(str(tmp_path.resolve() / "manifests")) for p in paths)
     # the key depends on every noise setting and on the dataset
-    n = dict(sw.NOISE_DEFAULTS, seed=0)
-    k = sw.manifest_key(SYN, n)
-    assert sw.manifest_key(SYN, dict(n)) == k
-    assert sw.manifest_key(SYN, dict(n, seed=1)) != k
-    assert sw.manifest_key(SYN, dict(n, closed_mode="pairwise")) != k
-    assert sw.manifest_key(SYN.replace("seed=0", "seed=1"), n) != k
-    # an explicit noise.seed decouples the manifest from the training seed
-    spec = sw.load_sweep(base(noise={"closed": 0.0, "seed": 5}), sweep_dir=tmp_path)
-    assert len(sw.plan_manifests(spec)) == 2
+    n = NoiseSpec(seed=0)
+    k = sweep_spec.manifest_key(SYN, n)
+    assert sweep_spec.manifest_key(SYN, NoiseSpec(seed=0)) == k
+    assert sweep_spec.manifest_key(SYN, n.replace(seed=1)) != k
+    assert sweep_spec.manifest_key(SYN, n.replace(closed_mode="pairwise")) != k
+    assert sweep_spec.manifest_key(SYN.replace("seed=0", "seed=1"), n) != k
+    # an explicit data.noise.seed decouples the manifest from the training seed
+    spec = sweep_spec.load_sweep(base(noise={"closed": 0.0, "seed": 5}), sweep_dir=tmp_path)
+    assert len(sweep_spec.plan_manifests(spec)) == 2
 
 
 def _history(losses, vals, aucs, clean=1.0, noisy=1.2, learned=True):
@@ -190,7 +195,7 @@ def _history(losses, vals, aucs, clean=1.0, noisy=1.2, learned=True):
 
 def test_summarize_trial_final_and_best():
     h = _history([3.0, 2.0, 1.5], [0.6, 0.8, 0.7], [0.5, 0.9, 0.85])
-    s = sw.summarize_trial(h, None)
+    s = results.summarize_trial(h, None)
     assert s["status"] == "completed" and s["epochs"] == 3
     assert s["final_loss"] == 1.5 and s["final_val_accuracy"] == 0.7
     assert s["best_val_accuracy"] == 0.8 and s["best_epoch"] == 2 and s["best_noisy_auc"] == 0.9
@@ -198,54 +203,54 @@ def test_summarize_trial_final_and_best():
     # a resumed trial may report an epoch twice: the last report wins
     h2 = pd.concat([h.iloc[:2], h.iloc[1:]], ignore_index=True)
     h2.loc[2, "loss"] = 1.9
-    assert sw.summarize_trial(h2, None)["final_loss"] == 1.5
-    assert sw.summarize_trial(h2, None)["epochs"] == 3
+    assert results.summarize_trial(h2, None)["final_loss"] == 1.5
+    assert results.summarize_trial(h2, None)["epochs"] == 3
 
 
 def test_summarize_failed_and_errored_trials():
     h = _history([3.0], [0.5], [0.5])
     h = pd.concat([h, pd.DataFrame({"failed": [True], "error": ["non-finite loss at epoch 2"]})],
                   ignore_index=True)
-    s = sw.summarize_trial(h, None)
+    s = results.summarize_trial(h, None)
     assert s["status"] == "failed" and "non-finite" in s["error"] and s["epochs"] == 1
-    s = sw.summarize_trial(None, "RuntimeError: worker died")
+    s = results.summarize_trial(None, "RuntimeError: worker died")
     assert s["status"] == "error" and s["error"] == "RuntimeError: worker died"
     # a trial that never reported (never started) is not counted as completed
-    assert sw.summarize_trial(None, None)["status"] == "pending"
+    assert results.summarize_trial(None, None)["status"] == "pending"
 
 
 def test_results_table_and_summary_statistics(tmp_path):
-    spec = sw.load_sweep(base(), sweep_dir=tmp_path)
-    sw.plan_manifests(spec)
+    spec = sweep_spec.load_sweep(base(), sweep_dir=tmp_path)
+    sweep_spec.plan_manifests(spec)
     rng = np.random.default_rng(0)
     hist, finals = {}, {}
     for t in spec.trials:
         acc = float(rng.uniform(0.5, 1.0))
         finals[t.name] = acc
-        auc = float("nan") if t.noise["closed"] == 0 else float(rng.uniform(0.5, 1))
+        auc = float("nan") if t.noise.closed == 0 else float(rng.uniform(0.5, 1))
         hist[t.name] = (_history([2.0, 1.0], [acc - 0.1, acc], [auc, auc]), None)
     bad = spec.trials[-1].name
     hist[bad] = (None, "RuntimeError: boom")
     # one cosface trial at closed=0.4 completes without learning: left out of the means, counted
     unlearned = next(t.name for t in spec.trials if t.config["loss"]["name"] == "cosface"
-                     and t.noise["closed"] == 0.4 and t.name != bad)
+                     and t.noise.closed == 0.4 and t.name != bad)
     hist[unlearned] = (_history([2.0, 1.0], [0.3, 0.2], [0.5, 0.5], learned=False), None)
-    df = sw.results_table(spec, hist)
+    df = results.results_table(spec, hist)
     assert not df.set_index("trial").loc[unlearned, "learned"]
     assert not df.set_index("trial").loc[bad, "learned"]
     assert list(df["trial"]) == [t.name for t in spec.trials]
-    for col in ("loss.name", "noise.closed", "seed", "status", "final_val_accuracy", "best_val_accuracy",
+    for col in ("loss.name", "data.noise.closed", "seed", "status", "final_val_accuracy", "best_val_accuracy",
                 "final_noisy_auc", "output_dir", "manifest"):
         assert col in df.columns
     assert (df["status"] == "completed").sum() == len(spec.trials) - 1
     assert df.set_index("trial").loc[bad, "status"] == "error"
-    sw.write_results(df, tmp_path, spec)
+    results.write_results(df, tmp_path, spec)
     back = pd.read_parquet(tmp_path / "results.parquet")
     assert len(back) == len(df) and list(back.columns) == list(df.columns)
     assert len(pd.read_csv(tmp_path / "results.csv")) == len(df)
     md = (tmp_path / "summary.md").read_text()
     # recompute one cell independently: cosface at closed=0.4 over the completed seeds
-    sel = [t for t in spec.trials if t.config["loss"]["name"] == "cosface" and t.noise["closed"] == 0.4
+    sel = [t for t in spec.trials if t.config["loss"]["name"] == "cosface" and t.noise.closed == 0.4
            and t.name not in (bad, unlearned)]
     vals = [finals[t.name] * 100 for t in sel]
     expect = (f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})" if len(vals) > 1
@@ -256,7 +261,7 @@ def test_results_table_and_summary_statistics(tmp_path):
     counts = next(ln for ln in md.split("## Trials that learned")[1].splitlines()
                   if ln.startswith("| cosface"))
     n_cell = len([t for t in spec.trials if t.config["loss"]["name"] == "cosface"
-                  and t.noise["closed"] == 0.4 and t.name != bad])
+                  and t.noise.closed == 0.4 and t.name != bad])
     assert f"| {n_cell - 1}/{n_cell} |" in counts
     assert f"`{unlearned}` (cosface" in md.split("## Completed trials that did not learn")[1]
     header = next(ln for ln in md.splitlines() if ln.startswith("| loss |"))
@@ -267,20 +272,20 @@ def test_results_table_and_summary_statistics(tmp_path):
 def test_stored_sweep_round_trip(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(base()))
-    spec = sw.load_sweep(p, ["grid.seed=[0]"], sweep_dir=tmp_path / "out")
-    sw.plan_manifests(spec)
+    spec = sweep_spec.load_sweep(p, ["grid.seed=[0]"], sweep_dir=tmp_path / "out")
+    sweep_spec.plan_manifests(spec)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / sw.STATE_FILE).write_text(json.dumps(
-        {"state": sw._state_json(spec), "source": {"raw": spec.raw, "base_dir": spec.base_dir}}))
-    again = sw.load_stored_sweep(tmp_path / "out")
-    sw.plan_manifests(again)
-    assert sw._state_json(again) == sw._state_json(spec)
+    (tmp_path / "out" / sweep_spec.STATE_FILE).write_text(json.dumps(
+        {"state": run._state_json(spec), "source": {"raw": spec.raw, "base_dir": spec.base_dir}}))
+    again = sweep_spec.load_stored_sweep(tmp_path / "out")
+    sweep_spec.plan_manifests(again)
+    assert run._state_json(again) == run._state_json(spec)
     with pytest.raises(NoisyFRError, match="no sweep.json"):
-        sw.load_stored_sweep(tmp_path)
+        sweep_spec.load_stored_sweep(tmp_path)
 
 
 def test_clean_metrics_keeps_scalars():
-    m = sw.clean_metrics({"epoch": np.int64(3), "loss": np.float32(1.5), "checkpoint": "/x/last.pt",
+    m = trainable.clean_metrics({"epoch": np.int64(3), "loss": np.float32(1.5), "checkpoint": "/x/last.pt",
                           "arr": np.zeros(3), "name": "a", "nan": float("nan")})
     assert m["epoch"] == 3 and isinstance(m["epoch"], int)
     assert m["loss"] == 1.5 and m["checkpoint_path"] == "/x/last.pt" and "arr" not in m
@@ -292,10 +297,10 @@ CONFIGS = REPO / "experiments" / "configs"
 
 
 def test_demo_config_is_valid_and_small():
-    spec = sw.load_sweep(CONFIGS / "demo.yaml", base_dir=REPO)
+    spec = sweep_spec.load_sweep(CONFIGS / "demo.yaml", base_dir=REPO)
     losses = {t.config["loss"]["name"] for t in spec.trials}
     assert {"arcface", "cosface", "expface"} <= losses
-    assert {t.noise["closed"] for t in spec.trials} == {0.0, 0.4}
+    assert {t.noise.closed for t in spec.trials} == {0.0, 0.4}
     assert spec.sweep_dir == REPO / "runs" / "demo"
     assert spec.resources == {"cpu": 1.0, "gpu": 0.0}
     assert all(t.config["data"]["train"].startswith("synthetic:") for t in spec.trials)
@@ -303,18 +308,18 @@ def test_demo_config_is_valid_and_small():
 
 
 def test_grad_mode_config_compares_exact_and_detached_for_arcface_and_expface():
-    spec = sw.load_sweep(CONFIGS / "grad_mode.yaml", base_dir=REPO)
-    combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"], t.noise["closed"]) for t in spec.trials}
+    spec = sweep_spec.load_sweep(CONFIGS / "grad_mode.yaml", base_dir=REPO)
+    combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"], t.noise.closed) for t in spec.trials}
     assert combos == {(n, g, c) for n in ("arcface", "expface") for g in ("exact", "detached")
                       for c in (0.0, 0.4)}
-    demo = sw.load_sweep(CONFIGS / "demo.yaml", base_dir=REPO)
+    demo = sweep_spec.load_sweep(CONFIGS / "demo.yaml", base_dir=REPO)
     # the same regime as the demo: only the gradient mode differs
     for key in ("data", "model", "optim"):
         assert spec.trials[0].config[key] == demo.trials[0].config[key]
 
 
 def test_lfw_demo_config_points_at_the_shared_data(lfw_train_dir, lfw_pairs_file):
-    spec = sw.load_sweep(CONFIGS / "lfw_demo.yaml", base_dir=REPO)
+    spec = sweep_spec.load_sweep(CONFIGS / "lfw_demo.yaml", base_dir=REPO)
     t = spec.trials[0]
     assert __import__("os").path.samefile(t.config["data"]["train"], lfw_train_dir)
     assert __import__("os").path.samefile(t.config["data"]["val"][0], lfw_pairs_file)
@@ -327,16 +332,16 @@ def test_paper_scale_configs_expand_to_90_gpu_trials(tmp_path, kind, axis):
     rec.write_bytes(b"")
     val = tmp_path / "lfw.bin"
     val.write_bytes(b"")
-    spec = sw.load_sweep(CONFIGS / f"casia_{kind}.yaml",
+    spec = sweep_spec.load_sweep(CONFIGS / f"casia_{kind}.yaml",
                          [f"data.train={rec}", f"data.val=[{val}]"], sweep_dir=tmp_path / "sw")
     assert len(spec.trials) == 6 * 5 * 3
     assert len({t.config["loss"]["name"] for t in spec.trials}) == 6
-    assert {t.noise[axis] for t in spec.trials} == {0.0, 0.1, 0.2, 0.3, 0.4}
+    assert {getattr(t.noise, axis) for t in spec.trials} == {0.0, 0.1, 0.2, 0.3, 0.4}
     assert {t.config["seed"] for t in spec.trials} == {0, 1, 2}
     assert spec.resources["gpu"] == 1.0
     assert all(t.config["model"]["backbone"] == "iresnet50" for t in spec.trials)
     # 5 rates x 3 seeds manifests, each shared by the 6 losses
-    groups = sw.plan_manifests(spec)
+    groups = sweep_spec.plan_manifests(spec)
     assert len(groups) == 15 and all(len(g[2]) == 6 for g in groups.values())
 
 

@@ -170,9 +170,9 @@ def resolve_manifest(value: str, run_dir: Path) -> Path:
 
 
 def read_manifest_any(path: Path) -> tuple[pd.DataFrame, dict]:
-    """Read a noise manifest and its JSON sidecar with :func:`noisyfr.data.manifest.read_manifest`;
+    """Read a noise manifest and its JSON sidecar with :func:`noisyfr.noise.manifest.read_manifest`;
     any reader failure becomes a one-line NoisyFRError naming the file."""
-    from noisyfr.data.manifest import read_manifest
+    from noisyfr.noise.manifest import read_manifest
 
     try:
         df, meta = read_manifest(path)

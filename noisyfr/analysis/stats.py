@@ -6,8 +6,8 @@ tidy DataFrames. Angles are radians; tables also give degrees where a reader wan
 """
 from __future__ import annotations
 
-import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.io import read_json
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
 
 RUN_KEYS = ["run", "loss", "condition", "seed", "noise_rate"]
@@ -317,13 +318,14 @@ _ACC_COLUMNS = ("final_val_accuracy", "val_accuracy", "accuracy", "best_val_accu
 
 
 def _rate_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.startswith("noise.") and pd.api.types.is_numeric_dtype(df[c])
-            and c.split(".", 1)[1] in ("closed", "open", "split", "merge")]
+    """The numeric ``data.noise.<type>`` columns of a results table."""
+    return [c for c in df.columns if c.startswith("data.noise.") and pd.api.types.is_numeric_dtype(df[c])
+            and c.rsplit(".", 1)[1] in ("closed", "open", "split", "merge")]
 
 
 def _results_condition(df: pd.DataFrame) -> tuple[list[str], list[float]]:
     """Condition label and true noise rate per results row: from its manifest sidecar when the
-    ``manifest`` column names an existing file, else from the numeric ``noise.<type>`` columns."""
+    ``manifest`` column names an existing file, else from the numeric ``data.noise.<type>`` columns."""
     from noisyfr.analysis.load import condition_from_meta, condition_label
 
     rate_cols = _rate_columns(df)
@@ -332,12 +334,8 @@ def _results_condition(df: pd.DataFrame) -> tuple[list[str], list[float]]:
         man = row.get("manifest") if "manifest" in df.columns else None
         side = f"{man}.json" if isinstance(man, str) and man else None
         meta = None
-        if side:
-            try:
-                with open(side, encoding="utf-8") as fh:
-                    meta = json.load(fh)
-            except (OSError, ValueError):
-                meta = None
+        if side and os.path.isfile(side):
+            meta = read_json(side, "manifest sidecar")
         found = condition_from_meta(meta) if isinstance(meta, dict) else None
         if found is not None:
             cond, req = found
@@ -349,7 +347,7 @@ def _results_condition(df: pd.DataFrame) -> tuple[list[str], list[float]]:
             rates.append(float(noisy) if noisy is not None else float(sum(v for k, v in req.items()
                                                                           if k in ("closed", "open"))))
             continue
-        vals = {c.split(".", 1)[1]: float(row[c]) for c in rate_cols if pd.notna(row[c]) and float(row[c]) > 0}
+        vals = {c.rsplit(".", 1)[1]: float(row[c]) for c in rate_cols if pd.notna(row[c]) and float(row[c]) > 0}
         if not rate_cols and "noise_rate" in df.columns and pd.notna(row["noise_rate"]):
             vals = {"noise": float(row["noise_rate"])} if float(row["noise_rate"]) > 0 else {}
             conds.append(",".join(f"{k}={v:g}" for k, v in vals.items()) or "clean")
@@ -381,13 +379,13 @@ def accuracy_points(results: pd.DataFrame | None, runs_tbl: pd.DataFrame | None 
                     metric: str | None = None) -> pd.DataFrame:
     """One row per trial: ``loss`` (label), ``condition, noise_rate, seed, accuracy, learned``.
 
-    From a sweep's results (columns ``loss.name`` and the other ``loss.*`` settings, ``noise.*``,
+    From a sweep's results (columns ``loss.name`` and the other ``loss.*`` settings, ``data.noise.*``,
     ``seed``, ``manifest``, an accuracy column: ``metric`` or the first of
     final_val_accuracy/val_accuracy/accuracy/best_val_accuracy; only ``status == completed`` rows
     when there is a status column) or, without one, from the runs' final ``metrics.csv`` rows
     (``runs_tbl`` from :func:`runs_table`). The condition and the true noise rate come from the
     trial's manifest sidecar when it exists (requested rates, actual noisy fraction), else from the
-    ``noise.closed``/``noise.open`` rate columns. ``learned`` comes from the run loaded from the
+    ``data.noise.closed``/``data.noise.open`` rate columns. ``learned`` comes from the run loaded from the
     trial's ``output_dir`` (``runs_tbl``), else from the results' own ``learned`` column.
     """
     cols = ["loss", "condition", "noise_rate", "seed", "accuracy", "learned"]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from noisyfr.data.manifest import write_manifest
+from noisyfr.noise.manifest import write_manifest
 from noisyfr.io import atomic_path, atomic_write
 
 
@@ -134,7 +134,7 @@ def make_synthetic_sweep(out_dir: str | Path, losses=("arcface", "expface"), clo
                                          rates={"closed": rate}, loss=loss, seed=seed, manifest_path=mpath,
                                          rng_seed=seed * 1000 + li * 100 + int(rate * 100))
                 last = pd.read_csv(run / "metrics.csv").iloc[-1]
-                rows.append({"trial": trial, "loss.name": loss, "noise.closed": rate, "noise.open": 0.0,
+                rows.append({"trial": trial, "loss.name": loss, "data.noise.closed": rate, "data.noise.open": 0.0,
                              "seed": seed, "status": "completed", "epochs": epochs,
                              "final_val_accuracy": float(last["val_accuracy"]),
                              "best_val_accuracy": float(last["val_accuracy"]),

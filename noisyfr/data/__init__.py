@@ -1,4 +1,6 @@
-"""Face data: indexes over real formats, verification pairs, noise manifests, datasets.
+"""Face data: indexes over real formats (ImageFolder, RecordIO, synthetic) and verification pairs.
+
+Noise manifests and the dataset seen through one live in :mod:`noisyfr.noise`.
 
 Names are imported lazily from their submodules so that ``import noisyfr.data`` stays cheap.
 """
@@ -16,10 +18,6 @@ _LAZY = {
     "load_pairs": "noisyfr.data.pairs",
     "VerificationSet": "noisyfr.data.pairs",
     "SyntheticIndex": "noisyfr.data.synthetic",
-    "read_manifest": "noisyfr.data.manifest",
-    "write_manifest": "noisyfr.data.manifest",
-    "fingerprint": "noisyfr.data.manifest",
-    "NoisyDataset": "noisyfr.data.dataset",
 }
 
 __all__ = ["FaceIndex", "decode_image", *_LAZY]

@@ -347,20 +347,18 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise _err("optim.lr_steps", f"must be increasing, got {optim['lr_steps']}")
     if optim["min_lr"] >= optim["lr"] and optim["min_lr"] > 0:
         raise _err("optim.min_lr", f"must be < optim.lr ({optim['lr']:g})")
+    _check_noise(cfg)
+
+
+def _check_noise(cfg: dict[str, Any]) -> None:
+    """``data.noise`` as a validated :class:`noisyfr.noise.NoiseSpec` mapping, its seed defaulting
+    to the run's ``seed`` (errors name ``data.noise.<key>``)."""
+    from noisyfr.noise import NoiseSpec
+
     noise = cfg["data"]["noise"]
-    if noise:
-        generated = str(Path(cfg["output_dir"]) / "manifest.parquet")
-        if cfg["data"]["manifest"] and cfg["data"]["manifest"] != generated:
-            raise _err("data.noise", "give either data.manifest or data.noise, not both")
-        import inspect
-
-        from data_tools.inject import inject_index
-
-        allowed = [k for k in inspect.signature(inject_index).parameters
-                   if k not in ("index", "out", "command")]
-        for key in noise:
-            if key not in allowed:
-                raise _unknown(f"data.noise.{key}", allowed)
+    if noise is not None:
+        spec = NoiseSpec.from_mapping(noise, name=lambda k: f"config key 'data.noise.{k}'")
+        cfg["data"]["noise"] = spec.with_seed(cfg["seed"]).to_dict()
 
 
 def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any],

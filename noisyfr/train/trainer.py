@@ -121,28 +121,31 @@ def _write_csv(history: list[dict[str, Any]], output_dir: Path) -> None:
 
 
 def _open_dataset(cfg: dict[str, Any], transform, rank: int, world: int):
-    """The training dataset: NoisyDataset over ``data.train`` with ``data.manifest``.
+    """The training dataset: :class:`~noisyfr.noise.NoisyDataset` over ``data.train`` with
+    ``data.manifest``.
 
-    With ``data.noise`` (keyword arguments of ``data_tools.inject.inject_index``) the manifest is
-    first written to ``output_dir/manifest.parquet`` (kept as is when resuming) and
-    ``data.manifest`` is set to it.
+    With ``data.noise`` and no ``data.manifest``, the manifest is first written to
+    ``output_dir/manifest.parquet`` (kept as is when resuming) and ``data.manifest`` is set to it;
+    with both, the manifest's sidecar must record that noise spec (a sweep's shared manifests).
     """
-    from noisyfr.data import NoisyDataset, open_index
+    from noisyfr.data import open_index
+    from noisyfr.noise import NoiseSpec, NoisyDataset, inject_to, read_meta
+    from noisyfr.noise.spec import spec_matches_meta
 
     data = cfg["data"]
     index = open_index(data["train"])
-    if data["noise"]:
-        path = Path(cfg["output_dir"]) / "manifest.parquet"
-        if rank == 0 and not (cfg["resume"] and path.is_file()):
-            from data_tools.inject import inject_index
-
-            try:
-                inject_index(index, path, **data["noise"])
-            except (NoisyFRError, ValueError) as exc:
-                raise NoisyFRError(f"config key 'data.noise': {exc}") from None
-        if world > 1:
-            dist.barrier()
-        data["manifest"] = str(path)
+    if data["noise"] is not None:
+        spec = NoiseSpec.from_mapping(data["noise"])
+        if data["manifest"] is None:
+            path = Path(cfg["output_dir"]) / "manifest.parquet"
+            if rank == 0 and not (cfg["resume"] and path.is_file()):
+                inject_to(index, spec, path, frame=False)
+            if world > 1:
+                dist.barrier()
+            data["manifest"] = str(path)
+        elif not spec_matches_meta(spec, read_meta(data["manifest"])):
+            raise NoisyFRError(f"data.manifest {data['manifest']}: was not made with data.noise "
+                               f"{spec.to_dict()} (its sidecar records another noise spec)")
     return NoisyDataset(index, manifest=data["manifest"], transform=transform)
 
 

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``noisyfr sweep``."""
-    from noisyfr.tune.sweep import load_stored_sweep, load_sweep, plan_manifests, run_sweep
+    from noisyfr.tune.run import run_sweep
+    from noisyfr.tune.spec import load_stored_sweep, load_sweep, plan_manifests
 
     items = list(args.args)
     config = items.pop(0) if items and ("=" not in items[0] or Path(items[0]).exists()) else None

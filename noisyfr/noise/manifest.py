@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
+from noisyfr.noise.spec import NOISE_TYPES
 
-NOISE_TYPES = ("clean", "closed", "open", "split", "merge")
 REQUIRED_COLUMNS = ("index", "path", "identity", "orig_label", "label", "noise")
 INT_COLUMNS = ("index", "orig_label", "label", "source_index")
 STR_COLUMNS = ("path", "identity", "noise", "source")

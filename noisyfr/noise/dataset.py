@@ -16,7 +16,7 @@ class NoisyDataset(Dataset):
 
     - ``index``: a :class:`~noisyfr.data.index.FaceIndex` (the source the manifest was made from);
     - ``manifest``: a manifest path, a ``(DataFrame, meta)`` pair as returned by
-      :func:`~noisyfr.data.manifest.read_manifest`, or ``None`` (all samples clean, labels from the index);
+      :func:`~noisyfr.noise.manifest.read_manifest`, or ``None`` (all samples clean, labels from the index);
     - ``transform``: applied to the uint8 [3, H, W] image (e.g. ``face_transform(112)``); None keeps it;
     - ``outliers``: optional, an already opened outlier FaceIndex (checked against the sidecar's
       fingerprint); by default the outlier folder recorded in the sidecar is opened on first use.
@@ -45,7 +45,7 @@ class NoisyDataset(Dataset):
             self._source_index = np.arange(len(self.labels), dtype=np.int64)
             self.manifest_name = None
             return
-        from noisyfr.data.manifest import fingerprint, read_manifest, validate_manifest
+        from noisyfr.noise.manifest import fingerprint, read_manifest, validate_manifest
 
         if isinstance(manifest, (str, os.PathLike)):
             self.manifest_name = str(manifest)
@@ -107,7 +107,7 @@ class NoisyDataset(Dataset):
         self._outliers_given = True
 
     def _check_outliers(self, outliers) -> None:
-        from noisyfr.data.manifest import fingerprint
+        from noisyfr.noise.manifest import fingerprint
 
         fp = getattr(self, "_outlier_fingerprint", None)
         if fp and (fp["samples"] != len(outliers) or fp["sha256"] != fingerprint(outliers)):

@@ -1,8 +1,8 @@
 """Pure label-noise functions: ``(labels, rng, options) -> noisy labels / chosen samples``.
 
 Everything here is vectorised numpy (no per-sample Python loops), so a 5.8M-sample / 85k-identity
-label set takes well under a second per step. Nothing here reads or writes files; the
-``noisyfr inject`` command (:mod:`data_tools.inject`) wires these functions together.
+label set takes well under a second per step. Nothing here reads or writes files;
+:func:`noisyfr.noise.inject` wires these functions together.
 
 Conventions
 -----------
@@ -16,23 +16,10 @@ Conventions
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 # Added before flooring so that e.g. 0.29 * 100 = 28.999999999999996 floors to 29.
 _EPS = 1e-9
-
-
-def check_rate(name: str, rate: float) -> float:
-    """Return ``rate`` as a float; ValueError naming ``name`` unless 0 <= rate <= 1."""
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: rate must be a number in [0, 1], got {rate!r}") from None
-    if not math.isfinite(value) or value < 0.0 or value > 1.0:
-        raise ValueError(f"{name}: rate must be in [0, 1], got {rate!r}")
-    return value
 
 
 def exact_count(rate: float, n: int) -> int:

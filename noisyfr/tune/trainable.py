@@ -1,0 +1,206 @@
+"""The Ray side of a sweep: one trial = one training run, in a Tune function trainable or as a
+Ray Train ``TorchTrainer`` of DDP workers. Runs inside Ray worker processes."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from noisyfr.dotted import get_dotted
+from noisyfr.errors import NoisyFRError
+from noisyfr.tune.spec import import_callable, validator_for
+
+
+def _scalar(v: Any) -> Any:
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return None
+
+
+def clean_metrics(metrics: Mapping) -> dict:
+    """Scalar metrics for Tune (non-scalars dropped; ``checkpoint`` kept as ``checkpoint_path``)."""
+    out = {}
+    for k, v in metrics.items():
+        if k == "checkpoint":
+            out["checkpoint_path"] = str(v) if v is not None else None
+            continue
+        s = _scalar(v)
+        if s is not None or v is None:
+            out[str(k)] = s
+    return out
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The last non-empty line of an error (Ray wraps remote errors with a traceback: the last
+    line is the original ``Type: message``), at most 500 characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return lines[-1][:500]
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _node_info(name: str) -> dict:
+    import socket
+
+    info = {"trial": name, "hostname": socket.gethostname()}
+    try:
+        import ray
+        info["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # pragma: no cover - outside Ray
+        info["node_id"] = None
+    return info
+
+
+def _restore_checkpoint(cfg: dict, ckpt: Any) -> int | None:
+    """Put the Tune checkpoint's ``last.pt`` at ``output_dir/checkpoints/last.pt`` and set ``resume``;
+    return the checkpoint's epoch (None without a checkpoint)."""
+    if ckpt is None:
+        return None
+    last = Path(cfg["output_dir"]) / "checkpoints" / "last.pt"
+    epoch = None
+    with ckpt.as_directory() as d:
+        src = Path(d) / "last.pt"
+        if src.is_file():
+            from noisyfr.io import atomic_path
+            with atomic_path(last) as tmp:
+                shutil.copyfile(src, tmp)
+            cfg["resume"] = True
+        try:
+            epoch = int(json.loads((Path(d) / "trial.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            epoch = None
+    return epoch
+
+
+def _set_threads(cpu: float) -> None:
+    import torch
+
+    n = max(1, int(cpu))
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+
+
+def _reporter(info: dict, report_fn: Callable, checkpoint_cls, with_checkpoint: bool = True) -> Callable:
+    """The ``report(metrics)`` callback handed to the trainer: Tune/Train ``report_fn`` with the
+    scalar metrics plus ``info``, and a checkpoint holding the epoch's ``last.pt`` when
+    ``with_checkpoint`` (rank 0) and the file exists."""
+
+    def report(metrics: Mapping) -> None:
+        row = {**clean_metrics(metrics), **info}
+        path = metrics.get("checkpoint")
+        if with_checkpoint and path and os.path.isfile(path):
+            with tempfile.TemporaryDirectory(prefix="noisyfr-ckpt-") as d:
+                _link_or_copy(path, Path(d) / "last.pt")
+                (Path(d) / "trial.json").write_text(json.dumps({"epoch": _scalar(metrics.get("epoch"))}))
+                report_fn(row, checkpoint=checkpoint_cls.from_directory(d))
+        else:
+            report_fn(row)
+
+    return report
+
+
+def _load(t: dict, cfg: dict) -> tuple[Callable, dict]:
+    """The trainer callable and the trial config validated by its module's ``load_config``."""
+    train = import_callable(t["trainer"])
+    load_config = validator_for(t["trainer"])
+    return train, (load_config(cfg) if load_config is not None else cfg)
+
+
+def trial_fn(tune_config: dict) -> None:
+    """Tune function trainable: one trial = one training run (or one TorchTrainer run)."""
+    from ray import tune
+
+    t = tune_config["trial"]
+    cfg = copy.deepcopy(t["config"])
+    Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
+    done_epoch = _restore_checkpoint(cfg, tune.get_checkpoint())
+    if t["workers"] > 1:
+        _run_distributed(t, cfg)
+        return
+    _set_threads(t["resources"]["cpu"])
+    info = _node_info(t["name"])
+    try:
+        train, cfg = _load(t, cfg)
+        epochs = get_dotted(cfg, "optim.epochs")
+        if done_epoch is not None and isinstance(epochs, int) and done_epoch >= epochs:
+            # Finished before the driver died, but Tune had not recorded it yet: nothing to re-run.
+            return
+        train(cfg, report=_reporter(info, tune.report, tune.Checkpoint))
+    except NoisyFRError as exc:
+        # Deterministic failures (divergence: non-finite loss, bad data) are not retried: the trial
+        # ends with status "failed" and its reason in the results; other trials go on.
+        tune.report({**info, "failed": True, "error": one_line(exc)})
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """Ray Train worker: runs ``train`` under torch.distributed (set up by TorchTrainer)."""
+    import ray.train
+
+    t, cfg = loop_config["trial"], copy.deepcopy(loop_config["config"])
+    _set_threads(t["resources"]["cpu"])
+    rank = ray.train.get_context().get_world_rank()
+    if t["resources"]["gpu"] > 0:
+        # Ray Train shows each node's workers all of that node's trial GPUs: use this worker's own.
+        import torch
+        from ray.train.torch import get_device
+
+        device = get_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            cfg["device"] = f"cuda:{device.index or 0}"
+    train, cfg = _load(t, cfg)
+    info = {**_node_info(t["name"]), "world_size": ray.train.get_context().get_world_size()}
+    train(cfg, report=_reporter(info, ray.train.report, ray.train.Checkpoint, with_checkpoint=rank == 0))
+
+
+def _run_distributed(t: dict, cfg: dict) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    last = Path(cfg["output_dir"]) / "checkpoints" / "last.pt"
+    if last.is_file():
+        cfg["resume"] = True
+    res = t["resources"]
+    use_gpu = res["gpu"] > 0
+    per_worker = {"CPU": res["cpu"]}
+    if use_gpu:
+        per_worker["GPU"] = res["gpu"]
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"trial": t, "config": cfg},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=t["workers"], use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(name=t["name"], storage_path=str(Path(t["sweep_dir"]) / "train"),
+                                       callbacks=[TuneReportCallback()]),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
+        text = f"{exc!r} {exc.__cause__!r}"
+        if "NoisyFRError" not in text:
+            raise
+        from ray import tune
+        # deterministic failure inside the workers (e.g. non-finite loss): do not retry
+        tune.report({**_node_info(t["name"]), "failed": True, "error": one_line(exc.__cause__ or exc)})
+
+
+def trial_name(trial: Any) -> str:
+    """The name of a Tune trial (its config's trial name)."""
+    return trial.config["trial"]["name"]
