@@ -1,4 +1,4 @@
-"""Rendering speed of the synthetic face-like identities (noisyfr.data.synthetic).
+"""Rendering speed of the synthetic face-like identities (noisyfr.data.render, noisyfr.data.synthetic).
 
     .venv/bin/python benchmarks/bench_synthetic.py [--n 400] [--repeats 3]
 
@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from noisyfr.data.synthetic import SyntheticIndex, render_image_array
+from noisyfr.data.render import render_image_array
+from noisyfr.data.synthetic import SyntheticIndex
 
 TARGETS = {64: 1000.0, 112: 400.0}
 

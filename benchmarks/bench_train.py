@@ -1,6 +1,6 @@
 """Training throughput with and without per-sample angle tracking (target: <= 3 % overhead).
 
-Runs the trainer's own step (:class:`noisyfr.train.trainer.Stepper`: forward, backward, SGD step)
+Runs the trainer's own step (:class:`noisyfr.train.step.Stepper`: forward, backward, SGD step)
 on pre-generated random batches, as interleaved pairs of steps with tracking off and on (order
 alternating) in one process, and prints img/s for both and the median of the per-pair ratios.
 It also times the tracking work alone (angles, weights, accumulation and the device->host copy)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from noisyfr.models import create_backbone
     from noisyfr.train.angles import (AngleTracker, batch_angles, rows_frame, target_grad,
                                       write_angles)
-    from noisyfr.train.trainer import Stepper
+    from noisyfr.train.step import Stepper
 
     args = _parse(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pack ``args.input`` into ``args.out_prefix``; prints a one-line summary."""
     from noisyfr.data.open import open_index
-    from noisyfr.data.recordio import pack_index
+    from noisyfr.data.recordio_pack import pack_index
 
     index = open_index(args.input, skip_corrupt=args.skip_corrupt)
     summary = pack_index(index, args.out_prefix, verify=not args.no_verify,

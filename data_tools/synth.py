@@ -69,7 +69,8 @@ def write_synthetic(out: str | os.PathLike, ids: int = 100, per_id: int = 20, si
     ``progress``: show a tqdm bar (None: only on a terminal).
     """
     from noisyfr import __version__
-    from noisyfr.data.synthetic import RENDERER_VERSION, SyntheticIndex, check_params, encode_png
+    from noisyfr.data.render import RENDERER_VERSION
+    from noisyfr.data.synthetic import SyntheticIndex, check_params, encode_png
 
     out = Path(out)
     check_params(ids, per_id, size, seed, where=None,
@@ -117,7 +118,7 @@ def lfw_name(vset, i: int) -> tuple[str, int]:
 def write_synthetic_pairs(out: str | os.PathLike, ids: int = 100, per_id: int = 10,
                           first_id: int = 100_000, pairs: int = 600, size: int = 112,
                           seed: int = 0, progress: bool | None = None) -> Path:
-    """Write :class:`~noisyfr.data.synthetic.SyntheticPairs` ``(ids, per_id, first_id, pairs,
+    """Write :class:`~noisyfr.data.synthetic_pairs.SyntheticPairs` ``(ids, per_id, first_id, pairs,
     size, seed)`` as an LFW-style folder (``pairs.txt``, ``images/``, ``synth.json``) atomically;
     return its path. ``load_pairs(out)`` reads it back with the same pairs and labels. Invalid
     values raise NoisyFRError naming the option (``--pairs``...).
@@ -127,7 +128,9 @@ def write_synthetic_pairs(out: str | os.PathLike, ids: int = 100, per_id: int = 
     from PIL import Image
 
     from noisyfr import __version__
-    from noisyfr.data.synthetic import (RENDERER_VERSION, SyntheticPairs, check_pairs_params)
+    from noisyfr.data.render import RENDERER_VERSION
+    from noisyfr.data.synthetic import check_pairs_params
+    from noisyfr.data.synthetic_pairs import SyntheticPairs
 
     out = Path(out)
     names = {"ids": "--ids", "per_id": "--per-id", "first_id": "--first-id", "pairs": "--pairs",

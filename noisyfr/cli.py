@@ -15,7 +15,7 @@ from noisyfr.errors import NoisyFRError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "curves": ("noisyfr.losses.curves", "draw similarity and gradient curves of margin losses"),
+    "curves": ("noisyfr.analysis.curves_cli", "draw similarity and gradient curves of margin losses"),
     "synth": ("data_tools.synth", "write synthetic face-like identities as an ImageFolder"),
     "pack": ("data_tools.pack", "pack an ImageFolder into insightface train.rec/.idx/property"),
     "inject": ("data_tools.inject", "inject controlled label noise and write a manifest"),

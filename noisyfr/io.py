@@ -103,3 +103,28 @@ def read_json(path: str | os.PathLike, what: str = "file"):
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise NoisyFRError(f"{what} {p}: not valid JSON ({str(exc).splitlines()[0]})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: tuple[str, ...] = ()) -> dict:
+    """Load a torch checkpoint with ``torch.load(weights_only=True)`` (no arbitrary objects are
+    unpickled); NoisyFRError naming the file when it is missing, unreadable, not a dict, or lacks
+    one of the ``required`` keys. The one guarded loader of training resume, evaluation and export."""
+    import torch
+
+    from noisyfr.errors import NoisyFRError
+
+    path = Path(path)
+    if not path.is_file():
+        raise NoisyFRError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, non-weights pickle, ...
+        msg = " ".join(str(exc).split())[:200]
+        raise NoisyFRError(f"checkpoint {path}: not a readable checkpoint "
+                           f"({type(exc).__name__}: {msg})") from None
+    if not isinstance(state, dict):
+        raise NoisyFRError(f"checkpoint {path}: not a noisyfr checkpoint (got {type(state).__name__})")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise NoisyFRError(f"checkpoint {path}: not a noisyfr checkpoint (missing {', '.join(missing)})")
+    return state

@@ -135,3 +135,29 @@ def test_cli_print_config_and_exit_status(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "noisyfr train: error: config key 'optim.lrr': unknown key" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_plugins_are_imported_before_the_loss_is_checked(tmp_path):
+    from noisyfr.losses import LOSSES
+
+    plugin = tmp_path / "extra_losses.py"
+    plugin.write_text("import torch\nfrom noisyfr.losses import MarginLoss, register_loss\n\n\n"
+                      "@register_loss('plugin_cfg_loss')\nclass L(MarginLoss):\n"
+                      "    def target_logit(self, theta, norms=None):\n        return torch.cos(theta)\n")
+    base = {"data": {"train": "synthetic:ids=4,per_id=4,size=32"}, "loss": {"name": "plugin_cfg_loss"}}
+    with pytest.raises(NoisyFRError, match="unknown loss 'plugin_cfg_loss'"):
+        load_config(base)
+    try:
+        cfg = load_config({**base, "plugins": [str(plugin)]})
+        assert cfg["loss"]["name"] == "plugin_cfg_loss" and "plugin_cfg_loss" in LOSSES
+        load_config({**base, "plugins": [str(plugin)]})  # a second import is a no-op
+    finally:
+        LOSSES.pop("plugin_cfg_loss", None)
+    with pytest.raises(NoisyFRError, match=r"config key 'plugins\[0\]': plugin file .*nope.py does not exist"):
+        load_config({**base, "plugins": [str(tmp_path / "nope.py")]})
+    with pytest.raises(NoisyFRError, match=r"config key 'plugins\[0\]': cannot import 'no_such_mod_xyz'"):
+        load_config({**base, "plugins": ["no_such_mod_xyz"]})
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(NoisyFRError, match=r"plugins\[0\].*failed to import \(RuntimeError: boom\)"):
+        load_config({**base, "plugins": [str(broken)]})

@@ -114,12 +114,12 @@ def test_cli_bad_loss_exits_2_without_outputs(tmp_path, capsys):
 
 
 def test_cli_no_csv_when_png_fails(tmp_path, monkeypatch):
-    import noisyfr.losses.curves as curves_mod
+    import noisyfr.analysis.curves_cli as curves_cli
 
     def boom(df, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(curves_mod, "plot_curves", boom)
+    monkeypatch.setattr(curves_cli, "plot_curves", boom)
     with pytest.raises(OSError):
         main(["curves", "--losses", "cosface", "--out", str(tmp_path / "c.png"), "--points", "5"])
     assert list(tmp_path.iterdir()) == []
@@ -129,3 +129,18 @@ def test_cli_rejects_non_png_out(tmp_path, capsys):
     assert main(["curves", "--out", str(tmp_path / "curves.jpg")]) == 2
     assert "curves.jpg" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_figure_drawn_onto_a_given_figure():
+    from matplotlib.figure import Figure
+
+    from noisyfr.analysis.plots import loss_curves_figure
+
+    table = curves(["arcface", "cosface"], points=7, num_classes=10)
+    fig = Figure()
+    assert loss_curves_figure(table, fig) is fig
+    assert [ax.get_title() for ax in fig.axes][2:] == ["|dL/dcos θ_y|, exact gradient",
+                                                      "|dL/dcos θ_y|, detached margin"]
+    assert len(fig.axes) == 4 and "10 classes" in fig.get_suptitle()
+    new = loss_curves_figure(table)
+    assert isinstance(new, Figure) and new is not fig and len(new.axes) == 4

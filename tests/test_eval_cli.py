@@ -80,7 +80,7 @@ def test_eval_cli_bad_inputs(small_lfw, tmp_path, capsys):
         assert match in err
         assert not out.exists() and not list(tmp_path.glob(".r.json*"))
 
-    fails(tmp_path / "missing.pt", match="checkpoint file not found")
+    fails(tmp_path / "missing.pt", match="missing.pt: no such file")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     fails(junk, match="not a readable checkpoint")

@@ -22,7 +22,8 @@ from PIL import Image
 from noisyfr.cli import main as cli_main
 from noisyfr.data import open_index
 from noisyfr.data.folder import ImageFolderIndex
-from noisyfr.data.recordio import RecordIOIndex, encode_record, pack_index
+from noisyfr.data.recordio import RecordIOIndex
+from noisyfr.data.recordio_pack import encode_record, pack_index
 from noisyfr.errors import NoisyFRError
 from conftest import true_in_forked_child
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.losses import LOSSES, MarginHead, build_loss
+from noisyfr.losses import LOSSES, MarginHead, MarginLoss, build_loss, register_loss
 
 MARGIN_LOSSES = ["sphereface", "cosface", "arcface", "combined", "expface", "curricularface",
                  "adaface", "magface", "subcenter_arcface", "boundaryface"]
@@ -53,6 +53,47 @@ def test_invalid_parameter_names_it(name, kwargs, word):
         build_loss(name, **kwargs)
     assert isinstance(exc.value, NoisyFRError)
     assert name in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.fixture
+def linear_margin():
+    """A user loss registered for one test, T(theta) = cos(theta) - m theta / pi, removed after."""
+
+    @register_loss("test_linear_margin")
+    class LinearMargin(MarginLoss):
+        def __init__(self, s: float = 16.0, m: float = 0.2, grad_mode: str = "exact"):
+            super().__init__(s, grad_mode)
+            self.m = m
+
+        def target_logit(self, theta, norms=None):
+            return torch.cos(theta) - self.m * theta / math.pi
+
+    yield LinearMargin
+    LOSSES.pop("test_linear_margin", None)
+
+
+def test_registered_user_loss_builds_and_trains_in_the_head(linear_margin):
+    loss = build_loss("test_linear_margin", m=0.3, s=8.0)
+    assert type(loss) is linear_margin and loss.name == "test_linear_margin"
+    assert loss.hparams() == {"s": 8.0, "m": 0.3, "grad_mode": "exact"}
+    torch.manual_seed(0)
+    head = MarginHead(8, 5, "test_linear_margin")
+    x = torch.randn(6, 8, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    value, logits, cos = head(x, labels)
+    cos.retain_grad()
+    value.backward()
+    cos_y = cos.detach().gather(1, labels.unsqueeze(1)).squeeze(1)
+    theta = torch.acos(cos_y.clamp(-1 + 1e-6, 1 - 1e-6))
+    expected = 16.0 * (torch.cos(theta) - 0.2 * theta / math.pi)
+    torch.testing.assert_close(logits.detach().gather(1, labels.unsqueeze(1)).squeeze(1), expected)
+    # dL/dcos_y = (p_y - 1) * s * dT/dcos / B, dT/dcos = 1 + m / (pi sin theta)
+    p_y = torch.softmax(logits.detach(), dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    slope = 1 + 0.2 / (math.pi * torch.sin(theta))
+    torch.testing.assert_close(cos.grad.gather(1, labels.unsqueeze(1)).squeeze(1),
+                               (p_y - 1) * 16.0 * slope / 6, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
 
 
 def test_unknown_loss_name():

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.models import BACKBONES, create_backbone
+from noisyfr.models import (BACKBONE_SPECS, BACKBONES, check_backbone_args, create_backbone,
+                            register_backbone)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -129,3 +130,71 @@ def test_error_messages():
         create_backbone("small_cnn", 0, image_size=32)
     with pytest.raises(NoisyFRError, match="dropout"):
         create_backbone("small_cnn", 8, image_size=32, dropout=1.0)
+
+
+# ---------------------------------------------------------------- user backbones
+@pytest.fixture
+def restore_backbones():
+    """Put the backbone registry back as it was after a test that registers its own."""
+    saved = dict(BACKBONE_SPECS)
+    yield
+    BACKBONE_SPECS.clear()
+    BACKBONE_SPECS.update(saved)
+
+
+class _Flat(nn.Module):
+    """A user backbone: one linear layer over the flattened image."""
+
+    def __init__(self, embedding_dim: int, image_size: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
+                                nn.Linear(3 * image_size * image_size, embedding_dim))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_registered_backbone_builds_by_name(restore_backbones):
+    assert register_backbone("test_flat", _Flat, image_sizes=(8, 16)) is _Flat
+    assert "test_flat" in BACKBONES
+    check_backbone_args("test_flat", 4, image_size=16, dropout=0.1)
+    m = create_backbone("test_flat", 4, image_size=8, dropout=0.1)
+    assert isinstance(m, _Flat) and m(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(NoisyFRError, match=r"^image_size: test_flat needs 8x8 or 16x16 input, got 32$"):
+        create_backbone("test_flat", 4, image_size=32)
+    with pytest.raises(NoisyFRError, match=r"^width: only small_cnn has a width multiplier; test_flat"):
+        check_backbone_args("test_flat", 4, image_size=8, width=0.5)
+    with pytest.raises(NoisyFRError, match="test_flat") as exc:
+        create_backbone("test_flt", 4, image_size=8)
+    assert str(exc.value).startswith("backbone: unknown name 'test_flt'")
+
+
+def test_registered_backbone_by_decorator_with_a_size_rule(restore_backbones):
+    built = []
+
+    @register_backbone("test_scaled", multiple_of=8, min_image_size=24, width=True)
+    def scaled(embedding_dim, image_size, dropout, width):
+        built.append((embedding_dim, image_size, dropout, width))
+        return nn.Linear(3, embedding_dim)
+
+    check_backbone_args("test_scaled", 8, image_size=40, width=2.0)  # validates, builds nothing
+    assert built == []
+    create_backbone("test_scaled", 8, image_size=24, width=0.5)
+    assert built == [(8, 24, 0.0, 0.5)]
+    for bad in (16, 36):
+        with pytest.raises(NoisyFRError, match=r"^image_size: test_scaled needs a multiple of 8 "
+                                               r"that is >= 24, got"):
+            check_backbone_args("test_scaled", 8, image_size=bad)
+    with pytest.raises(NoisyFRError, match="only small_cnn, test_scaled have a width multiplier"):
+        check_backbone_args("iresnet18", 8, width=0.5)
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    ({"image_sizes": (112,), "multiple_of": 16}, "not both"), ({"min_image_size": 32}, "multiple_of"),
+    ({"image_sizes": ()}, "image_sizes"), ({"image_sizes": 64}, "image_sizes"),
+    ({"image_sizes": (0,)}, "image_sizes"), ({"multiple_of": 1.5}, "multiple_of"),
+])
+def test_register_backbone_rejects_bad_rules(restore_backbones, kwargs, word):
+    with pytest.raises(NoisyFRError, match=word):
+        register_backbone("test_bad", _Flat, **kwargs)
+    assert "test_bad" not in BACKBONES

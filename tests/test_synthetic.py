@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from noisyfr.data.index import FaceIndex, decode_image
-from noisyfr.data.synthetic import (DEFAULTS, SyntheticIndex, encode_png, parse_spec,
-                                    render_identity_params, render_image)
+from noisyfr.data.render import render_identity_params, render_image
+from noisyfr.data.synthetic import DEFAULTS, SyntheticIndex, encode_png, parse_spec
 from noisyfr.errors import NoisyFRError
 
 

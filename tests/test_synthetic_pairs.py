@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from noisyfr.data import SyntheticIndex, decode_image, load_pairs
-from noisyfr.data.pairs import VerificationSet
-from noisyfr.data.synthetic import (PAIRS_DEFAULTS, SyntheticPairs, parse_pairs_spec,
-                                    render_identity_params, render_image, sample_pairs)
+from noisyfr.data.render import render_identity_params, render_image
+from noisyfr.data.synthetic import PAIRS_DEFAULTS, parse_pairs_spec
+from noisyfr.data.synthetic_pairs import SyntheticPairs, sample_pairs
+from noisyfr.data.verification import VerificationSet
 from noisyfr.errors import NoisyFRError
 
 SMALL = "synthetic-pairs:ids=12,per_id=4,first_id=40,pairs=40,size=16,seed=3"

@@ -13,8 +13,10 @@ import yaml
 from noisyfr.errors import NoisyFRError
 from noisyfr.train import load_config, train
 from noisyfr.train.angles import COLUMNS, batch_rows
-from noisyfr.train.checkpoint import load_checkpoint
-from noisyfr.train.trainer import _check_labels, lr_factor, make_batches
+from noisyfr.io import load_checkpoint
+from noisyfr.train.checkpoint import REQUIRED_KEYS
+from noisyfr.train.data import check_labels as _check_labels
+from noisyfr.train.schedule import lr_factor, make_batches
 
 TINY = "synthetic:ids=4,per_id=8,size=32,seed=0"   # 32 samples
 
@@ -262,16 +264,16 @@ def test_checkpoint_loading_refuses_bad_files(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a torch file")
-    with pytest.raises(NoisyFRError, match=f"checkpoint {corrupt}: cannot be loaded"):
+    with pytest.raises(NoisyFRError, match=f"checkpoint {corrupt}: not a readable checkpoint"):
         load_checkpoint(corrupt)
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"config": {}, "obj": _Crash()}, unsafe)          # arbitrary object: refused
-    with pytest.raises(NoisyFRError, match="cannot be loaded"):
+    with pytest.raises(NoisyFRError, match="not a readable checkpoint"):
         load_checkpoint(unsafe)
     partial = tmp_path / "partial.pt"
     torch.save({"config": {}, "model": {}}, partial)
     with pytest.raises(NoisyFRError, match="missing head"):
-        load_checkpoint(partial)
+        load_checkpoint(partial, required=REQUIRED_KEYS)
     state = {"config": {}, "model": {"w": torch.ones(2)}, "head": {}, "optimizer": {},
              "scheduler": {}, "rng": {"torch": torch.get_rng_state()}, "step": 0}
     for epoch in (1, 2, 3):

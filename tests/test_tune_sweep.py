@@ -214,3 +214,42 @@ def test_distributed_trial_with_two_gloo_workers(ray_local, tmp_path):
     assert row["world_size"] == 2  # reported from inside the 2-process TorchTrainer group
     assert (Path(row["output_dir"]) / "metrics.csv").is_file()
 
+
+
+PLUGIN = '''
+"""A user's loss, outside the package: registered when the config's plugins: imports this file."""
+import torch
+
+from noisyfr.losses import MarginLoss, register_loss
+
+
+@register_loss("plugin_halfcos")
+class HalfCos(MarginLoss):
+    """T(theta) = cos(theta) - 0.25 * (1 - cos(theta))."""
+
+    def target_logit(self, theta, norms=None):
+        return torch.cos(theta) - 0.25 * (1 - torch.cos(theta))
+'''
+
+
+def test_custom_loss_from_a_plugin_trains_in_a_two_trial_sweep(ray_local, tmp_path):
+    """plugins: [file] is imported before the trial configs are checked (driver) and again when
+    each trial's config is loaded (Ray workers, another working directory)."""
+    from noisyfr.losses import LOSSES
+    from noisyfr.tune import load_sweep, run_sweep
+
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "my_losses.py").write_text(PLUGIN)
+    cfg = real_cfg(plugins=["plugin/my_losses.py"], grid={"seed": [0, 1]}, noise=None)
+    cfg["loss"] = {"name": "plugin_halfcos", "s": 16}
+    cfg["optim"]["epochs"] = 1
+    try:
+        spec = load_sweep(cfg, sweep_dir=tmp_path / "sw", base_dir=tmp_path)
+        assert spec.trials[0].config["plugins"] == [str(tmp_path / "plugin" / "my_losses.py")]
+        df = run_sweep(spec, echo=None)
+    finally:
+        LOSSES.pop("plugin_halfcos", None)
+    assert df["status"].tolist() == ["completed", "completed"], df["error"].tolist()
+    assert set(df["loss.name"]) == {"plugin_halfcos"} and np.isfinite(df["final_loss"]).all()
+    for out in df["output_dir"]:
+        assert (Path(out) / "angles" / "epoch_1.parquet").is_file()

@@ -17,11 +17,11 @@ from noisyfr.analysis import stats, write_report
 from noisyfr.analysis.load import load_runs, long_angles
 from noisyfr.cli import main
 from noisyfr.errors import NoisyFRError
-from noisyfr.losses import MarginHead, MarginLoss, build_loss, loss_label, loss_settings
-from noisyfr.losses.base import LOSSES, register
+from noisyfr.losses import (LOSSES, MarginHead, MarginLoss, build_loss, loss_label, loss_settings,
+                            register_loss)
 from noisyfr.train import load_config, train
 from noisyfr.train.angles import batch_rows, health_metrics, learned
-from noisyfr.train.trainer import Stepper
+from noisyfr.train.step import Stepper
 
 
 # ----------------------------------------------------------------------------- health
@@ -233,7 +233,7 @@ CUT, EPOCHS = 75.0, 10
 @pytest.fixture(scope="module")
 def control_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("control")
-    register("test_cutoff")(_Cutoff)
+    register_loss("test_cutoff")(_Cutoff)
     for name in ("a", "b"):  # two runs, identical loss and seeds
         cfg = {"data": {"train": "synthetic:ids=10,per_id=48,size=32,seed=0", "image_size": 32,
                         "noise": {"closed": 0.2, "seed": 0}},

@@ -2,21 +2,19 @@
 
 ``write_report(run_or_sweep_dir, out_dir)`` writes ``report.md``/``report.html`` with PNG figures
 and CSV tables; the building blocks live in :mod:`~noisyfr.analysis.load` (run/sweep directories),
-:mod:`~noisyfr.analysis.stats` (distributions, weight shares, regions, AUC, bimodal noise-rate
-estimate, accuracy), :mod:`~noisyfr.analysis.plots` (seaborn figures) and
-:mod:`~noisyfr.analysis.synthetic` (run directories with a known structure, for tests and demos).
+:mod:`~noisyfr.analysis.stats` (health, distributions, weight shares, regions, AUC, bimodal
+noise-rate estimate, accuracy), :mod:`~noisyfr.analysis.plots` (seaborn figures),
+:mod:`~noisyfr.analysis.report` and :mod:`~noisyfr.analysis.synthetic` (run directories with a
+known structure, for tests and demos). Submodules and names resolve lazily:
+``import noisyfr.analysis; noisyfr.analysis.load.load_runs(...)`` works.
 """
 from __future__ import annotations
 
+from noisyfr.lazy import lazy_getattr
 
-def write_report(run_or_sweep_dir, out_dir, **kwargs):
-    """Analyse a run or sweep directory and write the report into ``out_dir``; return report.md's path.
+_LAZY = {"write_report": "noisyfr.analysis.report"}
+_SUBMODULES = ("load", "stats", "plots", "report", "document", "synthetic")
 
-    See :func:`noisyfr.analysis.report.write_report` for the options.
-    """
-    from noisyfr.analysis.report import write_report as _write
+__all__ = [*_LAZY, *_SUBMODULES]
 
-    return _write(run_or_sweep_dir, out_dir, **kwargs)
-
-
-__all__ = ["write_report"]
+__getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)

@@ -14,19 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
+from noisyfr.io import read_yaml
+from noisyfr.noise.spec import NOISE_TYPES
 from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
+from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics, learned
 
-#: Columns an angle log must have; the others of :data:`noisyfr.train.angles.COLUMNS` were added
-#: later and are filled in for older logs by :func:`load_angles`.
-REQUIRED_ANGLE_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest",
-                          "nearest_label", "theta_orig", "weight")
 MANIFEST_COLUMNS = ("index", "label", "noise")
-NOISE_TYPES = ("clean", "closed", "open", "split", "merge")
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
 
 
@@ -269,10 +266,7 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     if not is_run_dir(run_dir):
         raise NoisyFRError(f"{run_dir}: not a run directory (needs config.yaml and angles/)")
     cfg_path = run_dir / "config.yaml"
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise NoisyFRError(f"{cfg_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    cfg = read_yaml(cfg_path, "run config") or {}
     if not isinstance(cfg, dict):
         raise NoisyFRError(f"{cfg_path}: expected a mapping at the top level")
     angles = load_angles(run_dir)

@@ -239,3 +239,40 @@ def accuracy(points: pd.DataFrame, path: str | Path) -> Path:
     ax.set_title("accuracy vs noise rate (mean +- sd over seeds)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def loss_curves_figure(df: pd.DataFrame,
+                       fig: matplotlib.figure.Figure | None = None) -> matplotlib.figure.Figure:
+    """The four panels of ``noisyfr curves`` (T, dT/dtheta, exact and detached gradient weights vs
+    theta_y) for a table of :func:`noisyfr.losses.curves.curves`, drawn onto ``fig`` (cleared
+    first) or onto a new 13 x 8.5 inch figure, which is returned. Not registered with pyplot."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        if fig is None:
+            fig = matplotlib.figure.Figure(figsize=(13, 8.5))
+        fig.clear()
+        axes = fig.subplots(2, 2, sharex=True)
+        names = list(dict.fromkeys(df["loss"]))
+        palette = sns.color_palette("tab10" if len(names) <= 10 else "tab20", len(names))
+        nc, neg = int(df["num_classes"].iloc[0]), float(df["neg_cos"].iloc[0])
+        panels = [("target_logit", "T(θ): target logit before scaling"),
+                  ("dT_dtheta", "dT/dθ"),
+                  ("weight_exact", "|dL/dcos θ_y|, exact gradient"),
+                  ("weight_detached", "|dL/dcos θ_y|, detached margin")]
+        for ax, (col, title) in zip(axes.flat, panels):
+            sns.lineplot(data=df, x="theta_deg", y=col, hue="loss", style="loss", hue_order=names,
+                         style_order=names, palette=palette, ax=ax, linewidth=1.8)
+            ax.set_title(title)
+            ax.set_xlabel("θ_y (degrees)")
+            ax.set_ylabel("")
+            ax.set_xlim(0, 180)
+            ax.set_xticks(range(0, 181, 30))
+            if col == "target_logit":
+                th = df["theta_deg"].drop_duplicates().sort_values()
+                ax.plot(th, np.cos(np.radians(th)), color="0.4", lw=1, ls=":", label="cos θ")
+                handles, labels = ax.get_legend_handles_labels()
+            ax.get_legend().remove()
+        fig.legend(handles, labels, loc="center right", title="loss", frameon=False)
+        fig.suptitle(f"Margin-loss curves (gradient weights: one sample, {nc} classes, "
+                     f"non-target cos = {neg:g})")
+        fig.tight_layout(rect=(0, 0, 0.86, 1))
+    return fig

@@ -7,9 +7,7 @@ the figures of :mod:`noisyfr.analysis.plots` and writes ``out_dir/report.md``, `
 """
 from __future__ import annotations
 
-import html
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,34 +16,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from noisyfr.analysis import load, plots, stats
+from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
+from noisyfr.names import slug
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, check_learned_threshold
 
 GMM_TOLERANCE = 0.05
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "x"
-
-
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        if math.isnan(v):
-            return "-"
-        if float(v).is_integer() and abs(v) >= 1:
-            return str(int(v))
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
-
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (floats with 3 decimals, NaN as '-')."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "/") for v in row) + " |")
-    return "\n".join(lines)
 
 
 def analytic_curves(losses: dict[str, dict], num_classes: int = 2) -> pd.DataFrame | None:
@@ -88,67 +65,6 @@ def run_curves(runs) -> pd.DataFrame | None:
     if num_classes < 2:
         num_classes = max(int(r.angles["label"].max()) + 1 for r in runs)
     return analytic_curves(params, num_classes=max(num_classes, 2))
-
-
-class _Doc:
-    """Blocks rendered to both Markdown and HTML."""
-
-    def __init__(self):
-        self.blocks: list[tuple] = []
-
-    def h(self, level: int, text: str):
-        self.blocks.append(("h", level, text))
-
-    def p(self, text: str):
-        self.blocks.append(("p", text))
-
-    def table(self, df: pd.DataFrame, csv_name: str | None = None):
-        self.blocks.append(("table", df, csv_name))
-
-    def img(self, rel: str, caption: str):
-        self.blocks.append(("img", rel, caption))
-
-    def markdown(self) -> str:
-        out = []
-        for b in self.blocks:
-            if b[0] == "h":
-                out.append("#" * b[1] + " " + b[2])
-            elif b[0] == "p":
-                out.append(b[1])
-            elif b[0] == "table":
-                out.append(markdown_table(b[1]) if len(b[1]) else "_(empty)_")
-                if b[2]:
-                    out.append(f"CSV: [{b[2]}]({b[2]})")
-            elif b[0] == "img":
-                out.append(f"![{b[2]}]({b[1]})\n\n_{b[2]}_")
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title: str) -> str:
-        out = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">", f"<title>{html.escape(title)}</title>",
-               "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-               "table{border-collapse:collapse;font-size:13px;margin:0.5em 0}"
-               "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-               "img{max-width:100%}figcaption{font-style:italic;font-size:13px}</style>",
-               "</head><body>"]
-        for b in self.blocks:
-            if b[0] == "h":
-                out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-            elif b[0] == "p":
-                text = html.escape(b[1])
-                text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-                text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-                text = re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
-                out.append(f"<p>{text}</p>")
-            elif b[0] == "table":
-                out.append(b[1].to_html(index=False, na_rep="-", float_format=lambda v: _fmt(float(v)),
-                                        border=0) if len(b[1]) else "<p><i>(empty)</i></p>")
-                if b[2]:
-                    out.append(f"<p>CSV: <a href=\"{html.escape(b[2])}\">{html.escape(b[2])}</a></p>")
-            elif b[0] == "img":
-                out.append(f"<figure><img src=\"{html.escape(b[1])}\" alt=\"{html.escape(b[2])}\">"
-                           f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
-        out.append("</body></html>")
-        return "\n".join(out) + "\n"
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -295,7 +211,7 @@ def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
     kept = t["_angles"]
     if len(kept):
         for cond in sorted(kept["condition"].unique()):
-            sl = _slug(cond)
+            sl = slug(cond)
             plots.theta_distributions(kept, cond, fig / f"theta_hist_{sl}.png")
             plots.angle_2d(kept, cond, fig / f"angle2d_{sl}.png", threshold_deg=o.region_deg)
             plots.weight_vs_theta(t["weight_by_theta.csv"], cond, fig / f"weight_vs_theta_{sl}.png",
@@ -309,7 +225,7 @@ def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
                    fig / "accuracy.png")
 
 
-def _doc_header(doc: _Doc, src: Path, runs, results_path, t, o: _Options) -> None:
+def _doc_header(doc: Document, src: Path, runs, results_path, t, o: _Options) -> None:
     rtab, counts = t["runs.csv"], t["learned.csv"]
     n_ok = int(rtab["learned"].sum())
     doc.h(1, "noisyfr angle analysis")
@@ -339,7 +255,7 @@ WEIGHT_MEANING = {
 }
 
 
-def _doc_health(doc: _Doc, t) -> None:
+def _doc_health(doc: Document, t) -> None:
     doc.h(2, "Training health")
     doc.p("Runs that learned per loss and noise condition (`n_learned` of `n_runs`):")
     doc.table(t["learned.csv"], "tables/learned.csv")
@@ -360,7 +276,7 @@ def _doc_health(doc: _Doc, t) -> None:
         doc.table(corr, None)
 
 
-def _doc_summary(doc: _Doc, t, o: _Options) -> None:
+def _doc_summary(doc: Document, t, o: _Options) -> None:
     summary = t["summary.csv"]
     doc.h(2, "Summary over the runs that learned")
     if "auc" not in summary.columns:
@@ -385,7 +301,7 @@ def _doc_summary(doc: _Doc, t, o: _Options) -> None:
     doc.table(summary[[c for c in w_cols if c in summary.columns]], "tables/summary.csv")
 
 
-def _doc_distributions(doc: _Doc, t) -> None:
+def _doc_distributions(doc: Document, t) -> None:
     kept = t["_angles"]
     doc.h(2, "1. Angle distributions (learned runs)")
     doc.p("Per noise condition: density of theta_y by noise type over epochs (one run per loss), and the "
@@ -393,7 +309,7 @@ def _doc_distributions(doc: _Doc, t) -> None:
           "last epoch (open-set / Type-I noise sits far from both; split / Type-II noise near both; "
           "closed-set flips near another centre). Dotted lines: the fixed region threshold.")
     for cond in sorted(kept["condition"].unique()):
-        s = _slug(cond)
+        s = slug(cond)
         doc.h(3, f"Condition {cond}")
         doc.img(f"figures/theta_hist_{s}.png", f"theta_y histograms, {cond}")
         doc.img(f"figures/angle2d_{s}.png", f"own vs nearest-other angle, {cond}")
@@ -404,12 +320,12 @@ def _doc_distributions(doc: _Doc, t) -> None:
     doc.table(tab, "tables/noise_types.csv")
 
 
-def _doc_weighting(doc: _Doc, t, curves, o: _Options) -> None:
+def _doc_weighting(doc: Document, t, curves, o: _Options) -> None:
     kept = t["_angles"]
     doc.h(2, f"2. Weighting (`{o.weight}`)")
     doc.img("figures/noisy_weight_share.png", f"share of {o.weight} carried by noisy samples per epoch")
     for cond in sorted(kept["condition"].unique()):
-        doc.img(f"figures/weight_vs_theta_{_slug(cond)}.png", f"mean {o.weight} vs theta_y, {cond}")
+        doc.img(f"figures/weight_vs_theta_{slug(cond)}.png", f"mean {o.weight} vs theta_y, {cond}")
     if o.weight == "grad_norm":
         doc.p("`grad_norm` has no analytic curve: it depends on every other class's angle.")
     elif curves is None:
@@ -437,7 +353,7 @@ def _doc_weighting(doc: _Doc, t, curves, o: _Options) -> None:
     doc.table(ratio, "tables/periphery_ratio.csv")
 
 
-def _doc_separability(doc: _Doc, t, o: _Options) -> None:
+def _doc_separability(doc: Document, t, o: _Options) -> None:
     doc.h(2, "3. Separability (learned runs)")
     doc.p("Bimodal noise-rate estimate (after Hu et al., CVPR 2019): Gaussian mixtures with 1 and 2 components "
           f"(`sklearn.mixture.GaussianMixture`, seed {o.seed}) are fitted to theta_y of each run and epoch; when the "
@@ -453,7 +369,7 @@ def _doc_separability(doc: _Doc, t, o: _Options) -> None:
     doc.img("figures/noise_rate_estimate.png", "estimated vs true noise rate")
 
 
-def _doc_grad_mode(doc: _Doc, t, o: _Options) -> None:
+def _doc_grad_mode(doc: Document, t, o: _Options) -> None:
     tab = t["grad_mode.csv"]
     if tab.empty:
         return
@@ -468,14 +384,14 @@ def _doc_grad_mode(doc: _Doc, t, o: _Options) -> None:
     doc.table(tab, "tables/grad_mode.csv")
 
 
-def _doc_accuracy(doc: _Doc, t, o: _Options) -> None:
+def _doc_accuracy(doc: Document, t, o: _Options) -> None:
     acc, points = t["accuracy.csv"], t["accuracy_points.csv"]
     doc.h(2, "4. Accuracy (learned runs)")
     doc.p("Verification accuracy per loss and noise condition, mean and sd over the seeds that learned; "
           "`n_not_learned` runs were left out" + (f" (sweep results, column `{o.metric}`)." if o.metric else "."))
     show = acc.copy()
     if not show.empty:
-        show["accuracy"] = [f"{m:.4f} ± {s:.4f}" if isinstance(s, float) and not math.isnan(s) else _fmt(m)
+        show["accuracy"] = [f"{m:.4f} ± {s:.4f}" if isinstance(s, float) and not math.isnan(s) else format_number(m)
                             for m, s in zip(show["accuracy_mean"], show["accuracy_std"])]
     if points.empty or points["accuracy"].isna().all():
         doc.p("No verification accuracy was recorded (the runs' configs have no `data.val` pairs, or the sweep "
@@ -524,7 +440,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
         _draw(t, curves, out, o)
     steps.update()
 
-    doc = _Doc()
+    doc = Document()
     _doc_header(doc, src, runs, results_path, t, o)
     _doc_health(doc, t)
     _doc_summary(doc, t, o)

@@ -6,24 +6,20 @@ Names are imported lazily from their submodules so that ``import noisyfr.data`` 
 """
 from __future__ import annotations
 
-import importlib
-
+from noisyfr.lazy import lazy_getattr
 from noisyfr.data.index import FaceIndex, decode_image
 
 _LAZY = {
     "open_index": "noisyfr.data.open",
     "ImageFolderIndex": "noisyfr.data.folder",
     "RecordIOIndex": "noisyfr.data.recordio",
-    "pack_index": "noisyfr.data.recordio",
+    "pack_index": "noisyfr.data.recordio_pack",
     "load_pairs": "noisyfr.data.pairs",
-    "VerificationSet": "noisyfr.data.pairs",
+    "VerificationSet": "noisyfr.data.verification",
     "SyntheticIndex": "noisyfr.data.synthetic",
+    "SyntheticPairs": "noisyfr.data.synthetic_pairs",
 }
 
 __all__ = ["FaceIndex", "decode_image", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'noisyfr.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -16,6 +16,7 @@ the storage (ImageFolder, insightface RecordIO, synthetic). Every index has:
 from __future__ import annotations
 
 import io
+import struct
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -27,16 +28,32 @@ if TYPE_CHECKING:  # torch is imported lazily: label-only work (noise injection)
     import torch
 
 
+#: What PIL raises on bytes that are not a readable image (truncated, corrupt, unknown format,
+#: or a header claiming more pixels than PIL's decompression-bomb limit).
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error,
+                Image.DecompressionBombError)
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> "torch.Tensor":
     """Decode encoded image bytes to a uint8 RGB tensor [3, H, W]; NoisyFRError naming ``name``."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except IMAGE_ERRORS as exc:
         raise NoisyFRError(f"{name}: corrupt or unreadable image ({exc})") from None
     import torch
 
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def image_size(data: bytes, verify: bool = True) -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes, read from the header (and, with ``verify``,
+    checked with PIL's cheap ``verify``); raises one of :data:`IMAGE_ERRORS` when unreadable."""
+    with Image.open(io.BytesIO(data)) as im:
+        size = im.size
+        if verify:
+            im.verify()
+    return size
 
 
 class FaceIndex:

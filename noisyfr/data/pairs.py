@@ -15,46 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from noisyfr.data.index import decode_image
+from noisyfr.data.verification import VerificationSet  # also importable from here, as before
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_write
-
-
-class VerificationSet:
-    """Images plus pairs of them: ``pairs`` int64 [P, 2] (indices into the images) and
-    ``issame`` bool [P]. Subclasses implement :meth:`read_bytes`."""
-
-    name: str
-    source: str
-    pairs: np.ndarray
-    issame: np.ndarray
-
-    @property
-    def num_images(self) -> int:
-        raise NotImplementedError  # pragma: no cover
-
-    @property
-    def num_pairs(self) -> int:
-        """Number of pairs P."""
-        return int(len(self.issame))
-
-    def read_bytes(self, i: int) -> bytes:  # pragma: no cover - abstract
-        """The encoded image ``i``."""
-        raise NotImplementedError
-
-    def image_name(self, i: int) -> str:
-        """A human-readable name of image ``i`` for error messages."""
-        return f"{self.source}[{i}]"
-
-    def load_image(self, i: int) -> torch.Tensor:
-        """Image ``i`` as a uint8 RGB tensor [3, H, W]."""
-        return decode_image(self.read_bytes(i), name=self.image_name(i))
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, images={self.num_images}, "
-                f"pairs={self.num_pairs}, same={int(self.issame.sum())})")
 
 
 class PairsTxtSet(VerificationSet):
@@ -236,11 +200,11 @@ def load_pairs(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     ``(2k, 2k+1)``. Bad input raises :class:`NoisyFRError` naming the file.
 
     ``synthetic-pairs:ids=100,per_id=10,first_id=100000,pairs=600,size=112,seed=0`` (keys
-    optional) builds a :class:`~noisyfr.data.synthetic.SyntheticPairs` set over synthetic
+    optional) builds a :class:`~noisyfr.data.synthetic_pairs.SyntheticPairs` set over synthetic
     identities never seen by a ``synthetic:`` training set with ``ids <= first_id``.
     """
     if isinstance(path, str) and (path == "synthetic-pairs" or path.startswith("synthetic-pairs:")):
-        from noisyfr.data.synthetic import SyntheticPairs
+        from noisyfr.data.synthetic_pairs import SyntheticPairs
 
         return SyntheticPairs.from_spec(path)
     p = Path(path)

@@ -4,7 +4,8 @@
 ``evaluate(model, vset, ...)`` and ``noisy_detection_auc(theta_y, is_noisy)``; see
 :mod:`noisyfr.eval.verification` for the conventions.
 """
-from noisyfr.eval.checkpoint import load_backbone, resolve_device
+from noisyfr.device import resolve_device
+from noisyfr.eval.checkpoint import load_backbone
 from noisyfr.eval.verification import (
     best_threshold,
     cosine_similarity,

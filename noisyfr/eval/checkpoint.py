@@ -2,28 +2,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
 
 import torch
 
+from noisyfr.device import resolve_device
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is parsed by ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise NoisyFRError(f"device: unknown device {device!r} (use auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NoisyFRError(f"device: {device!r} requested but CUDA is not available")
-    return dev
+from noisyfr.io import load_checkpoint
 
 
 def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -36,17 +21,8 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"
     """
     from noisyfr.models import create_backbone
 
-    path = Path(path)
-    if not path.is_file():
-        raise NoisyFRError(f"{path}: checkpoint file not found")
     dev = resolve_device(device)
-    try:
-        ckpt = torch.load(path, map_location=dev, weights_only=True)
-    except Exception as exc:  # corrupt file, not a torch file, disallowed pickle content
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NoisyFRError(f"{path}: not a readable checkpoint ({first})") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise NoisyFRError(f"{path}: not a noisyfr checkpoint (needs a dict with 'config' and 'model')")
+    ckpt = load_checkpoint(path, map_location=dev, required=("config", "model"))
     config = ckpt["config"]
     missing = object()
     name = get_dotted(config, "model.backbone", missing)

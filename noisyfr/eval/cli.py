@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, evaluate every ``--val`` set, print a table, optionally write JSON."""
     from noisyfr.data import load_pairs
     from noisyfr.dotted import get_dotted
-    from noisyfr.eval.checkpoint import load_backbone, resolve_device
+    from noisyfr.device import resolve_device
+    from noisyfr.eval.checkpoint import load_backbone
     from noisyfr.eval.verification import evaluate
     from noisyfr.io import atomic_write
 

@@ -1,7 +1,8 @@
 """Margin-based softmax losses for face recognition, behind one registry.
 
 ``build_loss(name, **kwargs)`` builds a loss (``LOSSES`` lists them); ``MarginHead`` holds the
-class centres and calls the loss. See docs/losses.md.
+class centres and calls the loss. A new loss subclasses ``MarginLoss`` and is decorated with
+``@register_loss("name")``. See docs/losses.md.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import inspect
 from typing import Any, Mapping
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.losses.base import COS_EPS, GRAD_MODES, LOSSES, MarginLoss, MarginOutput, arc_target
+from noisyfr.losses.base import (COS_EPS, GRAD_MODES, LOSSES, MarginLoss, MarginOutput, arc_target,
+                                 register_loss)
 from noisyfr.losses import margins as _margins  # noqa: F401  (registers the losses)
 from noisyfr.losses import adaptive as _adaptive  # noqa: F401
 from noisyfr.losses.adaptive import SubcentreQuery
@@ -77,5 +79,6 @@ def build_loss(name: str, **kwargs) -> MarginLoss:
     return cls(**kwargs)
 
 
-__all__ = ["LOSSES", "build_loss", "loss_parameters", "loss_settings", "loss_label", "MarginHead", "MarginLoss", "MarginOutput",
-           "SubcentreQuery", "GRAD_MODES", "COS_EPS", "arc_target"]
+__all__ = ["LOSSES", "register_loss", "build_loss", "loss_parameters", "loss_settings", "loss_label",
+           "MarginHead", "MarginLoss", "MarginOutput", "SubcentreQuery", "GRAD_MODES", "COS_EPS",
+           "arc_target"]

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.losses.base import COS_EPS, MarginLoss, arc_target, check_real, register
+from noisyfr.losses.base import COS_EPS, MarginLoss, arc_target, check_real, register_loss
 
 
-@register("curricularface")
+@register_loss("curricularface")
 class CurricularFace(MarginLoss):
     """CurricularFace: ArcFace target (m=0.5, s=64) plus hard-negative modulation.
 
@@ -40,7 +40,7 @@ class CurricularFace(MarginLoss):
         return self.t.to(cos.dtype)
 
 
-@register("adaface")
+@register_loss("adaface")
 class AdaFace(MarginLoss):
     """AdaFace: feature-norm adaptive margin (m=0.4, h=0.333, s=64, t_alpha=0.01).
 
@@ -79,7 +79,7 @@ class AdaFace(MarginLoss):
         return torch.cos((theta - self.m * z).clamp(1e-3, math.pi - 1e-3)) - self.m * (1.0 + z)
 
 
-@register("magface")
+@register_loss("magface")
 class MagFace(MarginLoss):
     """MagFace: ArcFace with a norm-dependent margin plus a norm regulariser.
 
@@ -142,7 +142,7 @@ class SubcentreQuery(NamedTuple):
     outlier: torch.Tensor  #: [N] bool, theta > threshold
 
 
-@register("subcenter_arcface")
+@register_loss("subcenter_arcface")
 class SubCenterArcFace(MarginLoss):
     """Sub-center ArcFace: K sub-centres per class (K=3), cos = max over them, ArcFace target.
 
@@ -187,7 +187,7 @@ class SubCenterArcFace(MarginLoss):
         return SubcentreQuery(dominant, theta, theta > math.radians(thr))
 
 
-@register("boundaryface")
+@register_loss("boundaryface")
 class BoundaryFace(MarginLoss):
     """BoundaryFace: ArcFace (m=0.5, s=64) with closed-set label self-correction after a start epoch.
 

@@ -22,12 +22,14 @@ GRAD_MODES = ("exact", "detached")
 #: [~1.41e-3, pi - ~1.41e-3] rad; this keeps d arccos / d cos finite (<= ~707).
 COS_EPS = 1e-6
 
-#: Registry: loss name -> class. Filled by the :func:`register` decorator.
+#: Registry: loss name -> class. Filled by the :func:`register_loss` decorator.
 LOSSES: dict[str, type["MarginLoss"]] = {}
 
 
-def register(name: str):
-    """Class decorator adding a loss class to :data:`LOSSES` under ``name``."""
+def register_loss(name: str):
+    """Class decorator adding a loss class (a :class:`MarginLoss` subclass) to :data:`LOSSES`
+    under ``name`` and setting its ``name``. A later registration under the same name replaces
+    the earlier one."""
 
     def deco(cls):
         cls.name = name

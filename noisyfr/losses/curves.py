@@ -1,4 +1,4 @@
-"""Similarity and gradient curves of margin losses (``noisyfr curves``).
+"""Similarity and gradient curves of margin losses, as tables (drawn by ``noisyfr curves``).
 
 For a loss, over theta_y in [0, pi]:
 
@@ -14,12 +14,13 @@ own clamp of cos to [-1 + 1e-6, 1 - 1e-6], so the exact weight is 0 at theta = 0
 Stateful losses are shown in their reference state: SphereFace annealed (lambda = lambda_min),
 CurricularFace with t = 0, AdaFace with norm = running mean (z = 0), MagFace at the mid-range norm,
 BoundaryFace before its start epoch.
+
+The figure is :func:`noisyfr.analysis.plots.loss_curves_figure`; the command line lives in
+:mod:`noisyfr.analysis.curves_cli`.
 """
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -100,78 +101,3 @@ def curves(losses=DEFAULT_LOSSES, points: int = 361, num_classes: int = 1000,
     params = params or {}
     return pd.concat([loss_curves(n, points, num_classes, neg_cos, params.get(n)) for n in losses],
                      ignore_index=True)
-
-
-def plot_curves(df: pd.DataFrame, path) -> Path:
-    """Draw the four curves (T, dT/dtheta, exact and detached weights) into a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from noisyfr.io import atomic_path
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    names = list(dict.fromkeys(df["loss"]))
-    palette = sns.color_palette("tab10" if len(names) <= 10 else "tab20", len(names))
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex=True)
-    nc, neg = int(df["num_classes"].iloc[0]), float(df["neg_cos"].iloc[0])
-    panels = [("target_logit", "T(θ): target logit before scaling"),
-              ("dT_dtheta", "dT/dθ"),
-              ("weight_exact", "|dL/dcos θ_y|, exact gradient"),
-              ("weight_detached", "|dL/dcos θ_y|, detached margin")]
-    for ax, (col, title) in zip(axes.flat, panels):
-        sns.lineplot(data=df, x="theta_deg", y=col, hue="loss", style="loss", hue_order=names,
-                     style_order=names, palette=palette, ax=ax, linewidth=1.8)
-        ax.set_title(title)
-        ax.set_xlabel("θ_y (degrees)")
-        ax.set_ylabel("")
-        ax.set_xlim(0, 180)
-        ax.set_xticks(range(0, 181, 30))
-        if col == "target_logit":
-            th = df["theta_deg"].drop_duplicates().sort_values()
-            ax.plot(th, [math.cos(math.radians(t)) for t in th], color="0.4", lw=1, ls=":",
-                    label="cos θ")
-            handles, labels = ax.get_legend_handles_labels()
-        ax.get_legend().remove()
-    fig.legend(handles, labels, loc="center right", title="loss", frameon=False)
-    fig.suptitle(f"Margin-loss curves (gradient weights: one sample, {nc} classes, "
-                 f"non-target cos = {neg:g})")
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``noisyfr curves``."""
-    parser.add_argument("--losses", default=",".join(DEFAULT_LOSSES),
-                        help="comma-separated loss names (default: %(default)s)")
-    parser.add_argument("--out", default="curves.png",
-                        help="PNG to write; the numbers go beside it as .csv (default: %(default)s)")
-    parser.add_argument("--points", type=int, default=361,
-                        help="number of theta values in [0, pi] (default: %(default)s)")
-    parser.add_argument("--classes", type=int, default=1000,
-                        help="classes in the gradient-weight reference setting (default: %(default)s)")
-    parser.add_argument("--neg-cos", type=float, default=0.0,
-                        help="non-target cosine in the reference setting (default: %(default)s)")
-
-
-def run(args) -> int:
-    """Compute the curves, write the CSV and the PNG (both atomically)."""
-    from noisyfr.io import atomic_path
-
-    names = [n.strip() for n in str(args.losses).split(",") if n.strip()]
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise NoisyFRError(f"--out {args.out}: must end in .png")
-    df = curves(names, points=args.points, num_classes=args.classes, neg_cos=args.neg_cos)
-    csv = out.with_suffix(".csv")
-    with atomic_path(csv) as tmp:  # the PNG is drawn inside: if it fails, no CSV either
-        df.to_csv(tmp, index=False, float_format="%.10g")
-        plot_curves(df, out)
-    print(f"wrote {out} and {csv} ({len(names)} losses x {args.points} points)")
-    return 0

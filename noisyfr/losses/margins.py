@@ -6,7 +6,7 @@ import math
 import torch
 
 from noisyfr.losses.base import (COS_EPS, MarginLoss, MarginOutput, arc_target, check_real,
-                                 register)
+                                 register_loss)
 
 
 class _LinearLogits(torch.autograd.Function):
@@ -50,7 +50,7 @@ class _LinearLogits(torch.autograd.Function):
         return grad_cos, grad_norms, grad_centre, grad_bias
 
 
-@register("softmax")
+@register_loss("softmax")
 class Softmax(MarginLoss):
     """Plain softmax: unnormalised linear head ``W x + b`` + cross-entropy.
 
@@ -84,7 +84,7 @@ class Softmax(MarginLoss):
         return MarginOutput(logits, labels, None)
 
 
-@register("normface")
+@register_loss("normface")
 class NormFace(MarginLoss):
     """NormFace: logits ``s*cos`` (no margin), s=64."""
 
@@ -95,7 +95,7 @@ class NormFace(MarginLoss):
         return torch.cos(theta)
 
 
-@register("cosface")
+@register_loss("cosface")
 class CosFace(MarginLoss):
     """CosFace / AM-Softmax: T(theta) = cos(theta) - m, m=0.35, s=64."""
 
@@ -108,7 +108,7 @@ class CosFace(MarginLoss):
         return torch.cos(theta) - self.m
 
 
-@register("arcface")
+@register_loss("arcface")
 class ArcFace(MarginLoss):
     """ArcFace: T(theta) = cos(theta + m) (m=0.5, s=64); cos(theta) - m*sin(m) for theta > pi - m."""
 
@@ -121,7 +121,7 @@ class ArcFace(MarginLoss):
         return arc_target(theta, self.m)
 
 
-@register("combined")
+@register_loss("combined")
 class Combined(MarginLoss):
     """Combined margin T(theta) = cos(m1*theta + m2) - m3 with all three margins active.
 
@@ -147,7 +147,7 @@ class Combined(MarginLoss):
         return torch.where(theta <= self.theta_c, main, fallback)
 
 
-@register("expface")
+@register_loss("expface")
 class ExpFace(MarginLoss):
     """ExpFace: T(theta) = cos(pi * (theta/pi)^m), m=0.7, s=64 (m must be > 0)."""
 
@@ -160,7 +160,7 @@ class ExpFace(MarginLoss):
         return torch.cos(math.pi * torch.pow(theta / math.pi, self.m))
 
 
-@register("sphereface")
+@register_loss("sphereface")
 class SphereFace(MarginLoss):
     """SphereFace (A-Softmax) on normalised features, scaled by ``s`` (not by the feature norm).
 

@@ -7,8 +7,7 @@ Names are imported lazily from their submodules so that ``import noisyfr.noise``
 """
 from __future__ import annotations
 
-import importlib
-
+from noisyfr.lazy import lazy_getattr
 from noisyfr.noise.spec import CLOSED_MODES, NOISE_TYPES, NoiseSpec, cli_flag, config_key
 
 _LAZY = {
@@ -25,8 +24,4 @@ _LAZY = {
 
 __all__ = ["NoiseSpec", "NOISE_TYPES", "CLOSED_MODES", "cli_flag", "config_key", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'noisyfr.noise' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -35,12 +35,12 @@ import pyarrow.compute as pc
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise import draw as nz
 from noisyfr.noise.manifest import fingerprint_dict, paths_array, write_manifest
+from noisyfr.noise.nearest import (NEAREST_IMAGE_SIZE, NEAREST_MAX_IMAGES, identity_features_from_embeddings,
+                                   identity_features_from_images)
 from noisyfr.noise.spec import NOISE_TYPES, NoiseSpec, cli_flag
 
 _CLEAN, _CLOSED, _OPEN, _SPLIT, _MERGE = range(len(NOISE_TYPES))
 ORDER = ["holdout", "merge", "split", "open", "closed"]
-NEAREST_MAX_IMAGES = 32   # images per identity averaged for the nearest-identity mean image
-NEAREST_IMAGE_SIZE = 32   # side of the grey thumbnail used for mean images
 
 
 @dataclass
@@ -138,59 +138,6 @@ def _open_outliers(outliers, index):
         raise NoisyFRError(f"{flag} {name}: shares identities with the dataset: "
                            f"{', '.join(shared[:3])}{more}")
     return pool
-
-
-def _identity_features_from_embeddings(embeddings, index, rows, labels, kept, num_ids):
-    flag = cli_flag("embeddings")
-    name = str(embeddings) if isinstance(embeddings, (str, os.PathLike)) else "<embeddings array>"
-    if isinstance(embeddings, (str, os.PathLike)):
-        try:
-            emb = np.load(embeddings, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise NoisyFRError(f"{flag} {name}: cannot read ({str(exc).splitlines()[0]})") from None
-    else:
-        emb = np.asarray(embeddings)
-    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number):
-        raise NoisyFRError(f"{flag} {name}: expected a numeric [N, d] array, got shape {emb.shape}")
-    if not np.all(np.isfinite(emb)):
-        raise NoisyFRError(f"{flag} {name}: contains NaN or infinite values")
-    if emb.shape[0] == len(index):
-        import torch
-
-        src = torch.from_numpy(np.ascontiguousarray(emb if rows is None else emb[rows], dtype=np.float64))
-        src = torch.nn.functional.normalize(src, dim=1)
-        feats = torch.zeros(num_ids, emb.shape[1], dtype=torch.float64)
-        feats.index_add_(0, torch.from_numpy(labels), src)
-        return feats.numpy()
-    if emb.shape[0] == index.num_identities:
-        return np.asarray(emb[kept], dtype=np.float64)
-    raise NoisyFRError(f"{flag} {name}: {emb.shape[0]} rows, expected one per sample "
-                       f"({len(index)}) or per identity ({index.num_identities})")
-
-
-def _identity_features_from_images(index, rows, labels, num_ids):
-    """Per-identity mean of small grey thumbnails (up to NEAREST_MAX_IMAGES each), centred."""
-    from torchvision.transforms.v2 import functional as F
-    from tqdm import tqdm
-
-    order = np.argsort(labels, kind="stable")
-    sizes = np.bincount(labels, minlength=num_ids)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    rank = np.arange(len(order)) - starts[labels[order]]
-    use = order[rank < NEAREST_MAX_IMAGES]
-    use.sort()
-    s = NEAREST_IMAGE_SIZE
-    feats = np.zeros((num_ids, s * s), dtype=np.float64)
-    for j in tqdm(use, desc="mean images", unit="img", disable=None):
-        img = index.load_image(int(j if rows is None else rows[j])).float().mean(dim=0, keepdim=True)
-        thumb = F.resize(img, [s, s], antialias=True).reshape(-1).numpy()
-        feats[labels[j]] += thumb
-    counts = np.bincount(labels[use], minlength=num_ids).astype(np.float64)
-    feats /= np.maximum(counts, 1.0)[:, None]
-    present = counts > 0
-    if present.any():
-        feats[present] -= feats[present].mean(axis=0)
-    return feats
 
 
 def _path_column(index_paths: pa.Array, rows, open_mask, open_source: pa.Array | None,
@@ -378,11 +325,11 @@ class _Injection:
         if emb is not None:
             self.nearest_info = {"features": "embeddings",
                                  "embeddings": emb if isinstance(emb, str) else None}
-            return _identity_features_from_embeddings(emb, self.index, self.rows, self.labels,
+            return identity_features_from_embeddings(emb, self.index, self.rows, self.labels,
                                                       self.kept, self.c_in)
         self.nearest_info = {"features": "mean_images", "max_images": NEAREST_MAX_IMAGES,
                              "image_size": NEAREST_IMAGE_SIZE}
-        return _identity_features_from_images(self.index, self.rows, self.labels, self.c_in)
+        return identity_features_from_images(self.index, self.rows, self.labels, self.c_in)
 
     def table(self) -> pa.Table:
         """The manifest columns as arrow arrays: strings are gathered in C++ (no per-sample

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.io import atomic_path
+from noisyfr.io import atomic_path, read_json
 from noisyfr.noise.spec import NOISE_TYPES
 
 REQUIRED_COLUMNS = ("index", "path", "identity", "orig_label", "label", "noise")
@@ -261,12 +261,7 @@ def validate_manifest(df: pd.DataFrame, meta: dict, name: str = "<manifest>") ->
 def read_meta(path: str | os.PathLike) -> dict:
     """Read a manifest's sidecar ``path + '.json'`` (NoisyFRError naming it when missing/corrupt)."""
     side = sidecar_path(path)
-    if not side.is_file():
-        raise NoisyFRError(f"{side}: manifest sidecar not found")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NoisyFRError(f"{side}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    meta = read_json(side, "manifest sidecar")
     if not isinstance(meta, dict):
         raise NoisyFRError(f"{side}: sidecar must hold a JSON object")
     return meta

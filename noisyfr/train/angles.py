@@ -48,6 +48,10 @@ from noisyfr.io import atomic_path
 #: Columns of ``angles/epoch_<E>.parquet``, in order.
 COLUMNS = ("sample_index", "epoch", "label", "label_used", "theta_y", "theta_nearest",
            "nearest_label", "theta_orig", "theta_dominant", "weight", "weight_theta", "grad_norm")
+#: Columns every angle log has had; the others of :data:`COLUMNS` were added later (an older log
+#: is read with them filled in, see :mod:`noisyfr.analysis.load`).
+REQUIRED_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
+                    "theta_orig", "weight")
 #: Per-sample weight columns; ``noisyfr analyze --weight`` picks one of them.
 WEIGHT_COLUMNS = ("weight", "weight_theta", "grad_norm")
 #: Float values per sample kept by the tracker, in order (the columns after the labels).

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.io import atomic_path
+from noisyfr.io import atomic_path, load_checkpoint  # noqa: F401  (read side of this format)
 
 REQUIRED_KEYS = ("config", "model", "head", "optimizer", "scheduler", "rng", "epoch", "step")
 
@@ -49,25 +49,6 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
                    key=lambda p: int(p.stem.split("_")[1]) if p.stem.split("_")[1].isdigit() else -1)
     for old in files[:-keep]:
         old.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)``; NoisyFRError naming the file
-    when it is missing, unreadable or lacks a required key."""
-    path = Path(path)
-    if not path.is_file():
-        raise NoisyFRError(f"checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, non-weights pickle, ...
-        msg = " ".join(str(exc).split())[:200]
-        raise NoisyFRError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {msg})") from None
-    if not isinstance(state, dict):
-        raise NoisyFRError(f"checkpoint {path}: not a noisyfr checkpoint (got {type(state).__name__})")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise NoisyFRError(f"checkpoint {path}: not a noisyfr checkpoint (missing {', '.join(missing)})")
-    return state
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:

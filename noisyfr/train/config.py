@@ -1,7 +1,7 @@
 """Training configuration: YAML file + ``key=value`` overrides -> validated dict with defaults.
 
 ``load_config(path_or_dict, overrides=())`` reads the YAML (or takes a dict), applies overrides
-(``optim.lr=0.05``, ``data.val=[a.txt,b.bin]``; the value is parsed with ``yaml.safe_load``),
+(``optim.lr=0.05``, ``data.val=[a.txt,b.bin]``; the value is parsed as YAML, aliases refused),
 checks every key against :data:`SCHEMA` and fills in defaults. An unknown key, a wrong type or an
 invalid value raises :class:`NoisyFRError` naming the dotted key, e.g.
 ``config key 'optim.lrr': unknown key (did you mean 'optim.lr'?)``.
@@ -22,6 +22,7 @@ import yaml
 
 from noisyfr.dotted import set_dotted
 from noisyfr.errors import NoisyFRError
+from noisyfr.io import parse_yaml, read_yaml
 
 _REQUIRED = object()
 
@@ -147,6 +148,7 @@ def mapping_or_none(key: str, v: Any) -> Any:
 # section -> key -> (default, checker). ``loss`` accepts any further key (loss parameters).
 SCHEMA: dict[str, Any] = {
     "name": (None, str_(optional=True)),
+    "plugins": ([], str_list),
     "seed": (0, int_(lo=0)),
     "device": ("auto", device_),
     "output_dir": (None, str_(optional=True)),
@@ -263,19 +265,14 @@ def _plain(key: str, value: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; the value is parsed with yaml.safe_load."""
+    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; the value is parsed as YAML (aliases refused)."""
     if "=" not in text:
         raise NoisyFRError(f"override {text!r}: expected KEY=VALUE (e.g. optim.lr=0.05)")
     key, _, value = text.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise NoisyFRError(f"override {text!r}: empty key")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        msg = str(exc).replace("\n", " ")
-        raise NoisyFRError(f"override {text!r}: value is not valid YAML ({msg})") from None
-    return key, parsed
+    return key, (parse_yaml(value, f"override {text!r}") if value.strip() else None)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
@@ -288,15 +285,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise NoisyFRError(f"config {path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        msg = " ".join(str(exc).split())
-        raise NoisyFRError(f"config {path}: invalid YAML ({msg})") from None
-    except UnicodeDecodeError:
-        raise NoisyFRError(f"config {path}: not a UTF-8 text file") from None
+    raw = read_yaml(path, "config")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -384,6 +373,9 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any],
     if cfg["output_dir"] is None:
         cfg["output_dir"] = str(Path("runs") / cfg["name"])
     _check_consistency(cfg)
+    from noisyfr.plugins import load_plugins
+
+    load_plugins(cfg["plugins"])  # user losses and backbones, before they are named below
     _check_model(cfg)
     _check_loss(cfg)
     return cfg

@@ -182,6 +182,11 @@ def is_generated(value: Any) -> bool:
 
 
 def _resolve_paths(cfg: dict, base: Path) -> None:
+    from noisyfr.plugins import is_plugin_file
+
+    plugins = cfg.get("plugins")
+    if isinstance(plugins, list):  # plugin files load in Ray workers with other working directories
+        cfg["plugins"] = [_abs(p, base) if isinstance(p, str) and is_plugin_file(p) else p for p in plugins]
     data = cfg.get("data")
     if not isinstance(data, dict):
         return

@@ -1,0 +1,55 @@
+"""``noisyfr curves``: similarity and gradient curves of margin losses as a PNG and a CSV.
+
+The numbers come from :func:`noisyfr.losses.curves.curves`, the figure from
+:func:`noisyfr.analysis.plots.loss_curves_figure`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from noisyfr.analysis.plots import loss_curves_figure
+from noisyfr.errors import NoisyFRError
+from noisyfr.io import atomic_path
+from noisyfr.losses.curves import DEFAULT_LOSSES, curves
+
+DPI = 120
+
+
+def plot_curves(df: pd.DataFrame, path) -> Path:
+    """Draw the four curves (T, dT/dtheta, exact and detached weights) into a PNG, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        loss_curves_figure(df).savefig(tmp, dpi=DPI, format="png")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``noisyfr curves``."""
+    parser.add_argument("--losses", default=",".join(DEFAULT_LOSSES),
+                        help="comma-separated loss names (default: %(default)s)")
+    parser.add_argument("--out", default="curves.png",
+                        help="PNG to write; the numbers go beside it as .csv (default: %(default)s)")
+    parser.add_argument("--points", type=int, default=361,
+                        help="number of theta values in [0, pi] (default: %(default)s)")
+    parser.add_argument("--classes", type=int, default=1000,
+                        help="classes in the gradient-weight reference setting (default: %(default)s)")
+    parser.add_argument("--neg-cos", type=float, default=0.0,
+                        help="non-target cosine in the reference setting (default: %(default)s)")
+
+
+def run(args) -> int:
+    """Compute the curves, write the CSV and the PNG (both atomically)."""
+    names = [n.strip() for n in str(args.losses).split(",") if n.strip()]
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise NoisyFRError(f"--out {args.out}: must end in .png")
+    df = curves(names, points=args.points, num_classes=args.classes, neg_cos=args.neg_cos)
+    csv = out.with_suffix(".csv")
+    with atomic_path(csv) as tmp:  # the PNG is drawn inside: if it fails, no CSV either
+        df.to_csv(tmp, index=False, float_format="%.10g")
+        plot_curves(df, out)
+    print(f"wrote {out} and {csv} ({len(names)} losses x {args.points} points)")
+    return 0

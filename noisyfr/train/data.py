@@ -1,0 +1,72 @@
+"""The data of a training run: the (noisy) training set and the verification sets."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Subset
+
+from noisyfr.errors import NoisyFRError
+
+
+def open_dataset(cfg: dict[str, Any], transform, rank: int, world: int):
+    """The training dataset: :class:`~noisyfr.noise.NoisyDataset` over ``data.train`` with
+    ``data.manifest``.
+
+    With ``data.noise`` and no ``data.manifest``, the manifest is first written to
+    ``output_dir/manifest.parquet`` (kept as is when resuming) and ``data.manifest`` is set to it;
+    with both, the manifest's sidecar must record that noise spec (a sweep's shared manifests).
+    """
+    from noisyfr.data import open_index
+    from noisyfr.noise import NoiseSpec, NoisyDataset, inject_to, read_meta
+    from noisyfr.noise.spec import spec_matches_meta
+
+    data = cfg["data"]
+    index = open_index(data["train"])
+    if data["noise"] is not None:
+        spec = NoiseSpec.from_mapping(data["noise"])
+        if data["manifest"] is None:
+            path = Path(cfg["output_dir"]) / "manifest.parquet"
+            if rank == 0 and not (cfg["resume"] and path.is_file()):
+                inject_to(index, spec, path, frame=False)
+            if world > 1:
+                dist.barrier()
+            data["manifest"] = str(path)
+        elif not spec_matches_meta(spec, read_meta(data["manifest"])):
+            raise NoisyFRError(f"data.manifest {data['manifest']}: was not made with data.noise "
+                               f"{spec.to_dict()} (its sidecar records another noise spec)")
+    return NoisyDataset(index, manifest=data["manifest"], transform=transform)
+
+
+def check_labels(dataset, num_classes: int) -> None:
+    """Every training label must be a class of the head: NoisyFRError naming the first that is not."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise NoisyFRError(f"data.train: sample {i} has label {int(labels[i])} outside the head's "
+                           f"{num_classes} classes (0..{num_classes - 1})")
+
+
+def training_subset(dataset, max_samples: int | None, seed: int):
+    """``dataset``, or a seeded random subset of ``max_samples`` of it (in index order)."""
+    if not max_samples or max_samples >= len(dataset):
+        return dataset
+    pick = np.random.default_rng([seed, 1]).choice(len(dataset), max_samples, replace=False)
+    return Subset(dataset, np.sort(pick).tolist())
+
+
+def verification_sets(paths: list[str]) -> list[tuple[str, Any]]:
+    """``(unique name, VerificationSet)`` for each ``data.val`` entry (a repeated name gets ``_2``...)."""
+    from noisyfr.data import load_pairs
+
+    vsets: list[tuple[str, Any]] = []
+    for path in paths:
+        vset = load_pairs(path)
+        name, k = str(vset.name), 2
+        while name in {n for n, _ in vsets}:
+            name, k = f"{vset.name}_{k}", k + 1
+        vsets.append((name, vset))
+    return vsets
