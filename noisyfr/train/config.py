@@ -284,7 +284,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, An
     return raw
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path) -> dict[str, Any]:
     raw = read_yaml(path, "config")
     if raw is None:
         raw = {}
@@ -365,7 +365,7 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any],
         raw, stem = copy.deepcopy(dict(path_or_dict)), "run"
     else:
         path = Path(path_or_dict)
-        raw, stem = _read_yaml(path), path.stem
+        raw, stem = _read_config_file(path), path.stem
     raw = apply_overrides(raw, overrides)
     cfg = _validate(raw)
     if cfg["name"] is None:
