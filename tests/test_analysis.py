@@ -265,8 +265,8 @@ def test_report_on_sweep_is_complete_deterministic_and_degrades_for_unknown_loss
     for csv in (out1 / "tables").glob("*.csv"):
         assert csv.read_bytes() == (out2 / "tables" / csv.name).read_bytes()
     pts = pd.read_csv(out1 / "tables" / "accuracy_points.csv")
-    plots.accuracy(pts, tmp_path / "a1.png")
-    plots.accuracy(pts, tmp_path / "a2.png")
+    plots.save_figure(plots.accuracy(pts), tmp_path / "a1.png")
+    plots.save_figure(plots.accuracy(pts), tmp_path / "a2.png")
     assert (tmp_path / "a1.png").read_bytes() == (tmp_path / "a2.png").read_bytes()
     assert "<script" not in html and "http" not in html
     assert "no analytic curve for mystery" in md

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from noisyfr.analysis.plots import loss_curves_figure
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
 from noisyfr.losses.curves import DEFAULT_LOSSES, curves
@@ -20,10 +19,12 @@ DPI = 120
 
 def plot_curves(df: pd.DataFrame, path) -> Path:
     """Draw the four curves (T, dT/dtheta, exact and detached weights) into a PNG, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        loss_curves_figure(df).savefig(tmp, dpi=DPI, format="png")
-    return path
+    from noisyfr.analysis.plots import loss_curves_figure, save_figure
+
+    return save_figure(loss_curves_figure(df), path, dpi=DPI)
+
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr curves --losses arcface,cosface,expface --out curves.png']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

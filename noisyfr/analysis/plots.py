@@ -1,33 +1,44 @@
-"""Seaborn figures of the angle analysis, saved as PNG through :func:`noisyfr.io.atomic_path`.
+"""Seaborn figures of the angle analysis, for notebooks and reports alike.
 
-Every function takes tidy tables from :mod:`noisyfr.analysis.stats` (or the long angle table) and
-an output path, writes one PNG and returns the path. The matplotlib backend is Agg.
+Every function takes tidy tables from :mod:`noisyfr.analysis.stats` (or the long angle table)
+and returns a matplotlib ``Figure``; single-panel ones also draw onto a given ``ax=``. Nothing
+here sets the matplotlib backend: a notebook shows the figures inline, and the report (and the
+CLI, which picks Agg) writes them with :func:`save_figure`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import matplotlib.figure
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from noisyfr.io import atomic_path  # noqa: E402
+from noisyfr.io import atomic_path
 
 NOISE_ORDER = ["clean", "closed", "open", "split", "merge"]
 NOISE_PALETTE = {"clean": "#1f77b4", "closed": "#d62728", "open": "#ff7f0e", "split": "#2ca02c", "merge": "#9467bd"}
 DPI = 90
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig: matplotlib.figure.Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a PNG atomically (no metadata: same figure, same bytes), close it, return
+    the path."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png", metadata={"Software": None})
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def _axes(ax, figsize):
+    """``(figure, ax)``: the given axes' figure, or a new figure with one axes."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
 
 
 def pick_epochs(epochs, k: int = 4) -> list[int]:
@@ -50,7 +61,7 @@ def _with_degrees(df: pd.DataFrame) -> pd.DataFrame:
                      theta_nearest_deg=np.degrees(df["theta_nearest"].astype(float)))
 
 
-def theta_distributions(angles: pd.DataFrame, condition: str, path: str | Path, max_epochs: int = 4) -> Path:
+def theta_distributions(angles: pd.DataFrame, condition: str, max_epochs: int = 4) -> matplotlib.figure.Figure:
     """Histograms (density per noise type) of theta_y: rows = loss, columns = epochs, colour = noise type."""
     data = _with_degrees(one_seed(angles[angles["condition"] == condition]))
     epochs = pick_epochs(data["epoch"].unique(), max_epochs)
@@ -69,11 +80,10 @@ def theta_distributions(angles: pd.DataFrame, condition: str, path: str | Path, 
     g.set_titles("{row_name}\nepoch {col_name}", size=8)
     g.set_axis_labels("theta_y (deg)", "density")
     g.figure.suptitle(f"theta_y by noise type over epochs ({condition})", y=1.04)
-    return _save(g.figure, path)
+    return g.figure
 
 
-def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path,
-             threshold_deg: float | None = None) -> Path:
+def angle_2d(angles: pd.DataFrame, condition: str, threshold_deg: float | None = None) -> matplotlib.figure.Figure:
     """2-D density of angle to own centre (x) vs angle to nearest other centre (y) at the last epoch.
 
     Rows = loss, columns = noise type. The dashed diagonal is theta_y = theta_nearest: points below
@@ -102,41 +112,54 @@ def angle_2d(angles: pd.DataFrame, condition: str, path: str | Path,
         ax.set_ylim(lo, hi)
     g.set_axis_labels("theta_y, own (deg)", "theta, nearest other (deg)")
     g.figure.suptitle(f"own vs nearest-other angle, last epoch ({condition})", y=1.04)
-    return _save(g.figure, path)
+    return g.figure
 
 
-def _condition_panels(data: pd.DataFrame):
-    """One panel per noise condition in a row (shared y): ``(fig, [(ax, condition, rows), ...])``;
-    with no condition, a single panel that says there are no noisy samples."""
+def _per_condition_lines(data: pd.DataFrame, y: str, ylabel: str, ylim: tuple[float, float],
+                         title: str, reference: str | float | None = None) -> matplotlib.figure.Figure:
+    """One panel per noise condition in a row (shared y), one line per loss over epochs (mean +- sd
+    over seeds); ``reference`` a dotted grey line: a constant, or a column averaged per loss."""
     conds = sorted(data["condition"].unique())
     fig, axes = plt.subplots(1, max(len(conds), 1), figsize=(3.4 * max(len(conds), 1), 3.0),
                              squeeze=False, sharey=True)
     if not conds:
         axes[0, 0].text(0.5, 0.5, "no noisy samples", ha="center", va="center")
-    return fig, [(ax, cond, data[data["condition"] == cond]) for ax, cond in zip(axes[0], conds)]
+    for ax, cond in zip(axes[0], conds):
+        d = data[data["condition"] == cond]
+        sns.lineplot(d, x="epoch", y=y, hue="loss", marker="o", errorbar="sd", ax=ax)
+        if isinstance(reference, str):
+            for _, dl in d.groupby("loss"):
+                ax.plot(*zip(*dl.groupby("epoch")[reference].mean().items()), ls=":", color="grey", lw=1)
+        elif reference is not None:
+            ax.axhline(reference, ls=":", color="grey", lw=1)
+        ax.set_title(cond, fontsize=9)
+        ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
-def weight_share(epochs_tbl: pd.DataFrame, path: str | Path, weight: str = "weight") -> Path:
+def weight_share(epochs_tbl: pd.DataFrame, weight: str = "weight") -> matplotlib.figure.Figure:
     """Share of the total ``weight`` carried by noisy samples per epoch (mean +- sd over seeds).
 
     Dotted lines: the noisy fraction of samples (the share if every sample weighed the same).
     """
-    data = epochs_tbl[epochs_tbl["n_noisy"] > 0]
-    fig, panels = _condition_panels(data)
-    for ax, cond, d in panels:
-        sns.lineplot(d, x="epoch", y="noisy_weight_share", hue="loss", marker="o", errorbar="sd", ax=ax)
-        for loss, dl in d.groupby("loss"):
-            ax.plot(*zip(*dl.groupby("epoch")["noisy_fraction"].mean().items()), ls=":", color="grey", lw=1)
-        ax.set_title(cond, fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(f"noisy share of {weight}")
-    fig.suptitle(f"{weight} carried by noisy samples (dotted: noisy fraction of samples)", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _per_condition_lines(epochs_tbl[epochs_tbl["n_noisy"] > 0], "noisy_weight_share",
+                                f"noisy share of {weight}", (0, 1),
+                                f"{weight} carried by noisy samples (dotted: noisy fraction of samples)",
+                                reference="noisy_fraction")
 
 
-def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
-                    curves: pd.DataFrame | None = None, weight: str = "weight") -> Path:
+def detection_auc(epochs_tbl: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Noisy-sample detection AUC of theta_y per epoch, one panel per noise condition."""
+    data = epochs_tbl[(epochs_tbl["n_noisy"] > 0) & (epochs_tbl["n_noisy"] < epochs_tbl["n"])]
+    return _per_condition_lines(data, "auc", "detection AUC (theta_y)", (0, 1.02),
+                                "separability of noisy samples by theta_y", reference=0.5)
+
+
+def weight_vs_theta(binned: pd.DataFrame, condition: str, curves: pd.DataFrame | None = None,
+                    weight: str = "weight") -> matplotlib.figure.Figure:
     """Mean per-sample ``weight`` as a function of theta_y (binned), clean vs noisy, one panel per
     loss.
 
@@ -164,10 +187,10 @@ def weight_vs_theta(binned: pd.DataFrame, condition: str, path: str | Path,
         ax.set_ylim(bottom=0)
     fig.suptitle(f"weight vs theta_y, last epoch ({condition})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def health(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
+def health(epochs_tbl: pd.DataFrame) -> matplotlib.figure.Figure:
     """Training health per epoch: rows = clean_true_accuracy, noisy_fit_given, noisy_fit_true;
     columns = noise condition; one line per loss (mean +- sd over seeds)."""
     metrics = ["clean_true_accuracy", "noisy_fit_given", "noisy_fit_true"]
@@ -189,32 +212,16 @@ def health(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(cond if i == 0 else "", fontsize=9)
             ax.set_ylabel(metric if j == 0 else "", fontsize=8)
-    leg = axes[0, -1].get_legend()
-    if leg is not None:
+    if axes[0, -1].get_legend() is not None:
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
     fig.suptitle("training health per epoch (plain cosine argmax)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def detection_auc(epochs_tbl: pd.DataFrame, path: str | Path) -> Path:
-    """Noisy-sample detection AUC of theta_y per epoch, one panel per noise condition."""
-    data = epochs_tbl[(epochs_tbl["n_noisy"] > 0) & (epochs_tbl["n_noisy"] < epochs_tbl["n"])]
-    fig, panels = _condition_panels(data)
-    for ax, cond, d in panels:
-        sns.lineplot(d, x="epoch", y="auc", hue="loss", marker="o", errorbar="sd", ax=ax)
-        ax.axhline(0.5, ls=":", color="grey", lw=1)
-        ax.set_ylim(0, 1.02)
-        ax.set_title(cond, fontsize=9)
-        ax.set_ylabel("detection AUC (theta_y)")
-    fig.suptitle("separability of noisy samples by theta_y", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def noise_estimate(estimates: pd.DataFrame, path: str | Path) -> Path:
+def noise_estimate(estimates: pd.DataFrame, ax=None) -> matplotlib.figure.Figure:
     """Bimodal (GMM) noise-rate estimate vs the true rate, last epoch of each run."""
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    fig, ax = _axes(ax, (3.8, 3.4))
     sns.scatterplot(estimates, x="true_rate", y="estimated_rate", hue="loss", style="loss", s=50, ax=ax)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set_xlim(-0.02, 1.02)
@@ -223,12 +230,12 @@ def noise_estimate(estimates: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("estimated rate (2-GMM on theta_y)")
     ax.set_title("noise-rate estimate, last epoch", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def accuracy(points: pd.DataFrame, path: str | Path) -> Path:
+def accuracy(points: pd.DataFrame, ax=None) -> matplotlib.figure.Figure:
     """Verification accuracy vs total noise rate per loss (mean +- sd over seeds)."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = _axes(ax, (4.6, 3.4))
     if points.empty or points["accuracy"].isna().all():
         ax.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center")
     else:
@@ -238,7 +245,7 @@ def accuracy(points: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("verification accuracy")
     ax.set_title("accuracy vs noise rate (mean +- sd over seeds)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def loss_curves_figure(df: pd.DataFrame,

@@ -206,23 +206,24 @@ def grad_mode_table(rtab: pd.DataFrame, ep_all: pd.DataFrame, t: dict) -> pd.Dat
 def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
     """Every figure of the report."""
     fig = out / "figures"
-    plots.health(t["epoch_stats.csv"], fig / "health.png")
-    plots.detection_auc(t["epoch_stats.csv"], fig / "detection_auc.png")
+    save = plots.save_figure
+    save(plots.health(t["epoch_stats.csv"]), fig / "health.png")
+    save(plots.detection_auc(t["epoch_stats.csv"]), fig / "detection_auc.png")
     kept = t["_angles"]
     if len(kept):
         for cond in sorted(kept["condition"].unique()):
             sl = slug(cond)
-            plots.theta_distributions(kept, cond, fig / f"theta_hist_{sl}.png")
-            plots.angle_2d(kept, cond, fig / f"angle2d_{sl}.png", threshold_deg=o.region_deg)
-            plots.weight_vs_theta(t["weight_by_theta.csv"], cond, fig / f"weight_vs_theta_{sl}.png",
-                                  curves=curves, weight=o.weight)
+            save(plots.theta_distributions(kept, cond), fig / f"theta_hist_{sl}.png")
+            save(plots.angle_2d(kept, cond, threshold_deg=o.region_deg), fig / f"angle2d_{sl}.png")
+            save(plots.weight_vs_theta(t["weight_by_theta.csv"], cond, curves=curves, weight=o.weight),
+                 fig / f"weight_vs_theta_{sl}.png")
         learned_ep = t["epoch_stats.csv"][t["epoch_stats.csv"]["run"].isin(set(kept["run"]))]
-        plots.weight_share(learned_ep, fig / "noisy_weight_share.png", weight=o.weight)
-        plots.noise_estimate(stats.last_epoch(t["noise_rate_estimates.csv"]),
-                             fig / "noise_rate_estimate.png")
-    plots.accuracy(t["accuracy_points.csv"][t["accuracy_points.csv"]["learned"].astype(bool)]
-                   if len(t["accuracy_points.csv"]) else t["accuracy_points.csv"],
-                   fig / "accuracy.png")
+        save(plots.weight_share(learned_ep, weight=o.weight), fig / "noisy_weight_share.png")
+        save(plots.noise_estimate(stats.last_epoch(t["noise_rate_estimates.csv"])),
+             fig / "noise_rate_estimate.png")
+    points = t["accuracy_points.csv"]
+    save(plots.accuracy(points[points["learned"].astype(bool)] if len(points) else points),
+         fig / "accuracy.png")
 
 
 def _doc_header(doc: Document, src: Path, runs, results_path, t, o: _Options) -> None:
