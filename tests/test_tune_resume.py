@@ -1,6 +1,8 @@
 """SIGKILL the sweep driver mid-way, then ``noisyfr sweep --resume`` finishes every trial exactly once.
 
 The driver runs in its own process (and process group); the trainer is the stand-in from test_tune_sweep.
+The whole group (driver, Ray daemons and workers) is killed at once, the way a lost node or an OOM
+killer ends a job: killing only the driver lets the workers finish the epoch they are in.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-EPOCHS = 3
+EPOCHS = 5
 
 
 def _events(log: Path) -> list[dict]:
@@ -59,18 +61,24 @@ def test_sigkill_then_resume_runs_each_trial_to_completion_once(tmp_path):
             ev = _events(log)
             ended = {e["trial"] for e in ev if e["event"] == "end"}
             epochs = Counter(e["trial"] for e in ev if e["event"] == "epoch")
-            running = [t for t, n in epochs.items() if t not in ended and n >= 2]
+            # at least two epochs from the end: a worker may finish the epoch it is in before it
+            # notices the kill, and the trial must still have an epoch left to resume
+            running = [t for t, n in epochs.items() if t not in ended and 2 <= n <= EPOCHS - 2]
             if ended and running:
                 break
             assert first.poll() is None, (tmp_path / "first.err").read_text()[-2000:]
             time.sleep(0.2)
         else:
             pytest.fail("the sweep did not get going in 120 s")
-        first.send_signal(signal.SIGKILL)
+        _kill_group(first)
         first.wait(30)
         killed_after = {e["trial"] for e in _events(log) if e["event"] == "end"}
+        # Ray workers live in process groups of their own: they must notice the raylet is gone and
+        # stop, not train on into the run directories the resume is about to use
+        n_at_kill = len(_events(log))
+        time.sleep(3.0)
+        assert len(_events(log)) <= n_at_kill + 2, _events(log)[n_at_kill:]
     finally:
-        time.sleep(0.5)
         _kill_group(first)
     assert first.returncode == -signal.SIGKILL
     assert not (out / "results.csv").exists()
@@ -87,14 +95,17 @@ def test_sigkill_then_resume_runs_each_trial_to_completion_once(tmp_path):
     assert df["final_loss"].tolist() == pytest.approx([1 / EPOCHS] * 3)
     ev = _events(log)
     ends = Counter(e["trial"] for e in ev if e["event"] == "end")
-    assert set(ends) == set(df["trial"]) and set(ends.values()) == {1}
+    # no trial runs to its end twice (a trial whose last epoch was written before the kill is
+    # completed from its run directory, not re-run; it may lack its "end" event when the kill fell
+    # between that epoch and the end of the call)
+    assert all(ends[t] <= 1 for t in df["trial"])
     starts = Counter(e["trial"] for e in ev if e["event"] == "start")
     for t in killed_after:           # finished before the kill: not run again
         assert starts[t] == 1
     later_starts = [e for e in ev[n_before:] if e["event"] == "start"]
     assert later_starts, "nothing was resumed"
     # an interrupted trial continued from its Tune checkpoint, not from epoch 1
-    assert any(e["epoch"] > 1 for e in later_starts)
+    assert any(e["epoch"] > 1 for e in later_starts), ev
     # every epoch of every trial ran, and none more than twice (at most the one cut by the kill)
     per_epoch = Counter((e["trial"], e["epoch"]) for e in ev if e["event"] == "epoch")
     assert set(per_epoch) == {(t, k) for t in df["trial"] for k in range(1, EPOCHS + 1)}

@@ -66,25 +66,62 @@ def _node_info(name: str) -> dict:
     return info
 
 
-def _restore_checkpoint(cfg: dict, ckpt: Any) -> int | None:
-    """Put the Tune checkpoint's ``last.pt`` at ``output_dir/checkpoints/last.pt`` and set ``resume``;
-    return the checkpoint's epoch (None without a checkpoint)."""
+def _run_dir_epochs(cfg: dict) -> list[dict]:
+    """The per-epoch rows the run directory's ``metrics.csv`` holds (the trainer writes it after
+    each epoch's checkpoint), or [] when there is none."""
+    import pandas as pd
+
+    path = Path(cfg["output_dir"]) / "metrics.csv"
+    try:
+        return pd.read_csv(path).to_dict("records") if path.is_file() else []
+    except (OSError, ValueError):
+        return []
+
+
+def _restore_checkpoint(cfg: dict, ckpt: Any, run_epoch: int) -> int | None:
+    """Put the Tune checkpoint's ``last.pt`` at ``output_dir/checkpoints/last.pt`` and set
+    ``resume``, unless the run directory already holds a later epoch (``run_epoch``: the driver
+    was killed before it recorded the trial's latest report); return the Tune checkpoint's epoch
+    (None without a checkpoint)."""
     if ckpt is None:
         return None
     last = Path(cfg["output_dir"]) / "checkpoints" / "last.pt"
-    epoch = None
     with ckpt.as_directory() as d:
-        src = Path(d) / "last.pt"
-        if src.is_file():
-            from noisyfr.io import atomic_path
-            with atomic_path(last) as tmp:
-                shutil.copyfile(src, tmp)
-            cfg["resume"] = True
         try:
             epoch = int(json.loads((Path(d) / "trial.json").read_text())["epoch"])
         except (OSError, ValueError, KeyError, TypeError):
             epoch = None
+        src = Path(d) / "last.pt"
+        if src.is_file():
+            if not (last.is_file() and epoch is not None and run_epoch > epoch):
+                from noisyfr.io import atomic_path
+                with atomic_path(last) as tmp:
+                    shutil.copyfile(src, tmp)
+            cfg["resume"] = True
     return epoch
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """End this worker process when its parent (the raylet) dies.
+
+    Ray starts each worker in a process group of its own, so a SIGKILL of the driver's group (an
+    OOM killer, a lost allocation) leaves workers training on, writing into run directories that a
+    ``sweep --resume`` is about to use. A daemon thread watches the parent pid and exits at once."""
+    import threading
+
+    parent = os.getppid()
+    if parent <= 1 or getattr(_exit_with_parent, "started", False):
+        return
+    _exit_with_parent.started = True
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="noisyfr-exit-with-raylet", daemon=True).start()
 
 
 def _set_threads(cpu: float) -> None:
@@ -125,10 +162,20 @@ def trial_fn(tune_config: dict) -> None:
     """Tune function trainable: one trial = one training run (or one TorchTrainer run)."""
     from ray import tune
 
+    _exit_with_parent()
     t = tune_config["trial"]
     cfg = copy.deepcopy(t["config"])
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
-    done_epoch = _restore_checkpoint(cfg, tune.get_checkpoint())
+    ckpt = tune.get_checkpoint()
+    # A sweep directory holds one sweep (run.py refuses a second), so a run directory that already
+    # has epochs is this trial's own, from before the driver died.
+    rows = _run_dir_epochs(cfg)
+    run_epoch = int(rows[-1]["epoch"]) if rows and "epoch" in rows[-1] else 0
+    done_epoch = _restore_checkpoint(cfg, ckpt, run_epoch)
+    if ckpt is None and run_epoch and (Path(cfg["output_dir"]) / "checkpoints" / "last.pt").is_file():
+        # Tune's experiment state predates the trial's first checkpoint (the driver is killed
+        # between its periodic state saves): continue from the run directory instead of epoch 1.
+        cfg["resume"] = True
     if t["workers"] > 1:
         _run_distributed(t, cfg)
         return
@@ -137,8 +184,12 @@ def trial_fn(tune_config: dict) -> None:
     try:
         train, cfg = _load(t, cfg)
         epochs = get_dotted(cfg, "optim.epochs")
-        if done_epoch is not None and isinstance(epochs, int) and done_epoch >= epochs:
-            # Finished before the driver died, but Tune had not recorded it yet: nothing to re-run.
+        if isinstance(epochs, int) and max(done_epoch or 0, run_epoch) >= epochs:
+            # Finished before the driver died, but Tune had not recorded it all: report the epochs
+            # it missed from the run directory, re-run nothing.
+            for row in rows:
+                if int(row["epoch"]) > (done_epoch or 0):
+                    tune.report({**clean_metrics(row), **info})
             return
         train(cfg, report=_reporter(info, tune.report, tune.Checkpoint))
     except NoisyFRError as exc:
@@ -151,6 +202,7 @@ def _worker_loop(loop_config: dict) -> None:
     """Ray Train worker: runs ``train`` under torch.distributed (set up by TorchTrainer)."""
     import ray.train
 
+    _exit_with_parent()
     t, cfg = loop_config["trial"], copy.deepcopy(loop_config["config"])
     _set_threads(t["resources"]["cpu"])
     rank = ray.train.get_context().get_world_rank()
