@@ -6,6 +6,9 @@ import argparse
 
 from noisyfr.noise.spec import CLOSED_MODES
 
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr inject ../shared/data/lfw_train/images --out lfw_closed30.parquet --closed 0.3 --seed 0']
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``noisyfr inject``."""

@@ -32,6 +32,9 @@ from noisyfr.errors import NoisyFRError
 
 META_NAME = "synth.json"
 
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr synth --ids 100 --per-id 20 --size 112 --seed 0 --out synthetic_faces']
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``synth`` options on ``parser``."""

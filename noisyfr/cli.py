@@ -1,7 +1,9 @@
 """The ``noisyfr`` command line: one entry point, one subcommand per task.
 
 Each subcommand lives in its own module, imported only when that subcommand runs, and exposes
-``add_arguments(parser)`` and ``run(args) -> int``. Bad input (:class:`NoisyFRError`, or a
+``add_arguments(parser)``, ``run(args) -> int`` and ``EXAMPLES`` (command lines shown by
+``noisyfr COMMAND --help``). One grammar: every writer takes ``--out``, ``train`` and ``sweep``
+take ``--resume``, ``train``, ``eval`` and ``sweep`` take ``--device``. Bad input (:class:`NoisyFRError`, or a
 ``ValueError``/``FileNotFoundError`` raised while reading inputs) is reported as one line on
 stderr with exit status 2.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from noisyfr.errors import NoisyFRError
@@ -34,6 +37,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else 'bad usage'}\n")
 
 
+def intermixed(parser: argparse.ArgumentParser, dest: str) -> None:
+    """Let the positional list ``dest`` (a config and ``KEY=VALUE`` overrides) also take words
+    that come after the options (``CONFIG --out DIR k=v``): the top-level parser hands the
+    subcommand's arguments to this parser's ``parse_known_args``."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = original(args, namespace)
+        setattr(ns, dest, list(getattr(ns, dest, None) or []) + [a for a in extras if not a.startswith("-")])
+        return ns, [a for a in extras if a.startswith("-")]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from noisyfr import __version__
 
@@ -42,19 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(_module=module)
         p.set_defaults(_parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The command line draws figures into files only: matplotlib's Agg backend (the library itself
+    # never sets one, so notebooks draw inline).
+    os.environ.setdefault("MPLBACKEND", "Agg")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # First pass: find the subcommand, then let its module add its own arguments.
     known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     module = importlib.import_module(known._module)
     module.add_arguments(known._parser)
+    known._parser.epilog = "example:\n  " + "\n  ".join(module.EXAMPLES)
     args = parser.parse_args(argv)
     try:
         return int(module.run(args) or 0)

@@ -24,6 +24,9 @@ def _find_config(path: str) -> Path:
     repo = Path(__file__).resolve().parents[1]
     return repo / path if (repo / path).exists() else p
 
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr demo --out runs/demo']
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr demo`` (all optional)."""

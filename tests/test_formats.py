@@ -299,9 +299,9 @@ def test_pack_lfw_round_trip_byte_identical(lfw_train_dir: Path, tmp_path: Path)
 
 def test_pack_cli_ok_and_bad_input(tiny_folder: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    assert cli_main(["pack", str(tiny_folder), str(out / "train")]) == 0
+    assert cli_main(["pack", str(tiny_folder), "--out", str(out / "train")]) == 0
     assert len(open_index(out / "train.rec")) == 4
-    assert cli_main(["pack", str(tiny_folder), str(out / "again")]) == 0  # deterministic bytes
+    assert cli_main(["pack", str(tiny_folder), str(out / "again")]) == 0  # deprecated positional form; deterministic bytes
     for ext in (".rec", ".idx"):
         assert (out / f"again{ext}").read_bytes() == (out / f"train{ext}").read_bytes()
     # bad inputs: exit status 2, one-line error naming the input, no output file at all
@@ -312,12 +312,12 @@ def test_pack_cli_ok_and_bad_input(tiny_folder: Path, tmp_path: Path, capsys):
     for k, (src, named) in enumerate(cases):
         dest = tmp_path / f"bad{k}"
         capsys.readouterr()
-        assert cli_main(["pack", str(src), str(dest / "train")]) == 2
+        assert cli_main(["pack", str(src), "--out", str(dest / "train")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("noisyfr pack: error:") and named in err and "\n" not in err
         assert _no_partial_files(dest) == []
     dest = tmp_path / "skipping"
-    assert cli_main(["pack", "--skip-corrupt", str(tiny_folder), str(dest / "train")]) == 0
+    assert cli_main(["pack", "--skip-corrupt", str(tiny_folder), "--out", str(dest / "train")]) == 0
     assert "skipped 1 corrupt" in capsys.readouterr().out
     assert len(open_index(dest / "train.rec")) == 4
 
@@ -325,7 +325,7 @@ def test_pack_cli_ok_and_bad_input(tiny_folder: Path, tmp_path: Path, capsys):
 def test_pack_entry_point_subprocess(tmp_path: Path):
     exe = Path(sys.executable).with_name("noisyfr")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "noisyfr"]
-    proc = subprocess.run(cmd + ["pack", str(tmp_path / "nothing"), str(tmp_path / "o" / "t")],
+    proc = subprocess.run(cmd + ["pack", str(tmp_path / "nothing"), "--out", str(tmp_path / "o" / "t")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "nothing" in proc.stderr
     assert not (tmp_path / "o").exists() or _no_partial_files(tmp_path / "o") == []
@@ -350,7 +350,7 @@ def test_truncated_rec_is_refused(packed: Path, capsys):
     with pytest.raises(NoisyFRError, match=r"train\.rec: truncated"):
         open_index(rec)
     out = packed.parent / "repacked"
-    assert cli_main(["pack", str(rec), str(out / "x")]) == 2
+    assert cli_main(["pack", str(rec), "--out", str(out / "x")]) == 2
     assert "truncated" in capsys.readouterr().err
     assert _no_partial_files(out) == []
 

@@ -49,10 +49,15 @@ def fake_train(config, report=None):
         path.write_text(json.dumps({"epoch": e}))
         (ck / "last.pt").write_text(json.dumps({"epoch": e}))
         log("epoch", epoch=e)
+        metrics = {"epoch": e, "step": e * 3, "loss": 1.0 / e, "val_accuracy": 0.5 + 0.1 * e,
+                   "noisy_auc": float("nan"), "theta_clean_mean": 1.0, "theta_noisy_mean": 1.1,
+                   "clean_true_accuracy": 0.9, "learned": True}
+        # the trainer's run-directory contract: metrics.csv after the epoch's checkpoint
+        with open(out / "metrics.csv", "a") as fh:
+            fh.write(("" if e > 1 or start > 1 else ",".join(metrics) + "\n")
+                     + ",".join(str(v) for v in metrics.values()) + "\n")
         if report:
-            report({"epoch": e, "step": e * 3, "loss": 1.0 / e, "val_accuracy": 0.5 + 0.1 * e,
-                    "noisy_auc": float("nan"), "theta_clean_mean": 1.0, "theta_noisy_mean": 1.1,
-                    "clean_true_accuracy": 0.9, "learned": True, "checkpoint": str(path)})
+            report({**metrics, "checkpoint": str(path)})
     log("end")
     return {"epoch": epochs}
 
@@ -116,6 +121,7 @@ def real_cfg(**extra):
         "model": {"backbone": "small_cnn", "embedding_dim": 16},
         "loss": {"name": "arcface", "s": 16, "m": 0.3},
         "optim": {"lr": 0.05, "batch_size": 12, "epochs": 3},
+        "track": {"log_every": 1},
         "grid": {"loss.name": ["arcface", "cosface"], "data.noise.closed": [0.0, 0.5]},
         "resources": {"cpu": 1},
     }
@@ -125,7 +131,9 @@ def real_cfg(**extra):
     return cfg
 
 
-def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
+def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from noisyfr.noise import read_manifest
     from noisyfr.tune import load_sweep, run_sweep
 
@@ -133,7 +141,17 @@ def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path):
     cfg = real_cfg(trainer="test_tune_sweep:crash_once_train", crash_after_epoch=2, crash_trials="003_",
                    max_failures=1)
     spec = load_sweep(cfg, sweep_dir=tmp_path / "sw")
-    df = run_sweep(spec, echo=None)
+    df = run_sweep(spec, echo=None, progress=False)
+    # no progress bar (as with redirected output): one line per finished trial epoch, with an ETA
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "epochs, ETA" in ln]
+    assert len([ln for ln in lines if " epoch " in ln]) >= 4 * 3 and "12/12 epochs" in lines[-1]
+    log = (tmp_path / "sw" / "sweep.log").read_text()
+    assert log.count("epochs, ETA") == len(lines) and "# Sweep `e2e`" in log
+    # `tensorboard --logdir SWEEP_DIR`: every trial has per-step curves and theta_y histograms
+    for out in df["output_dir"]:
+        acc = EventAccumulator(str(Path(out) / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+        acc.Reload()
+        assert len(acc.Scalars("train/loss")) == 9 and len(acc.Histograms("theta_y/clean")) == 3
     sdir = tmp_path / "sw"
     assert len(df) == 4 and set(df["status"]) == {"completed"}, df[["trial", "status", "error"]]
     assert (df["epochs"] == 3).all()

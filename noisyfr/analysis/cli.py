@@ -1,4 +1,5 @@
-"""``noisyfr analyze RUN_OR_SWEEP_DIR --out REPORT_DIR``: the angle/weighting analysis report."""
+"""``noisyfr analyze RUN_OR_SWEEP_DIR [--out REPORT_DIR]``: the angle/weighting analysis report
+(``--out`` defaults to ``RUN_OR_SWEEP_DIR/report``)."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,16 @@ import argparse
 from noisyfr.analysis import stats
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY
 
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr analyze runs/demo --weight grad_norm']
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``analyze`` options."""
     parser.add_argument("input", metavar="RUN_OR_SWEEP_DIR",
                         help="a training run directory or a sweep directory (results.* + trials/)")
-    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for report.md/html, figures, tables")
+    parser.add_argument("--out", metavar="REPORT_DIR",
+                        help="folder for report.md/html, figures, tables (default RUN_OR_SWEEP_DIR/report)")
     parser.add_argument("--quantile", type=float, default=stats.DEFAULT_CENTRE_QUANTILE,
                         help="centre region = theta_y <= this quantile of clean theta_y (default %(default)s)")
     parser.add_argument("--bins", type=int, default=stats.DEFAULT_BINS,
@@ -36,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     """Write the report and print its path."""
     from noisyfr.analysis.report import write_report
 
-    path = write_report(args.input, args.out, quantile=args.quantile, bins=args.bins, seed=args.seed,
+    from pathlib import Path
+
+    out = args.out if args.out is not None else Path(args.input) / "report"
+    path = write_report(args.input, out, quantile=args.quantile, bins=args.bins, seed=args.seed,
                         metric=args.metric, figures=not args.no_figures, weight=args.weight,
                         region_deg=args.region_deg, learned_threshold=args.learned_threshold)
     print(path)

@@ -11,6 +11,7 @@ import codecs
 import io
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -231,3 +232,27 @@ def write_bin(vset: VerificationSet, path: str | os.PathLike) -> Path:
     with atomic_write(out) as fh:
         pickle.dump((images, issame), fh, protocol=4)
     return out
+
+
+#: insightface's standard verification sets, shipped as ``<name>.bin`` beside ``train.rec``.
+STANDARD_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
+
+
+def is_set_name(value) -> bool:
+    """True for a bare verification-set name (``lfw``, ``agedb_30``): letters, digits and ``_``
+    only, so not a path and not a ``synthetic-pairs:`` spec."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_]+", value) is not None
+
+
+def bin_beside(name: str, train: str, what: str = "data.val") -> Path:
+    """``<name>.bin`` beside the training set ``train``: in its folder when ``train`` is a folder
+    (arcface_torch's ``rec`` directory), beside it when it is a file (``train.rec``). NoisyFRError
+    naming ``what`` when there is no such file."""
+    if not isinstance(train, str) or train.startswith("synthetic:") or not Path(train).exists():
+        raise NoisyFRError(f"{what} {name!r}: a set name needs a data.train folder or file to look "
+                           f"beside, got {train!r}")
+    folder = Path(train) if Path(train).is_dir() else Path(train).parent
+    path = folder / f"{name}.bin"
+    if not path.is_file():
+        raise NoisyFRError(f"{what} {name!r}: no {name}.bin beside data.train (looked for {path})")
+    return path

@@ -8,6 +8,10 @@ from typing import Any
 
 from noisyfr.errors import NoisyFRError
 
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr eval --checkpoint runs/train_lfw/checkpoints/last.pt --val ../shared/data/lfw_pairs_fold1/pairs.txt']
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr eval``."""
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",

@@ -1,8 +1,14 @@
-"""``noisyfr train CONFIG.yaml [key=value ...]``: train from a YAML config with dotted overrides."""
+"""``noisyfr train CONFIG.yaml [key=value ...] [--out DIR] [--resume] [--device D]``: train from a
+YAML config with dotted overrides (the flags set ``output_dir``, ``resume`` and ``device``)."""
 from __future__ import annotations
 
 import argparse
 import math
+
+from noisyfr.cli import intermixed
+
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr train experiments/configs/train_synthetic.yaml optim.epochs=3 --device cpu']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,16 +17,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted config overrides, value parsed as YAML "
                              "(e.g. optim.lr=0.05 loss.name=cosface data.val=[a.txt])")
+    parser.add_argument("--out", metavar="DIR", help="run directory (sets output_dir; default runs/<name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the run directory from checkpoints/last.pt (sets "
+                             "resume=true; an error when there is no checkpoint)")
+    parser.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (sets device)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit without training")
+    intermixed(parser, "overrides")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load and validate the config, train, print a one-line summary."""
+    from noisyfr.errors import NoisyFRError
     from noisyfr.train import load_config, train
+    from noisyfr.train.checkpoint import last_checkpoint
     from noisyfr.train.config import dump_config
 
-    cfg = load_config(args.config, args.overrides)
+    flags = [("output_dir", args.out), ("device", args.device), ("resume", True if args.resume else None)]
+    cfg = load_config(args.config, list(args.overrides) + [(k, v) for k, v in flags if v is not None])
+    if args.resume and last_checkpoint(cfg["output_dir"]) is None:
+        raise NoisyFRError(f"--resume: no checkpoint to resume in {cfg['output_dir']}/checkpoints "
+                           "(start the run without --resume)")
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0

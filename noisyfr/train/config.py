@@ -175,10 +175,12 @@ SCHEMA: dict[str, Any] = {
         "name": ("arcface", str_()),
     },
     "optim": {
+        "name": ("sgd", choice("sgd", "adamw")),
         "lr": (0.1, float_(lo=0.0, lo_open=True)),
         "momentum": (0.9, float_(lo=0.0, hi=1.0, hi_open=True)),
         "weight_decay": (5.0e-4, float_(lo=0.0)),
-        "batch_size": (128, int_(lo=2)),
+        "batch_size": (None, int_(lo=2, optional=True)),
+        "batch_size_per_device": (None, int_(lo=2, optional=True)),
         "epochs": (20, int_(lo=1)),
         "warmup_epochs": (0.0, float_(lo=0.0)),
         "schedule": ("cosine", choice("cosine", "poly", "step", "constant")),
@@ -196,6 +198,7 @@ SCHEMA: dict[str, Any] = {
     },
     "track": {
         "angles": (True, bool_),
+        "log_every": (10, int_(lo=1)),
     },
     "health": {
         "learned_accuracy": (0.8, float_(lo=0.0, hi=1.0)),
@@ -325,8 +328,17 @@ def _check_loss(cfg: dict[str, Any]) -> None:
         raise _err("loss", f"{cfg['loss']['name']}: {exc}") from None
 
 
+#: Global batch when neither optim.batch_size nor optim.batch_size_per_device is given.
+DEFAULT_BATCH_SIZE = 128
+
+
 def _check_consistency(cfg: dict[str, Any]) -> None:
     optim = cfg["optim"]
+    if optim["batch_size"] is not None and optim["batch_size_per_device"] is not None:
+        raise _err("optim.batch_size", "and config key 'optim.batch_size_per_device' are both set: "
+                                       "give the global batch or the batch per device, not both")
+    if optim["batch_size"] is None and optim["batch_size_per_device"] is None:
+        optim["batch_size"] = DEFAULT_BATCH_SIZE
     if optim["warmup_epochs"] >= optim["epochs"] and optim["warmup_epochs"] > 0:
         raise _err("optim.warmup_epochs",
                    f"must be < optim.epochs ({optim['epochs']}), got {optim['warmup_epochs']:g}")
@@ -337,6 +349,18 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if optim["min_lr"] >= optim["lr"] and optim["min_lr"] > 0:
         raise _err("optim.min_lr", f"must be < optim.lr ({optim['lr']:g})")
     _check_noise(cfg)
+    _resolve_val_names(cfg)
+
+
+def _resolve_val_names(cfg: dict[str, Any]) -> None:
+    """``data.val`` entries that are bare set names (``lfw``, ``cfp_fp``, ``agedb_30``, ...)
+    become the ``<name>.bin`` beside ``data.train`` (arcface_torch's ``val_targets``)."""
+    from noisyfr.data.pairs import bin_beside, is_set_name
+
+    data = cfg["data"]
+    for i, value in enumerate(data["val"]):
+        if is_set_name(value):
+            data["val"][i] = str(bin_beside(value, data["train"], f"config key 'data.val[{i}]'"))
 
 
 def _check_noise(cfg: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ torch generator (augmentation, dropout) is re-seeded from (seed, epoch) at the s
 epoch, so a resumed run needs no sampler state and equals the uninterrupted run on CPU.
 
 Distributed: when ``torch.distributed`` is initialised (e.g. inside a Ray Train worker) every
-rank trains on its shard of the data (``optim.batch_size`` is the global batch), gradients are
+rank trains on its shard of the data (``optim.batch_size`` is the global batch,
+``optim.batch_size_per_device`` the batch of each process), gradients are
 all-reduced, angle rows are all-gathered, every rank calls ``report`` with the same metrics and
 only rank 0 writes files.
 """
@@ -46,6 +47,7 @@ from noisyfr.train import angles as angles_mod
 from noisyfr.train.checkpoint import REQUIRED_KEYS, last_checkpoint, prune_checkpoints, save_checkpoint
 from noisyfr.train.config import dump_config, load_config
 from noisyfr.train.data import check_labels, open_dataset, training_subset, verification_sets
+from noisyfr.train.monitor import Monitor
 from noisyfr.train.schedule import epoch_seed, lr_factor, make_batches
 from noisyfr.train.step import Stepper, broadcast_state
 
@@ -81,6 +83,8 @@ class _Run:
     step: int = 0
     history: list = field(default_factory=list)
     resumed_from: Path | None = None
+    monitor: Any = None
+    frame: Any = None
 
 
 # --------------------------------------------------------------------------- the build steps
@@ -97,10 +101,13 @@ def _setup(config) -> _Run:
     run.amp = o["amp"] if run.device.type == "cuda" else "none"
     if o["amp"] != "none" and run.amp == "none" and rank == 0:
         tqdm.write(f"noisyfr train: optim.amp={o['amp']} ignored on {run.device} (CUDA only)")
-    if o["batch_size"] < 2 * world:
+    if o["batch_size_per_device"] is not None:  # arcface_torch's batch_size: per GPU
+        run.local_bs = o["batch_size_per_device"]
+    elif o["batch_size"] < 2 * world:
         raise NoisyFRError(f"config key 'optim.batch_size': {o['batch_size']} is too small for "
                            f"{world} processes (needs >= 2 per process)")
-    run.local_bs = o["batch_size"] // world
+    else:
+        run.local_bs = o["batch_size"] // world
     return run
 
 
@@ -141,11 +148,14 @@ def _build_model_and_head(run: _Run) -> None:
 
 
 def _build_optimiser(run: _Run) -> None:
-    """SGD over backbone and head, the per-step schedule, the sampler and the AMP scaler."""
+    """SGD (or AdamW) over backbone and head, the per-step schedule, the sampler and the AMP scaler."""
     o = run.cfg["optim"]
     params = [p for p in list(run.model.parameters()) + list(run.head.parameters()) if p.requires_grad]
-    run.optimizer = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
-                                    weight_decay=o["weight_decay"])
+    if o["name"] == "adamw":
+        run.optimizer = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    else:
+        run.optimizer = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
+                                        weight_decay=o["weight_decay"])
     run.sampler = DistributedSampler(run.train_set, num_replicas=run.world, rank=run.rank, shuffle=True,
                                      seed=run.cfg["seed"])
     steps_per_epoch = len(make_batches(list(range(len(run.sampler))), run.local_bs))
@@ -181,16 +191,25 @@ def _restore(run: _Run) -> None:
 
 def _prepare_output(run: _Run) -> None:
     """Rank 0 owns the run directory: a fresh run drops an earlier run's epoch files (angle logs,
-    checkpoints, metrics; the manifest stays); the resolved config is written."""
+    checkpoints, metrics, event files, train.log; the manifest stays); the resolved config is
+    written."""
     if run.rank != 0:
         return
     run.out_dir.mkdir(parents=True, exist_ok=True)
     if run.resumed_from is None:
-        for path in [run.out_dir / "metrics.csv", *run.out_dir.glob("angles/epoch_*.parquet"),
-                     *run.out_dir.glob("checkpoints/*.pt")]:
+        for path in [run.out_dir / "metrics.csv", run.out_dir / "train.log",
+                     *run.out_dir.glob("angles/epoch_*.parquet"), *run.out_dir.glob("checkpoints/*.pt"),
+                     *run.out_dir.glob("tb/events.out.tfevents.*")]:
             path.unlink(missing_ok=True)
     with atomic_write(run.out_dir / "config.yaml", "w", encoding="utf-8") as fh:
         fh.write(dump_config(run.cfg))
+
+
+def _monitor(run: _Run) -> Monitor:
+    """TensorBoard, train.log and the epoch lines (rank 0; a resumed run drops the event records
+    after its checkpoint's step)."""
+    return Monitor(run.out_dir, run.cfg["optim"]["epochs"], run.start_epoch, run.cfg["track"]["log_every"],
+                   purge_step=run.step + 1 if run.resumed_from is not None else None, active=run.rank == 0)
 
 
 def _stepper(run: _Run) -> Stepper:
@@ -227,10 +246,10 @@ def _train_epoch(run: _Run, stepper: Stepper, epoch: int) -> tuple[dict, angles_
                                                     where=f"epoch {epoch} step {run.step + 1}")
         run.step += 1
         loss_sum, seen, correct = loss_sum + loss_val * len(labels), seen + len(labels), correct + n_correct
+        img_s = seen * run.world / max(time.perf_counter() - t0, 1e-9)
+        run.monitor.step(run.step, loss_val, lr_used, img_s)
         if bar.disable is False and run.step % 10 == 0:
-            dt = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_used:.4g}",
-                            img_s=f"{seen * run.world / max(dt, 1e-9):.0f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_used:.4g}", img_s=f"{img_s:.0f}", refresh=False)
     bar.close()
     return _epoch_totals(run, epoch, loss_sum, correct, seen, time.perf_counter() - t0, lr_used), tracker
 
@@ -264,6 +283,7 @@ def _angle_summary(run: _Run, tracker: angles_mod.AngleTracker, epoch: int) -> d
     out["learned"] = angles_mod.learned(out["clean_true_accuracy"], run.cfg["health"]["learned_accuracy"])
     if run.cfg["track"]["angles"] and run.rank == 0:
         angles_mod.write_angles(frame, run.out_dir, epoch)
+    run.frame = frame
     return out
 
 
@@ -309,7 +329,7 @@ def _save_epoch(run: _Run, metrics: dict) -> None:
         prune_checkpoints(run.out_dir, run.cfg["checkpoint"]["keep"])
         with atomic_write(run.out_dir / "metrics.csv", "w", newline="") as fh:
             pd.DataFrame(run.history).to_csv(fh, index=False)
-        tqdm.write(_epoch_line(metrics, run.cfg["optim"]["epochs"]))
+    run.monitor.epoch(metrics, run.frame, run.noise_types)
     if run.world > 1:
         dist.barrier()
 
@@ -340,26 +360,16 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     _restore(run)
     _prepare_output(run)
     stepper = _stepper(run)
+    run.monitor = _monitor(run)
     metrics: dict[str, Any] = dict(run.history[-1]) if run.history else {}
-    for epoch in range(run.start_epoch, run.cfg["optim"]["epochs"] + 1):
-        metrics, tracker = _train_epoch(run, stepper, epoch)
-        metrics.update(_angle_summary(run, tracker, epoch))
-        metrics.update(_evaluate(run, epoch))
-        _save_epoch(run, metrics)
-        if report is not None:
-            report(dict(metrics))
+    try:
+        for epoch in range(run.start_epoch, run.cfg["optim"]["epochs"] + 1):
+            metrics, tracker = _train_epoch(run, stepper, epoch)
+            metrics.update(_angle_summary(run, tracker, epoch))
+            metrics.update(_evaluate(run, epoch))
+            _save_epoch(run, metrics)
+            if report is not None:
+                report(dict(metrics))
+    finally:
+        run.monitor.close()
     return dict(metrics)
-
-
-def _epoch_line(m: Mapping[str, Any], epochs: int) -> str:
-    parts = [f"epoch {m['epoch']}/{epochs}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.4g}",
-             f"{m['img_per_s']:.0f} img/s"]
-    if math.isfinite(m.get("val_accuracy", math.nan)):
-        parts.append(f"val {m['val_accuracy']:.4f}")
-    if math.isfinite(m.get("clean_true_accuracy", math.nan)):
-        parts.append(f"clean acc {m['clean_true_accuracy']:.3f}")
-    if math.isfinite(m.get("noisy_auc", math.nan)):
-        parts.append(f"noisy AUC {m['noisy_auc']:.3f}")
-    if math.isfinite(m.get("noisy_fit_given", math.nan)):
-        parts.append(f"noisy fit {m['noisy_fit_given']:.3f}")
-    return "  ".join(parts)

@@ -12,7 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from noisyfr.cli import intermixed
 from noisyfr.errors import NoisyFRError
+
+#: Command lines shown by ``--help``.
+EXAMPLES = ['noisyfr sweep experiments/configs/demo.yaml --out runs/demo']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,18 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finish an interrupted sweep in the sweep directory: only unfinished trials run")
     parser.add_argument("--address", help="address of a running Ray cluster ('auto' or HOST:PORT); "
                         "default: start a local Ray")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="auto, cpu, cuda or cuda:N for every trial (sets device)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and list the trials and manifests, run nothing")
-    # Let overrides come before or after the options (``CONFIG --out DIR k=v``): the top-level parser
-    # hands the subcommand's arguments to this parser's parse_known_args.
-    original = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        ns, extras = original(args, namespace)
-        ns.args = list(getattr(ns, "args", None) or []) + [a for a in extras if not a.startswith("-")]
-        return ns, [a for a in extras if a.startswith("-")]
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    intermixed(parser, "args")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         if not (args.resume and args.out):
             raise NoisyFRError("sweep: give a CONFIG first (or --resume --out SWEEP_DIR)")
-        if overrides:
-            raise NoisyFRError("sweep: overrides need a CONFIG")
+        if overrides or args.device:
+            raise NoisyFRError("sweep: overrides and --device need a CONFIG (a resumed sweep keeps its own)")
         spec = load_stored_sweep(args.out)
     else:
+        if args.device:
+            overrides = overrides + [("device", args.device)]
         spec = load_sweep(config, overrides, sweep_dir=args.out)
     if args.dry_run:
         groups = plan_manifests(spec)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +13,8 @@ from noisyfr.tune.spec import STATE_FILE, SweepSpec, plan_manifests
 from noisyfr.tune.trainable import one_line, trial_fn, trial_name
 
 DRIVER_CPU = 0.01   # CPU reserved by a trial's driver when its workers are Ray Train actors
+#: The sweep's progress log (``SWEEP_DIR/sweep.log`` while a sweep runs).
+LOG = logging.getLogger("noisyfr.sweep")
 
 #: Environment of Ray: quiet, offline, light. Set (unless already set) before ray is imported.
 RAY_ENV = {
@@ -85,33 +88,66 @@ def _trial_dicts(spec: SweepSpec) -> list[dict]:
              "workers": spec.workers_per_trial, "sweep_dir": str(spec.sweep_dir)} for t in spec.trials]
 
 
-def _progress_callback(total: int, progress: bool | None):
+def _progress_callback(total_trials: int, total_epochs: int, progress: bool | None):
+    """The sweep's progress: a tqdm bar over finished trials on a terminal; otherwise (output to a
+    file, CI, ``nohup``) one line per finished epoch or trial with the elapsed time and an ETA.
+    Every line also goes to ``sweep.log``."""
+    import sys
+
     from ray import tune
+    from tqdm import tqdm
+
+    from noisyfr.train.monitor import format_duration
 
     class _Progress(tune.Callback):
-        """tqdm bar over finished trials (not pickled with the experiment)."""
-
         def __init__(self):
-            self.bar = None
+            self.bar, self.t0, self.epochs = None, None, set()
 
-        def __getstate__(self):
-            return {"bar": None}
+        def __getstate__(self):  # pickled with the experiment: start afresh when restored
+            return {"bar": None, "t0": None, "epochs": set()}
 
         def setup(self, **info):
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc="trials", unit="trial",
-                            disable=None if progress is None else not progress)
+            import time
 
-        def _tick(self, trial):
+            self.t0 = time.time()
+            bar_on = sys.stdout.isatty() if progress is None else progress
+            self.bar = tqdm(total=total_trials, desc="trials", unit="trial", disable=not bar_on)
+
+        def _line(self, text: str) -> None:
+            import time
+
+            elapsed = time.time() - (self.t0 or time.time())
+            done = len(self.epochs)
+            eta = elapsed / done * max(total_epochs - done, 0) if done else float("nan")
+            line = (f"[{format_duration(elapsed)}] {text} | {done}/{total_epochs} epochs, ETA "
+                    f"{format_duration(eta) if eta == eta else '?'}")
+            LOG.info(line)
+            if self.bar is None or self.bar.disable:
+                print(line, flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            epoch = result.get("epoch")
+            if result.get("failed") or epoch is None or (trial_name(trial), epoch) in self.epochs:
+                return
+            self.epochs.add((trial_name(trial), epoch))
+            parts = [f"trial {trial_name(trial)} epoch {epoch}"]
+            for key, label in (("loss", "loss"), ("clean_true_accuracy", "clean acc"), ("noisy_auc", "noisy AUC")):
+                value = result.get(key)
+                if isinstance(value, float) and value == value:
+                    parts.append(f"{label} {value:.3f}")
+            self._line("  ".join(parts))
+
+        def _finished(self, trial, what: str) -> None:
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix_str(trial_name(trial)[:40])
+            self._line(f"trial {trial_name(trial)} {what}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._tick(trial)
+            self._finished(trial, "finished")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._tick(trial)
+            self._finished(trial, "ended with an error")
 
         def on_experiment_end(self, trials, **info):
             if self.bar is not None:
@@ -145,6 +181,8 @@ def _check_state(spec: SweepSpec, state: dict, resume: bool) -> None:
 def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
     from ray import tune
 
+    from noisyfr.dotted import get_dotted
+
     tune_dir = spec.sweep_dir / "tune"
     driver_res = ({"cpu": DRIVER_CPU} if spec.workers_per_trial > 1 else
                   {k: v for k, v in spec.resources.items() if v > 0})
@@ -160,8 +198,10 @@ def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
         run_config=tune.RunConfig(
             storage_path=str(spec.sweep_dir), name="tune", verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[_progress_callback(len(spec.trials), progress)]),
+            # two: after a hard kill the saved experiment state may still name the previous one
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[_progress_callback(len(spec.trials), sum(
+                int(get_dotted(t.config, "optim.epochs", 1) or 1) for t in spec.trials), progress)]),
     )
 
 
@@ -183,6 +223,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     quiet_ray_env()
     import ray
 
+    handler = _sweep_log(spec.sweep_dir)
+    LOG.info(f"sweep {spec.name}: {len(spec.trials)} trials -> {spec.sweep_dir}"
+             + (" (resumed)" if resume else ""))
     started = False
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -202,8 +245,24 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     finally:
         if started:
             ray.shutdown()
+        LOG.removeHandler(handler)
+        handler.close()
     table = results_table(spec, histories)
     write_results(table, spec.sweep_dir, spec)
+    summary = (spec.sweep_dir / "summary.md").read_text(encoding="utf-8")
+    with open(spec.sweep_dir / "sweep.log", "a", encoding="utf-8") as fh:
+        fh.write(summary + "\n")
     if echo is not None:
-        echo((spec.sweep_dir / "summary.md").read_text(encoding="utf-8"))
+        echo(summary)
     return table
+
+
+def _sweep_log(sweep_dir: Path) -> logging.Handler:
+    """Append the sweep's progress lines to ``SWEEP_DIR/sweep.log``."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(sweep_dir / "sweep.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    LOG.addHandler(handler)
+    return handler

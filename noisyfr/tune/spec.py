@@ -182,6 +182,7 @@ def is_generated(value: Any) -> bool:
 
 
 def _resolve_paths(cfg: dict, base: Path) -> None:
+    from noisyfr.data.pairs import is_set_name
     from noisyfr.plugins import is_plugin_file
 
     plugins = cfg.get("plugins")
@@ -196,10 +197,11 @@ def _resolve_paths(cfg: dict, base: Path) -> None:
     if isinstance(data.get("manifest"), str):
         data["manifest"] = _abs(data["manifest"], base)
     val = data.get("val")
+    keep = lambda v: not isinstance(v, str) or is_generated(v) or is_set_name(v)  # noqa: E731
     if isinstance(val, str):
-        data["val"] = [val if is_generated(val) else _abs(val, base)]
+        data["val"] = [val if keep(val) else _abs(val, base)]
     elif isinstance(val, list):
-        data["val"] = [_abs(v, base) if isinstance(v, str) and not is_generated(v) else v for v in val]
+        data["val"] = [v if keep(v) else _abs(v, base) for v in val]
     noise = data.get("noise")
     if isinstance(noise, dict):
         for k in ("outliers", "embeddings"):
@@ -345,6 +347,8 @@ def load_stored_sweep(sweep_dir: str | os.PathLike, validate: bool = True) -> Sw
 
 def validate_sweep(spec: SweepSpec) -> None:
     """Check each trial config with the trainer's ``load_config`` and every dataset path exists."""
+    from noisyfr.data.pairs import is_set_name
+
     load_config = validator_for(spec.trainer)
     checked: set[str] = set()
     for t in spec.trials:
@@ -359,7 +363,7 @@ def validate_sweep(spec: SweepSpec) -> None:
         if t.noise:
             paths += [("data.noise.outliers", t.noise.outliers), ("data.noise.embeddings", t.noise.embeddings)]
         for key, p in paths:
-            if not isinstance(p, str) or is_generated(p) or p in checked:
+            if not isinstance(p, str) or is_generated(p) or is_set_name(p) or p in checked:
                 continue
             if not os.path.exists(p):
                 raise NoisyFRError(f"{key} {p}: dataset path does not exist")
