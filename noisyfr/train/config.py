@@ -170,6 +170,7 @@ SCHEMA: dict[str, Any] = {
         "embedding_dim": (512, int_(lo=1)),
         "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "width": (1.0, float_(lo=0.0, lo_open=True, hi=4.0)),
+        "init": (None, str_(optional=True)),
     },
     "loss": {
         "name": ("arcface", str_()),
