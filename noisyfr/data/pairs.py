@@ -36,6 +36,9 @@ class PairsTxtSet(VerificationSet):
     def image_name(self, i: int) -> str:
         return str(self.files[i])
 
+    def image_identity(self, i: int) -> str:
+        return self.files[i].parent.name
+
     def read_bytes(self, i: int) -> bytes:
         try:
             return self.files[i].read_bytes()
