@@ -328,3 +328,17 @@ def test_ijb_needs_out_and_a_known_target(ijb, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--ijb", str(root), "--target", "ijbb", "--out",
                  str(tmp_path / "o")]) == 2
     assert "ijbb_face_tid_mid.txt: no such IJB meta file" in capsys.readouterr().err
+
+
+def test_ijb_corrupt_image_in_a_worker_is_named(ijb, tmp_path, capsys):
+    root, _, ckpt, _ = ijb
+    bad = copy_ijb(root, tmp_path / "bad")
+    (bad / "loose_crop").unlink()
+    shutil.copytree(root / "loose_crop", bad / "loose_crop")
+    (bad / "loose_crop" / "3.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    rc = main(["eval", "--checkpoint", str(ckpt), "--ijb", str(bad), "--out", str(out), "--device", "cpu",
+               "--num-workers", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and f"{bad / 'loose_crop' / '3.png'}: corrupt or unreadable" in err, err
+    assert not out.exists()

@@ -6,6 +6,7 @@ its norm is kept apart and the row is L2-normalised unless ``normalize=False``.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -37,6 +38,19 @@ def check_batch_size(batch_size) -> int:
     return batch_size
 
 
+@contextlib.contextmanager
+def _worker_errors():
+    """A NoisyFRError raised in a DataLoader worker comes back as one line again (the loader
+    re-raises it with 'Caught NoisyFRError in DataLoader worker ...' and a traceback)."""
+    try:
+        yield
+    except NoisyFRError as exc:
+        text = str(exc).strip()
+        if not text.startswith("Caught ") or "\n" not in text:
+            raise
+        raise NoisyFRError(text.splitlines()[-1].split(": ", 1)[-1]) from None
+
+
 def embed_dataset(model: torch.nn.Module, dataset: Dataset, *, flip: bool = True,
                   normalize: bool = True, batch_size: int = 64,
                   device: str | torch.device = "cpu", num_workers: int = 0,
@@ -55,7 +69,7 @@ def embed_dataset(model: torch.nn.Module, dataset: Dataset, *, flip: bool = True
     model.eval()
     feats, norms = [], []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _worker_errors():
             for x in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
                 x = x.to(device, non_blocking=True)
                 emb = model(x)

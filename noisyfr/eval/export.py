@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import importlib
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,21 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[:240]}"
 
 
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's progress lines and graph dumps (stdout, stderr) and torch's warnings while
+    tracing (logging, warnings) are not the user's business: the outcome is reported in one line."""
+    before = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(before)
+
+
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, image_size: int, *, name: str,
                 opset: int | None = None, check: bool = True, seed: int = 0) -> float | None:
     """Write ``model`` (eval mode, on CPU) to ``path`` as ONNX; returns the checked max |difference|
@@ -62,7 +79,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, image_size: int
     example = torch.randn(2, 3, image_size, image_size, generator=gen)
     batch = torch.export.Dim("batch", min=1)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        with _quiet(), torch.no_grad():
             program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["input"],
                                         output_names=["embedding"], dynamic_shapes=({0: batch},),
                                         opset_version=opset, external_data=False, verbose=False)

@@ -79,25 +79,27 @@ def face_features(model: torch.nn.Module, meta: IJBMeta, *, image_size: int = 11
     return feats
 
 
-def pool_templates(feats: np.ndarray, templates: np.ndarray, medias: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def pool_templates(feats: np.ndarray, templates: np.ndarray, medias: np.ndarray,
+                   chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """``(template ids, features)``: sorted unique template ids and their L2-normalised features,
     each the sum over the template's media of the mean feature of that media's faces."""
-    x = torch.from_numpy(np.asarray(feats, dtype=np.float64))
+    feats = np.asarray(feats)
     keys = np.stack([np.asarray(templates, np.int64), np.asarray(medias, np.int64)], axis=1)
     pairs, face_to_media = np.unique(keys, axis=0, return_inverse=True)
     face_to_media = torch.from_numpy(face_to_media.reshape(-1))
-    media = torch.zeros(len(pairs), x.shape[1], dtype=torch.float64).index_add_(0, face_to_media, x)
+    media = torch.zeros(len(pairs), feats.shape[1], dtype=torch.float64)
+    for s in range(0, len(feats), chunk):  # float64 sums without a float64 copy of every face
+        media.index_add_(0, face_to_media[s:s + chunk], torch.from_numpy(feats[s:s + chunk]).double())
     media /= torch.bincount(face_to_media, minlength=len(pairs)).unsqueeze(1).double()
     tids, media_to_template = np.unique(pairs[:, 0], return_inverse=True)
-    tfeat = torch.zeros(len(tids), x.shape[1], dtype=torch.float64).index_add_(
+    tfeat = torch.zeros(len(tids), feats.shape[1], dtype=torch.float64).index_add_(
         0, torch.from_numpy(media_to_template.reshape(-1)), media)
     tfeat = torch.nn.functional.normalize(tfeat, dim=1)
     return tids, tfeat.numpy()
 
 
 def pair_scores(tids: np.ndarray, tfeats: np.ndarray, t1: np.ndarray, t2: np.ndarray,
-                chunk: int = 1 << 20) -> np.ndarray:
+                chunk: int = 1 << 16) -> np.ndarray:
     """float64 [P]: the cosine of the template features of each pair (``tids`` sorted)."""
     i1, i2 = np.searchsorted(tids, t1), np.searchsorted(tids, t2)
     out = np.empty(len(t1), dtype=np.float64)
