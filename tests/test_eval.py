@@ -204,6 +204,42 @@ def test_verify_standard_order_equals_contiguous_kfold():
     assert res["threshold"] == pytest.approx(thr, abs=1e-9)
 
 
+def insightface_calculate_roc(e1, e2, issame, folds=10):
+    """insightface's 10-fold accuracy, from its description: unit embeddings, squared distance,
+    contiguous folds, thresholds 0..3.99 step 0.01, "same" iff distance < t, first best t."""
+    e1 = e1 / np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = e2 / np.linalg.norm(e2, axis=1, keepdims=True)
+    dist = np.sum((e1 - e2) ** 2, axis=1)
+    accs, ths = [], []
+    for test in np.array_split(np.arange(len(dist)), folds):
+        train = np.setdiff1d(np.arange(len(dist)), test)
+        best_t, best_acc = None, -1.0
+        for t in np.arange(0, 4, 0.01):
+            acc = np.mean((dist[train] < t) == issame[train])
+            if acc > best_acc:
+                best_t, best_acc = t, acc
+        accs.append(np.mean((dist[test] < best_t) == issame[test]))
+        ths.append(1 - best_t / 2)
+    return float(np.mean(accs)), float(np.std(accs)), float(np.mean(ths))
+
+
+def test_verify_insightface_thresholds_match_insightface_protocol():
+    rng = np.random.default_rng(8)
+    same = np.tile(np.r_[np.ones(30, bool), np.zeros(30, bool)], 10)   # the .bin order
+    base = rng.normal(size=(600, 32))
+    e1 = base + rng.normal(scale=0.3, size=base.shape)
+    e2 = np.where(same[:, None], base, rng.normal(size=base.shape)) + rng.normal(scale=1.6, size=base.shape)
+    ref = insightface_calculate_roc(e1, e2, same)
+    res = verify(e1, e2, same, thresholds="insightface")
+    assert (res["accuracy"], res["accuracy_std"], res["threshold"]) == pytest.approx(ref, abs=1e-12)
+    assert 0.7 < res["accuracy"] < 0.99                                  # neither trivial nor perfect
+    exact = verify(e1, e2, same)
+    assert exact["threshold"] != pytest.approx(res["threshold"], abs=1e-6)  # another rule
+    assert {k: exact[k] for k in ("auc", "tar_at_far_1e-3")} == {k: res[k] for k in ("auc", "tar_at_far_1e-3")}
+    with pytest.raises(NoisyFRError, match="thresholds: expected one of exact, insightface"):
+        verify(e1, e2, same, thresholds="grid")
+
+
 def test_verify_bad_input():
     e = np.ones((5, 4))
     with pytest.raises(NoisyFRError, match="same shape"):

@@ -64,9 +64,13 @@ def test_eval_cli_table_json_and_bin(small_lfw, tmp_path, capsys):
     # the CLI rebuilt the model with the checkpoint's weights, image size and centre crop
     model = create_backbone("small_cnn", 16, image_size=32)
     model.load_state_dict(state["model"])
-    ref = evaluate(model, load_pairs(small_lfw), image_size=32, center_crop=0.6)
-    # threshold is a continuous function of the embeddings: another crop or size would not match
+    ref = evaluate(model, load_pairs(small_lfw), image_size=32, center_crop=0.6,
+                   thresholds="insightface")  # the CLI's default: insightface's threshold grid
     assert {k: txt_res[k] for k in ref} == pytest.approx(ref, abs=1e-6)
+    # TAR and AUC are continuous functions of the embeddings: another crop or size would not match
+    exact = evaluate(model, load_pairs(small_lfw), image_size=32, center_crop=0.6)
+    assert {k: txt_res[k] for k in ("auc", "tar_at_far_1e-3")} == \
+        pytest.approx({k: exact[k] for k in ("auc", "tar_at_far_1e-3")}, abs=1e-6)
 
 
 def test_eval_cli_bad_inputs(small_lfw, tmp_path, capsys):

@@ -37,6 +37,9 @@ class PairsTxtSet(VerificationSet):
     def image_name(self, i: int) -> str:
         return str(self.files[i])
 
+    def image_identity(self, i: int) -> str:
+        return self.files[i].parent.name
+
     def read_bytes(self, i: int) -> bytes:
         try:
             return self.files[i].read_bytes()
@@ -235,13 +238,21 @@ def write_bin(vset: VerificationSet, path: str | os.PathLike) -> Path:
 
 
 #: insightface's standard verification sets, shipped as ``<name>.bin`` beside ``train.rec``.
-STANDARD_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
+#: the five sets papers report, as insightface names their ``.bin`` files
+STANDARD_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 
 
 def is_set_name(value) -> bool:
-    """True for a bare verification-set name (``lfw``, ``agedb_30``): letters, digits and ``_``
-    only, so not a path and not a ``synthetic-pairs:`` spec."""
-    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_]+", value) is not None
+    """True for a bare verification-set name (``lfw``, ``agedb_30``): letters, digits, ``_`` and
+    ``-`` only, so not a path and not a ``synthetic-pairs:`` spec."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_\-]+", value) is not None
+
+
+def set_file(name: str, folder: str | Path) -> Path | None:
+    """``folder/<name>.bin`` when that file exists, else None (the one rule for bare set names:
+    ``data.val`` beside ``data.train`` and ``noisyfr eval --val NAME --data-dir DIR``)."""
+    path = Path(folder) / f"{name}.bin"
+    return path if path.is_file() else None
 
 
 def bin_beside(name: str, train: str, what: str = "data.val") -> Path:
@@ -252,7 +263,7 @@ def bin_beside(name: str, train: str, what: str = "data.val") -> Path:
         raise NoisyFRError(f"{what} {name!r}: a set name needs a data.train folder or file to look "
                            f"beside, got {train!r}")
     folder = Path(train) if Path(train).is_dir() else Path(train).parent
-    path = folder / f"{name}.bin"
-    if not path.is_file():
-        raise NoisyFRError(f"{what} {name!r}: no {name}.bin beside data.train (looked for {path})")
+    path = set_file(name, folder)
+    if path is None:
+        raise NoisyFRError(f"{what} {name!r}: no {name}.bin beside data.train (looked for {folder / (name + '.bin')})")
     return path

@@ -120,6 +120,9 @@ class SyntheticPairs(RenderedImages, VerificationSet):
         label, k = divmod(int(i), self.per_id)
         return f"{self.source}[{i}] (id{self.first_id + label:04d}/{k:03d}.png)"
 
+    def image_identity(self, i: int) -> str:
+        return f"id{int(self.labels[i]):04d}"
+
     @property
     def first_label(self) -> int:
         return self.first_id

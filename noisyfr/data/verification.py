@@ -37,6 +37,10 @@ class VerificationSet:
         """A human-readable name of image ``i`` for error messages."""
         return f"{self.source}[{i}]"
 
+    def image_identity(self, i: int) -> str | None:
+        """The identity shown in image ``i`` when the set records it (None for a ``.bin``)."""
+        return None
+
     def load_image(self, i: int) -> torch.Tensor:
         """Image ``i`` as a uint8 RGB tensor [3, H, W]."""
         return decode_image(self.read_bytes(i), name=self.image_name(i))

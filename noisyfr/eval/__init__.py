@@ -1,11 +1,15 @@
-"""Verification evaluation: metrics on embedding pairs, embedding of verification sets.
+"""Evaluation: verification metrics, the .bin suite, IJB-B/C, embeddings and backbone loading.
 
 ``verify(emb1, emb2, issame, folds=10)``, ``embed_images(model, vset, ...)``,
-``evaluate(model, vset, ...)`` and ``noisy_detection_auc(theta_y, is_noisy)``; see
-:mod:`noisyfr.eval.verification` for the conventions.
+``evaluate(model, vset, ...)`` and ``noisy_detection_auc(theta_y, is_noisy)`` (see
+:mod:`noisyfr.eval.verification`); ``evaluate_sets`` (:mod:`noisyfr.eval.suite`, shared by
+``noisyfr eval --val`` and the trainer); ``read_ijb_meta`` / ``evaluate_ijb``
+(:mod:`noisyfr.eval.ijb_meta`, :mod:`noisyfr.eval.ijb`); ``align_face``
+(:mod:`noisyfr.eval.align`); ``load_backbone`` for checkpoints and bare state dicts.
 """
 from noisyfr.device import resolve_device
 from noisyfr.eval.checkpoint import load_backbone
+from noisyfr.eval.suite import evaluate_sets
 from noisyfr.eval.verification import (
     best_threshold,
     cosine_similarity,
@@ -16,5 +20,5 @@ from noisyfr.eval.verification import (
     verify,
 )
 
-__all__ = ["verify", "embed_images", "evaluate", "noisy_detection_auc", "cosine_similarity",
-           "best_threshold", "tar_at_far", "load_backbone", "resolve_device"]
+__all__ = ["verify", "embed_images", "evaluate", "evaluate_sets", "noisy_detection_auc",
+           "cosine_similarity", "best_threshold", "tar_at_far", "load_backbone", "resolve_device"]

@@ -14,7 +14,10 @@ Conventions
   between consecutive distinct training similarities, plus one below the minimum and one above the
   maximum; ties go to the smallest threshold), and the accuracy is measured on the held-out fold.
   ``accuracy`` / ``accuracy_std`` are the mean / population std over folds, ``threshold`` the mean
-  of the fold thresholds.
+  of the fold thresholds. ``thresholds="insightface"`` replaces the exact search by insightface's
+  grid: "same" iff the squared distance of the unit embeddings ``2 - 2 cos`` is strictly below
+  ``t``, ``t`` in ``0, 0.01, ..., 3.99``, the first (smallest) best ``t`` on the training folds;
+  ``threshold`` then reports the mean of ``1 - t/2`` (on cosine similarity).
 - TAR@FAR (over all pairs, no folds): from ``sklearn.metrics.roc_curve``, the largest true-accept
   rate whose false-accept rate is <= the target (no interpolation). With N different-identity
   pairs the FAR resolution is 1/N: with LFW's 300 negatives per fold file, FAR 1e-3 and 1e-4 are
@@ -30,13 +33,16 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold, StratifiedKFold
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.eval.embed import TransformedImages, check_batch_size, embed_dataset
 
 #: result key -> false-accept-rate target
 FAR_TARGETS = {"tar_at_far_1e-3": 1e-3, "tar_at_far_1e-4": 1e-4}
+#: how the accuracy's threshold is chosen on the training folds (see the module docstring)
+THRESHOLD_RULES = ("exact", "insightface")
+#: insightface's threshold grid on the squared distance of unit embeddings
+INSIGHTFACE_DISTANCES = np.arange(0, 4, 0.01)
 
 
 def cosine_similarity(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
@@ -102,31 +108,63 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float:
     return float(tpr[fpr <= far].max())
 
 
-def verify(emb1: Any, emb2: Any, issame: Any, folds: int = 10) -> dict[str, float]:
+def check_thresholds(rule: str) -> str:
+    """``rule`` when it is one of :data:`THRESHOLD_RULES`, else NoisyFRError naming it."""
+    if rule not in THRESHOLD_RULES:
+        raise NoisyFRError(f"thresholds: expected one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
+    return rule
+
+
+def insightface_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
+    """insightface's threshold on these pairs: the first distance ``t`` of
+    :data:`INSIGHTFACE_DISTANCES` maximising the accuracy of ``2 - 2 * score < t``; returns
+    (t, accuracy)."""
+    dist = 2.0 - 2.0 * np.asarray(scores, dtype=np.float64)
+    same = np.asarray(issame, dtype=bool)
+    acc = ((dist[None, :] < INSIGHTFACE_DISTANCES[:, None]) == same[None, :]).mean(axis=1)
+    k = int(np.argmax(acc))
+    return float(INSIGHTFACE_DISTANCES[k]), float(acc[k])
+
+
+def _fold_accuracy(scores: np.ndarray, same: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                   rule: str) -> tuple[float, float]:
+    """(held-out accuracy, threshold on cosine similarity) of one fold under ``rule``."""
+    if rule == "insightface":
+        t, _ = insightface_threshold(scores[train_idx], same[train_idx])
+        pred = (2.0 - 2.0 * scores[test_idx]) < t
+        return float(np.mean(pred == same[test_idx])), 1.0 - t / 2.0
+    t, _ = best_threshold(scores[train_idx], same[train_idx])
+    return float(np.mean((scores[test_idx] > t) == same[test_idx])), t
+
+
+def verify(emb1: Any, emb2: Any, issame: Any, folds: int = 10,
+           thresholds: str = "exact") -> dict[str, float]:
     """Verification metrics of pairs (``emb1[i]``, ``emb2[i]``) labelled ``issame[i]``.
 
     Returns a dict with ``accuracy`` and ``accuracy_std`` (``folds``-fold cross-validated with
-    class-stratified, order-keeping folds; threshold chosen on the other folds), ``threshold`` (mean of the fold thresholds on cosine
-    similarity), ``tar_at_far_1e-3``, ``tar_at_far_1e-4``, ``auc`` and ``num_pairs``. See the
-    module docstring for the exact conventions.
+    class-stratified, order-keeping folds; threshold chosen on the other folds, by an exact search
+    or, with ``thresholds="insightface"``, on insightface's grid), ``threshold`` (mean of the fold
+    thresholds on cosine similarity), ``tar_at_far_1e-3``, ``tar_at_far_1e-4``, ``auc`` and
+    ``num_pairs``. See the module docstring for the exact conventions.
     """
+    check_thresholds(thresholds)
     e1, e2, same = _check_pairs(emb1, emb2, issame, folds)
     scores = cosine_similarity(e1, e2)
-    accs, thresholds = [], []
+    accs, fold_thresholds = [], []
     n_pos = int(same.sum())
     if min(n_pos, len(same) - n_pos) >= folds:
         splits = StratifiedKFold(n_splits=int(folds), shuffle=False).split(scores, same)
     else:
         splits = KFold(n_splits=int(folds), shuffle=False).split(scores)
     for train_idx, test_idx in splits:
-        t, _ = best_threshold(scores[train_idx], same[train_idx])
-        accs.append(float(np.mean((scores[test_idx] > t) == same[test_idx])))
-        thresholds.append(t)
+        acc, t = _fold_accuracy(scores, same, train_idx, test_idx, thresholds)
+        accs.append(acc)
+        fold_thresholds.append(t)
     both = bool(same.any() and not same.all())
     result = {
         "accuracy": float(np.mean(accs)),
         "accuracy_std": float(np.std(accs)),
-        "threshold": float(np.mean(thresholds)),
+        "threshold": float(np.mean(fold_thresholds)),
     }
     for key, far in FAR_TARGETS.items():
         result[key] = tar_at_far(scores, same, far)
@@ -153,58 +191,37 @@ def noisy_detection_auc(theta_y: Any, is_noisy: Any) -> float:
     return float(roc_auc_score(noisy, theta))
 
 
-class _ImageSet(Dataset):
-    def __init__(self, vset, transform):
-        self.vset = vset
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return int(self.vset.num_images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.vset.load_image(i))
-
-
 def embed_images(model: torch.nn.Module, vset, image_size: int = 112, center_crop: float = 1.0,
                  batch_size: int = 64, device: str | torch.device = "cpu",
-                 num_workers: int = 0) -> np.ndarray:
+                 num_workers: int = 0, flip: bool = True) -> np.ndarray:
     """Embeddings [vset.num_images, d] float32 of every image of a verification set.
 
     Each image is preprocessed with ``face_transform(image_size, center_crop)``; its embedding is
-    ``model(x) + model(flip(x))`` (horizontal flip), L2-normalised. Runs in ``model.eval()`` under
+    ``model(x) + model(flip(x))`` (horizontal flip; ``model(x)`` alone with ``flip=False``),
+    L2-normalised (:func:`noisyfr.eval.embed.embed_dataset`). Runs in ``model.eval()`` under
     ``torch.no_grad()`` and restores the model's training mode afterwards. The model must already
     live on ``device`` (it is not moved).
     """
     from noisyfr.data.transforms import face_transform
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise NoisyFRError(f"batch_size: must be a positive integer, got {batch_size!r}")
-    device = torch.device(device)
-    loader = DataLoader(_ImageSet(vset, face_transform(image_size, center_crop)),
-                        batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with torch.no_grad():
-            for x in tqdm(loader, desc=f"embed {getattr(vset, 'name', '')}".rstrip(),
-                          unit="batch", disable=None, leave=False):
-                x = x.to(device, non_blocking=True)
-                emb = model(x) + model(torch.flip(x, dims=[3]))
-                emb = torch.nn.functional.normalize(emb.float(), dim=1)
-                chunks.append(emb.cpu())
-    finally:
-        model.train(was_training)
-    if not chunks:
+    check_batch_size(batch_size)
+    images = TransformedImages(vset.load_image, vset.num_images, face_transform(image_size, center_crop))
+    if len(images) == 0:
         raise NoisyFRError(f"{getattr(vset, 'name', 'verification set')}: has no images")
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+    emb, _ = embed_dataset(model, images, flip=flip, batch_size=batch_size, device=device,
+                           num_workers=num_workers,
+                           desc=f"embed {getattr(vset, 'name', '')}".rstrip())
+    return emb
 
 
-def evaluate(model: torch.nn.Module, vset, folds: int = 10, **embed_kwargs) -> dict[str, Any]:
-    """Embed ``vset`` with :func:`embed_images` (``embed_kwargs``) and :func:`verify` its pairs.
+def evaluate(model: torch.nn.Module, vset, folds: int = 10, thresholds: str = "exact",
+             **embed_kwargs) -> dict[str, Any]:
+    """Embed ``vset`` with :func:`embed_images` (``embed_kwargs``) and :func:`verify` its pairs
+    (``folds``, ``thresholds``).
 
     Returns verify's dict plus ``name`` (the set's name).
     """
+    check_thresholds(thresholds)
     emb = embed_images(model, vset, **embed_kwargs)
     pairs = np.asarray(vset.pairs, dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.size == 0:
@@ -212,5 +229,6 @@ def evaluate(model: torch.nn.Module, vset, folds: int = 10, **embed_kwargs) -> d
     if pairs.min() < 0 or pairs.max() >= len(emb):
         raise NoisyFRError(f"{vset.name}: pair index out of range 0..{len(emb) - 1}")
     result = {"name": str(vset.name)}
-    result.update(verify(emb[pairs[:, 0]], emb[pairs[:, 1]], vset.issame, folds=folds))
+    result.update(verify(emb[pairs[:, 0]], emb[pairs[:, 1]], vset.issame, folds=folds,
+                         thresholds=thresholds))
     return result

@@ -170,6 +170,7 @@ SCHEMA: dict[str, Any] = {
         "embedding_dim": (512, int_(lo=1)),
         "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "width": (1.0, float_(lo=0.0, lo_open=True, hi=4.0)),
+        "init": (None, str_(optional=True)),
     },
     "loss": {
         "name": ("arcface", str_()),
@@ -353,13 +354,14 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
 
 
 def _resolve_val_names(cfg: dict[str, Any]) -> None:
-    """``data.val`` entries that are bare set names (``lfw``, ``cfp_fp``, ``agedb_30``, ...)
-    become the ``<name>.bin`` beside ``data.train`` (arcface_torch's ``val_targets``)."""
+    """``data.val`` entries that are bare set names (``lfw``, ``cfp_fp``, ``agedb_30``, ...) and
+    not existing paths become the ``<name>.bin`` beside ``data.train`` (arcface_torch's
+    ``val_targets``)."""
     from noisyfr.data.pairs import bin_beside, is_set_name
 
     data = cfg["data"]
     for i, value in enumerate(data["val"]):
-        if is_set_name(value):
+        if is_set_name(value) and not Path(value).exists():
             data["val"][i] = str(bin_beside(value, data["train"], f"config key 'data.val[{i}]'"))
 
 

@@ -128,7 +128,8 @@ def _build_data(run: _Run) -> None:
 
 
 def _build_model_and_head(run: _Run) -> None:
-    """Backbone and margin head, initialised from the seed (the same on every rank)."""
+    """Backbone and margin head, initialised from the seed (the same on every rank); the backbone
+    then takes the weights of ``model.init`` when set (an insightface backbone.pth or a checkpoint)."""
     from noisyfr.losses import MarginHead, build_loss
     from noisyfr.models import create_backbone
 
@@ -137,6 +138,10 @@ def _build_model_and_head(run: _Run) -> None:
     run.model = create_backbone(cfg["model"]["backbone"], embedding_dim=cfg["model"]["embedding_dim"],
                                 image_size=cfg["data"]["image_size"], dropout=cfg["model"]["dropout"],
                                 width=cfg["model"]["width"])
+    if cfg["model"]["init"] is not None:
+        from noisyfr.eval.checkpoint import init_backbone
+
+        init_backbone(run.model, cfg["model"]["init"], what="config key 'model.init'")
     loss_params = {k: v for k, v in cfg["loss"].items() if k != "name"}
     run.head = MarginHead(cfg["model"]["embedding_dim"], run.num_classes,
                           build_loss(cfg["loss"]["name"], **loss_params))
@@ -288,18 +293,20 @@ def _angle_summary(run: _Run, tracker: angles_mod.AngleTracker, epoch: int) -> d
 
 
 def _evaluate(run: _Run, epoch: int) -> dict:
-    """Verification accuracy of the sets due this epoch (rank 0, broadcast) and the best so far."""
-    from noisyfr.eval import evaluate
+    """Verification accuracy of the sets due this epoch (rank 0, broadcast) and the best so far,
+    by the code of ``noisyfr eval --val`` (:func:`noisyfr.eval.suite.evaluate_sets`)."""
+    from noisyfr.eval.suite import evaluate_sets
 
     cfg, ev = run.cfg, run.cfg["eval"]
     due = epoch in ev["epochs"] if ev["epochs"] is not None else (
         epoch == cfg["optim"]["epochs"] or (ev["every"] > 0 and epoch % ev["every"] == 0))
     val = {"val_accuracy": math.nan, **{f"val/{n}/accuracy": math.nan for n, _ in run.vsets}}
     if run.rank == 0 and run.vsets and due:
-        for name, vset in run.vsets:
-            res = evaluate(run.model, vset, image_size=cfg["data"]["image_size"],
-                           center_crop=cfg["data"]["center_crop"], batch_size=ev["batch_size"],
-                           device=run.device)
+        results = evaluate_sets(run.model, [vset for _, vset in run.vsets],
+                                image_size=cfg["data"]["image_size"],
+                                center_crop=cfg["data"]["center_crop"], batch_size=ev["batch_size"],
+                                device=run.device)
+        for (name, _), res in zip(run.vsets, results):
             val[f"val/{name}/accuracy"] = float(res["accuracy"])
         val["val_accuracy"] = float(np.mean([val[f"val/{n}/accuracy"] for n, _ in run.vsets]))
     if run.world > 1:

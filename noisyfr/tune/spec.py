@@ -197,7 +197,8 @@ def _resolve_paths(cfg: dict, base: Path) -> None:
     if isinstance(data.get("manifest"), str):
         data["manifest"] = _abs(data["manifest"], base)
     val = data.get("val")
-    keep = lambda v: not isinstance(v, str) or is_generated(v) or is_set_name(v)  # noqa: E731
+    keep = lambda v: (not isinstance(v, str) or is_generated(v)  # noqa: E731
+                      or (is_set_name(v) and not (base / v).exists()))
     if isinstance(val, str):
         data["val"] = [val if keep(val) else _abs(val, base)]
     elif isinstance(val, list):
