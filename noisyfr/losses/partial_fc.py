@@ -38,8 +38,20 @@ from noisyfr.losses.head import centre_cosines, count_subcentres
 
 #: Classes per block of the seeded centre initialisation (independent of the world size).
 INIT_BLOCK = 4096
-#: Classes per block of the no-grad pass over a whole shard (nearest-class search).
-SCAN_BLOCK = 65536
+#: Bytes of the [B, block, K] cosine block of the no-grad pass over a whole shard (the
+#: nearest-class search of the angle log): the block of classes shrinks as the batch grows.
+SCAN_BYTES = 1 << 28
+
+
+def sample_count(num_local: int, sample_rate: float) -> int:
+    """Classes a shard of ``num_local`` computes per step at ``sample_rate`` (before the
+    positives: all of them are kept when they are more)."""
+    return max(1, int(sample_rate * num_local))
+
+
+def scan_block(batch: int, K: int) -> int:
+    """Classes per block of the nearest-class pass for a global batch of ``batch`` rows."""
+    return max(1, SCAN_BYTES // (4 * max(1, batch) * K))
 
 
 def partial_fc_blocker(loss: MarginLoss) -> str | None:
@@ -146,7 +158,7 @@ class PartialFCHead(nn.Module):
         self.grad_scale = float(self.world if grad_scale is None else grad_scale)
         self.loss, self.K, self.seed = loss, int(loss.subcenters), int(seed)
         self.class_start, self.num_local = shard_range(self.num_classes, self.rank, self.world)
-        self.num_sample = max(1, int(self.sample_rate * self.num_local))
+        self.num_sample = sample_count(self.num_local, self.sample_rate)
         self.weight = nn.Parameter(init_centres(self.class_start, self.num_local, self.K,
                                                 self.embedding_dim, self.seed))
         if self.K > 1:
@@ -266,13 +278,14 @@ class PartialFCHead(nn.Module):
     def nearest_two(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two largest cosines of unit features ``x`` [B, d] over every class of every rank
         and their global classes, ``(values, classes)`` [B, 2] each (-inf / -1 beyond C), from a
-        pass over the whole shard in blocks of :data:`SCAN_BLOCK` classes."""
+        pass over the whole shard in blocks of at most :data:`SCAN_BYTES` of cosines."""
         x = x.float()
         B = x.shape[0]
         best_v = x.new_full((B, 2), float("-inf"))
         best_i = torch.full((B, 2), -1, dtype=torch.long, device=x.device)
-        for lo in range(0, self.num_local, SCAN_BLOCK):
-            rows = torch.arange(lo, min(lo + SCAN_BLOCK, self.num_local), device=x.device)
+        block = scan_block(B, self.K)
+        for lo in range(0, self.num_local, block):
+            rows = torch.arange(lo, min(lo + block, self.num_local), device=x.device)
             cos = torch.einsum("bd,nkd->bnk", x, self._unit_centres(rows)).amax(dim=2)
             v, i = torch.cat([best_v, cos], 1), torch.cat([best_i, (rows + self.class_start)
                                                            .unsqueeze(0).expand(B, -1)], 1)
