@@ -7,6 +7,9 @@ single-process path never touches ``torch.distributed``.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -17,6 +20,25 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def torchrun_group(device: str = "auto"):
+    """Inside ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) with no process group yet:
+    initialise one for the block (NCCL when the run's ``device`` is CUDA, else gloo) and destroy
+    it after; otherwise do nothing (a single process, or a group Ray Train already made)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or not dist.is_available() or dist.is_initialized():
+        yield
+        return
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def shard_range(total: int, rank: int, world: int) -> tuple[int, int]:
