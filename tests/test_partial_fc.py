@@ -80,11 +80,18 @@ def test_centre_init_does_not_depend_on_the_sharding():
     assert float(whole.std()) == pytest.approx(0.01, rel=0.05)
 
 
-@pytest.mark.parametrize("name", ["arcface", "subcenter_arcface"])
-def test_angle_rows_under_sampling_are_those_of_the_full_head(name):
+@pytest.mark.parametrize("name, scan_classes", [("arcface", None), ("subcenter_arcface", None),
+                                                ("subcenter_arcface", 3)])
+def test_angle_rows_under_sampling_are_those_of_the_full_head(name, scan_classes, monkeypatch):
     """theta_y, theta_nearest, nearest_label, theta_orig, theta_dominant come from every class,
-    not only the sampled ones; weights are the sampled softmax's."""
+    not only the sampled ones (also when the nearest-class pass runs in blocks of 3 classes);
+    weights are the sampled softmax's."""
+    from noisyfr.losses import partial_fc
+
     full, part = _pair(name, classes=40, rate=0.25)
+    if scan_classes:
+        monkeypatch.setattr(partial_fc, "SCAN_BYTES", 4 * 6 * part.K * scan_classes)
+        assert partial_fc.scan_block(6, part.K) == scan_classes
     g = torch.Generator().manual_seed(2)
     feats = torch.randn(6, 8, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])

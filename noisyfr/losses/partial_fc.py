@@ -286,9 +286,11 @@ class PartialFCHead(nn.Module):
         block = scan_block(B, self.K)
         for lo in range(0, self.num_local, block):
             rows = torch.arange(lo, min(lo + block, self.num_local), device=x.device)
-            cos = torch.einsum("bd,nkd->bnk", x, self._unit_centres(rows)).amax(dim=2)
-            v, i = torch.cat([best_v, cos], 1), torch.cat([best_i, (rows + self.class_start)
-                                                           .unsqueeze(0).expand(B, -1)], 1)
+            cos = torch.einsum("bd,nkd->bnk", x, self._unit_centres(rows))
+            cos = cos.squeeze(2) if self.K == 1 else cos.amax(dim=2)
+            top = cos.topk(min(2, len(rows)), dim=1)  # the block's best two, then merge
+            v = torch.cat([best_v, top.values], 1)
+            i = torch.cat([best_i, rows[top.indices] + self.class_start], 1)
             top = v.topk(2, dim=1)
             best_v, best_i = top.values, i.gather(1, top.indices)
         v, i = all_gather_rows(best_v.unsqueeze(0)), all_gather_rows(best_i.unsqueeze(0))
