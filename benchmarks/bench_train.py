@@ -96,10 +96,9 @@ class ReferenceStep:
             weight = weight[index]
         logits = F.linear(F.normalize(emb.float()), F.normalize(weight)).clamp(-1, 1)
         rows = torch.arange(len(labels), device=labels.device)
-        with torch.no_grad():  # arcface_torch: the margin is applied without a gradient path
-            theta = logits[rows, labels].arccos()
-            target = torch.cos(theta + self.m)
-        logits = logits.index_put((rows, labels), target) * self.s
+        with torch.no_grad():  # arcface_torch: margin written in place, gradient straight through
+            logits[rows, labels] = torch.cos(logits[rows, labels].arccos() + self.m)
+        logits = logits * self.s
         loss = F.cross_entropy(logits, labels)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
