@@ -128,6 +128,11 @@ def test_losses_and_rates_partial_fc_refuses(tmp_path):
         load_config(base, ["loss.name=boundaryface", "loss.sample_rate=0.5"])
     with pytest.raises(NoisyFRError, match="cannot be sharded over 4 ranks"):
         PartialFCHead(4, 3, build_loss("arcface"), world=4, rank=0)
+    head = PartialFCHead(4, 10, build_loss("arcface"))
+    with pytest.raises(NoisyFRError, match=r"labels out of range \[0, 10\): min 0, max 10"):
+        head(torch.randn(2, 4), torch.tensor([0, 10]))
+    with pytest.raises(NoisyFRError, match="labels must be an int64 tensor"):
+        head(torch.randn(2, 4), torch.tensor([0.0, 1.0]))
 
 
 def test_clip_grad_norm_matches_torch():

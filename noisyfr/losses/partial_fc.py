@@ -203,8 +203,16 @@ class PartialFCHead(nn.Module):
                 or features.shape[1] != self.embedding_dim:
             raise NoisyFRError(f"PartialFCHead: features must be [B, {self.embedding_dim}], got "
                                f"{tuple(getattr(features, 'shape', ()))}")
+        if not torch.is_tensor(labels) or labels.dtype != torch.int64 \
+                or labels.shape != features.shape[:1]:
+            raise NoisyFRError(f"PartialFCHead: labels must be an int64 tensor "
+                               f"[{features.shape[0]}], got {tuple(getattr(labels, 'shape', ()))}")
         feats = gather_rows_with_grad(features, self.grad_scale)
         labels_all = all_gather_rows(labels)
+        if labels_all.numel() and (int(labels_all.min()) < 0
+                                   or int(labels_all.max()) >= self.num_classes):
+            raise NoisyFRError(f"PartialFCHead: labels out of range [0, {self.num_classes}): min "
+                               f"{int(labels_all.min())}, max {int(labels_all.max())}")
         norms = feats.norm(dim=1)
         x = feats / norms.clamp_min(1e-12).unsqueeze(1)
         local = labels_all - self.class_start
