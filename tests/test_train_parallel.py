@@ -3,7 +3,6 @@ against the single-process step on the concatenated batch, Partial FC under samp
 softmax over the sampled classes, and a Partial FC run's checkpoint and resume."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
