@@ -97,7 +97,8 @@ def test_missing_required_key():
 
 
 def test_loss_parameters_are_checked_by_build_loss():
-    assert load_config(BASE, ["loss.name=cosface", "loss.m=0.2"])["loss"] == {"name": "cosface", "m": 0.2}
+    assert load_config(BASE, ["loss.name=cosface", "loss.m=0.2"])["loss"] == {"name": "cosface", "m": 0.2,
+                                                                           "sample_rate": None}
     with pytest.raises(NoisyFRError, match="config key 'loss'.*mm"):
         load_config(BASE, ["loss.mm=0.2"])
     with pytest.raises(NoisyFRError, match="config key 'loss'.*nosuchloss"):

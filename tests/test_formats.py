@@ -136,6 +136,39 @@ def test_lfw_jpeg_index(lfw_train_dir: Path):
         assert ix.load_image(i).shape == (3, 250, 250)
 
 
+def test_jpeg_decodes_with_torchvision_to_pil_pixels(lfw_train_dir: Path, monkeypatch):
+    """JPEG goes through torchvision's decode_jpeg: the same pixels as PIL (colour, greyscale,
+    CMYK); other formats and broken JPEGs through PIL, whose error names the file."""
+    from noisyfr.data import decode_images
+    from noisyfr.data import index as index_mod
+
+    used = []
+    real = index_mod._torchvision_jpeg
+    monkeypatch.setattr(index_mod, "_torchvision_jpeg", lambda *a, **k: used.append(1) or real(*a, **k))
+    files = sorted(lfw_train_dir.glob("*/*.jpg"))[::40]
+    first = Image.open(files[0])
+    extra = []
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        first.convert(mode).save(buf, "JPEG", quality=85)
+        extra.append(buf.getvalue())
+    datas = [f.read_bytes() for f in files] + extra
+    got = decode_images(datas)
+    assert len(used) == len(datas)                          # every JPEG went through torchvision
+    for data, img in zip(datas, got):
+        assert img.dtype == torch.uint8 and img.shape[0] == 3
+        want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), want)
+    used.clear()
+    png = _png(3)
+    assert torch.equal(decode_images([png])[0].permute(1, 2, 0),
+                       torch.from_numpy(np.array(Image.open(io.BytesIO(png)).convert("RGB"))))
+    assert not used                                         # not a JPEG: PIL only
+    for broken in (datas[0][:len(datas[0]) // 2], datas[0][:200] + bytes(300)):
+        with pytest.raises(NoisyFRError, match=r"face\.jpg: corrupt or unreadable image"):
+            decode_images([datas[1], broken], names=["ok.jpg", "face.jpg"])
+
+
 def test_corrupt_image_error_names_file_or_is_skipped(tiny_folder: Path):
     bad = tiny_folder / "bob" / "c_broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)

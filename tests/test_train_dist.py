@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.multiprocessing as mp
+import yaml
 
+from noisyfr.io import load_checkpoint
 from noisyfr.train import load_config
 
 
@@ -60,3 +63,29 @@ def test_two_gloo_processes(tmp_path):
     assert len(pd.read_csv(run / "metrics.csv")) == 2
     assert (run / "checkpoints" / "last.pt").is_file()
     assert np.isfinite(pd.read_csv(run / "metrics.csv")["loss"]).all()
+
+
+def _torchrun_worker(rank: int, world: int, port: int, path: str) -> None:
+    from noisyfr.cli import main as cli_main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    code = cli_main(["train", path])
+    Path(path).with_name(f"exit_{rank}").write_text(str(code))
+
+
+def test_noisyfr_train_under_torchrun_starts_its_own_process_group(tmp_path):
+    run = tmp_path / "run"
+    cfg = {"data": {"train": "synthetic:ids=4,per_id=2,size=32,seed=0", "image_size": 32},
+           "model": {"backbone": "small_cnn", "embedding_dim": 16, "width": 0.25, "sync_bn": True},
+           "loss": {"name": "arcface", "s": 16.0, "sample_rate": 0.5},
+           "optim": {"epochs": 1, "batch_size": 4, "lr": 0.05}, "device": "cpu",
+           "output_dir": str(run)}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    mp.spawn(_torchrun_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
+    assert [(tmp_path / f"exit_{r}").read_text() for r in range(2)] == ["0", "0"]
+    frame = pd.read_parquet(run / "angles" / "epoch_1.parquet")
+    assert frame["sample_index"].tolist() == list(range(8))   # both ranks' samples
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["head"]["weight"].shape == (4, 16)

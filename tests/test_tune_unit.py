@@ -269,6 +269,21 @@ def test_results_table_and_summary_statistics(tmp_path):
     assert f"`{bad}`: error: RuntimeError: boom" in md
 
 
+def test_sample_rate_is_a_grid_axis_with_its_own_loss_label(tmp_path):
+    cfg = base(grid={"loss.sample_rate": [1.0, 0.1], "loss.name": ["arcface", "boundaryface"]})
+    with pytest.raises(NoisyFRError, match="loss.sample_rate.*Partial FC cannot train loss "
+                                           "boundaryface"):
+        sweep_spec.load_sweep(cfg, sweep_dir=tmp_path)
+    spec = sweep_spec.load_sweep(base(grid={"loss.sample_rate": [1.0, 0.1], "seed": [0]}),
+                                 sweep_dir=tmp_path)
+    assert sorted(t.config["loss"]["sample_rate"] for t in spec.trials) == [0.1, 1.0]
+    df = results.results_table(spec, {t.name: (_history([1.0], [0.9], [0.6]), None)
+                                      for t in spec.trials})
+    assert sorted(df["loss.sample_rate"]) == [0.1, 1.0]
+    assert sorted(df["loss.label"]) == ["arcface s=16 m=0.5 sample_rate=0.1 exact",
+                                        "arcface s=16 m=0.5 sample_rate=1 exact"]
+
+
 def test_stored_sweep_round_trip(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(base()))

@@ -7,7 +7,7 @@ Names are imported lazily from their submodules so that ``import noisyfr.data`` 
 from __future__ import annotations
 
 from noisyfr.lazy import lazy_getattr
-from noisyfr.data.index import FaceIndex, decode_image
+from noisyfr.data.index import FaceIndex, decode_image, decode_images
 
 _LAZY = {
     "open_index": "noisyfr.data.open",
@@ -20,6 +20,6 @@ _LAZY = {
     "SyntheticPairs": "noisyfr.data.synthetic_pairs",
 }
 
-__all__ = ["FaceIndex", "decode_image", *_LAZY]
+__all__ = ["FaceIndex", "decode_image", "decode_images", *_LAZY]
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -34,8 +35,67 @@ IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct
                 Image.DecompressionBombError)
 
 
+#: The first bytes of every JPEG stream (SOI marker and the next marker's 0xFF).
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _jpeg_tensor(data: bytes) -> "torch.Tensor":
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _torchvision_jpeg(datas, device=None):
+    """``torchvision.io.decode_jpeg`` in RGB mode, its deprecation notice silenced (torchvision
+    0.29 points to TorchCodec; PIL takes over if torchvision ever drops it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message=".*image decoding and encoding capabilities of TorchVision")
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        kwargs = {} if device is None else {"device": device}
+        return decode_jpeg(datas, mode=ImageReadMode.RGB, **kwargs)
+
+
+def _decode_jpeg(data: bytes) -> "torch.Tensor | None":
+    """JPEG bytes -> uint8 RGB [3, H, W] with ``torchvision.io.decode_jpeg`` (libjpeg-turbo, the
+    same pixels as PIL's decoder); None when torchvision cannot decode it (PIL decides then)."""
+    try:
+        return _torchvision_jpeg(_jpeg_tensor(data))
+    except (RuntimeError, ValueError, ImportError):
+        return None
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> "torch.Tensor":
-    """Decode encoded image bytes to a uint8 RGB tensor [3, H, W]; NoisyFRError naming ``name``."""
+    """Decode encoded image bytes to a uint8 RGB tensor [3, H, W]; NoisyFRError naming ``name``.
+
+    JPEG goes through ``torchvision.io.decode_jpeg`` (about 2x faster than PIL on CPU), every
+    other format, and any JPEG it refuses, through PIL."""
+    if bytes(data[:3]) == JPEG_MAGIC:
+        image = _decode_jpeg(data)
+        if image is not None:
+            return image
+    return _decode_pil(data, name)
+
+
+def decode_images(datas: Sequence[bytes], names: Sequence[str] | None = None,
+                  device: "str | torch.device" = "cpu") -> list["torch.Tensor"]:
+    """Decode a batch of encoded images to uint8 RGB tensors [3, H, W] on ``device``. On CUDA
+    an all-JPEG batch is decoded in one batched ``decode_jpeg`` call on the GPU (nvjpeg); else
+    each image goes through :func:`decode_image` (a batched call is no faster on CPU)."""
+    import torch
+
+    dev = torch.device(device)
+    names = list(names) if names is not None else [f"<bytes {i}>" for i in range(len(datas))]
+    if dev.type == "cuda" and datas and all(bytes(d[:3]) == JPEG_MAGIC for d in datas):
+        try:
+            return list(_torchvision_jpeg([_jpeg_tensor(d) for d in datas], device=dev))
+        except (RuntimeError, ValueError, ImportError):
+            pass  # one of them is corrupt: decode one by one for the error naming it
+    return [decode_image(d, n).to(dev) for d, n in zip(datas, names)]
+
+
+def _decode_pil(data: bytes, name: str) -> "torch.Tensor":
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -37,14 +37,18 @@ LABEL_KEYS = ("s", "m", "m1", "m2", "m3", "K")
 
 def loss_settings(section: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting of a config ``loss`` section that changes a number: ``name``, each
-    constructor parameter (the section's value, else the loss's default) and ``grad_mode``.
-    An unregistered name gives the section as it is (``grad_mode`` defaulting to exact)."""
-    section = dict(section or {})
+    constructor parameter (the section's value, else the loss's default), ``sample_rate`` when
+    set (Partial FC) and ``grad_mode``. An unregistered name gives the section as it is
+    (``grad_mode`` defaulting to exact)."""
+    section = {k: v for k, v in dict(section or {}).items()
+               if not (k == "sample_rate" and v is None)}
     name = section.get("name", "arcface")
     out: dict[str, Any] = {"name": name}
     if isinstance(name, str) and name in LOSSES:
         for key, default in loss_parameters(name).items():
             out[key] = section.get(key, default)
+        if "sample_rate" in section:
+            out["sample_rate"] = section["sample_rate"]
     else:
         out.update({k: v for k, v in section.items() if k != "name"})
     out.setdefault("grad_mode", "exact")

@@ -197,6 +197,9 @@ class BoundaryFace(MarginLoss):
     ``last_corrected`` holds the bool mask [B] of the latest forward.
     """
 
+    partial_fc_blocker = ("its label correction and penalty need each sample's cosine to every "
+                          "class (Partial FC samples the negatives and shards the centres)")
+
     def __init__(self, m: float = 0.5, s: float = 64.0, start_epoch: int = 7,
                  penalty_weight: float = math.pi, grad_mode: str = "exact"):
         super().__init__(s=s, grad_mode=grad_mode)

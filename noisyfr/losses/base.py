@@ -88,14 +88,23 @@ class _MarginLogits(torch.autograd.Function):
     ``cos > T[row]`` become ``s * cos * (t + cos)`` (CurricularFace hard negatives), in a few
     more in-place elementwise passes in float arithmetic (no bool masks, no index lists). In
     ``exact`` grad mode their gradient is ``s * (t + 2 cos)``, else ``s`` (straight-through).
+
+    Model-parallel (Partial FC) use: with ``cos_y_given`` [B], ``cos`` holds only this rank's
+    columns and ``labels`` is -1 on rows whose target column lives on another rank; those rows
+    take their target cosine from ``cos_y_given`` (for the hard-negative threshold ``T``) and
+    have no target column here (nothing is scattered into them, no gradient reaches ``T``).
     """
 
     @staticmethod
-    def forward(ctx, cos, norms, labels, loss):
-        idx = labels.unsqueeze(1)
+    def forward(ctx, cos, norms, labels, loss, cos_y_given=None):
+        own = None if cos_y_given is None else labels >= 0
+        idx = (labels if own is None else labels.clamp_min(0)).unsqueeze(1)
         need_cos, need_norms = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.enable_grad():  # a private [B] graph for T(cos_y, norms)
-            cos_y = cos.detach().gather(1, idx).squeeze(1).detach().requires_grad_(need_cos)
+            cos_y = cos.detach().gather(1, idx).squeeze(1)
+            if own is not None:
+                cos_y = torch.where(own, cos_y, cos_y_given.to(cos_y.dtype))
+            cos_y = cos_y.detach().requires_grad_(need_cos)
             n = None if norms is None else norms.detach().requires_grad_(need_norms)
             target = loss._target(cos_y, n).to(cos.dtype)
         values = target.detach()
@@ -107,7 +116,7 @@ class _MarginLogits(torch.autograd.Function):
             # complement of the hard negatives cos > T. (A float-valued compare is ~4x faster
             # than a bool one on CPU, and float masks need no index lists.)
             easy = torch.le(cos, values.unsqueeze(1), out=torch.empty_like(cos))
-            easy.scatter_(1, idx, 1.0)
+            _put(easy, idx, torch.ones_like(values), own)
             if not easy.numel() or not bool(easy.amin() < 1):
                 easy = None
         if easy is None:
@@ -118,7 +127,8 @@ class _MarginLogits(torch.autograd.Function):
             # for bit, in one allocation and in-place passes.
             out = torch.add(cos, t)
             out.addcmul_(out, easy, value=-1.0).add_(easy).mul_(cos).mul_(loss.s)
-        out.scatter_(1, idx, (values * loss.s).unsqueeze(1))
+        _put(out, idx, values * loss.s, own)
+        ctx.own = own
         if easy is not None and loss.grad_mode == "exact" and need_cos:
             ctx.save_for_backward(idx, cos, easy, t.detach().clone())
         else:
@@ -133,6 +143,8 @@ class _MarginLogits(torch.autograd.Function):
         target, cos_y, n = ctx.graph
         # dL/dT: through the logits' target column and through the returned target
         grad_t = grad.gather(1, idx).squeeze(1) * ctx.s
+        if ctx.own is not None:  # no target column on this rank: no gradient through T here
+            grad_t = torch.where(ctx.own, grad_t, torch.zeros_like(grad_t))
         if grad_target is not None:
             grad_t = grad_t + grad_target
         inputs = [x for x in (cos_y, n) if x is not None and x.requires_grad]
@@ -150,10 +162,17 @@ class _MarginLogits(torch.autograd.Function):
             g_y = got.get(id(cos_y))
             if g_y is None:
                 g_y = torch.zeros_like(grad_t)
-            grad_cos.scatter_(1, idx, g_y.unsqueeze(1).to(grad_cos.dtype))
+            _put(grad_cos, idx, g_y.to(grad_cos.dtype), ctx.own)
         if ctx.needs_input_grad[1]:
             grad_norms = got.get(id(n))
-        return grad_cos, grad_norms, None, None
+        return grad_cos, grad_norms, None, None, None
+
+
+def _put(mat: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, own) -> None:
+    """``mat[i, idx[i]] = values[i]`` in place, only on rows where ``own`` (None: every row)."""
+    if own is not None:
+        values = torch.where(own, values.to(mat.dtype), mat.gather(1, idx).squeeze(1))
+    mat.scatter_(1, idx, values.unsqueeze(1).to(mat.dtype))
 
 
 class MarginLoss(nn.Module):
@@ -173,6 +192,11 @@ class MarginLoss(nn.Module):
     linear_head = False
     #: True when the loss cannot work without ``norms=`` (MagFace).
     needs_norms = False
+    #: Why the loss cannot run under Partial FC (sampled, sharded centres), or None when it can.
+    #: Partial FC calls ``update_state`` and ``hard_negatives`` as usual, never
+    #: ``correct_labels``, and ``penalty`` with ``cos=None, target=None`` (global labels and
+    #: norms): a loss whose hooks need every class's cosine says so here.
+    partial_fc_blocker: str | None = None
 
     def __init__(self, s: float = 64.0, grad_mode: str = "exact"):
         super().__init__()

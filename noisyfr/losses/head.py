@@ -72,6 +72,33 @@ class _MaxOverSubcentres(torch.autograd.Function):
         return pick.mul_(grad.unsqueeze(0))
 
 
+def centre_cosines(x: torch.Tensor, weight: torch.Tensor, num_classes: int, K: int):
+    """``(cos, cos_k, w_norms)`` of unit features ``x`` [B, d] with the centres ``weight``
+    [C*K, d] (row ``c*K + k``): ``cos`` [B, C] (the max over the K sub-centres), ``cos_k``
+    [K, B, C] before that max (None when K == 1) and the centre norms [C*K]."""
+    # cos = x_hat . W_j / |W_j|: dividing the [B, C] product is cheaper than normalising the
+    # [C, d] centres (B < d), with the same value and gradient.
+    w_norms = weight.norm(dim=1)
+    recip = w_norms.clamp_min(1e-12).reciprocal()
+    if K == 1:
+        return F.linear(x, weight) * recip, None, w_norms
+    # cos = max over the K sub-centres, computed sub-centre-major [K, B, C]
+    cos_k = _SubcentreProducts.apply(x, weight, num_classes, K) \
+        * recip.view(num_classes, K).t().unsqueeze(1)
+    return _MaxOverSubcentres.apply(cos_k), cos_k, w_norms
+
+
+@torch.no_grad()
+def count_subcentres(counts: torch.Tensor, cos_k: torch.Tensor, rows: torch.Tensor,
+                     columns: torch.Tensor, classes: torch.Tensor) -> None:
+    """Add one to ``counts[classes[i], k_i]`` [C, K] for each i, k_i being the sub-centre of
+    entry ``(rows[i], columns[i])`` of ``cos_k`` [K, B, C'] nearest to its sample (the first
+    maximal one)."""
+    k = cos_k[:, rows, columns].max(dim=0).indices  # first maximal, as max(dim)
+    K = counts.shape[1]
+    counts.view(-1).index_add_(0, classes * K + k, torch.ones_like(classes))
+
+
 class MarginHead(nn.Module):
     """Class centres + loss: ``loss_value, logits, cos = head(features, labels)``.
 
@@ -119,24 +146,13 @@ class MarginHead(nn.Module):
                                f"{tuple(getattr(features, 'shape', ()))}")
         norms = features.norm(dim=1)
         x = features / norms.clamp_min(1e-12).unsqueeze(1)
-        # cos = x_hat . W_j / |W_j|: dividing the [B, C] product is cheaper than normalising the
-        # [C, d] centres (B < d), with the same value and gradient.
-        w_norms = self.weight.norm(dim=1)
-        recip = w_norms.clamp_min(1e-12).reciprocal()
-        if self.K == 1:
-            cos = F.linear(x, self.weight) * recip
-        else:  # cos = max over the K sub-centres, computed sub-centre-major [K, B, C]
-            cos_k = _SubcentreProducts.apply(x, self.weight, self.num_classes, self.K) \
-                * recip.view(self.num_classes, self.K).t().unsqueeze(1)
-            cos = _MaxOverSubcentres.apply(cos_k)
-            if self.training and torch.is_tensor(labels) and labels.dtype == torch.int64 \
-                    and labels.shape == cos.shape[:1] and labels.numel() \
-                    and 0 <= int(labels.min()) and int(labels.max()) < self.num_classes:
-                with torch.no_grad():
-                    rows = torch.arange(labels.shape[0], device=labels.device)
-                    k = cos_k[:, rows, labels].max(dim=0).indices  # first maximal, as max(dim)
-                    self.subcentre_counts.view(-1).index_add_(
-                        0, labels * self.K + k, torch.ones_like(labels))
+        cos, cos_k, w_norms = centre_cosines(x, self.weight, self.num_classes, self.K)
+        if cos_k is not None and self.training and torch.is_tensor(labels) \
+                and labels.dtype == torch.int64 and labels.shape == cos.shape[:1] \
+                and labels.numel() and 0 <= int(labels.min()) \
+                and int(labels.max()) < self.num_classes:
+            count_subcentres(self.subcentre_counts, cos_k,
+                             torch.arange(labels.shape[0], device=labels.device), labels, labels)
         if self.loss.linear_head:
             out = self.loss.compute(cos, labels, norms=norms, centre_norms=w_norms,
                                     bias=self.bias)
@@ -147,6 +163,15 @@ class MarginHead(nn.Module):
         if out.penalty is not None:
             value = value + out.penalty
         return value, out.logits, cos
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss the current epoch (counts from 1)."""
+        self.loss.set_epoch(epoch)
+
+    @staticmethod
+    def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
+        """Samples of the last forward whose margin logits' argmax is their label."""
+        return int((logits.detach().argmax(1) == labels).sum())
 
     @torch.no_grad()
     def class_centres(self) -> torch.Tensor:

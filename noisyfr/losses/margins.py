@@ -61,6 +61,8 @@ class Softmax(MarginLoss):
 
     identity_target = True
     linear_head = True
+    partial_fc_blocker = ("plain softmax is an unnormalised linear layer with a bias, not class "
+                          "centres on the sphere")
 
     def __init__(self, grad_mode: str = "exact"):
         super().__init__(s=1.0, grad_mode=grad_mode)

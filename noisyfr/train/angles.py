@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noisyfr.distributed import all_gather_rows, all_reduce_
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
 
@@ -96,32 +97,79 @@ def batch_rows(cos: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tenso
     cos = cos.detach().float().clamp(-1.0, 1.0)
     b, c = cos.shape
     rows = torch.arange(b, device=cos.device)
-    cos_y = cos[rows, labels]
     if c > 1:
         top_val, top_idx = cos.topk(2, dim=1)
-        first_is_label = top_idx[:, 0] == labels
-        near_val = torch.where(first_is_label, top_val[:, 1], top_val[:, 0])
-        near_idx = torch.where(first_is_label, top_idx[:, 1], top_idx[:, 0])
     else:
-        near_val = torch.full_like(cos_y, float("nan"))
-        near_idx = torch.full_like(labels, -1)
+        top_val = torch.full((b, 2), float("nan"), device=cos.device)
+        top_idx = torch.full((b, 2), -1, dtype=torch.long, device=cos.device)
     valid = (orig_labels >= 0) & (orig_labels < c)
-    cos_o = cos[rows, orig_labels.clamp(0, c - 1)]
+    cos_o = torch.where(valid, cos[rows, orig_labels.clamp(0, c - 1)],
+                        torch.full_like(top_val[:, 0], float("nan")))
+    grad_y = None if grad_cos is None else grad_cos[rows, labels_used].float() * (b / scale)
+    grad_norm = None if grad_feat is None else \
+        grad_feat.detach().float().norm(dim=1) * (b / scale)
+    return _rows(cos[rows, labels], labels, top_val, top_idx, cos_o,
+                 theta_dominant, cos[rows, labels_used], grad_y, grad_norm)
+
+
+def _rows(cos_y, labels, top_val, top_idx, cos_orig, theta_dominant, cos_used, grad_y,
+          grad_norm) -> torch.Tensor:
+    """The [B, 8] rows of :func:`batch_rows` from per-row values: the label's cosine, the two
+    largest cosines of the row and their classes, the cosine to the original label (NaN when
+    outside the label set), the angle to the dominant centre (None: theta_y), the cosine at the
+    label trained on, the per-sample gradient on that cosine and on the embedding (None: NaN)."""
+    first_is_label = top_idx[:, 0] == labels
+    near_val = torch.where(first_is_label, top_val[:, 1], top_val[:, 0])
+    near_idx = torch.where(first_is_label, top_idx[:, 1], top_idx[:, 0])
     theta_y = torch.arccos(cos_y)
-    theta_o = torch.where(valid, torch.arccos(cos_o), torch.full_like(cos_o, float("nan")))
-    theta_dom = theta_y if theta_dominant is None else theta_dominant.detach().float()
     nan = torch.full_like(cos_y, float("nan"))
+    weight = nan if grad_y is None else grad_y.abs()
+    weight_theta = weight * torch.sqrt((1.0 - cos_used ** 2).clamp_min(0.0))
+    theta_dom = theta_y if theta_dominant is None else theta_dominant.detach().float()
+    return torch.stack([theta_y, torch.arccos(near_val.clamp(-1.0, 1.0)), near_idx.float(),
+                        torch.arccos(cos_orig), theta_dom, weight, weight_theta,
+                        nan if grad_norm is None else grad_norm], 1)
+
+
+@torch.no_grad()
+def sharded_batch_rows(head, orig_labels: torch.Tensor, grad_cos: torch.Tensor | None,
+                       grad_feat: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+    """:func:`batch_rows` for this rank's samples of the last step of a Partial FC head
+    (:class:`~noisyfr.losses.partial_fc.PartialFCHead`), exact under sampling: ``theta_y`` from
+    the cosine trained on, ``theta_nearest`` / ``nearest_label`` from a pass over every rank's
+    whole shard (a distributed top-2), ``theta_orig`` / ``theta_dominant`` from the rank holding
+    that centre; ``weight`` from the gradient on the label's cosine (the loss is the mean over
+    the global batch) and ``grad_norm`` from ``grad_feat`` (this rank's embeddings' gradient,
+    which carries the head's ``grad_scale``). ``orig_labels`` [b] are this rank's rows'."""
+    st = head.last
+    B, C = st.labels.shape[0], head.num_classes
+    b = B // head.world
+    mine = slice(head.rank * b, (head.rank + 1) * b)
+    orig = all_gather_rows(orig_labels.to(st.labels.device))
+    valid = (orig >= 0) & (orig < C)
+    cos_o, own_o = head.owned_cosines(st.x, orig.clamp(0, C - 1))
+    if head.K > 1:
+        cos_d, _ = head.owned_cosines(st.x, st.labels, dominant=True)
+    else:
+        cos_d = torch.zeros_like(cos_o)
     if grad_cos is None:
-        weight = nan
+        g_y = torch.zeros_like(cos_o)
     else:
-        weight = (grad_cos[rows, labels_used].float() * (b / scale)).abs()
-    weight_theta = weight * torch.sqrt((1.0 - cos[rows, labels_used] ** 2).clamp_min(0.0))
-    if grad_feat is None:
-        grad_norm = nan
-    else:
-        grad_norm = grad_feat.detach().float().norm(dim=1) * (b / scale)
-    return torch.stack([theta_y, torch.arccos(near_val), near_idx.float(), theta_o, theta_dom,
-                        weight, weight_theta, grad_norm], 1)
+        own = st.col >= 0
+        g_y = torch.where(own, grad_cos.gather(1, st.col.clamp_min(0).unsqueeze(1)).squeeze(1),
+                          torch.zeros_like(cos_o)).float()
+    packed = all_reduce_(torch.stack([cos_o, cos_d, g_y], 1))
+    top_val, top_idx = head.nearest_two(st.x)
+    cos_y = st.cos_y.float().clamp(-1.0, 1.0)
+    nan = torch.full_like(cos_y, float("nan"))
+    cos_orig = torch.where(valid, packed[:, 0].clamp(-1.0, 1.0), nan)
+    theta_dom = torch.arccos(packed[:, 1].clamp(-1.0, 1.0)) if head.K > 1 else None
+    grad_y = None if grad_cos is None else packed[:, 2] * (B / scale)
+    grad_norm = None if grad_feat is None else \
+        all_gather_rows(grad_feat.detach().float().norm(dim=1)) * (B / (head.grad_scale * scale))
+    rows = _rows(cos_y, st.labels, top_val, top_idx, cos_orig, theta_dom, cos_y, grad_y,
+                 grad_norm)
+    return rows[mine]
 
 
 class AngleTracker:

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load and validate the config, train, print a one-line summary."""
+    from noisyfr.distributed import rank_world, torchrun_group
     from noisyfr.errors import NoisyFRError
     from noisyfr.train import load_config, train
     from noisyfr.train.checkpoint import last_checkpoint
@@ -42,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    result = train(cfg)
+    with torchrun_group(cfg["device"]):  # `torchrun ... -m noisyfr train`: one process per GPU
+        result = train(cfg)
+        if rank_world()[0] != 0:
+            return 0
     val = result.get("best_val_accuracy", math.nan)
     val_text = f", best val accuracy {val:.4f}" if isinstance(val, float) and math.isfinite(val) else ""
     print(f"trained {cfg['name']}: {result.get('epoch', 0)} epochs, loss {result.get('loss', math.nan):.4f}"

@@ -76,6 +76,13 @@ def float_(lo: float | None = None, hi: float | None = None, hi_open: bool = Fal
     return check
 
 
+def optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``check``, or None passed through."""
+    def check_optional(key: str, v: Any) -> Any:
+        return None if v is None else check(key, v)
+    return check_optional
+
+
 def bool_(key: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise _err(key, f"expected true or false, got {type(v).__name__} {v!r}")
@@ -171,9 +178,13 @@ SCHEMA: dict[str, Any] = {
         "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "width": (1.0, float_(lo=0.0, lo_open=True, hi=4.0)),
         "init": (None, str_(optional=True)),
+        "sync_bn": (False, bool_),
+        "channels_last": (False, bool_),
+        "compile": (False, bool_),
     },
     "loss": {
         "name": ("arcface", str_()),
+        "sample_rate": (None, optional(float_(lo=0.0, lo_open=True, hi=1.0))),
     },
     "optim": {
         "name": ("sgd", choice("sgd", "adamw")),
@@ -317,16 +328,27 @@ def _check_model(cfg: dict[str, Any]) -> None:
         raise (_err(key, rest.strip()) if key else _err("model", msg)) from None
 
 
+def loss_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The loss's own parameters in a ``loss`` section: every key but those of the schema
+    (``name``, and ``sample_rate``, which belongs to the head)."""
+    return {k: v for k, v in section.items() if k not in SCHEMA["loss"]}
+
+
 def _check_loss(cfg: dict[str, Any]) -> None:
     from noisyfr.losses import build_loss
 
-    params = {k: v for k, v in cfg["loss"].items() if k != "name"}
     try:
-        build_loss(cfg["loss"]["name"], **params)
+        loss = build_loss(cfg["loss"]["name"], **loss_kwargs(cfg["loss"]))
     except NoisyFRError as exc:
         raise _err("loss", str(exc)) from None
     except TypeError as exc:  # a loss without a parameter check of its own
         raise _err("loss", f"{cfg['loss']['name']}: {exc}") from None
+    if cfg["loss"]["sample_rate"] is not None:
+        from noisyfr.losses.partial_fc import partial_fc_blocker
+
+        why = partial_fc_blocker(loss)
+        if why:
+            raise _err("loss.sample_rate", f"Partial FC cannot train loss {loss.name}: {why}")
 
 
 #: Global batch when neither optim.batch_size nor optim.batch_size_per_device is given.

@@ -46,3 +46,17 @@ def make_batches(indices: list[int], batch_size: int) -> list[list[int]]:
         last = batches.pop()
         batches[-1] = batches[-1] + last
     return batches
+
+
+class EpochBatches:
+    """A DataLoader batch sampler: :func:`make_batches` over the current epoch's order of
+    ``sampler`` (call ``sampler.set_epoch`` first), so one loader serves every epoch."""
+
+    def __init__(self, sampler, batch_size: int):
+        self.sampler, self.batch_size = sampler, int(batch_size)
+
+    def __iter__(self):
+        return iter(make_batches(list(self.sampler), self.batch_size))
+
+    def __len__(self) -> int:
+        return len(make_batches(list(range(len(self.sampler))), self.batch_size))

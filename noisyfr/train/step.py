@@ -5,30 +5,34 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
+from noisyfr.distributed import all_reduce_
 from noisyfr.errors import NoisyFRError
 from noisyfr.train import angles as angles_mod
 
 
-def allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average the parameters' gradients over the ``world`` processes (one flat all-reduce)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
-
-
-def broadcast_state(module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank."""
-    for t in module.state_dict().values():
-        if torch.is_tensor(t):
-            dist.broadcast(t, 0)
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float,
+                   sharded: tuple[torch.nn.Parameter, ...] = ()) -> torch.Tensor | None:
+    """Scale the gradients so that their global norm is at most ``max_norm`` (as
+    ``torch.nn.utils.clip_grad_norm_``); the norm of the ``sharded`` parameters (each rank
+    holding a different part, e.g. Partial FC centres) is summed over the ranks. Returns the
+    norm before clipping (a 0-dim tensor; None without gradients)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    dev = grads[0].device
+    shard_ids = {id(p) for p in sharded}
+    sq = torch.zeros(2, dtype=torch.float32, device=dev)
+    for p in params:
+        if p.grad is not None:
+            sq[int(id(p) in shard_ids)] += p.grad.detach().float().pow(2).sum().to(dev)
+    if shard_ids:
+        all_reduce_(sq[1:])
+    total = sq.sum().sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+    return total
 
 
 class Stepper:
@@ -36,18 +40,25 @@ class Stepper:
 
     ``step(images, labels, index, where)`` runs forward (backbone under autocast when
     ``amp_dtype`` is set, head in float32), checks the loss is finite (NoisyFRError naming the loss
-    and ``where``), backward, gradient all-reduce (``world > 1``), clipping, optimiser and
-    scheduler steps. When ``self.tracker`` is an :class:`~noisyfr.train.angles.AngleTracker`, the
-    batch's angles are added to it from this same forward pass, and with ``self.track_grads``
-    the per-sample weights (``weight``, ``weight_theta``, ``grad_norm``) from its backward pass.
-    Returns ``(loss value, number of correct argmax predictions, lr used)``.
+    and ``where``), backward, clipping, optimiser and scheduler steps. ``model`` is what runs the
+    forward (the backbone, or its DistributedDataParallel / compiled wrapper, which average the
+    gradients over the ranks during backward); ``head_call`` the same for the head (default: the
+    head itself; a replicated head under DDP is wrapped, a Partial FC head is not). When
+    ``self.tracker`` is an :class:`~noisyfr.train.angles.AngleTracker`, the batch's angles are
+    added to it from this same forward pass, and with ``self.track_grads`` the per-sample
+    weights (``weight``, ``weight_theta``, ``grad_norm``) from its backward pass. With
+    ``channels_last`` the images are passed in channels-last memory format. Returns ``(loss
+    value, number of correct argmax predictions, lr used)``.
     """
 
     def __init__(self, model, head, optimizer, scheduler=None, *, scaler=None, amp_dtype=None,
-                 grad_clip: float = 0.0, world: int = 1, orig_labels: torch.Tensor | None = None,
-                 loss_name: str = "loss"):
+                 grad_clip: float = 0.0, orig_labels: torch.Tensor | None = None,
+                 loss_name: str = "loss", head_call=None, channels_last: bool = False):
         self.model, self.head, self.optimizer, self.scheduler = model, head, optimizer, scheduler
-        self.scaler, self.amp_dtype, self.grad_clip, self.world = scaler, amp_dtype, grad_clip, world
+        self.scaler, self.amp_dtype, self.grad_clip = scaler, amp_dtype, grad_clip
+        self.head_call = head if head_call is None else head_call
+        self.channels_last = channels_last
+        self.sharded = getattr(head, "sharded", False)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.device = next(model.parameters()).device
         self.orig_labels = orig_labels
@@ -67,6 +78,8 @@ class Stepper:
     def step(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
              where: str = "") -> tuple[float, int, float]:
         images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True).long()
         index = index.long()
         track = self.tracker is not None
@@ -74,10 +87,11 @@ class Stepper:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             feats = self.model(images)
-        feats = feats.float()
+        if feats.dtype in (torch.float16, torch.bfloat16):
+            feats = feats.float()  # the head and loss run in float32
         if grads and feats.requires_grad:
             feats.retain_grad()
-        loss, logits, cos = self.head(feats, labels)
+        loss, logits, cos = self.head_call(feats, labels)
         if grads and cos.requires_grad:
             cos.retain_grad()
         loss_val = float(loss.detach())
@@ -93,12 +107,13 @@ class Stepper:
         else:
             scale = 1.0
             loss.backward()
-        if self.world > 1:
-            allreduce_grads(self.params, self.world)
         if self.grad_clip > 0:
             if scaler is not None:
                 scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            clip_grad_norm(self.params, self.grad_clip,
+                           (self.head.weight,) if self.sharded else ())
+        if track:  # before the update: the angles of the centres the loss saw
+            self._track(feats, labels, cos, index, grads, scale)
         lr_used = float(opt.param_groups[0]["lr"])
         if scaler is not None:
             scaler.step(opt)
@@ -107,15 +122,19 @@ class Stepper:
             opt.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        correct = int((logits.detach().argmax(1) == labels).sum())
-        if track:
-            orig = (self.orig_labels[index] if self.orig_labels is not None else index.new_full(
-                index.shape, -1)).to(self.device)
-            used = getattr(self.head, "last_labels", None)
-            used = labels if used is None else used
+        return loss_val, self.head.correct_count(logits, labels), lr_used
+
+    def _track(self, feats, labels, cos, index, grads: bool, scale: float) -> None:
+        """Add the batch's angle rows to the tracker (after backward, before the update)."""
+        orig = (self.orig_labels[index] if self.orig_labels is not None else index.new_full(
+            index.shape, -1)).to(self.device)
+        used = getattr(self.head, "last_labels", None)
+        used = labels if used is None else used
+        grad_cos, grad_feat = (cos.grad, feats.grad) if grads else (None, None)
+        if self.sharded:
+            values = angles_mod.sharded_batch_rows(self.head, orig, grad_cos, grad_feat, scale)
+        else:
             values = angles_mod.batch_rows(
-                cos, labels, used, orig, grad_cos=cos.grad if grads else None,
-                grad_feat=feats.grad if grads else None, scale=scale,
+                cos, labels, used, orig, grad_cos=grad_cos, grad_feat=grad_feat, scale=scale,
                 theta_dominant=self._theta_dominant(feats, labels))
-            self.tracker.add(index, labels, used, values)
-        return loss_val, correct, lr_used
+        self.tracker.add(index, labels, used, values)

@@ -17,10 +17,13 @@ torch generator (augmentation, dropout) is re-seeded from (seed, epoch) at the s
 epoch, so a resumed run needs no sampler state and equals the uninterrupted run on CPU.
 
 Distributed: when ``torch.distributed`` is initialised (e.g. inside a Ray Train worker) every
+Distributed: when ``torch.distributed`` is initialised (e.g. inside a Ray Train worker) every
 rank trains on its shard of the data (``optim.batch_size`` is the global batch,
-``optim.batch_size_per_device`` the batch of each process), gradients are
-all-reduced, angle rows are all-gathered, every rank calls ``report`` with the same metrics and
-only rank 0 writes files.
+``optim.batch_size_per_device`` the batch of each process), the backbone
+runs under DistributedDataParallel (gradients averaged during backward), the head is replicated
+(DDP too) or, with ``loss.sample_rate``, model-parallel (Partial FC: centres sharded over the
+ranks, see :mod:`noisyfr.train.parallel`), angle rows are all-gathered, every rank calls
+``report`` with the same metrics and only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -47,9 +50,10 @@ from noisyfr.train import angles as angles_mod
 from noisyfr.train.checkpoint import REQUIRED_KEYS, last_checkpoint, prune_checkpoints, save_checkpoint
 from noisyfr.train.config import dump_config, load_config
 from noisyfr.train.data import check_labels, open_dataset, training_subset, verification_sets
+from noisyfr.train import parallel
 from noisyfr.train.monitor import Monitor
-from noisyfr.train.schedule import epoch_seed, lr_factor, make_batches
-from noisyfr.train.step import Stepper, broadcast_state
+from noisyfr.train.schedule import EpochBatches, epoch_seed, lr_factor
+from noisyfr.train.step import Stepper
 
 # Keys that must be equal between a checkpoint and the config resuming from it.
 _RESUME_KEYS = ("data.train", "data.manifest", "data.image_size", "data.max_samples",
@@ -75,6 +79,9 @@ class _Run:
     vsets: list = field(default_factory=list)
     model: Any = None
     head: Any = None
+    model_call: Any = None
+    head_call: Any = None
+    loader: Any = None
     optimizer: Any = None
     scheduler: Any = None
     scaler: Any = None
@@ -98,9 +105,10 @@ def _setup(config) -> _Run:
     if run.device.type == "cuda":
         torch.cuda.set_device(run.device)  # NCCL object collectives use the current device
     o = cfg["optim"]
-    run.amp = o["amp"] if run.device.type == "cuda" else "none"
-    if o["amp"] != "none" and run.amp == "none" and rank == 0:
-        tqdm.write(f"noisyfr train: optim.amp={o['amp']} ignored on {run.device} (CUDA only)")
+    parallel.check_amp(o["amp"], run.device)
+    if cfg["model"]["compile"]:
+        parallel.check_compile(run.device)
+    run.amp = o["amp"]
     if o["batch_size_per_device"] is not None:  # arcface_torch's batch_size: per GPU
         run.local_bs = o["batch_size_per_device"]
     elif o["batch_size"] < 2 * world:
@@ -128,33 +136,34 @@ def _build_data(run: _Run) -> None:
 
 
 def _build_model_and_head(run: _Run) -> None:
-    """Backbone and margin head, initialised from the seed (the same on every rank); the backbone
-    then takes the weights of ``model.init`` when set (an insightface backbone.pth or a checkpoint)."""
-    from noisyfr.losses import MarginHead, build_loss
+    """Backbone and margin head, initialised from the seed (the same on every rank; a Partial FC
+    head's shard from the seed too); the backbone then takes the weights of ``model.init`` when set
+    (an insightface backbone.pth or a checkpoint); and what the step calls (DDP, channels-last,
+    compile)."""
     from noisyfr.models import create_backbone
 
     cfg = run.cfg
     torch.manual_seed(cfg["seed"])
-    run.model = create_backbone(cfg["model"]["backbone"], embedding_dim=cfg["model"]["embedding_dim"],
-                                image_size=cfg["data"]["image_size"], dropout=cfg["model"]["dropout"],
-                                width=cfg["model"]["width"])
+    model = create_backbone(cfg["model"]["backbone"], embedding_dim=cfg["model"]["embedding_dim"],
+                            image_size=cfg["data"]["image_size"], dropout=cfg["model"]["dropout"],
+                            width=cfg["model"]["width"])
     if cfg["model"]["init"] is not None:
         from noisyfr.eval.checkpoint import init_backbone
 
-        init_backbone(run.model, cfg["model"]["init"], what="config key 'model.init'")
-    loss_params = {k: v for k, v in cfg["loss"].items() if k != "name"}
-    run.head = MarginHead(cfg["model"]["embedding_dim"], run.num_classes,
-                          build_loss(cfg["loss"]["name"], **loss_params))
-    run.model.to(run.device)
+        init_backbone(model, cfg["model"]["init"], what="config key 'model.init'")
+    run.head = parallel.build_head(cfg, run.num_classes, run.rank, run.world)
+    run.model = parallel.sync_batchnorm(model, cfg, run.device, run.world).to(run.device)
     run.head.to(run.device)
-    if run.world > 1:
-        broadcast_state(run.model)
-        broadcast_state(run.head)
+    run.model_call, run.head_call = parallel.wrap(run.model, run.head, cfg, run.device, run.world)
 
 
 def _build_optimiser(run: _Run) -> None:
-    """SGD (or AdamW) over backbone and head, the per-step schedule, the sampler and the AMP scaler."""
-    o = run.cfg["optim"]
+    """SGD (or AdamW) over backbone and head, the per-step schedule, the sampler and loader, the
+    AMP scaler.
+
+    The loader is built once: on CUDA its workers persist across epochs and batches are pinned;
+    elsewhere the workers are re-created every epoch from the epoch's seed (deterministic)."""
+    o, data = run.cfg["optim"], run.cfg["data"]
     params = [p for p in list(run.model.parameters()) + list(run.head.parameters()) if p.requires_grad]
     if o["name"] == "adamw":
         run.optimizer = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
@@ -163,7 +172,12 @@ def _build_optimiser(run: _Run) -> None:
                                         weight_decay=o["weight_decay"])
     run.sampler = DistributedSampler(run.train_set, num_replicas=run.world, rank=run.rank, shuffle=True,
                                      seed=run.cfg["seed"])
-    steps_per_epoch = len(make_batches(list(range(len(run.sampler))), run.local_bs))
+    batches = EpochBatches(run.sampler, run.local_bs)
+    cuda = run.device.type == "cuda"
+    run.loader = DataLoader(run.train_set, batch_sampler=batches, num_workers=data["num_workers"],
+                            generator=torch.Generator(), pin_memory=cuda,
+                            persistent_workers=cuda and data["num_workers"] > 0)
+    steps_per_epoch = len(batches)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(
         run.optimizer, lambda s: lr_factor(s, run.cfg, steps_per_epoch))
     run.scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
@@ -174,15 +188,17 @@ def _restore(run: _Run) -> None:
     path = last_checkpoint(run.out_dir) if run.cfg["resume"] else None
     if path is None:
         return
-    state = load_checkpoint(path, map_location=run.device, required=REQUIRED_KEYS)
+    state = load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS)
     for key in _RESUME_KEYS:
         old, new = get_dotted(state["config"], key), get_dotted(run.cfg, key)
+        if key == "loss" and isinstance(old, dict):  # checkpoints from before loss.sample_rate
+            old = {"sample_rate": None, **old}
         if old != new:
             raise NoisyFRError(f"resume: checkpoint {path} was trained with {key}={old!r}, "
                                f"the config has {key}={new!r}")
     run.model.load_state_dict(state["model"])
-    run.head.load_state_dict(state["head"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    parallel.load_head_state(run.head, state["head"])
+    parallel.load_optimizer_state(run.optimizer, run.head, state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
@@ -219,10 +235,11 @@ def _monitor(run: _Run) -> Monitor:
 
 def _stepper(run: _Run) -> Stepper:
     o = run.cfg["optim"]
-    stepper = Stepper(run.model, run.head, run.optimizer, run.scheduler, scaler=run.scaler,
+    stepper = Stepper(run.model_call, run.head, run.optimizer, run.scheduler, scaler=run.scaler,
                       amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp),
-                      grad_clip=o["grad_clip"], world=run.world,
-                      orig_labels=torch.from_numpy(run.orig_labels), loss_name=run.cfg["loss"]["name"])
+                      grad_clip=o["grad_clip"], orig_labels=torch.from_numpy(run.orig_labels),
+                      loss_name=run.cfg["loss"]["name"], head_call=run.head_call,
+                      channels_last=run.cfg["model"]["channels_last"])
     stepper.track_grads = run.cfg["track"]["angles"]
     return stepper
 
@@ -233,18 +250,16 @@ def _train_epoch(run: _Run, stepper: Stepper, epoch: int) -> tuple[dict, angles_
     seed, epochs = run.cfg["seed"], run.cfg["optim"]["epochs"]
     torch.manual_seed(epoch_seed(seed, epoch))
     run.sampler.set_epoch(epoch)
-    batches = make_batches(list(run.sampler), run.local_bs)
-    loader = DataLoader(run.train_set, batch_sampler=batches, num_workers=run.cfg["data"]["num_workers"],
-                        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
-                        pin_memory=run.device.type == "cuda")
-    run.head.loss.set_epoch(epoch)
+    run.loader.generator.manual_seed(epoch_seed(seed, epoch))
+    loader = run.loader
+    run.head.set_epoch(epoch)
     run.model.train()
     run.head.train()
     stepper.tracker = tracker = angles_mod.AngleTracker()
     loss_sum, correct, seen = 0.0, 0, 0
     lr_used = run.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
-    bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+    bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
                disable=None if run.rank == 0 else True)
     for images, labels, index in bar:
         loss_val, n_correct, lr_used = stepper.step(images, labels, index,
@@ -324,9 +339,11 @@ def _save_epoch(run: _Run, metrics: dict) -> None:
     epoch = metrics["epoch"]
     metrics["checkpoint"] = str(run.out_dir / "checkpoints" / f"epoch_{epoch}.pt")
     run.history.append(dict(metrics))
+    head_state = parallel.head_state(run.head)  # every rank: a sharded head is gathered
+    optimizer_state = parallel.optimizer_state(run.optimizer, run.head)
     if run.rank == 0:
-        state = {"config": run.cfg, "model": run.model.state_dict(), "head": run.head.state_dict(),
-                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        state = {"config": run.cfg, "model": run.model.state_dict(), "head": head_state,
+                 "optimizer": optimizer_state, "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict() if run.scaler is not None else None,
                  "rng": {"torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []},
