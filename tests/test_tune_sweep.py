@@ -271,3 +271,28 @@ def test_custom_loss_from_a_plugin_trains_in_a_two_trial_sweep(ray_local, tmp_pa
     assert set(df["loss.name"]) == {"plugin_halfcos"} and np.isfinite(df["final_loss"]).all()
     for out in df["output_dir"]:
         assert (Path(out) / "angles" / "epoch_1.parquet").is_file()
+
+
+def test_mapping_axis_sweep_resumes_from_its_directory_alone(ray_local, tmp_path, capsys):
+    """A whole-section axis (a list of mappings) names its trials in the config's key order;
+    ``noisyfr sweep --resume --out DIR`` (no config) rebuilds those names from sweep.json."""
+    from noisyfr import cli
+    from noisyfr.tune import load_sweep, run_sweep
+
+    log = tmp_path / "events.jsonl"
+    cfg = {"name": "maps", "trainer": "test_tune_sweep:fake_train", "optim": {"epochs": 2},
+           "fake": {"log": str(log)}, "loss": {"name": "arcface"},
+           "grid": {"loss": [{"name": "arcface", "s": 32, "m": 0.5}, {"name": "cosface", "s": 32, "m": 0.35}],
+                    "seed": [0]},
+           "resources": {"cpu": 1}}
+    sdir = tmp_path / "sw"
+    df = run_sweep(load_sweep(cfg, sweep_dir=sdir), echo=None, progress=False)
+    names = ["000_loss=arcface-s32-m0.5_seed=0", "001_loss=cosface-s32-m0.35_seed=0"]
+    assert df["trial"].tolist() == names and set(df["status"]) == {"completed"}
+    starts = log.read_text().count('"start"')
+    capsys.readouterr()
+    assert cli.main(["sweep", "--resume", "--out", str(sdir)]) == 0, capsys.readouterr().err
+    back = pd.read_csv(sdir / "results.csv")
+    assert back["trial"].tolist() == names and set(back["status"]) == {"completed"}
+    assert (back["epochs"] == 2).all()
+    assert log.read_text().count('"start"') == starts   # nothing re-run

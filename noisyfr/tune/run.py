@@ -157,11 +157,52 @@ def _progress_callback(total_trials: int, total_epochs: int, progress: bool | No
 
 
 def _state_json(spec: SweepSpec) -> dict:
-    return json.loads(json.dumps(spec.state(), sort_keys=True, default=str))
+    """``spec.state()`` as it reads back from ``sweep.json`` (JSON types, the config's key order)."""
+    return json.loads(json.dumps(spec.state(), default=str))
+
+
+def write_state(spec: SweepSpec, state: dict | None = None) -> Path:
+    """Write ``SWEEP_DIR/sweep.json``: the expanded sweep (``state``, to recognise it on ``--resume``)
+    and its source (the raw config and the directory relative paths were resolved against), from
+    which ``--resume --out SWEEP_DIR`` rebuilds it without the config file.
+
+    Keys keep the config's order: a mapping-valued axis (``loss: [{name: arcface, s: 32, m: 0.5}]``)
+    names its trials in that order (``loss=arcface-s32-m0.5``), and sorted keys would rename them."""
+    from noisyfr.io import atomic_write
+
+    path = spec.sweep_dir / STATE_FILE
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        json.dump({"state": _state_json(spec) if state is None else state,
+                   "source": {"raw": spec.raw, "base_dir": spec.base_dir}}, fh, indent=1, default=str)
+    return path
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _difference(stored: Any, state: dict) -> str:
+    """Where the stored sweep and this one first differ, in a few words."""
+    old = stored.get("trials") if isinstance(stored, dict) else None
+    if not isinstance(old, list):
+        return "no trials stored"
+    names = [t.get("name") if isinstance(t, dict) else None for t in old]
+    new = [t["name"] for t in state["trials"]]
+    if len(names) != len(new):
+        return f"{len(names)} trials stored, {len(new)} now"
+    for a, b in zip(names, new):
+        if a != b:
+            return f"trial {a} stored, {b} now"
+    for a, b in zip(old, state["trials"]):
+        if _canonical(a) != _canonical(b):
+            return f"trial {b['name']} differs"
+    keys = [k for k in state if k != "trials" and _canonical(stored.get(k)) != _canonical(state[k])]
+    return f"{', '.join(keys) or 'settings'} differ"
 
 
 def _check_state(spec: SweepSpec, state: dict, resume: bool) -> None:
-    """A sweep directory holds one sweep: refuse another, or a resume of a different config."""
+    """A sweep directory holds one sweep: refuse another, or a resume of a different config.
+    The comparison ignores key order (a mapping is the same whatever order its keys are in)."""
     sdir, state_path = spec.sweep_dir, spec.sweep_dir / STATE_FILE
     if state_path.exists():
         if not resume:
@@ -171,9 +212,11 @@ def _check_state(spec: SweepSpec, state: dict, resume: bool) -> None:
             stored = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise NoisyFRError(f"sweep dir {sdir}: unreadable {STATE_FILE} ({exc})") from None
-        if stored.get("state") != state:
-            raise NoisyFRError(f"sweep dir {sdir}: the config differs from the sweep stored there; "
-                               "resume with the same config or choose another output directory")
+        stored = stored.get("state") if isinstance(stored, dict) else None
+        if _canonical(stored) != _canonical(state):
+            raise NoisyFRError(f"sweep dir {sdir}: the config differs from the sweep stored there "
+                               f"({_difference(stored, state)}); resume with the same config or "
+                               "choose another output directory")
     elif resume and (sdir / "tune").exists():
         raise NoisyFRError(f"sweep dir {sdir}: no {STATE_FILE}, cannot resume")
 
@@ -214,8 +257,6 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     ``address``: an existing Ray cluster (``auto`` or ``HOST:PORT``); default: reuse an initialised Ray
     session, else start a local one. Everything is checked before the first trial starts.
     """
-    from noisyfr.io import atomic_write
-
     state_path = spec.sweep_dir / STATE_FILE
     plan_manifests(spec)
     state = _state_json(spec)
@@ -235,9 +276,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         check_cluster(spec)
         make_manifests(spec, progress=progress)
         if not state_path.exists():
-            with atomic_write(state_path, "w", encoding="utf-8") as fh:
-                json.dump({"state": state, "source": {"raw": spec.raw, "base_dir": spec.base_dir}},
-                          fh, sort_keys=True, indent=1, default=str)
+            write_state(spec, state)
         grid = _tuner(spec, resume, progress).fit()
         histories = {r.config["trial"]["name"]: (r.metrics_dataframe,
                                                  None if r.error is None else one_line(r.error))

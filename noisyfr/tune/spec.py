@@ -339,11 +339,46 @@ def load_stored_sweep(sweep_dir: str | os.PathLike, validate: bool = True) -> Sw
     if not path.is_file():
         raise NoisyFRError(f"sweep dir {sweep_dir}: no {STATE_FILE} (not a sweep directory, or it never started)")
     try:
-        src = read_json(path, "sweep state")["source"]
-        raw, base_dir = src["raw"], src["base_dir"]
+        doc = read_json(path, "sweep state")
+        raw, base_dir = doc["source"]["raw"], doc["source"]["base_dir"]
     except (KeyError, TypeError) as exc:
         raise NoisyFRError(f"{path}: unreadable sweep state (missing {exc})") from None
-    return load_sweep(raw, sweep_dir=Path(sweep_dir).resolve(), base_dir=base_dir, validate=validate)
+    if not isinstance(raw, dict):
+        raise NoisyFRError(f"{path}: unreadable sweep state (source.raw is not a mapping)")
+    spec = load_sweep(raw, sweep_dir=Path(sweep_dir).resolve(), base_dir=base_dir, validate=validate)
+    stored = (doc.get("state") or {}).get("trials") if isinstance(doc.get("state"), dict) else None
+    if isinstance(stored, list):
+        _adopt_stored_names(spec, stored)
+    return spec
+
+
+def _adopt_stored_names(spec: SweepSpec, stored: list) -> None:
+    """Give ``spec`` the trial names and order the stored sweep ran under, when only they differ.
+
+    ``sweep.json`` keeps the config's key order, so the trials rebuilt from it carry the names of
+    the original config. One written before that (keys sorted) rebuilds other names, because a
+    mapping-valued axis is labelled in its key order and the axes are taken in file order: match
+    the trials by their grid values instead. Nothing changes when the values do not match one to one
+    (the resume is then refused as a different config)."""
+    if [t.name for t in spec.trials] == [s.get("name") if isinstance(s, dict) else None for s in stored]:
+        return
+    key = lambda values: json.dumps(values, sort_keys=True, default=str)  # noqa: E731
+    by_values = {key(t.values): t for t in spec.trials}
+    if len(by_values) != len(spec.trials) or len(stored) != len(spec.trials):
+        return
+    order = []
+    for s in stored:
+        t = by_values.get(key(s.get("values"))) if isinstance(s, dict) else None
+        name = s.get("name") if isinstance(s, dict) else None
+        if t is None or not isinstance(name, str) or slug(name) != name or name.strip(".") == "":
+            return
+        order.append((t, name))
+    if len({id(t) for t, _ in order}) != len(order) or len({n for _, n in order}) != len(order):
+        return
+    for t, name in order:
+        t.name = t.config["name"] = name
+        t.config["output_dir"] = str(spec.sweep_dir / "trials" / name)
+    spec.trials = [t for t, _ in order]
 
 
 def validate_sweep(spec: SweepSpec) -> None:
