@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.tune.reaper import local_ray
 from noisyfr.tune.results import results_table, write_results
 from noisyfr.tune.spec import STATE_FILE, SweepSpec, plan_manifests
 from noisyfr.tune.trainable import one_line, trial_fn, trial_name
@@ -255,7 +256,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     ``resume``: finish an interrupted sweep in ``spec.sweep_dir`` (``Tuner.restore``: finished trials are
     kept, unfinished ones continue from their last checkpoint, errored ones are not re-run).
     ``address``: an existing Ray cluster (``auto`` or ``HOST:PORT``); default: reuse an initialised Ray
-    session, else start a local one. Everything is checked before the first trial starts.
+    session, else start a local one, whose processes all end with the sweep, however the driver
+    ends (:mod:`noisyfr.tune.reaper`). Everything is checked before the first trial starts.
     """
     state_path = spec.sweep_dir / STATE_FILE
     plan_manifests(spec)
@@ -267,23 +269,18 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     handler = _sweep_log(spec.sweep_dir)
     LOG.info(f"sweep {spec.name}: {len(spec.trials)} trials -> {spec.sweep_dir}"
              + (" (resumed)" if resume else ""))
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-        started = True
     try:
-        check_cluster(spec)
-        make_manifests(spec, progress=progress)
-        if not state_path.exists():
-            write_state(spec, state)
-        grid = _tuner(spec, resume, progress).fit()
-        histories = {r.config["trial"]["name"]: (r.metrics_dataframe,
-                                                 None if r.error is None else one_line(r.error))
-                     for r in grid}
+        with local_ray(lambda: ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                                        logging_level="WARNING"), address):
+            check_cluster(spec)
+            make_manifests(spec, progress=progress)
+            if not state_path.exists():
+                write_state(spec, state)
+            grid = _tuner(spec, resume, progress).fit()
+            histories = {r.config["trial"]["name"]: (r.metrics_dataframe,
+                                                     None if r.error is None else one_line(r.error))
+                         for r in grid}
     finally:
-        if started:
-            ray.shutdown()
         LOG.removeHandler(handler)
         handler.close()
     table = results_table(spec, histories)
