@@ -212,9 +212,7 @@ def test_gpu_request_without_gpu_fails_before_any_trial(ray_local, tmp_path):
     cfg = real_cfg(resources={"cpu": 1, "gpu": 0.25})
     with pytest.raises(NoisyFRError, match="resources.gpu.*no GPU"):
         run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw"), echo=None)
-    assert not (tmp_path / "sw" / "trials").exists()
-    assert not (tmp_path / "sw" / "tune").exists()
-    assert not (tmp_path / "sw" / "manifests").exists()
+    assert not (tmp_path / "sw").exists()     # nor its sweep.log: the directory it made is gone
     cfg["resources"] = {"cpu": 3}
     with pytest.raises(NoisyFRError, match="resources.cpu.*no node"):
         run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw2"), echo=None)
@@ -296,3 +294,63 @@ def test_mapping_axis_sweep_resumes_from_its_directory_alone(ray_local, tmp_path
     assert back["trial"].tolist() == names and set(back["status"]) == {"completed"}
     assert (back["epochs"] == 2).all()
     assert log.read_text().count('"start"') == starts   # nothing re-run
+
+
+def _fail_after_manifests(monkeypatch, exc: BaseException) -> None:
+    """Make the sweep's manifests for real, then raise ``exc`` (before sweep.json is written)."""
+    from noisyfr.tune import run as run_mod
+
+    real = run_mod.make_manifests
+
+    def make_then_fail(spec, progress=None):
+        paths = real(spec, progress=progress)
+        assert paths and all(Path(p).exists() for p in paths)
+        assert (spec.sweep_dir / "sweep.log").exists()
+        raise exc
+
+    monkeypatch.setattr(run_mod, "make_manifests", make_then_fail)
+
+
+def test_failed_first_start_leaves_the_sweep_directory_as_it_was(ray_local, tmp_path, monkeypatch):
+    """Before sweep.json exists, a failure removes what the sweep added (sweep.log, manifests/)
+    and keeps what was there; a directory (and parents) it made go; a full disk is one line."""
+    import errno
+
+    from noisyfr.tune import load_sweep, run_sweep
+
+    cfg = real_cfg(noise={"closed": 0.5})
+    _fail_after_manifests(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    sdir = tmp_path / "sw"
+    sdir.mkdir()
+    (sdir / "notes.txt").write_text("mine")
+    (sdir / "old").mkdir()
+    with pytest.raises(NoisyFRError, match="No space left on device") as info:
+        run_sweep(load_sweep(cfg, sweep_dir=sdir), echo=None, progress=False)
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in sdir.rglob("*")) == ["notes.txt", "old"]
+    assert (sdir / "notes.txt").read_text() == "mine"
+
+    monkeypatch.undo()
+    _fail_after_manifests(monkeypatch, RuntimeError("boom"))
+    deep = tmp_path / "a" / "b" / "sw"
+    with pytest.raises(RuntimeError, match="boom"):
+        run_sweep(load_sweep(cfg, sweep_dir=deep), echo=None, progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_failure_after_sweep_json_keeps_a_resumable_directory(ray_local, tmp_path, monkeypatch):
+    """Once sweep.json is written the directory holds a sweep: a failure then removes nothing,
+    and --resume finishes it."""
+    from noisyfr.tune import load_sweep, run_sweep
+    from noisyfr.tune import run as run_mod
+
+    cfg = {"name": "keep", "trainer": "test_tune_sweep:fake_train", "optim": {"epochs": 1}, "fake": {},
+           "loss": {"name": "arcface"}, "grid": {"loss.name": ["arcface"]}, "resources": {"cpu": 1}}
+    sdir = tmp_path / "sw"
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "_tuner", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(load_sweep(cfg, sweep_dir=sdir), echo=None, progress=False)
+    assert {p.name for p in sdir.iterdir()} == {"sweep.json", "sweep.log"}
+    df = run_sweep(load_sweep(cfg, sweep_dir=sdir), resume=True, echo=None, progress=False)
+    assert df["status"].tolist() == ["completed"]

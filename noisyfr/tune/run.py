@@ -1,6 +1,7 @@
 """Running a sweep: Ray set-up, manifests, the Tuner (fresh or restored) and the results files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -257,32 +258,40 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     kept, unfinished ones continue from their last checkpoint, errored ones are not re-run).
     ``address``: an existing Ray cluster (``auto`` or ``HOST:PORT``); default: reuse an initialised Ray
     session, else start a local one, whose processes all end with the sweep, however the driver
-    ends (:mod:`noisyfr.tune.reaper`). Everything is checked before the first trial starts.
+    ends (:mod:`noisyfr.tune.reaper`). Everything is checked before the first trial starts; a first
+    start that fails before ``sweep.json`` is written leaves the sweep directory as it found it.
     """
-    state_path = spec.sweep_dir / STATE_FILE
     plan_manifests(spec)
     state = _state_json(spec)
     _check_state(spec, state, resume)
     quiet_ray_env()
     import ray
 
-    handler = _sweep_log(spec.sweep_dir)
-    LOG.info(f"sweep {spec.name}: {len(spec.trials)} trials -> {spec.sweep_dir}"
-             + (" (resumed)" if resume else ""))
+    from noisyfr.outputs import output_folder
+
+    first = not (spec.sweep_dir / STATE_FILE).exists()
+    handler = None
     try:
         with local_ray(lambda: ray.init(address=address, include_dashboard=False, log_to_driver=False,
                                         logging_level="WARNING"), address):
-            check_cluster(spec)
-            make_manifests(spec, progress=progress)
-            if not state_path.exists():
-                write_state(spec, state)
-            grid = _tuner(spec, resume, progress).fit()
+            # Until sweep.json is written, a failure removes what this call added to the directory
+            # (the directory too when it made it); from then on the directory holds a sweep that
+            # --resume finishes.
+            with output_folder(spec.sweep_dir) if first else contextlib.nullcontext():
+                handler = _sweep_log(spec.sweep_dir)
+                LOG.info(f"sweep {spec.name}: {len(spec.trials)} trials -> {spec.sweep_dir}"
+                         + (" (resumed)" if resume else ""))
+                check_cluster(spec)
+                make_manifests(spec, progress=progress)
+                if first:
+                    write_state(spec, state)
             histories = {r.config["trial"]["name"]: (r.metrics_dataframe,
                                                      None if r.error is None else one_line(r.error))
-                         for r in grid}
+                         for r in _tuner(spec, resume, progress).fit()}
     finally:
-        LOG.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            LOG.removeHandler(handler)
+            handler.close()
     table = results_table(spec, histories)
     write_results(table, spec.sweep_dir, spec)
     summary = (spec.sweep_dir / "summary.md").read_text(encoding="utf-8")
