@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if resume:
         print(f"noisyfr demo: continuing the sweep in {spec.sweep_dir} (delete it to start afresh)")
     try:
-        run_sweep(spec, resume=resume, address=args.address)
+        run_sweep(spec, resume=resume, address=args.address, inputs=[config])
     except NoisyFRError as exc:
         if resume and "differs" in str(exc):
             raise NoisyFRError(f"{exc} (the demo config changed: delete {spec.sweep_dir})") from None

@@ -75,7 +75,9 @@ def input_paths(*items) -> list[Path]:
         if isinstance(item, (list, tuple, set)):
             stack[:0] = list(item)
             continue
-        text = os.fspath(item) if isinstance(item, os.PathLike) else str(item)
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"input_paths: expected a path, got {type(item).__name__}")
+        text = os.fspath(item)
         if not text or text.startswith("synthetic"):
             continue
         p = _resolve(text)
@@ -175,8 +177,13 @@ def _read_only(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- failures
+class WriteError(NoisyFRError):
+    """A write that failed for lack of space or permission (already one line, naming the path)."""
+
+
 def is_write_error(exc: BaseException) -> bool:
-    """True when ``exc`` says the location could not take a write (see :data:`WRITE_ERRNOS`)."""
+    """True when ``exc`` says the location could not take a write (see :data:`WRITE_ERRNOS`);
+    False for a :class:`WriteError`, which is already reported."""
     if isinstance(exc, NoisyFRError):
         return False
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
@@ -199,9 +206,9 @@ def _reason(exc: BaseException, path: Path) -> str:
     return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
-def write_error(exc: BaseException, path: str | os.PathLike) -> NoisyFRError:
-    """One-line NoisyFRError for a failed write of ``path``."""
-    return NoisyFRError(f"{path}: cannot write ({_reason(exc, Path(path))})")
+def write_error(exc: BaseException, path: str | os.PathLike) -> WriteError:
+    """One-line :class:`WriteError` for a failed write of ``path``."""
+    return WriteError(f"{path}: cannot write ({_reason(exc, Path(path))})")
 
 
 def make_dirs(folder: str | os.PathLike) -> list[Path]:

@@ -46,7 +46,7 @@ from noisyfr.device import resolve_device
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_write, load_checkpoint
-from noisyfr.outputs import (check_output, folder_entries, is_write_error, make_dirs, protected_input,
+from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_error, make_dirs, protected_input,
                              remove_dirs, undo_folder, write_error)
 from noisyfr.train import angles as angles_mod
 from noisyfr.train.checkpoint import REQUIRED_KEYS, last_checkpoint, prune_checkpoints, save_checkpoint
@@ -116,7 +116,8 @@ def _setup(config) -> _Run:
         torch.cuda.set_device(run.device)  # NCCL object collectives use the current device
     skip = ({"config.yaml"} if cfg["resume"] else set()) | \
         ({"manifest.parquet", "manifest.parquet.json"} if cfg["data"]["manifest"] else set())
-    check_output(run.out_dir, [config, *run_inputs(cfg)], what="output_dir", kind="dir",
+    config_file = [config] if isinstance(config, (str, os.PathLike)) else []
+    check_output(run.out_dir, [*config_file, *run_inputs(cfg)], what="output_dir", kind="dir",
                  writes=[w for w in RUN_FILES if w not in skip])
     o = cfg["optim"]
     parallel.check_amp(o["amp"], run.device)
@@ -386,11 +387,11 @@ def _after_failure(run: _Run, exc: BaseException, created: bool, before: set[str
     if not kept:
         undo_folder(run.out_dir, created, before)
         remove_dirs(run.created_dirs[:-1])
-    if is_write_error(exc):
-        where = getattr(exc, "filename", None) or run.out_dir
-        err = write_error(exc, where)
+    if is_write_error(exc) or isinstance(exc, WriteError):
+        err = exc if isinstance(exc, WriteError) else \
+            write_error(exc, getattr(exc, "filename", None) or run.out_dir)
         if kept and run.rank == 0:
-            err = NoisyFRError(f"{err}; {run.out_dir} keeps its last checkpoint (continue with --resume)")
+            err = WriteError(f"{err}; {run.out_dir} keeps its last checkpoint (continue with --resume)")
         raise err from None
 
 

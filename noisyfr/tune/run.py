@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.tune.reaper import local_ray
@@ -250,8 +250,14 @@ def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
     )
 
 
+#: what a sweep writes in its directory
+SWEEP_FILES = ("sweep.json", "sweep.log", "results.csv", "results.parquet", "summary.md", "trials",
+               "tune", "manifests")
+
+
 def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None,
-              progress: bool | None = None, echo: Callable[[str], Any] | None = print):
+              progress: bool | None = None, echo: Callable[[str], Any] | None = print,
+              inputs: Iterable = ()):
     """Run every trial of ``spec`` with Ray Tune; write results and summary; return the results DataFrame.
 
     ``resume``: finish an interrupted sweep in ``spec.sweep_dir`` (``Tuner.restore``: finished trials are
@@ -260,14 +266,20 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     session, else start a local one, whose processes all end with the sweep, however the driver
     ends (:mod:`noisyfr.tune.reaper`). Everything is checked before the first trial starts; a first
     start that fails before ``sweep.json`` is written leaves the sweep directory as it found it.
+    ``inputs``: files the caller read the sweep from (its config); like every trial's data,
+    manifest and checkpoints, they may not be or lie inside the sweep directory's outputs
+    (:func:`noisyfr.outputs.check_output`, before Ray starts).
     """
+    from noisyfr.outputs import check_output, output_folder
+    from noisyfr.train.config import run_inputs
+
+    check_output(spec.sweep_dir, [*inputs, *(p for t in spec.trials for p in run_inputs(t.config))],
+                 kind="dir", writes=SWEEP_FILES)
     plan_manifests(spec)
     state = _state_json(spec)
     _check_state(spec, state, resume)
     quiet_ray_env()
     import ray
-
-    from noisyfr.outputs import output_folder
 
     first = not (spec.sweep_dir / STATE_FILE).exists()
     handler = None
