@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from noisyfr import numeric
 from noisyfr.analysis import load, plots, stats
 from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
@@ -125,13 +126,12 @@ def _check_options(out: Path, o: _Options) -> None:
     """Every option checked before anything is loaded or written."""
     if out.exists() and not out.is_dir():
         raise NoisyFRError(f"{out}: --out exists and is not a directory")
-    if isinstance(o.bins, bool) or not isinstance(o.bins, int) or o.bins < 2:
-        raise NoisyFRError(f"bins {o.bins}: need an integer >= 2")
-    if not 0.0 < o.quantile < 1.0:
-        raise NoisyFRError(f"region quantile {o.quantile}: must be in (0, 1)")
+    o.bins = numeric.integer(o.bins, "bins", lo=2, hi=stats.MAX_BINS)
+    o.seed = numeric.integer(o.seed, "seed", lo=0, hi=stats.MAX_MIXTURE_SEED)
+    o.quantile = stats.check_quantile(o.quantile)
     stats.check_weight(o.weight)
-    stats.check_region_deg(o.region_deg)
-    check_learned_threshold(o.learned_threshold, "learned threshold")
+    o.region_deg = stats.check_region_deg(o.region_deg)
+    o.learned_threshold = check_learned_threshold(o.learned_threshold, "learned threshold")
 
 
 def _check_weight_logged(runs, weight: str) -> None:
