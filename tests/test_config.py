@@ -169,6 +169,43 @@ def test_cli_print_config_refuses_nan_momentum(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+def _alias_bomb(key: str, levels: int = 12) -> str:
+    lines = [f"{key}:", '  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"  # 9**12 = 282 billion strings when expanded
+
+
+@pytest.mark.parametrize("key", ["name", "data", "loss", "grid", "optim"])
+def test_yaml_alias_bomb_under_any_key_is_refused_at_once(key, tmp_path, capsys):
+    import resource
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(yaml.safe_dump(BASE) + _alias_bomb(key))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(NoisyFRError) as info:
+        load_config(path)
+    assert time.perf_counter() - t0 < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    msg = str(info.value)
+    assert msg.startswith(f"config {path}: invalid YAML") and "aliases" in msg and "\n" not in msg
+    for command in (["train", str(path), "--print-config"], ["sweep", str(path), "--dry-run"]):
+        assert cli_main(command) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and str(path) in err and "aliases" in err
+
+
+def test_yaml_nested_too_deeply_is_one_line(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(NoisyFRError, match=r"deep\.yaml: invalid YAML \(nested too deeply\)"):
+        load_config(path)
+    with pytest.raises(NoisyFRError) as info:
+        load_config(BASE, ["model.width=" + "[" * 20000 + "]" * 20000])
+    assert "nested too deeply" in str(info.value) and len(str(info.value)) < 200
+
+
 def test_cli_print_config_and_exit_status(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(BASE))

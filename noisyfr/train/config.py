@@ -263,7 +263,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise NoisyFRError(f"override {text!r}: empty key")
-    return key, (parse_yaml(value, f"override {text!r}") if value.strip() else None)
+    shown = text if len(text) <= 80 else f"{text[:77]}..."
+    return key, (parse_yaml(value, f"override {shown!r}") if value.strip() else None)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
