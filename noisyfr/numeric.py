@@ -38,6 +38,9 @@ MAX_WORKERS = 128
 MAX_IMAGE_SIZE = 1024
 #: Embedding size of a backbone (``--embedding-dim``, ``model.embedding_dim``).
 MAX_EMBEDDING_DIM = 65536
+#: Identities of a dataset (a RecordIO label or ``property`` count beyond it is corruption, not
+#: a 16M-way classifier: WebFace42M has 2M identities).
+MAX_IDENTITIES = 2**24
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 

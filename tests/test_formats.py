@@ -457,6 +457,43 @@ def test_idx_pointing_inside_a_record_is_refused(packed: Path):
         open_index(packed / "train.rec")
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("2000000000,112,112", "claims 2000000000 classes, but the records' labels and identity records show 2"),
+    ("3,112,112", "claims 3 classes"),
+    ("inf,112,112", "num_classes: expected an integer, got 'inf'"),
+    ("nan,112,112", "num_classes: expected an integer, got 'nan'"),
+    ("2,0,112", "height: must be >= 1, got 0"),
+    ("2," + "9" * 5000, "expected 'num_classes,height,width'"),
+])
+def test_property_is_checked_against_the_labels(packed: Path, capsys, text, needle):
+    prop = packed / "property"
+    assert prop.read_text().split(",")[0] == "2"  # the packed tiny folder: 2 identities
+    prop.write_text(text + "\n")
+    with pytest.raises(NoisyFRError) as info:
+        open_index(packed / "train.rec")
+    assert str(info.value).startswith(f"{prop}: ") and needle in str(info.value)
+    assert len(str(info.value)) < 300
+    out = packed.parent / "repacked"
+    assert cli_main(["pack", str(packed / "train.rec"), "--out", str(out / "x")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(prop) in err
+    assert _no_partial_files(out) == []
+
+
+def test_property_may_claim_fewer_classes_than_the_labels(packed: Path):
+    (packed / "property").write_text("1,7,9\n")  # stale metadata: the labels decide
+    ix = open_index(packed / "train.rec")
+    assert ix.num_identities == 2 and ix.property == (1, 7, 9)
+
+
+def test_record_label_beyond_any_dataset_is_refused(tmp_path: Path):
+    recs = {k: _rec_bytes(_ir(0, lab, k) + _png(k)) for k, lab in enumerate([0.0, 3e9])}
+    _write_rec(tmp_path / "huge", recs)
+    with pytest.raises(NoisyFRError, match=r"huge\.rec: record 1 has label 3e\+09, beyond the limit of "
+                                           r"16777216 identities"):
+        open_index(tmp_path / "huge.rec")
+
+
 def test_garbage_rec_and_idx(tmp_path: Path):
     (tmp_path / "g.rec").write_bytes(b"\x00" * 64)
     (tmp_path / "g.idx").write_text("hello world\n")
