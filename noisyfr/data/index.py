@@ -137,15 +137,20 @@ def decode_images(datas: Sequence[bytes], names: Sequence[str] | None = None,
     return [decode_image(d, n).to(dev) for d, n in zip(datas, names)]
 
 
-def _decode_pil(data: bytes, name: str) -> "torch.Tensor":
+def decode_array(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes with PIL to a uint8 RGB array [H, W, 3] (no torch involved);
+    NoisyFRError naming ``name`` when unreadable or over PIL's pixel limit."""
     try:
         with open_image(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except IMAGE_ERRORS as exc:
         raise image_error(name, exc) from None
+
+
+def _decode_pil(data: bytes, name: str) -> "torch.Tensor":
     import torch
 
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_array(data, name).copy()).permute(2, 0, 1).contiguous()
 
 
 def image_size(data: bytes, verify: bool = True) -> tuple[int, int]:
