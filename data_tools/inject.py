@@ -40,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
     """Validate the options, open DATA, write the manifest, print a summary."""
     from noisyfr.data import open_index
     from noisyfr.noise import NoiseSpec, cli_flag, inject_to, summary
+    from noisyfr.outputs import check_output
 
     spec = NoiseSpec.from_mapping({k: getattr(args, k) for k in NoiseSpec.fields()}, name=cli_flag)
+    inputs = [args.data, args.outliers, args.embeddings]
+    check_output(args.out, inputs)
+    check_output(f"{args.out}.json", inputs, what="--out sidecar")
     index = open_index(args.data)
     manifest = inject_to(index, spec, args.out, frame=False)
     print(summary(args.out, manifest.meta))

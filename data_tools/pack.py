@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pack ``args.input`` into ``--out``; prints a one-line summary."""
     from noisyfr.data.open import open_index
-    from noisyfr.data.recordio_pack import pack_index
+    from noisyfr.data.recordio_pack import pack_index, prefix_paths
     from noisyfr.errors import NoisyFRError
+    from noisyfr.outputs import check_output
 
     if args.out and args.out_prefix:
         raise NoisyFRError(f"--out {args.out} and OUT_PREFIX {args.out_prefix}: give the output once (--out)")
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise NoisyFRError("--out: required (the output prefix, e.g. --out lfw/train)")
     if args.out_prefix:
         print("noisyfr pack: the positional OUT_PREFIX is deprecated, use --out", file=sys.stderr)
+    for path in prefix_paths(out):
+        check_output(path, [args.input])
     index = open_index(args.input, skip_corrupt=args.skip_corrupt)
     summary = pack_index(index, out, verify=not args.no_verify, skip_corrupt=args.skip_corrupt)
     skipped = summary["skipped"] + getattr(index, "skipped", 0)

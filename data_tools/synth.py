@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from tqdm import tqdm
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.numeric import int_arg
+from noisyfr.outputs import atomic_folder, check_output
 
 META_NAME = "synth.json"
 
@@ -58,14 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "any training set of the same seed with ids <= F)")
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise NoisyFRError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise NoisyFRError(f"--out {out}: directory exists and is not empty; "
-                           f"refusing to overwrite (remove it or choose another)")
-
-
 def write_synthetic(out: str | os.PathLike, ids: int = 100, per_id: int = 20, size: int = 112,
                     seed: int = 0, progress: bool | None = None) -> Path:
     """Render a :class:`SyntheticIndex` into the ImageFolder ``out`` atomically; return its path.
@@ -80,10 +71,8 @@ def write_synthetic(out: str | os.PathLike, ids: int = 100, per_id: int = 20, si
     check_params(ids, per_id, size, seed, where=None,
                  names={"ids": "--ids", "per_id": "--per-id", "size": "--size", "seed": "--seed"})
     index = SyntheticIndex(ids=ids, per_id=per_id, size=size, seed=seed, cache_mb=0)
-    _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    check_output(out, kind="dir")
+    with atomic_folder(out) as tmp:
         for name in index.identities:
             (tmp / name).mkdir()
         disable = None if progress is None else not progress
@@ -99,14 +88,6 @@ def write_synthetic(out: str | os.PathLike, ids: int = 100, per_id: int = 20, si
             "layout": "<identity>/<k>.png",
         }
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)          # mkdtemp makes it private; the result is an ordinary folder
-        _check_out(out)               # someone may have filled DIR meanwhile
-        if out.is_dir():
-            out.rmdir()               # empty: replace it
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -149,10 +130,8 @@ def write_synthetic_pairs(out: str | os.PathLike, ids: int = 100, per_id: int = 
         raise NoisyFRError(msg.replace("synth: ", "")) from None
     vset = SyntheticPairs(ids=ids, per_id=per_id, first_id=first_id, pairs=pairs, size=size,
                           seed=seed, cache_mb=0)
-    _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    check_output(out, kind="dir")
+    with atomic_folder(out) as tmp:
         used = np.unique(vset.pairs)
         disable = None if progress is None else not progress
         for i in tqdm(used.tolist(), desc="synth pairs", unit="img", disable=disable):
@@ -179,15 +158,6 @@ def write_synthetic_pairs(out: str | os.PathLike, ids: int = 100, per_id: int = 
             "jpeg": {k: v for k, v in LFW_JPEG.items() if k != "format"},
         }
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-            os.chmod(d, 0o755)
-        _check_out(out)
-        if out.is_dir():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

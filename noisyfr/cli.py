@@ -3,17 +3,20 @@
 Each subcommand lives in its own module, imported only when that subcommand runs, and exposes
 ``add_arguments(parser)``, ``run(args) -> int`` and ``EXAMPLES`` (command lines shown by
 ``noisyfr COMMAND --help``). One grammar: every writer takes ``--out``, ``train`` and ``sweep``
-take ``--resume``, ``train``, ``eval`` and ``sweep`` take ``--device``. Bad input (:class:`NoisyFRError`, or a
-``ValueError``/``FileNotFoundError`` raised while reading inputs) is reported as one line on
-stderr with exit status 2.
+take ``--resume``, ``train``, ``eval`` and ``sweep`` take ``--device``. Bad input (:class:`NoisyFRError`, a
+``ValueError``, or an ``OSError`` such as an unreadable input or a full disk) is reported as one
+line on stderr with exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 
+from noisyfr import outputs
 from noisyfr.errors import NoisyFRError
 
 # name -> (module, one-line help)
@@ -80,9 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(known._parser)
     known._parser.epilog = "example:\n  " + "\n  ".join(module.EXAMPLES)
     args = parser.parse_args(argv)
+    outputs.clear_protection()
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) is a write error, not a kill
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(module.run(args) or 0)
-    except (NoisyFRError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except (NoisyFRError, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and outputs.is_write_error(exc):
+            exc = outputs.write_error(exc, exc.filename or "output")
+        elif isinstance(exc, OSError) and exc.strerror:
+            exc = NoisyFRError(f"{exc.filename or 'input'}: {exc.strerror}")
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"noisyfr {args.command}: error: {msg}", file=sys.stderr)
         return 2

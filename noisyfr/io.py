@@ -19,19 +19,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Use it for writers that want a path (``DataFrame.to_parquet``, ``Figure.savefig``). The
     temporary name keeps the target's suffix so that format detection by extension still works.
+    The target must not be a registered input (:func:`noisyfr.outputs.guard`); the file gets the
+    mode the umask allows; a failed write (full disk, permission, ...) removes the temporary file
+    and the folders created for it, and becomes a one-line NoisyFRError naming the target.
     """
+    from noisyfr import outputs
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}",
-                               dir=target.parent)
+    outputs.guard(target)
+    created = outputs.make_dirs(target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}",
+                                   dir=target.parent)
+    except OSError as exc:
+        outputs.remove_dirs(created)
+        raise outputs.write_error(exc, target) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, outputs.file_mode())
         os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        outputs.remove_dirs(created)
+        other = getattr(exc, "filename", None)  # an input that failed to read is not a write error
+        if outputs.is_write_error(exc) and (not other or Path(other) in (tmp_path, target)):
+            raise outputs.write_error(exc, target) from None
         raise
 
 

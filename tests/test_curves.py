@@ -142,15 +142,19 @@ def test_cli_bad_loss_exits_2_without_outputs(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_no_csv_when_png_fails(tmp_path, monkeypatch):
+def test_cli_no_csv_when_png_fails(tmp_path, monkeypatch, capsys):
+    import errno
+
     import noisyfr.analysis.curves_cli as curves_cli
 
     def boom(df, path):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(curves_cli, "plot_curves", boom)
-    with pytest.raises(OSError):
-        main(["curves", "--losses", "cosface", "--out", str(tmp_path / "c.png"), "--points", "5"])
+    rc = main(["curves", "--losses", "cosface", "--out", str(tmp_path / "c.png"), "--points", "5"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c.png" in err and "No space left on device" in err
     assert list(tmp_path.iterdir()) == []
 
 

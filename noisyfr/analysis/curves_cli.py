@@ -47,12 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Compute the curves, write the CSV and the PNG (both atomically)."""
+    from noisyfr.outputs import check_output
+
     names = [n.strip() for n in str(args.losses).split(",") if n.strip()]
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise NoisyFRError(f"--out {args.out}: must end in .png")
     check_settings(args.points, args.classes, args.neg_cos, names=("--points", "--classes", "--neg-cos"),
                    where="")
+    check_output(out)
+    check_output(out.with_suffix(".csv"), what="--out (its CSV)")
     df = curves(names, points=args.points, num_classes=args.classes, neg_cos=args.neg_cos)
     csv = out.with_suffix(".csv")
     with atomic_path(csv) as tmp:  # the PNG is drawn inside: if it fails, no CSV either

@@ -21,6 +21,7 @@ from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
 from noisyfr.names import slug
+from noisyfr.outputs import check_output, output_folder
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, check_learned_threshold
 
 GMM_TOLERANCE = 0.05
@@ -120,6 +121,12 @@ class _Options:
     seed: int
     metric: str | None
     learned_threshold: float
+
+
+#: what the report reads in a run or sweep directory, and what it writes in its output folder
+_READS = ("angles", "metrics.csv", "config.yaml", "manifest.parquet", "trials", "results.csv",
+          "results.parquet", "sweep.json")
+_WRITES = ("report.md", "report.html", "tables", "figures")
 
 
 def _check_options(out: Path, o: _Options) -> None:
@@ -436,6 +443,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     src, out = Path(run_or_sweep_dir), Path(out_dir)
     o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
     _check_options(out, o)
+    check_output(out, [src / n for n in _READS], kind="dir", writes=_WRITES)
     results_path = load.find_results(src)
     results = load.load_results(results_path) if results_path else None
     _check_metric(metric, results, results_path, src)
@@ -443,36 +451,37 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     _check_weight_logged(runs, o.weight)
 
     steps = tqdm(total=4, desc="analyze", disable=None)
-    t = _compute(runs, results, o)
-    curves = run_curves(runs) if o.weight != "grad_norm" else None
-    if curves is not None and o.weight == "weight_theta":
-        curves = curves.assign(gradient=curves["gradient_theta"])
-    steps.update()
-    for name, df in t.items():
-        if not name.startswith("_"):
-            _write_csv(df, out / "tables" / name)
-    steps.update()
-    if figures:
-        _draw(t, curves, out, o)
-    steps.update()
+    with output_folder(out):  # a failure removes what this call added
+        t = _compute(runs, results, o)
+        curves = run_curves(runs) if o.weight != "grad_norm" else None
+        if curves is not None and o.weight == "weight_theta":
+            curves = curves.assign(gradient=curves["gradient_theta"])
+        steps.update()
+        for name, df in t.items():
+            if not name.startswith("_"):
+                _write_csv(df, out / "tables" / name)
+        steps.update()
+        if figures:
+            _draw(t, curves, out, o)
+        steps.update()
 
-    doc = Document()
-    _doc_header(doc, src, runs, results_path, t, o)
-    _doc_health(doc, t)
-    _doc_summary(doc, t, o)
-    if len(t["_angles"]):
-        _doc_distributions(doc, t)
-        _doc_weighting(doc, t, curves, o)
-        _doc_separability(doc, t, o)
-    _doc_grad_mode(doc, t, o)
-    _doc_accuracy(doc, t, o)
-    doc.h(2, "Files")
-    doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))
-          + ". Figures (PNG) in `figures/`.")
-    with atomic_write(out / "report.md", "w", encoding="utf-8") as fh:
-        fh.write(doc.markdown())
-    with atomic_write(out / "report.html", "w", encoding="utf-8") as fh:
-        fh.write(doc.html(f"noisyfr analysis: {src.name}"))
-    steps.update()
-    steps.close()
+        doc = Document()
+        _doc_header(doc, src, runs, results_path, t, o)
+        _doc_health(doc, t)
+        _doc_summary(doc, t, o)
+        if len(t["_angles"]):
+            _doc_distributions(doc, t)
+            _doc_weighting(doc, t, curves, o)
+            _doc_separability(doc, t, o)
+        _doc_grad_mode(doc, t, o)
+        _doc_accuracy(doc, t, o)
+        doc.h(2, "Files")
+        doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))
+              + ". Figures (PNG) in `figures/`.")
+        with atomic_write(out / "report.md", "w", encoding="utf-8") as fh:
+            fh.write(doc.markdown())
+        with atomic_write(out / "report.html", "w", encoding="utf-8") as fh:
+            fh.write(doc.html(f"noisyfr analysis: {src.name}"))
+        steps.update()
+        steps.close()
     return out / "report.md"

@@ -50,7 +50,9 @@ def encode_record(payload: bytes) -> bytes:
     return b"".join(out)
 
 
-def _prefix_paths(out_prefix: str | os.PathLike) -> tuple[Path, Path, Path]:
+def prefix_paths(out_prefix: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """The ``.rec``, ``.idx`` and ``property`` paths of an output prefix (a folder means
+    ``FOLDER/train``)."""
     p = Path(out_prefix)
     if p.is_dir() or str(out_prefix).endswith(os.sep):
         p = p / "train"
@@ -72,7 +74,7 @@ def pack_index(index: FaceIndex, out_prefix: str | os.PathLike, verify: bool = T
     ``out_prefix`` may be an existing folder (then ``<folder>/train.*``). Returns a summary dict
     (``rec``, ``idx``, ``property``, ``images``, ``identities``, ``skipped``).
     """
-    rec_path, idx_path, prop_path = _prefix_paths(out_prefix)
+    rec_path, idx_path, prop_path = prefix_paths(out_prefix)
     n = len(index)
     if n == 0:
         raise NoisyFRError(f"{index.source}: nothing to pack (no images)")

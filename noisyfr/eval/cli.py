@@ -135,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
         raise NoisyFRError("--ijb: needs --out OUT (the folder for ijb_<target>.csv and its ROC figure)")
     if args.ijb and args.out and Path(args.out).is_file():
         raise NoisyFRError(f"--out {args.out}: with --ijb, --out is a folder, not a file")
+    if args.out:
+        from noisyfr.eval.suite import split_val
+        from noisyfr.outputs import check_output
+
+        inputs = [args.checkpoint, args.data_dir, args.ijb, *(split_val(args.val) if args.val else [])]
+        check_output(args.out, inputs, kind="dir" if args.ijb else "file",
+                     writes=("ijb_ijbb.csv", "ijb_ijbc.csv", "verification.json"))
     device = resolve_device(args.device)
     # Open every input first so that a bad path fails before any long computation.
     vsets, skipped = open_sets(args.val, args.data_dir) if args.val else ([], [])
@@ -172,11 +179,13 @@ def run(args: argparse.Namespace) -> int:
                "flip": args.flip, "skipped": skipped, "results": results}
     if ijb is not None:
         from noisyfr.eval.ijb import write_ijb
+        from noisyfr.outputs import output_folder
 
-        paths = write_ijb(ijb, args.out, extra={"checkpoint": str(args.checkpoint),
-                                                "backbone": payload["backbone"]})
-        if results:
-            _write_val(Path(args.out) / "verification.json", payload, results)
+        with output_folder(args.out):  # a failure removes what this call added
+            paths = write_ijb(ijb, args.out, extra={"checkpoint": str(args.checkpoint),
+                                                    "backbone": payload["backbone"]})
+            if results:
+                _write_val(Path(args.out) / "verification.json", payload, results)
         print(f"wrote {paths['csv']}, {paths['roc']}, {paths['json']}")
     elif args.out:
         _write_val(Path(args.out), payload, results)

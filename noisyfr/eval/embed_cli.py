@@ -72,11 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.eval.cli import check_run_arguments, load_model
     from noisyfr.eval.embed import TransformedImages, embed_dataset
     from noisyfr.io import atomic_path
+    from noisyfr.outputs import check_output
 
     check_run_arguments(args)
     out = Path(args.out)
     if out.suffix != ".npy":
         raise NoisyFRError(f"--out {args.out}: must end with .npy (the table goes beside it as .parquet)")
+    check_output(out, [args.checkpoint, args.data])
+    check_output(out.with_suffix(".parquet"), [args.checkpoint, args.data], what="--out (its table)")
     device = resolve_device(args.device)
     source, n, paths, identities = open_images(args.data)
     if n == 0:

@@ -140,10 +140,12 @@ def run(args: argparse.Namespace) -> int:
     """Load the backbone on CPU, export it, check it, report."""
     from noisyfr.dotted import get_dotted
     from noisyfr.eval.checkpoint import load_backbone
+    from noisyfr.outputs import check_output
 
     if args.embedding_dim is not None:
         numeric.integer(args.embedding_dim, "--embedding-dim", lo=1, hi=numeric.MAX_EMBEDDING_DIM)
     require("onnx", "onnxscript", what="ONNX export")
+    check_output(args.out, [args.checkpoint])
     model, ckpt = load_backbone(args.checkpoint, device="cpu", backbone=args.backbone,
                                 embedding_dim=args.embedding_dim)
     cfg = ckpt["config"]

@@ -31,10 +31,12 @@ def run(args: argparse.Namespace) -> int:
     """Load and validate the config, train, print a one-line summary."""
     from noisyfr.distributed import rank_world, torchrun_group
     from noisyfr.errors import NoisyFRError
+    from noisyfr.outputs import protect
     from noisyfr.train import load_config, train
     from noisyfr.train.checkpoint import last_checkpoint
     from noisyfr.train.config import dump_config
 
+    protect(args.config)
     flags = [("output_dir", args.out), ("device", args.device), ("resume", True if args.resume else None)]
     cfg = load_config(args.config, list(args.overrides) + [(k, v) for k, v in flags if v is not None])
     if args.resume and last_checkpoint(cfg["output_dir"]) is None:

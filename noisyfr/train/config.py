@@ -409,3 +409,20 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any],
 def dump_config(cfg: Mapping[str, Any]) -> str:
     """The resolved config as YAML text (keys in schema order)."""
     return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def run_inputs(cfg: Mapping[str, Any]) -> list:
+    """Every path a run with config ``cfg`` reads (none of them may be written): the dataset,
+    manifest, verification sets, noise outliers and embeddings, and ``model.init``; works on raw
+    sweep trial configs too (missing keys are skipped)."""
+    from noisyfr.data.pairs import is_set_name
+    from noisyfr.dotted import get_dotted
+
+    val = get_dotted(cfg, "data.val") or []
+    val = [v for v in (val if isinstance(val, list) else [val]) if not (is_set_name(v) and not Path(v).exists())]
+    noise = get_dotted(cfg, "data.noise") or {}
+    paths = [get_dotted(cfg, "data.train"), get_dotted(cfg, "data.manifest"),
+             *val,
+             *(noise.get(k) for k in ("outliers", "embeddings") if isinstance(noise, dict)),
+             get_dotted(cfg, "model.init")]
+    return [p for p in paths if isinstance(p, (str, os.PathLike))]

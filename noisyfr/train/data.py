@@ -5,39 +5,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 from torch.utils.data import Subset
 
 from noisyfr.errors import NoisyFRError
 
 
-def open_dataset(cfg: dict[str, Any], transform, rank: int, world: int):
-    """The training dataset: :class:`~noisyfr.noise.NoisyDataset` over ``data.train`` with
-    ``data.manifest``.
+def open_dataset(cfg: dict[str, Any], transform) -> tuple[Any, Any]:
+    """``(dataset, manifest to write)``: :class:`~noisyfr.noise.NoisyDataset` over ``data.train``
+    with ``data.manifest``, and the :class:`~noisyfr.noise.Manifest` the run must still write
+    (None when there is none).
 
-    With ``data.noise`` and no ``data.manifest``, the manifest is first written to
-    ``output_dir/manifest.parquet`` (kept as is when resuming) and ``data.manifest`` is set to it;
-    with both, the manifest's sidecar must record that noise spec (a sweep's shared manifests).
+    With ``data.noise`` and no ``data.manifest``, the manifest is injected in memory (every rank
+    draws the same one from the spec's seed) and ``data.manifest`` is set to
+    ``output_dir/manifest.parquet``, which the run writes once every input has been checked (an
+    existing one is used as is when resuming); with both, the manifest's sidecar must record that
+    noise spec (a sweep's shared manifests).
     """
     from noisyfr.data import open_index
-    from noisyfr.noise import NoiseSpec, NoisyDataset, inject_to, read_meta
+    from noisyfr.noise import NoiseSpec, NoisyDataset, read_meta
+    from noisyfr.noise.inject import build_command, inject
     from noisyfr.noise.spec import spec_matches_meta
 
     data = cfg["data"]
     index = open_index(data["train"])
+    pending = None
     if data["noise"] is not None:
         spec = NoiseSpec.from_mapping(data["noise"])
         if data["manifest"] is None:
             path = Path(cfg["output_dir"]) / "manifest.parquet"
-            if rank == 0 and not (cfg["resume"] and path.is_file()):
-                inject_to(index, spec, path, frame=False)
-            if world > 1:
-                dist.barrier()
             data["manifest"] = str(path)
+            if not (cfg["resume"] and path.is_file()):
+                pending = inject(index, spec, command=build_command(str(index.source), path, spec))
+                dataset = NoisyDataset(index, manifest=(pending.frame, pending.meta), transform=transform)
+                dataset.manifest_name = str(path)
+                return dataset, pending
         elif not spec_matches_meta(spec, read_meta(data["manifest"])):
             raise NoisyFRError(f"data.manifest {data['manifest']}: was not made with data.noise "
                                f"{spec.to_dict()} (its sidecar records another noise spec)")
-    return NoisyDataset(index, manifest=data["manifest"], transform=transform)
+    return NoisyDataset(index, manifest=data["manifest"], transform=transform), pending
 
 
 def check_labels(dataset, num_classes: int) -> None:

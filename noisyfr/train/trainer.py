@@ -46,9 +46,11 @@ from noisyfr.device import resolve_device
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_write, load_checkpoint
+from noisyfr.outputs import (check_output, folder_entries, is_write_error, make_dirs, protected_input,
+                             remove_dirs, undo_folder, write_error)
 from noisyfr.train import angles as angles_mod
 from noisyfr.train.checkpoint import REQUIRED_KEYS, last_checkpoint, prune_checkpoints, save_checkpoint
-from noisyfr.train.config import dump_config, load_config
+from noisyfr.train.config import dump_config, load_config, run_inputs
 from noisyfr.train.data import check_labels, open_dataset, training_subset, verification_sets
 from noisyfr.train import parallel
 from noisyfr.train.monitor import Monitor
@@ -92,6 +94,14 @@ class _Run:
     resumed_from: Path | None = None
     monitor: Any = None
     frame: Any = None
+    pending_manifest: Any = None
+    epochs_done: int = 0
+    created_dirs: list = field(default_factory=list)
+
+
+#: what a run writes in its output directory
+RUN_FILES = ("config.yaml", "manifest.parquet", "manifest.parquet.json", "metrics.csv", "train.log",
+             "angles", "checkpoints", "tb")
 
 
 # --------------------------------------------------------------------------- the build steps
@@ -104,6 +114,10 @@ def _setup(config) -> _Run:
                out_dir=Path(cfg["output_dir"]))
     if run.device.type == "cuda":
         torch.cuda.set_device(run.device)  # NCCL object collectives use the current device
+    skip = ({"config.yaml"} if cfg["resume"] else set()) | \
+        ({"manifest.parquet", "manifest.parquet.json"} if cfg["data"]["manifest"] else set())
+    check_output(run.out_dir, [config, *run_inputs(cfg)], what="output_dir", kind="dir",
+                 writes=[w for w in RUN_FILES if w not in skip])
     o = cfg["optim"]
     parallel.check_amp(o["amp"], run.device)
     if cfg["model"]["compile"]:
@@ -126,7 +140,7 @@ def _build_data(run: _Run) -> None:
     data = run.cfg["data"]
     transform = face_transform(data["image_size"], data["center_crop"], train=True,
                                flip=data["flip"], crop_jitter=data["crop_jitter"])
-    run.dataset = open_dataset(run.cfg, transform, run.rank, run.world)
+    run.dataset, run.pending_manifest = open_dataset(run.cfg, transform)
     run.num_classes = int(run.dataset.num_classes)
     check_labels(run.dataset, run.num_classes)
     run.noise_types = np.asarray(run.dataset.noise, dtype=object)
@@ -216,13 +230,18 @@ def _prepare_output(run: _Run) -> None:
     written."""
     if run.rank != 0:
         return
-    run.out_dir.mkdir(parents=True, exist_ok=True)
+    run.created_dirs = make_dirs(run.out_dir)
+    if run.pending_manifest is not None:
+        run.pending_manifest.write(run.cfg["data"]["manifest"])
     if run.resumed_from is None:
         for path in [run.out_dir / "metrics.csv", run.out_dir / "train.log",
                      *run.out_dir.glob("angles/epoch_*.parquet"), *run.out_dir.glob("checkpoints/*.pt"),
                      *run.out_dir.glob("tb/events.out.tfevents.*")]:
             path.unlink(missing_ok=True)
-    with atomic_write(run.out_dir / "config.yaml", "w", encoding="utf-8") as fh:
+    config_path = run.out_dir / "config.yaml"
+    if run.resumed_from is not None and protected_input(config_path):
+        return  # resumed from the run's own saved config: it stays as it is
+    with atomic_write(config_path, "w", encoding="utf-8") as fh:
         fh.write(dump_config(run.cfg))
 
 
@@ -358,6 +377,23 @@ def _save_epoch(run: _Run, metrics: dict) -> None:
         dist.barrier()
 
 
+def _after_failure(run: _Run, exc: BaseException, created: bool, before: set[str]) -> None:
+    """A fresh run that fails before its first checkpoint leaves nothing behind (the run
+    directory when it created it, else the entries it added); a resumed run, or one with a
+    checkpoint, keeps its directory (the last checkpoint was written atomically and is intact).
+    A failed write (full disk, permission, ...) is raised as a one-line NoisyFRError."""
+    kept = run.rank != 0 or run.resumed_from is not None or run.epochs_done > 0
+    if not kept:
+        undo_folder(run.out_dir, created, before)
+        remove_dirs(run.created_dirs[:-1])
+    if is_write_error(exc):
+        where = getattr(exc, "filename", None) or run.out_dir
+        err = write_error(exc, where)
+        if kept and run.rank == 0:
+            err = NoisyFRError(f"{err}; {run.out_dir} keeps its last checkpoint (continue with --resume)")
+        raise err from None
+
+
 # --------------------------------------------------------------------------- train
 def train(config: Mapping[str, Any] | str | os.PathLike,
           report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -382,18 +418,25 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     _build_model_and_head(run)
     _build_optimiser(run)
     _restore(run)
-    _prepare_output(run)
-    stepper = _stepper(run)
-    run.monitor = _monitor(run)
+    # every input is checked: from here on the run writes
+    created, before = not run.out_dir.exists(), folder_entries(run.out_dir)
     metrics: dict[str, Any] = dict(run.history[-1]) if run.history else {}
     try:
-        for epoch in range(run.start_epoch, run.cfg["optim"]["epochs"] + 1):
-            metrics, tracker = _train_epoch(run, stepper, epoch)
-            metrics.update(_angle_summary(run, tracker, epoch))
-            metrics.update(_evaluate(run, epoch))
-            _save_epoch(run, metrics)
-            if report is not None:
-                report(dict(metrics))
-    finally:
-        run.monitor.close()
+        _prepare_output(run)
+        stepper = _stepper(run)
+        run.monitor = _monitor(run)
+        try:
+            for epoch in range(run.start_epoch, run.cfg["optim"]["epochs"] + 1):
+                metrics, tracker = _train_epoch(run, stepper, epoch)
+                metrics.update(_angle_summary(run, tracker, epoch))
+                metrics.update(_evaluate(run, epoch))
+                _save_epoch(run, metrics)
+                run.epochs_done += 1
+                if report is not None:
+                    report(dict(metrics))
+        finally:
+            run.monitor.close()
+    except BaseException as exc:
+        _after_failure(run, exc, created, before)
+        raise
     return dict(metrics)

@@ -15,6 +15,10 @@ from pathlib import Path
 from noisyfr.cli import intermixed
 from noisyfr.errors import NoisyFRError
 
+#: what a sweep writes in its directory
+SWEEP_FILES = ("sweep.json", "sweep.log", "results.csv", "results.parquet", "summary.md", "trials",
+               "tune", "manifests")
+
 #: Command lines shown by ``--help``.
 EXAMPLES = ['noisyfr sweep experiments/configs/demo.yaml --out runs/demo']
 
@@ -38,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``noisyfr sweep``."""
+    from noisyfr.outputs import check_output
+    from noisyfr.train.config import run_inputs
     from noisyfr.tune.run import run_sweep
     from noisyfr.tune.spec import load_stored_sweep, load_sweep, plan_manifests
 
@@ -60,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         for t in spec.trials:
             print(f"  {t.name}" + (f"  manifest={Path(t.manifest).name}" if t.manifest else ""))
         return 0
+    check_output(spec.sweep_dir, [config, *(p for t in spec.trials for p in run_inputs(t.config))],
+                 kind="dir", writes=SWEEP_FILES)
     run_sweep(spec, resume=args.resume, address=args.address)
     print(f"results: {spec.sweep_dir / 'results.csv'}  summary: {spec.sweep_dir / 'summary.md'}")
     return 0
