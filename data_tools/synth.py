@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.numeric import int_arg
 from noisyfr.outputs import atomic_folder, check_output
 
 META_NAME = "synth.json"
@@ -38,20 +39,20 @@ EXAMPLES = ['noisyfr synth --ids 100 --per-id 20 --size 112 --seed 0 --out synth
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``synth`` options on ``parser``."""
     d = {"ids": 100, "per_id": 20, "size": 112, "seed": 0}
-    parser.add_argument("--ids", type=int, default=d["ids"],
+    parser.add_argument("--ids", type=int_arg(), default=d["ids"],
                         help=f"number of identities (default {d['ids']})")
-    parser.add_argument("--per-id", dest="per_id", type=int, default=None,
+    parser.add_argument("--per-id", dest="per_id", type=int_arg(), default=None,
                         help=f"images per identity (default {d['per_id']}; 10 with --pairs)")
-    parser.add_argument("--size", type=int, default=d["size"],
+    parser.add_argument("--size", type=int_arg(), default=d["size"],
                         help=f"image side in pixels (default {d['size']})")
-    parser.add_argument("--seed", type=int, default=d["seed"],
+    parser.add_argument("--seed", type=int_arg(), default=d["seed"],
                         help=f"random seed: same seed, same bytes (default {d['seed']})")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (must not exist, or be empty)")
-    parser.add_argument("--pairs", type=int, default=None, metavar="N",
+    parser.add_argument("--pairs", type=int_arg(), default=None, metavar="N",
                         help="write a verification set of N pairs (half same, half different) "
                              "in the LFW layout (pairs.txt + images/) instead of an ImageFolder")
-    parser.add_argument("--first-id", dest="first_id", type=int, default=None, metavar="F",
+    parser.add_argument("--first-id", dest="first_id", type=int_arg(), default=None, metavar="F",
                         help="with --pairs: label of the first identity (default 100000, beyond "
                              "any training set of the same seed with ids <= F)")
 
@@ -124,7 +125,8 @@ def write_synthetic_pairs(out: str | os.PathLike, ids: int = 100, per_id: int = 
     except NoisyFRError as exc:
         msg = str(exc)
         for key, opt in names.items():
-            msg = msg.replace(f"synth: {key} ", f"{opt} ").replace(f"{key}=", f"{opt}=")
+            msg = (msg.replace(f"synth: {key}: ", f"{opt}: ").replace(f"synth: {key} ", f"{opt} ")
+                   .replace(f"{key}=", f"{opt}="))
         raise NoisyFRError(msg.replace("synth: ", "")) from None
     vset = SyntheticPairs(ids=ids, per_id=per_id, first_id=first_id, pairs=pairs, size=size,
                           seed=seed, cache_mb=0)

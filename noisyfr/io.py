@@ -76,7 +76,8 @@ def _safe_loader():
 
 
 def parse_yaml(text: str, what: str):
-    """YAML ``text`` parsed safely with anchors/aliases refused; NoisyFRError naming ``what``."""
+    """YAML ``text`` parsed safely with anchors/aliases refused (no alias bomb can expand) and
+    nesting bounded by Python's recursion limit; NoisyFRError naming ``what`` otherwise."""
     import yaml
 
     from noisyfr.errors import NoisyFRError
@@ -85,6 +86,8 @@ def parse_yaml(text: str, what: str):
         return yaml.load(text, Loader=_safe_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise NoisyFRError(f"{what}: invalid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:  # PyYAML recurses per level: [[[[...]]]] thousands deep
+        raise NoisyFRError(f"{what}: invalid YAML (nested too deeply)") from None
 
 
 def read_yaml(path: str | os.PathLike, what: str = "config"):

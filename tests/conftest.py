@@ -102,3 +102,14 @@ def inject_file(index, out, *, command=None, **noise):
 
     manifest = inject_to(index, NoiseSpec(**noise), out, command=command)
     return manifest.frame, manifest.meta
+
+
+def exit_status(argv: list[str]) -> int:
+    """The exit status of ``noisyfr ARGV``: what ``main`` returns, or the code of the SystemExit
+    that argparse raises for a usage error (a flag value refused by its type, e.g. ``--closed nan``)."""
+    from noisyfr.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code

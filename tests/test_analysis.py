@@ -313,6 +313,31 @@ def test_cli_bad_inputs_exit_2_with_one_line_and_no_report(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("metric, problem", [("NOSUCHCOLUMN", "no such column"),
+                                             ("loss.name", "not a numeric column")])
+def test_metric_must_name_a_numeric_results_column(sweep, tmp_path, capsys, metric, problem):
+    out = tmp_path / "rep"
+    code, err = _err(capsys, ["analyze", str(sweep), "--out", str(out), "--metric", metric])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"noisyfr analyze: error: --metric '{metric}': {problem} of {sweep / 'results.parquet'}")
+    numeric = "data.noise.closed, data.noise.open, seed, epochs, final_val_accuracy, best_val_accuracy"
+    assert err.endswith(f"(numeric columns: {numeric})")
+    assert not out.exists()
+    # a column that exists is used, and the report says which
+    assert main(["analyze", str(sweep), "--out", str(out), "--metric", "best_val_accuracy",
+                 "--no-figures"]) == 0
+    assert "column `best_val_accuracy`" in (out / "report.md").read_text()
+
+
+def test_metric_on_a_run_directory_is_refused(tmp_path, capsys):
+    run = make_synthetic_run(tmp_path / "run", num_ids=4, per_id=5, epochs=1)
+    out = tmp_path / "rep"
+    code, err = _err(capsys, ["analyze", str(run), "--out", str(out), "--metric", "val_accuracy"])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"--metric 'val_accuracy': {run} has no sweep results table" in err
+    assert not out.exists()
+
+
 def test_condition_label_from_sidecar():
     from noisyfr.analysis.load import condition_from_meta
 

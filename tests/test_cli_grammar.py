@@ -60,3 +60,35 @@ def test_usage_errors_are_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--no-such-flag" in err
+
+
+def _number_flags():
+    """(command, flag) of every option that takes a number, found by walking the parsers."""
+    out = []
+    for name, p in _parsers().items():
+        for a in p._actions:
+            assert a.type not in (int, float), \
+                f"noisyfr {name} {a.option_strings}: a bare {a.type.__name__}, not noisyfr.numeric"
+            if getattr(a.type, "__name__", None) in ("number", "integer"):  # real_arg / int_arg
+                out.append((name, a.option_strings[0]))
+    return out
+
+
+def test_every_number_flag_is_parsed_by_noisyfr_numeric():
+    flags = _number_flags()
+    # the commands whose options take numbers: all of them parse with real_arg / int_arg
+    assert {name for name, _ in flags} == {"curves", "synth", "inject", "eval", "embed", "export",
+                                           "analyze"}
+    assert ("curves", "--points") in flags and ("inject", "--closed") in flags
+
+
+@pytest.mark.parametrize("name, flag", _number_flags())
+@pytest.mark.parametrize("bad", ["nan", "-Infinity", "1e999", "ten"])
+def test_number_flags_refuse_non_finite_values_in_one_line(name, flag, bad, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main([name, f"{flag}={bad}", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"noisyfr {name}: error: argument {flag}: expected ")
+    assert len(err.splitlines()) == 1 and repr(bad) in err
+    assert list(tmp_path.iterdir()) == []

@@ -67,14 +67,14 @@ def test_override_beats_file_value_and_pairs_are_accepted():
     ("data.trian=x", "config key 'data.trian': unknown key"),
     ("optim.batch_size=abc", "config key 'optim.batch_size': expected an integer"),
     ("optim.batch_size=true", "config key 'optim.batch_size': expected an integer"),
-    ("optim.batch_size=1", "config key 'optim.batch_size': must be >= 2"),
+    ("optim.batch_size=1", "config key 'optim.batch_size': must be in [2, 65536], got 1"),
     ("optim.lr=-1", "config key 'optim.lr': must be > 0"),
     ("optim.lr=fast", "config key 'optim.lr': expected a number"),
     ("optim.schedule=linear", "config key 'optim.schedule': expected one of"),
     ("optim.amp=fp8", "config key 'optim.amp'"),
     ("device=tpu", "config key 'device'"),
     ("resume=yes please", "config key 'resume': expected true or false"),
-    ("data.center_crop=1.5", "config key 'data.center_crop': must be <= 1.0"),
+    ("data.center_crop=1.5", "config key 'data.center_crop': must be in (0, 1], got 1.5"),
     ("data.val=[1, 2]", "config key 'data.val[0]'"),
     ("model.dropout=1.0", "config key 'model.dropout'"),
     ("data.image_size=40", "config key 'data.image_size'"),        # small_cnn: multiples of 16
@@ -124,6 +124,86 @@ def test_bad_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(NoisyFRError, match="mapping at the top level"):
         load_config(listy)
+
+
+NON_FINITE = ["nan", "NaN", "NAN", ".nan", ".NaN", "inf", "-inf", "+inf", ".inf", "-.Inf", "Infinity",
+              "-Infinity", "1e999", "-1e999", "'nan'", "' inf '"]
+
+
+@pytest.mark.parametrize("spelling", NON_FINITE)
+def test_non_finite_numbers_are_refused_in_every_spelling(spelling, tmp_path):
+    # as an override (parsed as YAML: strings, YAML floats, overflowing literals) ...
+    with pytest.raises(NoisyFRError) as info:
+        load_config(BASE, [f"optim.momentum={spelling}"])
+    assert "config key 'optim.momentum': expected a finite number" in str(info.value)
+    # ... and in the file itself
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE) + f"optim: {{lr: {spelling}}}\n")
+    with pytest.raises(NoisyFRError, match=r"config key 'optim.lr': expected a finite number"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override", ["seed=nan", "seed=1e3", "seed=3.0", "optim.epochs=.inf",
+                                      "optim.epochs='2.5'", "seed=99999999999999999999999"])
+def test_integer_keys_take_integers_only(override):
+    with pytest.raises(NoisyFRError) as info:
+        load_config(BASE, [override])
+    key = override.split("=")[0]
+    assert f"config key '{key}': " in str(info.value)
+    assert "expected an integer" in str(info.value) or "must be in [0, " in str(info.value)
+
+
+def test_numeric_strings_still_work():
+    # YAML 1.1 reads 5e-4 as a string: it is still a number, and an integer string an integer
+    cfg = load_config(BASE, ["optim.weight_decay=5e-4", "optim.lr='0.05'", "seed='7'"])
+    assert cfg["optim"]["weight_decay"] == 5e-4 and cfg["optim"]["lr"] == 0.05 and cfg["seed"] == 7
+
+
+def test_cli_print_config_refuses_nan_momentum(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert cli_main(["train", str(path), "optim.momentum=NaN", "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "noisyfr train: error: config key 'optim.momentum': expected a finite number, got 'NaN'\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def _alias_bomb(key: str, levels: int = 12) -> str:
+    lines = [f"{key}:", '  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"  # 9**12 = 282 billion strings when expanded
+
+
+@pytest.mark.parametrize("key", ["name", "data", "loss", "grid", "optim"])
+def test_yaml_alias_bomb_under_any_key_is_refused_at_once(key, tmp_path, capsys):
+    import resource
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(yaml.safe_dump(BASE) + _alias_bomb(key))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(NoisyFRError) as info:
+        load_config(path)
+    assert time.perf_counter() - t0 < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    msg = str(info.value)
+    assert msg.startswith(f"config {path}: invalid YAML") and "aliases" in msg and "\n" not in msg
+    for command in (["train", str(path), "--print-config"], ["sweep", str(path), "--dry-run"]):
+        assert cli_main(command) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and str(path) in err and "aliases" in err
+
+
+def test_yaml_nested_too_deeply_is_one_line(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(NoisyFRError, match=r"deep\.yaml: invalid YAML \(nested too deeply\)"):
+        load_config(path)
+    with pytest.raises(NoisyFRError) as info:
+        load_config(BASE, ["model.width=" + "[" * 20000 + "]" * 20000])
+    assert "nested too deeply" in str(info.value) and len(str(info.value)) < 200
 
 
 def test_cli_print_config_and_exit_status(tmp_path, capsys):

@@ -91,6 +91,35 @@ def test_bad_arguments():
         loss_curves("arcface", points=1)
 
 
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(points=10**8), "curves: points: must be in [2, 100000], got 100000000"),
+    (dict(points=2.5), "curves: points: expected an integer"),
+    (dict(num_classes=10**7), "curves: num_classes: must be in [2, 1000000]"),
+    (dict(points=100_000, num_classes=1000), "points x num_classes = 100000 x 1000"),
+    (dict(neg_cos=float("nan")), "curves: neg_cos: expected a finite number"),
+])
+def test_reference_setting_is_bounded(kwargs, needle):
+    with pytest.raises(NoisyFRError) as info:
+        loss_curves("arcface", **kwargs)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--points", "1e8"], "argument --points: expected an integer, got '1e8'"),
+    (["--points", "100000000"], "argument --points: must be in [2, 100000], got 100000000"),
+    (["--points", "100000", "--classes", "1000"], "--points x --classes = 100000 x 1000"),
+    (["--classes=inf"], "argument --classes: expected an integer, got 'inf'"),
+    (["--neg-cos=-nan"], "argument --neg-cos: expected a finite number, got '-nan'"),
+])
+def test_cli_points_and_classes_are_bounded(tmp_path, capsys, flags, needle):
+    from conftest import exit_status
+
+    assert exit_status(["curves", "--out", str(tmp_path / "c.png"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("noisyfr curves: error: ") and needle in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_writes_png_and_csv(tmp_path, capsys):
     out = tmp_path / "c" / "curves.png"
     rc = main(["curves", "--losses", "arcface,expface", "--out", str(out), "--points", "31",

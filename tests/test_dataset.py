@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import inject_file
@@ -135,7 +136,8 @@ def test_minimal_manifest_without_extra_columns(orl, tmp_path):
                        "noise": ["closed"] * 400})
     meta = {"num_classes": 40, "fingerprint": {"samples": 400, "sha256": fingerprint(orl)}}
     out = write_manifest(df, meta, tmp_path / "mini.csv")
-    ds = NoisyDataset(orl, out)
+    with pytest.warns(UserWarning, match=r"mini\.csv: the sidecar's fingerprint has no 'content'"):
+        ds = NoisyDataset(orl, out)  # an older manifest: paths and labels checked, not pixels
     img, label, i = ds[10]
     assert label == (labels[10] + 1) % 40 and torch.equal(img, orl.load_image(10))
 
@@ -157,6 +159,41 @@ def test_fingerprint_matches_a_direct_sha256():
     Labels.labels = Labels.labels.copy()
     Labels.labels[0] = 1
     assert fingerprint(Labels()) != h.hexdigest()
+
+
+def test_fingerprint_covers_pixels_of_a_sample(tmp_path):
+    from noisyfr.data import SyntheticIndex
+    from noisyfr.noise.manifest import CONTENT_SAMPLES
+
+    # same paths and labels, other pixels: a manifest for seed=1 is refused on seed=0 data
+    out = tmp_path / "m.parquet"
+    inject_file(open_index("synthetic:ids=6,per_id=5,size=16,seed=1"), out, closed=0.2, seed=0)
+    _, meta = read_manifest(out)
+    assert len(meta["fingerprint"]["content"]) == 64
+    NoisyDataset(SyntheticIndex(ids=6, per_id=5, size=16, seed=1), out)
+    with pytest.raises(NoisyFRError) as info:
+        NoisyDataset(SyntheticIndex(ids=6, per_id=5, size=16, seed=0), out)
+    msg = str(info.value)
+    assert msg.startswith(f"{out}: fingerprint does not match the dataset synthetic:ids=6,per_id=5,size=16,seed=0")
+    assert "same paths and labels, but the pixels of the sampled images differ" in msg
+    # a folder: changing the pixels of a sampled image (the first is always one) is caught
+    root = tmp_path / "faces"
+    for k in range(2):
+        (root / f"p{k}").mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * k + j, dtype=np.uint8)).save(root / f"p{k}" / f"{j}.png")
+    inject_file(open_index(root), tmp_path / "f.parquet", closed=0.5, seed=0)
+    Image.fromarray(np.full((8, 8, 3), 99, dtype=np.uint8)).save(root / "p0" / "0.png")
+    with pytest.raises(NoisyFRError, match="pixels of the sampled images differ"):
+        NoisyDataset(open_index(root), tmp_path / "f.parquet")
+    assert CONTENT_SAMPLES >= 2
+
+
+def test_sidecar_content_must_be_a_string(orl, orl_manifest):
+    df, meta = read_manifest(orl_manifest)
+    bad = dict(meta, fingerprint=dict(meta["fingerprint"], content=123))
+    with pytest.raises(NoisyFRError, match="sidecar 'fingerprint' must be"):
+        NoisyDataset(orl, (df, bad))
 
 
 def test_outliers_passed_in_memory(orl, lfw, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import exit_status
 from noisyfr.cli import main
 from noisyfr.data import load_pairs
 from noisyfr.data.pairs import write_bin
@@ -82,7 +83,7 @@ def test_embed_bad_input_leaves_nothing(small_ckpt, tmp_path, capsys):
     path, _ = small_ckpt
 
     def fails(args, match):
-        assert main(["embed", *args]) == 2
+        assert exit_status(["embed", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("noisyfr embed: error:") and "\n" not in err and match in err, err
 

@@ -185,6 +185,56 @@ def test_corrupt_image_error_names_file_or_is_skipped(tiny_folder: Path):
         ok.load_image(k)
 
 
+def _claiming(fmt: str, width: int, height: int) -> bytes:
+    """A real 4x4 image whose header is patched to claim ``width`` x ``height`` pixels (a
+    decompression bomb in a few hundred bytes): PNG's IHDR (and its CRC), or JPEG's SOF0."""
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format=fmt)
+    data = bytearray(buf.getvalue())
+    if fmt == "PNG":
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    else:
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+BOMBS = [("PNG", 100_000, 100_000), ("JPEG", 60_000, 60_000),   # past twice PIL's limit: PIL raises
+         ("PNG", 10_000, 10_000), ("JPEG", 10_000, 10_000)]     # past the limit only: PIL just warns
+
+
+@pytest.mark.parametrize("fmt, width, height", BOMBS)
+def test_decompression_bomb_is_one_line_naming_the_file(tiny_folder: Path, monkeypatch, fmt, width, height):
+    import noisyfr.data.index as index_mod
+
+    name = f"bomb.{fmt.lower()}"
+    (tiny_folder / "bob" / name).write_bytes(_claiming(fmt, width, height))
+    decoded = []  # torchvision's decode_jpeg would allocate the claimed pixels: never reached
+    monkeypatch.setattr(index_mod, "_torchvision_jpeg", lambda *a, **k: decoded.append(a))
+    ix = open_index(tiny_folder)
+    with pytest.raises(NoisyFRError) as info:
+        ix.load_image(ix.paths.index(f"bob/{name}"))
+    msg = str(info.value)
+    assert msg.startswith(str(tiny_folder / "bob" / name)) and "\n" not in msg
+    assert f"image too large: its header claims {width * height} pixels" in msg
+    assert f"MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}" in msg
+    assert decoded == []
+    ok = open_index(tiny_folder, skip_corrupt=True)  # a bomb is a bad file: skipped, not decoded
+    assert ok.skipped_paths == [f"bob/{name}"]
+
+
+def test_pack_refuses_a_decompression_bomb(tiny_folder: Path, tmp_path: Path, capsys):
+    (tiny_folder / "bob" / "bomb.png").write_bytes(_claiming("PNG", 100_000, 100_000))
+    dest = tmp_path / "packed"
+    assert cli_main(["pack", str(tiny_folder), "--out", str(dest / "train")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "bob/bomb.png" in err and "10000000000 pixels" in err
+    assert _no_partial_files(dest) == []
+
+
 def test_bad_folders(tmp_path: Path):
     with pytest.raises(NoisyFRError, match="does not exist"):
         open_index(tmp_path / "nope")
@@ -405,6 +455,43 @@ def test_idx_pointing_inside_a_record_is_refused(packed: Path):
     (packed / "train.idx").write_text("\n".join(lines) + "\n")
     with pytest.raises(NoisyFRError, match="not the start of a record"):
         open_index(packed / "train.rec")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("2000000000,112,112", "claims 2000000000 classes, but the records' labels and identity records show 2"),
+    ("3,112,112", "claims 3 classes"),
+    ("inf,112,112", "num_classes: expected an integer, got 'inf'"),
+    ("nan,112,112", "num_classes: expected an integer, got 'nan'"),
+    ("2,0,112", "height: must be >= 1, got 0"),
+    ("2," + "9" * 5000, "expected 'num_classes,height,width'"),
+])
+def test_property_is_checked_against_the_labels(packed: Path, capsys, text, needle):
+    prop = packed / "property"
+    assert prop.read_text().split(",")[0] == "2"  # the packed tiny folder: 2 identities
+    prop.write_text(text + "\n")
+    with pytest.raises(NoisyFRError) as info:
+        open_index(packed / "train.rec")
+    assert str(info.value).startswith(f"{prop}: ") and needle in str(info.value)
+    assert len(str(info.value)) < 300
+    out = packed.parent / "repacked"
+    assert cli_main(["pack", str(packed / "train.rec"), "--out", str(out / "x")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(prop) in err
+    assert _no_partial_files(out) == []
+
+
+def test_property_may_claim_fewer_classes_than_the_labels(packed: Path):
+    (packed / "property").write_text("1,7,9\n")  # stale metadata: the labels decide
+    ix = open_index(packed / "train.rec")
+    assert ix.num_identities == 2 and ix.property == (1, 7, 9)
+
+
+def test_record_label_beyond_any_dataset_is_refused(tmp_path: Path):
+    recs = {k: _rec_bytes(_ir(0, lab, k) + _png(k)) for k, lab in enumerate([0.0, 3e9])}
+    _write_rec(tmp_path / "huge", recs)
+    with pytest.raises(NoisyFRError, match=r"huge\.rec: record 1 has label 3e\+09, beyond the limit of "
+                                           r"16777216 identities"):
+        open_index(tmp_path / "huge.rec")
 
 
 def test_garbage_rec_and_idx(tmp_path: Path):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import inject_file
+from conftest import exit_status, inject_file
 from noisyfr.cli import main
 from noisyfr.data import open_index
 from noisyfr.noise import read_manifest
@@ -218,7 +218,7 @@ BAD = [
 @pytest.mark.parametrize("extra,needle", BAD)
 def test_bad_options_exit_2_no_output(orl_dir, tmp_path, capsys, extra, needle):
     out = tmp_path / "m.parquet"
-    assert main(["inject", str(orl_dir), "--out", str(out), *extra]) == 2
+    assert exit_status(["inject", str(orl_dir), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("noisyfr inject: error:") and needle in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []

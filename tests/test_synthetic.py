@@ -282,7 +282,7 @@ def test_render_image_matches_index():
 def test_written_folder_is_the_same_dataset_as_the_index(tmp_path):
     """Integration with the ImageFolder reader: same paths, labels, pixels and fingerprint."""
     from noisyfr.data import open_index
-    from noisyfr.noise.manifest import fingerprint
+    from noisyfr.noise.manifest import content_fingerprint, fingerprint
 
     out = tmp_path / "ds"
     assert _synth(tmp_path, out) == 0
@@ -292,6 +292,7 @@ def test_written_folder_is_the_same_dataset_as_the_index(tmp_path):
     assert list(folder.paths) == list(mem.paths) and folder.identities == mem.identities
     np.testing.assert_array_equal(folder.labels, mem.labels)
     assert fingerprint(folder) == fingerprint(mem)
+    assert content_fingerprint(folder) == content_fingerprint(mem) is not None
     for i in range(len(mem)):
         assert torch.equal(folder.load_image(i), mem.load_image(i))
 

@@ -130,15 +130,15 @@ def test_disjoint_from_training_identities():
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("spec,needle", [
     ("synthetic-pairs:colour=3", "unknown key 'colour'"),
-    ("synthetic-pairs:ids=ten", "ids must be an integer"),
-    ("synthetic-pairs:ids=1", "ids must be in [2,"),
-    ("synthetic-pairs:per_id=1", "per_id must be in [2,"),
+    ("synthetic-pairs:ids=ten", "ids: expected an integer"),
+    ("synthetic-pairs:ids=1", "ids: must be in [2,"),
+    ("synthetic-pairs:per_id=1", "per_id: must be in [2,"),
     ("synthetic-pairs:pairs=7", "pairs must be even"),
-    ("synthetic-pairs:pairs=0", "pairs must be in [2,"),
+    ("synthetic-pairs:pairs=0", "pairs: must be in [2,"),
     ("synthetic-pairs:ids=3,per_id=2,pairs=8", "only 3"),
-    ("synthetic-pairs:size=8", "size must be in [16,"),
-    ("synthetic-pairs:seed=-1", "seed must be in [0,"),
-    ("synthetic-pairs:first_id=-5", "first_id must be in [0,"),
+    ("synthetic-pairs:size=8", "size: must be in [16,"),
+    ("synthetic-pairs:seed=-1", "seed: must be in [0,"),
+    ("synthetic-pairs:first_id=-5", "first_id: must be in [0,"),
     ("synthetic-pairs:ids=3,ids=4", "given twice"),
     ("synthetic-pairs:ids", "needs a value"),
 ])
@@ -150,9 +150,9 @@ def test_bad_spec_raises_naming_the_key(spec, needle):
 
 
 def test_bad_constructor_values_and_index():
-    with pytest.raises(NoisyFRError, match="pairs must be an integer"):
+    with pytest.raises(NoisyFRError, match="pairs: expected an integer"):
         SyntheticPairs(pairs=10.0)
-    with pytest.raises(NoisyFRError, match="ids must be an integer"):
+    with pytest.raises(NoisyFRError, match="ids: expected an integer"):
         SyntheticPairs(ids=True)
     v = load_pairs(SMALL)
     with pytest.raises(IndexError):

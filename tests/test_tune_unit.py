@@ -118,8 +118,10 @@ def test_relative_paths_are_resolved(tmp_path):
     (base(resources={"tpu": 1}), "resources.tpu.*unknown"),
     (base(resources={"gpu": 1.5}), "resources.gpu.*fractions"),
     (base(workers_per_trial=0), "workers_per_trial"),
-    (base(noise={"closed": 1.5}, grid={"seed": [0]}), "data.noise.closed.*rate"),
-    (base(grid={"data.noise.closed": [0.1, -0.1]}), "data.noise.closed.*rate"),
+    (base(noise={"closed": 1.5}, grid={"seed": [0]}), r"data.noise.closed: must be in \[0, 1\], got 1.5"),
+    (base(grid={"data.noise.closed": [0.1, -0.1]}), r"data.noise.closed: must be in \[0, 1\], got -0.1"),
+    (base(grid={"optim.lr": [0.1, float("nan")]}), r"trial 001_.*optim\.lr.: expected a finite number, got nan"),
+    (base(grid={"optim.lr": ["-Infinity"]}), r"optim\.lr.: expected a finite number, got .-Infinity."),
     (base(noise={"closed": 0.6, "open": 0.6, "holdout_ids": 2}, grid={"seed": [0]}), "noise.*sum to 1.2"),
     (base(noise={"open": 0.2}, grid={"seed": [0]}), "data.noise.open.*outliers"),
     (base(noise={"closed_mode": "random"}), "data.noise.closed_mode"),
@@ -358,6 +360,23 @@ def test_paper_scale_configs_expand_to_90_gpu_trials(tmp_path, kind, axis):
     # 5 rates x 3 seeds manifests, each shared by the 6 losses
     groups = sweep_spec.plan_manifests(spec)
     assert len(groups) == 15 and all(len(g[2]) == 6 for g in groups.values())
+
+
+@pytest.mark.parametrize("where", ["override", "grid"])
+def test_cli_dry_run_refuses_nan_learning_rate(tmp_path, capsys, where):
+    from noisyfr.cli import main
+
+    p = tmp_path / "s.yaml"
+    cfg, extra = base(), ["optim.lr=nan"]
+    if where == "grid":
+        cfg["grid"]["optim.lr"], extra = [0.1, float("nan")], []
+    p.write_text(yaml.safe_dump(cfg))
+    assert where == "override" or "- .nan" in p.read_text()
+    assert main(["sweep", str(p), "--out", str(tmp_path / "o"), "--dry-run", *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert "config key 'optim.lr': expected a finite number, got " in captured.err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml"]
 
 
 def test_cli_bad_input_exits_2_and_dry_run(tmp_path, capsys):

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import exit_status
 from noisyfr.analysis import stats, write_report
 from noisyfr.analysis.load import load_runs, long_angles
-from noisyfr.cli import main
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import (LOSSES, MarginHead, MarginLoss, build_loss, loss_label, loss_settings,
                             register_loss)
@@ -289,14 +289,15 @@ def test_positive_control_identical_runs_give_identical_shares(control_runs, tmp
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("flags, needle", [
     (["--weight", "nope"], "weight 'nope'"),
-    (["--region-deg", "0"], "region threshold"),
-    (["--region-deg", "180"], "region threshold"),
-    (["--learned-threshold", "1.2"], "learned threshold"),
-    (["--learned-threshold", "-0.5"], "learned threshold"),
+    (["--region-deg", "0"], "argument --region-deg: must be in (0, 180), got 0"),
+    (["--region-deg", "180"], "argument --region-deg: must be in (0, 180), got 180"),
+    (["--region-deg", "nan"], "argument --region-deg: expected a finite number"),
+    (["--learned-threshold", "1.2"], "argument --learned-threshold: must be in [0, 1]"),
+    (["--learned-threshold", "-0.5"], "argument --learned-threshold: must be in [0, 1]"),
 ])
 def test_analyze_bad_options_exit_2_one_line_no_report(control_runs, tmp_path, capsys, flags, needle):
     out = tmp_path / "rep"
-    code = main(["analyze", str(control_runs), "--out", str(out), *flags])
+    code = exit_status(["analyze", str(control_runs), "--out", str(out), *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
     assert not out.exists()

@@ -12,7 +12,9 @@ import pandas as pd
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
-from noisyfr.losses.curves import DEFAULT_LOSSES, curves
+from noisyfr.losses.curves import (DEFAULT_LOSSES, MAX_CELLS, MAX_CLASSES, MAX_POINTS, check_settings,
+                                   curves)
+from noisyfr.numeric import int_arg, real_arg
 
 DPI = 120
 
@@ -33,12 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated loss names (default: %(default)s)")
     parser.add_argument("--out", default="curves.png",
                         help="PNG to write; the numbers go beside it as .csv (default: %(default)s)")
-    parser.add_argument("--points", type=int, default=361,
-                        help="number of theta values in [0, pi] (default: %(default)s)")
-    parser.add_argument("--classes", type=int, default=1000,
-                        help="classes in the gradient-weight reference setting (default: %(default)s)")
-    parser.add_argument("--neg-cos", type=float, default=0.0,
-                        help="non-target cosine in the reference setting (default: %(default)s)")
+    parser.add_argument("--points", type=int_arg(lo=2, hi=MAX_POINTS), default=361,
+                        help=f"number of theta values in [0, pi], at most {MAX_POINTS} "
+                             "(default: %(default)s)")
+    parser.add_argument("--classes", type=int_arg(lo=2, hi=MAX_CLASSES), default=1000,
+                        help=f"classes in the gradient-weight reference setting, at most {MAX_CLASSES}; "
+                             f"points x classes at most {MAX_CELLS} (default: %(default)s)")
+    parser.add_argument("--neg-cos", type=real_arg(lo=-1.0, hi=1.0), default=0.0,
+                        help="non-target cosine in the reference setting, in [-1, 1] (default: %(default)s)")
 
 
 def run(args) -> int:
@@ -49,6 +53,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise NoisyFRError(f"--out {args.out}: must end in .png")
+    check_settings(args.points, args.classes, args.neg_cos, names=("--points", "--classes", "--neg-cos"),
+                   where="")
     check_output(out)
     check_output(out.with_suffix(".csv"), what="--out (its CSV)")
     df = curves(names, points=args.points, num_classes=args.classes, neg_cos=args.neg_cos)

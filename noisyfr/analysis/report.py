@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from noisyfr import numeric
 from noisyfr.analysis import load, plots, stats
 from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
@@ -132,13 +133,28 @@ def _check_options(out: Path, o: _Options) -> None:
     """Every option checked before anything is loaded or written."""
     if out.exists() and not out.is_dir():
         raise NoisyFRError(f"{out}: --out exists and is not a directory")
-    if isinstance(o.bins, bool) or not isinstance(o.bins, int) or o.bins < 2:
-        raise NoisyFRError(f"bins {o.bins}: need an integer >= 2")
-    if not 0.0 < o.quantile < 1.0:
-        raise NoisyFRError(f"region quantile {o.quantile}: must be in (0, 1)")
+    o.bins = numeric.integer(o.bins, "bins", lo=2, hi=stats.MAX_BINS)
+    o.seed = numeric.integer(o.seed, "seed", lo=0, hi=stats.MAX_MIXTURE_SEED)
+    o.quantile = stats.check_quantile(o.quantile)
     stats.check_weight(o.weight)
-    stats.check_region_deg(o.region_deg)
-    check_learned_threshold(o.learned_threshold, "learned threshold")
+    o.region_deg = stats.check_region_deg(o.region_deg)
+    o.learned_threshold = check_learned_threshold(o.learned_threshold, "learned threshold")
+
+
+def _check_metric(metric: str | None, results: pd.DataFrame | None, results_path, src: Path) -> None:
+    """``--metric`` must name a numeric column of the sweep results table; NoisyFRError naming the
+    column and listing the numeric ones (a run directory has no results table to take it from)."""
+    if metric is None:
+        return
+    if results is None:
+        raise NoisyFRError(f"--metric {metric!r}: {src} has no sweep results table (results.parquet "
+                           "or results.csv) to take it from; accuracy comes from metrics.csv")
+    numeric_cols = [c for c in results.columns if pd.api.types.is_numeric_dtype(results[c])
+                    and not pd.api.types.is_bool_dtype(results[c])]
+    if metric not in numeric_cols:
+        problem = "not a numeric column" if metric in results.columns else "no such column"
+        raise NoisyFRError(f"--metric {metric!r}: {problem} of {results_path} (numeric columns: "
+                           f"{', '.join(map(str, numeric_cols)) or 'none'})")
 
 
 def _check_weight_logged(runs, weight: str) -> None:
@@ -419,7 +435,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     ``weight_theta``); ``quantile`` defines the quantile centre region and ``region_deg`` the
     fixed-angle and 2-D regions; ``bins`` the number of theta_y bins over [0, 180] degrees;
     ``seed`` the Gaussian-mixture seed; ``metric`` the sweep results' accuracy column (it must
-    exist); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
+    be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
     (comparisons use learned runs only). ``figures=False`` skips drawing the PNGs (tables and
     report text only). Every option is checked before anything is written. Returns the path of
     report.md.
@@ -428,12 +444,11 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
     _check_options(out, o)
     check_output(out, [src / n for n in _READS], kind="dir", writes=_WRITES)
-    runs = load.load_runs(src)
-    _check_weight_logged(runs, o.weight)
     results_path = load.find_results(src)
     results = load.load_results(results_path) if results_path else None
-    if metric is not None and results is not None and metric not in results.columns:
-        raise NoisyFRError(f"--metric {metric!r}: no such column in {results_path}")
+    _check_metric(metric, results, results_path, src)
+    runs = load.load_runs(src)
+    _check_weight_logged(runs, o.weight)
 
     steps = tqdm(total=4, desc="analyze", disable=None)
     with output_folder(out):  # a failure removes what this call added

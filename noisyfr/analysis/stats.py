@@ -17,6 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_json
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
@@ -29,6 +30,10 @@ DEFAULT_BINS = 36
 DEFAULT_WEIGHT = "grad_norm"
 #: Region definitions of :func:`region_masks`.
 REGION_METHODS = ("quantile", "fixed", "2d")
+#: Most theta_y bins of the weight-vs-angle table (``--bins``).
+MAX_BINS = 3600
+#: Largest Gaussian-mixture seed (scikit-learn takes seeds below 2**32).
+MAX_MIXTURE_SEED = 2**32 - 1
 #: Default fixed region threshold (degrees) of the ``fixed`` and ``2d`` regions.
 DEFAULT_REGION_DEG = 60.0
 
@@ -180,15 +185,14 @@ def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | 
     return out.drop(columns="bin")
 
 
-def check_region_deg(value) -> float:
-    """A fixed region threshold in degrees, strictly inside (0, 180); NoisyFRError otherwise."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise NoisyFRError(f"region threshold {value!r}: must be an angle in (0, 180) degrees") from None
-    if isinstance(value, bool) or not 0.0 < v < 180.0:
-        raise NoisyFRError(f"region threshold {value!r}: must be an angle in (0, 180) degrees")
-    return v
+def check_region_deg(value, name: str = "region threshold") -> float:
+    """A fixed region threshold in degrees, strictly inside (0, 180); NoisyFRError naming ``name``."""
+    return numeric.real(value, name, lo=0.0, hi=180.0, lo_open=True, hi_open=True)
+
+
+def check_quantile(value, name: str = "region quantile") -> float:
+    """The centre region's quantile, strictly inside (0, 1); NoisyFRError naming ``name``."""
+    return numeric.real(value, name, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
 
 def region_masks(g: pd.DataFrame, method: str, quantile: float = DEFAULT_CENTRE_QUANTILE,
@@ -233,8 +237,7 @@ def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE
     ``weight_mean`` (mean weight per sample in the region); ``method`` and ``threshold_deg`` say
     how the regions were cut.
     """
-    if not 0.0 < quantile < 1.0:
-        raise NoisyFRError(f"region quantile {quantile}: must be in (0, 1)")
+    check_quantile(quantile)
     check_region_deg(threshold_deg)
     check_weight(weight)
     rows = []

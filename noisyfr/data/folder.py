@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from noisyfr.data.index import FaceIndex, decode_image
+from noisyfr.data.index import FaceIndex, decode_image, open_image
 from noisyfr.errors import NoisyFRError
 
 _IMAGE_EXTENSIONS: frozenset[str] | None = None
@@ -37,7 +37,7 @@ def verify_image_file(path: str | os.PathLike) -> bool:
     Catches non-images, wrong contents and broken PNG chunks; a JPEG cut short after its header
     may still pass and then fails when loaded (with an error naming the file)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.verify()
         return True
     except Exception:  # PIL raises many types for bad files; any of them means "corrupt"

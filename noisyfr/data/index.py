@@ -16,6 +16,7 @@ the storage (ImageFolder, insightface RecordIO, synthetic). Every index has:
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from typing import TYPE_CHECKING, Sequence
@@ -30,9 +31,35 @@ if TYPE_CHECKING:  # torch is imported lazily: label-only work (noise injection)
 
 
 #: What PIL raises on bytes that are not a readable image (truncated, corrupt, unknown format,
-#: or a header claiming more pixels than PIL's decompression-bomb limit).
+#: or, through :func:`open_image`, a header claiming more pixels than PIL's decompression-bomb
+#: limit ``PIL.Image.MAX_IMAGE_PIXELS``).
 IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error,
                 Image.DecompressionBombError)
+
+
+def open_image(src) -> Image.Image:
+    """``PIL.Image.open(src)`` (a path or a binary file object): the header only, nothing decoded.
+
+    An image whose header claims more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` raises
+    ``DecompressionBombError`` (PIL itself only warns up to twice the limit, and decoding would
+    allocate them all); other unreadable images raise one of :data:`IMAGE_ERRORS`.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(src)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            raise Image.DecompressionBombError(
+                f"its header claims {pixels[1] if pixels else 'too many'} pixels, more than "
+                f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}") from None
+
+
+def image_error(name: str, exc: BaseException) -> NoisyFRError:
+    """The one-line NoisyFRError naming ``name`` for an image that raised one of :data:`IMAGE_ERRORS`."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return NoisyFRError(f"{name}: image too large: {exc}")
+    return NoisyFRError(f"{name}: corrupt or unreadable image ({exc})")
 
 
 #: The first bytes of every JPEG stream (SOI marker and the next marker's 0xFF).
@@ -70,12 +97,25 @@ def decode_image(data: bytes, name: str = "<bytes>") -> "torch.Tensor":
     """Decode encoded image bytes to a uint8 RGB tensor [3, H, W]; NoisyFRError naming ``name``.
 
     JPEG goes through ``torchvision.io.decode_jpeg`` (about 2x faster than PIL on CPU), every
-    other format, and any JPEG it refuses, through PIL."""
+    other format, and any JPEG it refuses, through PIL. Either way the header's size is held to
+    PIL's pixel limit first (:func:`open_image`)."""
     if bytes(data[:3]) == JPEG_MAGIC:
+        _check_jpeg_pixels(data, name)
         image = _decode_jpeg(data)
         if image is not None:
             return image
     return _decode_pil(data, name)
+
+
+def _check_jpeg_pixels(data: bytes, name: str) -> None:
+    """NoisyFRError naming ``name`` when a JPEG header claims more pixels than PIL's limit
+    (``decode_jpeg`` would allocate them); reading the header costs ~2% of a 112x112 decode."""
+    try:
+        open_image(io.BytesIO(data)).close()
+    except Image.DecompressionBombError as exc:
+        raise image_error(name, exc) from None
+    except IMAGE_ERRORS:
+        pass  # decode_jpeg may still read it; if not, PIL names the problem
 
 
 def decode_images(datas: Sequence[bytes], names: Sequence[str] | None = None,
@@ -88,6 +128,8 @@ def decode_images(datas: Sequence[bytes], names: Sequence[str] | None = None,
     dev = torch.device(device)
     names = list(names) if names is not None else [f"<bytes {i}>" for i in range(len(datas))]
     if dev.type == "cuda" and datas and all(bytes(d[:3]) == JPEG_MAGIC for d in datas):
+        for d, n in zip(datas, names):
+            _check_jpeg_pixels(d, n)
         try:
             return list(_torchvision_jpeg([_jpeg_tensor(d) for d in datas], device=dev))
         except (RuntimeError, ValueError, ImportError):
@@ -95,21 +137,27 @@ def decode_images(datas: Sequence[bytes], names: Sequence[str] | None = None,
     return [decode_image(d, n).to(dev) for d, n in zip(datas, names)]
 
 
-def _decode_pil(data: bytes, name: str) -> "torch.Tensor":
+def decode_array(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes with PIL to a uint8 RGB array [H, W, 3] (no torch involved);
+    NoisyFRError naming ``name`` when unreadable or over PIL's pixel limit."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with open_image(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except IMAGE_ERRORS as exc:
-        raise NoisyFRError(f"{name}: corrupt or unreadable image ({exc})") from None
+        raise image_error(name, exc) from None
+
+
+def _decode_pil(data: bytes, name: str) -> "torch.Tensor":
     import torch
 
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_array(data, name).copy()).permute(2, 0, 1).contiguous()
 
 
 def image_size(data: bytes, verify: bool = True) -> tuple[int, int]:
     """``(width, height)`` of encoded image bytes, read from the header (and, with ``verify``,
-    checked with PIL's cheap ``verify``); raises one of :data:`IMAGE_ERRORS` when unreadable."""
-    with Image.open(io.BytesIO(data)) as im:
+    checked with PIL's cheap ``verify``); raises one of :data:`IMAGE_ERRORS` when unreadable or
+    over PIL's pixel limit."""
+    with open_image(io.BytesIO(data)) as im:
         size = im.size
         if verify:
             im.verify()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from noisyfr import numeric
 from noisyfr.data.index import IMAGE_ERRORS, FaceIndex, image_size
 from noisyfr.errors import NoisyFRError
 
@@ -177,14 +178,24 @@ def _scan_headers(mm: np.ndarray, size: int, offsets: np.ndarray) -> dict[str, n
     return out
 
 
-def _read_property(path: Path) -> tuple[int, int, int] | None:
+def _read_property(path: Path, classes: int) -> tuple[int, int, int] | None:
+    """``(num_classes, height, width)`` of an insightface ``property`` file, None without one.
+
+    ``classes`` is how many the records show (largest label + 1, or the identity records): a
+    property claiming more is refused, not allocated; NoisyFRError naming the file otherwise.
+    """
     if not path.is_file():
         return None
-    text = path.read_text(errors="replace").strip()
-    try:
-        num, h, w = (int(float(x)) for x in text.split(",")[:3])
-    except ValueError:
-        raise NoisyFRError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
+    with open(path, "rb") as fh:  # three numbers: never read more than a line's worth
+        text = fh.read(256).decode("utf-8", errors="replace").strip()
+    fields = [x.strip() for x in text.split(",")]
+    if len(fields) < 3:
+        raise NoisyFRError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}")
+    num = numeric.integer(fields[0], f"{path}: num_classes", lo=1)
+    h, w = (numeric.integer(x, f"{path}: {n}", lo=1) for x, n in zip(fields[1:3], ("height", "width")))
+    if num > classes:
+        raise NoisyFRError(f"{path}: claims {num} classes, but the records' labels and identity "
+                           f"records show {classes}")
     return num, h, w
 
 
@@ -331,6 +342,10 @@ class RecordIOIndex(FaceIndex):
             j = np.flatnonzero(~np.isfinite(labels) | (labels < 0))[0]
             raise NoisyFRError(f"{self.rec_path}: record {img_keys[j]} has invalid label "
                                f"{labels[j]}")
+        if labels.max() >= numeric.MAX_IDENTITIES:
+            j = int(np.argmax(labels))
+            raise NoisyFRError(f"{self.rec_path}: record {img_keys[j]} has label {labels[j]:g}, beyond "
+                               f"the limit of {numeric.MAX_IDENTITIES} identities (corrupt file)")
         labels = np.rint(labels).astype(np.int64)
 
         # identities: names stored in the identity records' payloads, else "id<label>"
@@ -355,9 +370,8 @@ class RecordIOIndex(FaceIndex):
                     except UnicodeDecodeError:
                         name = None
                 names.append(name)
-        prop = _read_property(self.rec_path.parent / "property")
-        self.property = prop
-        num = max(int(labels.max()) + 1, len(id_keys), prop[0] if prop else 0)
+        num = max(int(labels.max()) + 1, len(id_keys))
+        self.property = _read_property(self.rec_path.parent / "property", num)
         if len(names) == num and all(names) and len(set(names)) == num:
             identities = list(names)  # type: ignore[arg-type]
         else:

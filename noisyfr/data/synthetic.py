@@ -19,6 +19,7 @@ from noisyfr.data.render import (MAX_SIZE, MIN_SIZE, IdentityParams, render_iden
                                  render_image)
 # re-exported: the renderer lived in this module before, and these names stay importable from it
 from noisyfr.data.render import RENDERER_VERSION, render_image_array  # noqa: F401
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 
 DEFAULTS = {"ids": 100, "per_id": 20, "size": 112, "seed": 0}
@@ -53,7 +54,8 @@ def check_int_params(values: dict, bounds: dict, where: str | None,
     """Validate the integer parameters ``values`` (``{name: value}``, checked in that order)
     against the inclusive ``bounds`` (``{name: (lo, hi)}``) and ``ids x per_id <= MAX_IMAGES``.
 
-    Returns them as a dict of plain ints; otherwise NoisyFRError ``"<where>: <name> must ..."``.
+    Returns them as a dict of plain ints; otherwise NoisyFRError ``"<where>: <name>: ..."``
+    (parsed by :func:`noisyfr.numeric.integer`).
     ``names`` renames parameters in messages (e.g. ``{"per_id": "--per-id"}`` for the CLI);
     ``where=None`` drops the prefix. Serves both :func:`check_params` and :func:`check_pairs_params`.
     """
@@ -62,12 +64,7 @@ def check_int_params(values: dict, bounds: dict, where: str | None,
     out = {}
     for name, value in values.items():
         lo, hi = bounds[name]
-        shown = names.get(name, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise NoisyFRError(f"{prefix}{shown} must be an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise NoisyFRError(f"{prefix}{shown} must be in [{lo}, {hi}], got {value}")
-        out[name] = int(value)
+        out[name] = numeric.integer(value, f"{prefix}{names.get(name, name)}", lo=lo, hi=hi)
     if out["ids"] * out["per_id"] > MAX_IMAGES:
         raise NoisyFRError(f"{prefix}{names.get('ids', 'ids')} x {names.get('per_id', 'per_id')} = "
                            f"{out['ids'] * out['per_id']} images exceeds the limit {MAX_IMAGES}")
@@ -76,7 +73,7 @@ def check_int_params(values: dict, bounds: dict, where: str | None,
 
 def check_params(ids, per_id, size, seed, where: str | None = "synthetic",
                  names: dict | None = None) -> tuple[int, int, int, int]:
-    """Validate the four parameters of a ``synthetic:`` spec; NoisyFRError ``"<where>: <name> must ..."``
+    """Validate the four parameters of a ``synthetic:`` spec; NoisyFRError ``"<where>: <name>: ..."``
     otherwise. Returns ``(ids, per_id, size, seed)`` as ints.
 
     ``names`` renames parameters in messages (e.g. ``{"per_id": "--per-id"}`` for the CLI);
@@ -135,10 +132,7 @@ def _parse_int_items(body: str, defaults: dict, where: str) -> dict:
         if key in seen:
             raise NoisyFRError(f"{where}: key {key!r} given twice")
         seen.add(key)
-        try:
-            params[key] = int(value.strip())
-        except ValueError:
-            raise NoisyFRError(f"{where}: {key} must be an integer, got {value.strip()!r}") from None
+        params[key] = numeric.integer(value, f"{where}: {key}")
     return params
 
 

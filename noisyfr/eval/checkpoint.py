@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from noisyfr import numeric
 from noisyfr.device import resolve_device
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
@@ -48,6 +49,22 @@ def backbone_weights(obj: dict, path: str | os.PathLike) -> dict | None:
 def _raw_config(backbone: str, embedding_dim: int) -> dict:
     return {"model": {"backbone": backbone, "embedding_dim": embedding_dim, "width": 1.0},
             "data": {"image_size": RAW_IMAGE_SIZE, "center_crop": 1.0}}
+
+
+def _checked_sizes(config, path) -> tuple[int, int, float]:
+    """``(embedding_dim, image_size, width)`` of a checkpoint's config, checked before a model is
+    built from them (a checkpoint is input too: no NaN, no size that would exhaust memory), and
+    its ``data.center_crop`` (used by eval and embed); NoisyFRError naming the file and key."""
+    where = f"checkpoint {path}: config key"
+    dim = numeric.integer(get_dotted(config, "model.embedding_dim", 512), f"{where} 'model.embedding_dim'",
+                          lo=1, hi=numeric.MAX_EMBEDDING_DIM)
+    size = numeric.integer(get_dotted(config, "data.image_size", 112), f"{where} 'data.image_size'",
+                           lo=1, hi=numeric.MAX_IMAGE_SIZE)
+    width = numeric.real(get_dotted(config, "model.width", 1.0), f"{where} 'model.width'",
+                         lo=0.0, lo_open=True, hi=4.0)
+    numeric.real(get_dotted(config, "data.center_crop", 1.0), f"{where} 'data.center_crop'",
+                 lo=0.0, lo_open=True, hi=1.0)
+    return dim, size, width
 
 
 def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -87,12 +104,10 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu",
             raise NoisyFRError(f"checkpoint {path}: holds a {name} (its config), not a {backbone}")
     config = ckpt["config"]
     name = get_dotted(config, "model.backbone")
-    dim = get_dotted(config, "model.embedding_dim", 512)
+    dim, image_size, width = _checked_sizes(config, path)
     if embedding_dim is not None and embedding_dim != dim:
         raise NoisyFRError(f"checkpoint {path}: its config has embedding_dim {dim}, not {embedding_dim}")
-    image_size = get_dotted(config, "data.image_size", 112)
-    model = create_backbone(name, embedding_dim=dim, image_size=image_size,
-                            width=get_dotted(config, "model.width", 1.0))
+    model = create_backbone(name, embedding_dim=dim, image_size=image_size, width=width)
     load_fitted(model, ckpt["model"], f"checkpoint {path}: weights do not fit {name} "
                                       f"(d={dim}, size={image_size})")
     return model.to(dev).eval(), ckpt

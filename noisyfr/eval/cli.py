@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
+from noisyfr.numeric import MAX_EMBEDDING_DIM, MAX_EVAL_BATCH, MAX_WORKERS, int_arg, real_arg
 
 #: Command lines shown by ``--help``.
 EXAMPLES = ["noisyfr eval --checkpoint runs/train_lfw/checkpoints/last.pt "
@@ -26,27 +28,28 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=None, metavar="NAME",
                         help="architecture of a bare state dict (an insightface backbone.pth): "
                              "iresnet18/34/50/100, mobilefacenet, ...; a noisyfr checkpoint names its own")
-    parser.add_argument("--embedding-dim", type=int, default=None, metavar="D",
+    parser.add_argument("--embedding-dim", type=int_arg(lo=1, hi=MAX_EMBEDDING_DIM), default=None, metavar="D",
                         help="embedding size of a bare state dict (default 512)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--batch-size``, ``--num-workers``: how embeddings are computed."""
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument("--batch-size", type=int_arg(lo=1, hi=MAX_EVAL_BATCH), default=64,
+                        help=f"images per forward pass, at most {MAX_EVAL_BATCH} (default 64)")
+    parser.add_argument("--num-workers", type=int_arg(lo=0, hi=MAX_WORKERS), default=0,
+                        help=f"DataLoader workers, at most {MAX_WORKERS} (default 0)")
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:
-    """NoisyFRError naming the flag for a bad batch size, worker count or centre crop."""
-    if args.batch_size < 1:
-        raise NoisyFRError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise NoisyFRError(f"--num-workers: must be >= 0, got {args.num_workers}")
-    if getattr(args, "center_crop", None) is not None and not 0.0 < args.center_crop <= 1.0:
-        raise NoisyFRError(f"--center-crop: must be in (0, 1], got {args.center_crop}")
-    if args.embedding_dim is not None and args.embedding_dim < 1:
-        raise NoisyFRError(f"--embedding-dim: must be >= 1, got {args.embedding_dim}")
+    """NoisyFRError naming the flag for a bad batch size, worker count, centre crop or embedding
+    size (the flags' own types check them too; this serves a Namespace built in Python)."""
+    numeric.integer(args.batch_size, "--batch-size", lo=1, hi=MAX_EVAL_BATCH)
+    numeric.integer(args.num_workers, "--num-workers", lo=0, hi=MAX_WORKERS)
+    if getattr(args, "center_crop", None) is not None:
+        numeric.real(args.center_crop, "--center-crop", lo=0.0, hi=1.0, lo_open=True)
+    if args.embedding_dim is not None:
+        numeric.integer(args.embedding_dim, "--embedding-dim", lo=1, hi=MAX_EMBEDDING_DIM)
 
 
 def load_model(args: argparse.Namespace, device) -> tuple[Any, dict, str]:
@@ -89,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", default="insightface", choices=("insightface", "exact"),
                         help="accuracy threshold: insightface's grid (default) or the exact best one")
     add_run_arguments(parser)
-    parser.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
-    parser.add_argument("--center-crop", type=float, default=None,
+    parser.add_argument("--folds", type=int_arg(lo=2), default=10, help="cross-validation folds (default 10)")
+    parser.add_argument("--center-crop", type=real_arg(lo=0.0, hi=1.0, lo_open=True), default=None,
                         help="override the checkpoint's data.center_crop (fraction of the shorter side)")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="with --ijb: output folder; else a .json (or .csv table) of the --val results")

@@ -23,6 +23,7 @@ EXAMPLES = ["noisyfr embed runs/train_lfw/checkpoints/last.pt ../shared/data/lfw
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr embed``."""
     from noisyfr.eval.cli import add_backbone_arguments, add_run_arguments
+    from noisyfr.numeric import real_arg
 
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="checkpoint written by noisyfr train, or a bare state dict with --backbone")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="embed the image alone (default: image + its horizontal flip)")
-    parser.add_argument("--center-crop", type=float, default=None,
+    parser.add_argument("--center-crop", type=real_arg(lo=0.0, hi=1.0, lo_open=True), default=None,
                         help="override the checkpoint's data.center_crop (fraction of the shorter side)")
     add_run_arguments(parser)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 
 EXTRA = "pip install 'noisyfr[onnx]'"
@@ -123,12 +124,13 @@ EXAMPLES = ["noisyfr export runs/train_lfw/checkpoints/last.pt --out model.onnx"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr export``."""
     from noisyfr.eval.cli import add_backbone_arguments
+    from noisyfr.numeric import int_arg
 
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="checkpoint written by noisyfr train, or a bare state dict with --backbone")
     parser.add_argument("--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
     add_backbone_arguments(parser)
-    parser.add_argument("--opset", type=int, default=None,
+    parser.add_argument("--opset", type=int_arg(lo=1, hi=1000), default=None,
                         help="ONNX opset (default: the exporter's, 18 or later)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="do not compare the ONNX model with PyTorch in onnxruntime")
@@ -140,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.eval.checkpoint import load_backbone
     from noisyfr.outputs import check_output
 
-    if args.embedding_dim is not None and args.embedding_dim < 1:
-        raise NoisyFRError(f"--embedding-dim: must be >= 1, got {args.embedding_dim}")
+    if args.embedding_dim is not None:
+        numeric.integer(args.embedding_dim, "--embedding-dim", lo=1, hi=numeric.MAX_EMBEDDING_DIM)
     require("onnx", "onnxscript", what="ONNX export")
     check_output(args.out, [args.checkpoint])
     model, ckpt = load_backbone(args.checkpoint, device="cpu", backbone=args.backbone,

@@ -48,17 +48,15 @@ class AlignedFaces(Dataset):
         return self.meta.num_faces
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        from noisyfr.data.index import IMAGE_ERRORS
+        from noisyfr.data.index import IMAGE_ERRORS, image_error, open_image
         from noisyfr.eval.align import align_face
 
         path = self.meta.image_dir / self.meta.names[i]
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except IMAGE_ERRORS as exc:
-            raise NoisyFRError(f"{path}: corrupt or unreadable image ({exc})") from None
+            raise image_error(str(path), exc) from None
         crop = align_face(rgb, self.meta.landmarks[i], self.image_size, where=str(path))
         x = torch.from_numpy(crop).permute(2, 0, 1).float()
         return (x / 255.0 - 0.5) / 0.5

@@ -8,12 +8,12 @@ gradient switch.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 
 #: Allowed values of ``grad_mode``.
@@ -49,20 +49,20 @@ class MarginOutput(NamedTuple):
 
 def check_real(loss: str, name: str, value, *, lo: float | None = None, hi: float | None = None,
                lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> float:
-    """Validate a real-valued parameter; raise :class:`NoisyFRError` naming it when invalid."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be a finite number")
-    v = float(value)
-    if integer and v != int(v):
-        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be an integer")
-    bad = ((lo is not None and (v <= lo if lo_open else v < lo))
-           or (hi is not None and (v >= hi if hi_open else v > hi)))
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        rng = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
-        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be in {rng}")
-    return int(v) if integer else v
+    """Validate a real-valued parameter with :mod:`noisyfr.numeric` (NaN and infinity refused,
+    strings too: a loss takes numbers); raise :class:`NoisyFRError` naming it when invalid."""
+    try:
+        if isinstance(value, str):
+            raise NoisyFRError(f"expected a number, got str {value!r}")
+        if integer:
+            v = numeric.real(value, None)
+            if v != int(v):
+                raise NoisyFRError("must be an integer")
+            return numeric.integer(int(v), None, lo=None if lo is None else math.ceil(lo),
+                                   hi=None if hi is None else math.floor(hi))
+        return numeric.real(value, None, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+    except NoisyFRError as exc:
+        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: {exc}") from None
 
 
 def arc_target(theta: torch.Tensor, m) -> torch.Tensor:

@@ -26,12 +26,33 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import LOSSES, build_loss
 
 DEFAULT_LOSSES = ("arcface", "cosface", "sphereface", "expface")
+#: Bounds of the reference setting: theta values, classes, and their product (each mode holds a
+#: float64 cosine matrix of points x classes and its gradient: 10M cells = 160 MB).
+MAX_POINTS = 100_000
+MAX_CLASSES = 1_000_000
+MAX_CELLS = 10_000_000
 COLUMNS = ["loss", "theta", "theta_deg", "target_logit", "dT_dtheta", "dT_dcos", "p_y",
            "weight_exact", "weight_detached", "s", "num_classes", "neg_cos"]
+
+
+def check_settings(points, num_classes, neg_cos, names=("points", "num_classes", "neg_cos"),
+                   where: str = "curves: ") -> tuple[int, int, float]:
+    """``(points, num_classes, neg_cos)`` checked: integers in [2, MAX_POINTS] and
+    [2, MAX_CLASSES] whose product (the cosine matrix) is at most MAX_CELLS, a finite cosine in
+    [-1, 1]; NoisyFRError ``where`` + the setting (``names``: how the caller spells them)."""
+    points = numeric.integer(points, f"{where}{names[0]}", lo=2, hi=MAX_POINTS)
+    num_classes = numeric.integer(num_classes, f"{where}{names[1]}", lo=2, hi=MAX_CLASSES)
+    neg_cos = numeric.real(neg_cos, f"{where}{names[2]}", lo=-1.0, hi=1.0)
+    if points * num_classes > MAX_CELLS:
+        raise NoisyFRError(f"{where}{names[0]} x {names[1]} = {points} x {num_classes}: the "
+                           f"cosine matrix would hold {points * num_classes} values, more than "
+                           f"{MAX_CELLS}; lower one of them")
+    return points, num_classes, neg_cos
 
 
 def _reference_loss(name: str, grad_mode: str, params: dict):
@@ -46,12 +67,7 @@ def loss_curves(name: str, points: int = 361, num_classes: int = 1000, neg_cos: 
     """Curves of one registered loss as a DataFrame with :data:`COLUMNS` (one row per theta)."""
     if name not in LOSSES:
         raise NoisyFRError(f"unknown loss {name!r}: choose from {', '.join(sorted(LOSSES))}")
-    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise NoisyFRError(f"curves: invalid points={points!r}: must be an integer >= 2")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise NoisyFRError(f"curves: invalid num_classes={num_classes!r}: must be an integer >= 2")
-    if not -1.0 <= float(neg_cos) <= 1.0:
-        raise NoisyFRError(f"curves: invalid neg_cos={neg_cos!r}: must be in [-1, 1]")
+    points, num_classes, neg_cos = check_settings(points, num_classes, neg_cos)
     params = dict(params or {})
     params.pop("grad_mode", None)
     theta = torch.linspace(0.0, math.pi, points, dtype=torch.float64)

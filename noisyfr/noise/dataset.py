@@ -45,7 +45,7 @@ class NoisyDataset(Dataset):
             self._source_index = np.arange(len(self.labels), dtype=np.int64)
             self.manifest_name = None
             return
-        from noisyfr.noise.manifest import fingerprint, read_manifest, validate_manifest
+        from noisyfr.noise.manifest import fingerprint_mismatch, read_manifest, validate_manifest
 
         if isinstance(manifest, (str, os.PathLike)):
             self.manifest_name = str(manifest)
@@ -60,13 +60,10 @@ class NoisyDataset(Dataset):
                 raise NoisyFRError("manifest: expected a path or a (DataFrame, meta) pair")
             df = validate_manifest(df, meta, name=self.manifest_name)
         source = str(getattr(index, "source", "<index>"))
-        expected = meta["fingerprint"]
-        actual = fingerprint(index) if expected["samples"] == len(index) else ""
-        if expected["samples"] != len(index) or expected["sha256"] != actual:
-            raise NoisyFRError(
-                f"{self.manifest_name}: fingerprint does not match the dataset {source} "
-                f"(manifest made from {expected['samples']} samples, dataset has {len(index)}; "
-                f"hash {expected['sha256'][:12]} vs {(actual or fingerprint(index))[:12]})")
+        why = fingerprint_mismatch(meta["fingerprint"], index, self.manifest_name)
+        if why:
+            raise NoisyFRError(f"{self.manifest_name}: fingerprint does not match the dataset {source} "
+                               f"({why})")
         self.manifest = df
         self.meta = meta
         self.labels = df["label"].to_numpy(dtype=np.int64)
@@ -107,12 +104,13 @@ class NoisyDataset(Dataset):
         self._outliers_given = True
 
     def _check_outliers(self, outliers) -> None:
-        from noisyfr.noise.manifest import fingerprint
+        from noisyfr.noise.manifest import fingerprint_mismatch
 
         fp = getattr(self, "_outlier_fingerprint", None)
-        if fp and (fp["samples"] != len(outliers) or fp["sha256"] != fingerprint(outliers)):
+        why = fp and fingerprint_mismatch(fp, outliers, f"{self.manifest_name} (outliers)")
+        if why:
             raise NoisyFRError(f"{self.manifest_name}: outlier folder {getattr(outliers, 'source', '?')} "
-                               f"does not match the fingerprint recorded in the sidecar")
+                               f"does not match the fingerprint recorded in the sidecar ({why})")
 
     def _outlier_index(self):
         if self._outliers is None:

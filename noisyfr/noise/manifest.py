@@ -6,7 +6,8 @@ addition: ``source`` (``index`` or ``outliers``: where the image is read from) a
 (row in that index). ``orig_label`` is -1 for open-set rows.
 
 The sidecar ``<manifest>.json`` holds the seed, requested and actual rates, counts, ``num_classes``,
-``fingerprint`` (``{"samples": N, "sha256": ...}`` of the source index), the package version and
+``fingerprint`` (``{"samples": N, "sha256": ..., "content": ...}`` of the source index: paths and
+labels, and the pixels of a sample of its images), the package version and
 the command line. Writing is deterministic (same content -> same bytes) and atomic.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +89,66 @@ def fingerprint(index, paths: pa.Array | None = None) -> str:
     return h.hexdigest()
 
 
+#: Images whose pixels :func:`content_fingerprint` hashes (evenly spaced over the index).
+CONTENT_SAMPLES = 16
+
+
+def content_fingerprint(index, samples: int = CONTENT_SAMPLES) -> str | None:
+    """SHA-256 (hex) of the pixels of ``samples`` evenly spaced images of a face index (the first
+    and the last included), or None for an index that holds labels only (no ``read_bytes``).
+
+    The pixels (decoded by PIL, no torch) are hashed, not the encoded bytes, so a folder, its
+    ``.rec`` pack and the ``synthetic:`` index that ``noisyfr synth`` wrote agree, and a PNG
+    encoder upgrade changes nothing. Hashed, in order: ``b"noisyfr-content-v1\0"``, then per
+    sampled image its position and its ``[H, W, 3]`` shape (int64 little-endian) and its uint8
+    RGB pixels. An unreadable sampled image raises NoisyFRError naming it.
+    """
+    from noisyfr.data.index import decode_array
+
+    n = len(index.labels)
+    h = hashlib.sha256(b"noisyfr-content-v1\0")
+    for i in np.unique(np.linspace(0, n - 1, min(n, samples)).round().astype(np.int64)).tolist():
+        try:
+            data = index.read_bytes(i)
+        except (NotImplementedError, AttributeError):
+            return None
+        arr = decode_array(data, f"{getattr(index, 'source', '<index>')}[{i}] ({index.paths[i]})")
+        h.update(np.array([i, *arr.shape], dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(arr))
+    return h.hexdigest()
+
+
 def fingerprint_dict(index, paths: pa.Array | None = None) -> dict:
-    """``{"samples": len(index), "sha256": fingerprint(index)}`` as stored in the sidecar."""
-    return {"samples": int(len(index)), "sha256": fingerprint(index, paths)}
+    """``{"samples": len(index), "sha256": fingerprint(index), "content":
+    content_fingerprint(index)}`` as stored in the sidecar (no ``content`` for a labels-only index)."""
+    content = content_fingerprint(index)
+    return {"samples": int(len(index)), "sha256": fingerprint(index, paths),
+            **({} if content is None else {"content": content})}
+
+
+def fingerprint_mismatch(expected: dict, index, name: str) -> str | None:
+    """Why ``index`` differs from the sidecar fingerprint ``expected`` (None when it matches): its
+    sample count, its paths and labels, or the pixels of the sampled images.
+
+    A fingerprint without ``content`` (written by an older noisyfr, or from a labels-only
+    index) is checked on the count, paths and labels only, and a warning naming the
+    manifest ``name`` says so: re-run ``noisyfr inject`` to record the content.
+    """
+    if expected["samples"] != len(index):
+        return f"made from {expected['samples']} samples, the dataset has {len(index)}"
+    actual = fingerprint(index)
+    if expected["sha256"] != actual:
+        return f"paths or labels differ: hash {expected['sha256'][:12]} vs {actual[:12]}"
+    if "content" not in expected:
+        warnings.warn(f"{name}: the sidecar's fingerprint has no 'content' (an older manifest): only "
+                      "paths and labels were checked against the dataset, not its images; re-run "
+                      "noisyfr inject to record it", UserWarning, stacklevel=3)
+        return None
+    content = content_fingerprint(index)
+    if content is not None and content != expected["content"]:
+        return (f"same paths and labels, but the pixels of the sampled images differ: content hash "
+                f"{str(expected['content'])[:12]} vs {content[:12]}")
+    return None
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -211,8 +270,10 @@ def validate_manifest(df: pd.DataFrame, meta: dict, name: str = "<manifest>") ->
         if key not in meta:
             raise NoisyFRError(f"{name}: sidecar lacks key {key!r}")
     fp = meta["fingerprint"]
-    if not (isinstance(fp, dict) and isinstance(fp.get("samples"), int) and isinstance(fp.get("sha256"), str)):
-        raise NoisyFRError(f"{name}: sidecar 'fingerprint' must be {{'samples': int, 'sha256': str}}")
+    if not (isinstance(fp, dict) and isinstance(fp.get("samples"), int) and isinstance(fp.get("sha256"), str)
+            and isinstance(fp.get("content", ""), str)):
+        raise NoisyFRError(f"{name}: sidecar 'fingerprint' must be {{'samples': int, 'sha256': str, "
+                           "'content': str}}")
     num_classes = meta["num_classes"]
     if not isinstance(num_classes, int) or num_classes < 1:
         raise NoisyFRError(f"{name}: sidecar 'num_classes' must be a positive integer, got {num_classes!r}")

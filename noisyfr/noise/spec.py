@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 
 #: Noise types of a manifest's ``noise`` column, in code order (the manifest stores the code).
@@ -35,18 +35,11 @@ def cli_flag(field: str) -> str:
 
 
 def _rate(name: str, value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise NoisyFRError(f"{name}: rate must be a number in [0, 1], got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise NoisyFRError(f"{name}: rate must be in [0, 1], got {value!r}")
-    return v
+    return numeric.real(value, name, lo=0.0, hi=1.0)
 
 
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise NoisyFRError(f"{name}: must be a non-negative integer, got {value!r}")
-    return int(value)
+def _count(name: str, value: Any, hi: int | None = None) -> int:
+    return numeric.integer(value, name, lo=0, hi=hi)
 
 
 def _path(name: str, value: Any, also: Callable[[Any], bool] = lambda v: False):
@@ -132,7 +125,7 @@ class NoiseSpec:
         for k in ("holdout_ids", "split", "merge"):
             set_(k, _count(name(k), getattr(self, k)))
         if self.seed is not None:
-            set_("seed", _count(name("seed"), self.seed))
+            set_("seed", _count(name("seed"), self.seed, numeric.MAX_SEED))
         set_("outliers", _path(name("outliers"), self.outliers, lambda v: hasattr(v, "load_image")))
         set_("embeddings", _path(name("embeddings"), self.embeddings, lambda v: isinstance(v, np.ndarray)))
         if self.outliers is not None and self.holdout_ids:

@@ -42,8 +42,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noisyfr import numeric
 from noisyfr.distributed import all_gather_rows, all_reduce_
-from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
 
 #: Columns of ``angles/epoch_<E>.parquet``, in order.
@@ -67,14 +67,8 @@ DEFAULT_LEARNED_ACCURACY = 0.8
 
 
 def check_learned_threshold(value, name: str = "learned threshold") -> float:
-    """``value`` as a float in [0, 1]; NoisyFRError naming ``name`` otherwise."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise NoisyFRError(f"{name} {value!r}: must be a number in [0, 1]") from None
-    if isinstance(value, bool) or not 0.0 <= v <= 1.0:
-        raise NoisyFRError(f"{name} {value!r}: must be a number in [0, 1]")
-    return v
+    """``value`` as a finite float in [0, 1]; NoisyFRError naming ``name`` otherwise."""
+    return numeric.real(value, name, lo=0.0, hi=1.0)
 
 
 def learned(clean_true_accuracy: float, threshold: float = DEFAULT_LEARNED_ACCURACY) -> bool:

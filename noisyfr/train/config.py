@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from noisyfr import numeric
 from noisyfr.dotted import set_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import parse_yaml, read_yaml
@@ -34,45 +34,21 @@ def _err(key: str, msg: str) -> NoisyFRError:
     return NoisyFRError(f"config key '{key}': {msg}")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _as_float(key: str, v: Any) -> float:
-    # PyYAML (YAML 1.1) reads ``5e-4`` (no dot) as a string: accept numeric strings for floats.
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _err(key, f"expected a number, got {type(v).__name__} {v!r}")
-    if not math.isfinite(float(v)):
-        raise _err(key, f"expected a finite number, got {v!r}")
-    return float(v)
-
-
-def int_(lo: int | None = None, optional: bool = False) -> Callable[[str, Any], Any]:
+def int_(lo: int | None = None, optional: bool = False,
+         hi: int | None = None) -> Callable[[str, Any], Any]:
     def check(key: str, v: Any) -> Any:
         if v is None and optional:
             return None
-        if not _is_int(v):
-            raise _err(key, f"expected an integer, got {type(v).__name__} {v!r}")
-        if lo is not None and v < lo:
-            raise _err(key, f"must be >= {lo}, got {v}")
-        return v
+        return numeric.integer(v, f"config key '{key}'", lo=lo, hi=hi)
     return check
 
 
 def float_(lo: float | None = None, hi: float | None = None, hi_open: bool = False,
            lo_open: bool = False) -> Callable[[str, Any], float]:
+    # PyYAML (YAML 1.1) reads ``5e-4`` (no dot) as a string: numeric strings are accepted, and
+    # NaN / infinity are refused in every spelling (noisyfr.numeric).
     def check(key: str, v: Any) -> float:
-        f = _as_float(key, v)
-        if lo is not None and (f < lo or (lo_open and f == lo)):
-            raise _err(key, f"must be {'>' if lo_open else '>='} {lo}, got {v}")
-        if hi is not None and (f > hi or (hi_open and f == hi)):
-            raise _err(key, f"must be {'<' if hi_open else '<='} {hi}, got {v}")
-        return f
+        return numeric.real(v, f"config key '{key}'", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
     return check
 
 
@@ -133,7 +109,7 @@ def number_list(integer: bool = False, optional: bool = False) -> Callable[[str,
     def check(key: str, v: Any) -> Any:
         if v is None and optional:
             return None
-        if _is_int(v) or isinstance(v, float):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = [v]
         if not isinstance(v, (list, tuple)):
             raise _err(key, f"expected a list of numbers, got {type(v).__name__} {v!r}")
@@ -156,7 +132,7 @@ def mapping_or_none(key: str, v: Any) -> Any:
 SCHEMA: dict[str, Any] = {
     "name": (None, str_(optional=True)),
     "plugins": ([], str_list),
-    "seed": (0, int_(lo=0)),
+    "seed": (0, int_(lo=0, hi=numeric.MAX_SEED)),
     "device": ("auto", device_),
     "output_dir": (None, str_(optional=True)),
     "resume": (False, bool_),
@@ -164,17 +140,17 @@ SCHEMA: dict[str, Any] = {
         "train": (_REQUIRED, str_()),
         "manifest": (None, str_(optional=True)),
         "noise": (None, mapping_or_none),
-        "image_size": (112, int_(lo=1)),
+        "image_size": (112, int_(lo=1, hi=numeric.MAX_IMAGE_SIZE)),
         "center_crop": (1.0, float_(lo=0.0, hi=1.0, lo_open=True)),
         "flip": (True, bool_),
         "crop_jitter": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "val": ([], str_list),
-        "num_workers": (0, int_(lo=0)),
+        "num_workers": (0, int_(lo=0, hi=numeric.MAX_WORKERS)),
         "max_samples": (None, int_(lo=1, optional=True)),
     },
     "model": {
         "backbone": ("iresnet50", str_()),
-        "embedding_dim": (512, int_(lo=1)),
+        "embedding_dim": (512, int_(lo=1, hi=numeric.MAX_EMBEDDING_DIM)),
         "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "width": (1.0, float_(lo=0.0, lo_open=True, hi=4.0)),
         "init": (None, str_(optional=True)),
@@ -191,8 +167,8 @@ SCHEMA: dict[str, Any] = {
         "lr": (0.1, float_(lo=0.0, lo_open=True)),
         "momentum": (0.9, float_(lo=0.0, hi=1.0, hi_open=True)),
         "weight_decay": (5.0e-4, float_(lo=0.0)),
-        "batch_size": (None, int_(lo=2, optional=True)),
-        "batch_size_per_device": (None, int_(lo=2, optional=True)),
+        "batch_size": (None, int_(lo=2, optional=True, hi=numeric.MAX_TRAIN_BATCH)),
+        "batch_size_per_device": (None, int_(lo=2, optional=True, hi=numeric.MAX_TRAIN_BATCH)),
         "epochs": (20, int_(lo=1)),
         "warmup_epochs": (0.0, float_(lo=0.0)),
         "schedule": ("cosine", choice("cosine", "poly", "step", "constant")),
@@ -206,7 +182,7 @@ SCHEMA: dict[str, Any] = {
     "eval": {
         "epochs": (None, number_list(integer=True, optional=True)),
         "every": (1, int_(lo=0)),
-        "batch_size": (64, int_(lo=1)),
+        "batch_size": (64, int_(lo=1, hi=numeric.MAX_EVAL_BATCH)),
     },
     "track": {
         "angles": (True, bool_),
@@ -287,7 +263,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise NoisyFRError(f"override {text!r}: empty key")
-    return key, (parse_yaml(value, f"override {text!r}") if value.strip() else None)
+    shown = text if len(text) <= 80 else f"{text[:77]}..."
+    return key, (parse_yaml(value, f"override {shown!r}") if value.strip() else None)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:

@@ -25,16 +25,16 @@ import hashlib
 import importlib
 import itertools
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from noisyfr import numeric
 from noisyfr.dotted import get_dotted, set_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_json, read_yaml
-from noisyfr.names import is_number, label_value, slug
+from noisyfr.names import label_value, slug
 from noisyfr.noise.spec import NoiseSpec
 
 SWEEP_KEYS = ("grid", "resources", "workers_per_trial", "max_failures", "max_concurrent_trials",
@@ -151,9 +151,7 @@ def _check_resources(res: Any) -> dict:
     for k, v in res.items():
         if k not in RESOURCE_KEYS:
             raise _err(f"resources.{k}", "unknown resource (known: cpu, gpu)")
-        if not is_number(v) or v < 0 or not math.isfinite(v):
-            raise _err(f"resources.{k}", f"expected a number >= 0, got {v!r}")
-        out[k] = float(v)
+        out[k] = numeric.real(v, f"sweep key 'resources.{k}'", lo=0.0)
     if out["cpu"] <= 0:
         raise _err("resources.cpu", f"must be > 0, got {out['cpu']:g}")
     if out["gpu"] > 1 and out["gpu"] != int(out["gpu"]):
@@ -163,11 +161,7 @@ def _check_resources(res: Any) -> dict:
 
 def _int_key(raw: Mapping, key: str, default: int, lo: int) -> int:
     v = raw.get(key, default)
-    if v is None:
-        v = default
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise _err(key, f"expected an integer >= {lo}, got {v!r}")
-    return v
+    return numeric.integer(default if v is None else v, f"sweep key '{key}'", lo=lo)
 
 
 def _abs(path: str, base: Path) -> str:
