@@ -124,6 +124,11 @@ def integer(value: Any, name: str | None = None, *, lo: int | None = None,
     return _check_range(v, value, name, lo, hi, False, False)
 
 
+def is_int_text(text: str) -> bool:
+    """``text`` spells a decimal integer (``"12"``, ``"-3"``), as :func:`integer` accepts it."""
+    return bool(_INT_TEXT.fullmatch(text.strip()))
+
+
 def _as_arg(parse: Callable[[str], Any], kind: str) -> Callable[[str], Any]:
     def parse_arg(text: str):
         try:

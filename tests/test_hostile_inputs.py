@@ -40,7 +40,7 @@ TRAIN = {"seed": 0, "device": "cpu",
          "loss": {"name": "arcface", "s": 16, "m": 0.3},
          "optim": {"lr": 0.05, "batch_size": 8, "epochs": 1},
          "track": {"angles": True}}
-PAIRS = "synthetic-pairs:ids=4,per_id=4,pairs=8,size=32,seed=3"
+PAIRS = "synthetic-pairs:ids=4,per_id=4,pairs=20,size=32,seed=3"
 
 
 # --------------------------------------------------------------------------- the world
@@ -169,6 +169,20 @@ def disk_full_after(limit: int):
         signal.signal(signal.SIGXFSZ, old)
 
 
+@contextlib.contextmanager
+def memory_cap(extra: int = 2 << 30):
+    """This process may map at most ``extra`` more bytes while the block runs (soft RLIMIT_AS):
+    a resource bomb that is not refused fails with MemoryError instead of exhausting the host."""
+    with open("/proc/self/status") as fh:
+        size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 # --------------------------------------------------------------------------- 1. output is an input
 OUTPUT_IS_INPUT = {
     "inject-over-an-image": lambda w, t: (["inject", w.data, "--closed", 0.2, "--out", w.image()], w.image()),
@@ -224,11 +238,14 @@ UNWRITABLE = {
     "train": lambda w, ro: ["train", w.config, "--out", ro / "run"],
     "sweep": lambda w, ro: ["sweep", w.sweep_config, "--out", ro / "sweep"],
     "demo": lambda w, ro: ["demo", "--out", ro / "demo"],
+    "export": lambda w, ro: ["export", w.ckpt, "--out", ro / "model.onnx"],
 }
 
 
 @pytest.mark.parametrize("command", UNWRITABLE)
 def test_unwritable_output_folder_is_one_line(command, world, tmp_path, capsys):
+    if command == "export":
+        pytest.importorskip("onnxscript")
     ro = tmp_path / "ro"
     ro.mkdir()
     line = refused(UNWRITABLE[command](world, ro), ro, world, tmp_path, capsys, context=lambda: read_only(ro))
@@ -245,11 +262,14 @@ FULL_DISK = {
     "eval": (["eval", "--checkpoint", "{ckpt}", "--val", PAIRS, "--out", "{t}/eval.json"], 20),
     "embed": (["embed", "{ckpt}", "{data}", "--out", "{t}/e.npy"], 100),
     "train": (["train", "{config}", "--out", "{t}/run"], 4096),
+    "export": (["export", "{ckpt}", "--out", "{t}/model.onnx"], 1000),
 }
 
 
 @pytest.mark.parametrize("command", FULL_DISK)
 def test_full_disk_is_one_line_and_leaves_nothing(command, world, tmp_path, capsys):
+    if command == "export":
+        pytest.importorskip("onnxscript")
     argv, limit = FULL_DISK[command]
     names = {"data": world.data, "run": world.run, "ckpt": world.ckpt, "config": world.config, "t": tmp_path}
     argv = [a.format(**names) if isinstance(a, str) else a for a in argv]
@@ -341,6 +361,16 @@ def test_eval_with_a_missing_val_set_writes_nothing(world, tmp_path, capsys):
             "none.txt", world, tmp_path, capsys)
 
 
+def test_sweep_resume_of_a_folder_without_a_sweep_writes_nothing(world, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a sweep\n")
+    refused(["sweep", "--resume", "--out", tmp_path], tmp_path, world, tmp_path, capsys)
+
+
+def test_train_resume_without_a_checkpoint_writes_nothing(world, tmp_path, capsys):
+    refused(["train", world.config, "--resume", "--out", tmp_path / "run"], tmp_path / "run", world, tmp_path,
+            capsys)
+
+
 # --------------------------------------------------------------------------- 5. non-finite numbers
 NON_FINITE = {
     "train-lr-nan": (["train", "{config}", "optim.lr=nan", "--print-config"], "optim.lr"),
@@ -384,7 +414,7 @@ def test_yaml_alias_bomb_is_refused(command, world, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(base) + "lols:\n" + "".join("  " + line + "\n" for line in ALIAS_BOMB.splitlines()))
     argv = ["train", cfg, "--out", tmp_path / "run"] if command == "train" else \
         ["sweep", cfg, "--out", tmp_path / "sw", "--dry-run"]
-    refused(argv, "bomb.yaml", world, tmp_path, capsys)
+    refused(argv, "bomb.yaml", world, tmp_path, capsys, context=memory_cap)
 
 
 def huge_header_png(path: Path) -> Path:
@@ -407,7 +437,8 @@ def test_image_claiming_huge_size_is_one_line_naming_it(world, tmp_path, capsys)
     data = tmp_path / "data"
     shutil.copytree(world.data, data)
     bomb = huge_header_png(sorted(data.iterdir())[0] / "zz_bomb.png")
-    refused(["embed", world.ckpt, data, "--out", tmp_path / "e.npy"], bomb.name, world, tmp_path, capsys)
+    refused(["embed", world.ckpt, data, "--out", tmp_path / "e.npy"], bomb.name, world, tmp_path, capsys,
+            context=memory_cap)
 
 
 def test_property_claiming_two_billion_classes_is_refused(world, tmp_path, capsys):
@@ -417,11 +448,12 @@ def test_property_claiming_two_billion_classes_is_refused(world, tmp_path, capsy
     shutil.copytree(world.rec.parent, rec)
     (rec / "property").write_text("2000000000,32,32")
     refused(["inject", rec / "train.rec", "--closed", 0.2, "--out", tmp_path / "m.parquet"], "property",
-            world, tmp_path, capsys)
+            world, tmp_path, capsys, context=memory_cap)
 
 
 def test_curves_points_bomb_is_refused(world, tmp_path, capsys):
-    refused(["curves", "--points", "100000000", "--out", tmp_path / "c.png"], "--points", world, tmp_path, capsys)
+    refused(["curves", "--points", "100000000", "--out", tmp_path / "c.png"], "--points", world, tmp_path, capsys,
+            context=memory_cap)
 
 
 # --------------------------------------------------------------------------- 7. file where a folder is expected

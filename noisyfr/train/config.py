@@ -311,9 +311,26 @@ def loss_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k not in SCHEMA["loss"]}
 
 
+def _loss_numbers(section: dict[str, Any]) -> None:
+    """The loss's numeric parameters parsed once, naming ``loss.<key>``: a number written as text
+    (YAML 1.1 reads ``3e1`` as a string) becomes a number, NaN and infinity are refused; words
+    (``grad_mode: exact``) are left to the loss."""
+    for k, v in loss_kwargs(section).items():
+        name = f"config key 'loss.{k}'"
+        if isinstance(v, str):
+            try:
+                float(v)
+            except ValueError:
+                continue
+            section[k] = numeric.integer(v, name) if numeric.is_int_text(v) else numeric.real(v, name)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            numeric.real(v, name)
+
+
 def _check_loss(cfg: dict[str, Any]) -> None:
     from noisyfr.losses import build_loss
 
+    _loss_numbers(cfg["loss"])
     try:
         loss = build_loss(cfg["loss"]["name"], **loss_kwargs(cfg["loss"]))
     except NoisyFRError as exc:
