@@ -399,3 +399,17 @@ def test_cli_bad_input_exits_2_and_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 trials, 2 manifests" in out
     assert not (tmp_path / "o").exists()
+
+
+def test_trial_histories_name_a_trial_whose_config_ray_lost(tmp_path):
+    from types import SimpleNamespace
+
+    frame = pd.DataFrame({"epoch": [1]})
+    grid = [SimpleNamespace(config={"trial": {"name": "arcface-s32"}}, path=str(tmp_path / "ignored"),
+                            metrics_dataframe=frame, error=None),
+            SimpleNamespace(config=None, path=str(tmp_path / "tune" / "cosface-s32"), metrics_dataframe=None,
+                            error=RuntimeError("worker killed\nout of memory"))]
+    got = run.trial_histories(grid)
+    assert list(got) == ["arcface-s32", "cosface-s32"]
+    assert got["arcface-s32"][0] is frame and got["arcface-s32"][1] is None
+    assert got["cosface-s32"] == (None, "out of memory")  # the last line of the error

@@ -250,6 +250,18 @@ def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
     )
 
 
+def trial_histories(grid) -> dict[str, tuple]:
+    """Tune results by trial name: ``(metrics DataFrame, one-line error or None)``. A trial whose
+    config Ray lost (its workers killed, for example when memory ran out) is named by its
+    directory, which Tune names after the trial."""
+    out = {}
+    for r in grid:
+        config = r.config or {}
+        name = config["trial"]["name"] if "trial" in config else Path(r.path).name
+        out[name] = (r.metrics_dataframe, None if r.error is None else one_line(r.error))
+    return out
+
+
 #: what a sweep writes in its directory
 SWEEP_FILES = ("sweep.json", "sweep.log", "results.csv", "results.parquet", "summary.md", "trials",
                "tune", "manifests")
@@ -297,9 +309,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                 make_manifests(spec, progress=progress)
                 if first:
                     write_state(spec, state)
-            histories = {r.config["trial"]["name"]: (r.metrics_dataframe,
-                                                     None if r.error is None else one_line(r.error))
-                         for r in _tuner(spec, resume, progress).fit()}
+            histories = trial_histories(_tuner(spec, resume, progress).fit())
     finally:
         if handler is not None:
             LOG.removeHandler(handler)
