@@ -45,7 +45,14 @@ def run(args: argparse.Namespace) -> int:
     for path in prefix_paths(out):
         check_output(path, [args.input])
     index = open_index(args.input, skip_corrupt=args.skip_corrupt)
-    summary = pack_index(index, out, verify=not args.no_verify, skip_corrupt=args.skip_corrupt)
+    verify = not args.no_verify
+    if verify and hasattr(index, "check_files"):
+        # a folder: every image checked before the first byte is written (--skip-corrupt has
+        # already left the bad ones out while indexing)
+        if not args.skip_corrupt:
+            index.check_files()
+        verify = False
+    summary = pack_index(index, out, verify=verify, skip_corrupt=args.skip_corrupt)
     skipped = summary["skipped"] + getattr(index, "skipped", 0)
     print(f"packed {summary['images']} images of {summary['identities']} identities into "
           f"{summary['rec']} (+ .idx, property)"

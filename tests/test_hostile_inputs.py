@@ -325,9 +325,11 @@ def test_no_space_left_writing_a_manifest_removes_the_temp_file(world, tmp_path,
 
 
 # --------------------------------------------------------------------------- 4. late validation
+# Under a 1-byte file-size limit any write fails with "cannot write": an error about the input
+# instead shows that validation ran completely before the first byte was written.
 def test_train_with_noise_and_a_missing_val_set_writes_no_manifest(world, tmp_path, capsys):
     refused(["train", world.config, "data.noise.closed=0.4", f"data.val=[{tmp_path / 'none.txt'}]",
-             "--out", tmp_path / "run"], "none.txt", world, tmp_path, capsys)
+             "--out", tmp_path / "run"], "none.txt", world, tmp_path, capsys, context=lambda: disk_full_after(1))
 
 
 def test_train_on_a_folder_with_an_unreadable_image_writes_nothing(world, tmp_path, capsys):
@@ -338,7 +340,7 @@ def test_train_on_a_folder_with_an_unreadable_image_writes_nothing(world, tmp_pa
     bad = sorted(data.glob("*/*"))[5]
     bad.write_bytes(b"not an image")
     refused(["train", world.config, f"data.train={data}", "--out", tmp_path / "run"], bad.name, world, tmp_path,
-            capsys, extra_lines=True)
+            capsys, context=lambda: disk_full_after(1))
 
 
 def test_failed_pack_leaves_no_output_folder(world, tmp_path, capsys):
@@ -348,12 +350,13 @@ def test_failed_pack_leaves_no_output_folder(world, tmp_path, capsys):
     shutil.copytree(world.data, data)
     bad = sorted(data.glob("*/*"))[3]
     bad.write_bytes(b"\xff\xd8 truncated jpeg")
-    refused(["pack", data, "--out", tmp_path / "packed" / "train"], bad.name, world, tmp_path, capsys)
+    refused(["pack", data, "--out", tmp_path / "packed" / "train"], bad.name, world, tmp_path, capsys,
+            context=lambda: disk_full_after(1))
 
 
 def test_sweep_with_a_missing_val_set_writes_nothing(world, tmp_path, capsys):
     refused(["sweep", world.sweep_config, f"data.val=[{tmp_path / 'none.txt'}]", "--out", tmp_path / "sw"],
-            "none.txt", world, tmp_path, capsys)
+            "none.txt", world, tmp_path, capsys, context=lambda: disk_full_after(1))
 
 
 def test_eval_with_a_missing_val_set_writes_nothing(world, tmp_path, capsys):

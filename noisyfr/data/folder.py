@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from noisyfr.data.index import FaceIndex, decode_image, open_image
+from noisyfr.data.index import FaceIndex, decode_image, image_error, open_image
 from noisyfr.errors import NoisyFRError
 
 _IMAGE_EXTENSIONS: frozenset[str] | None = None
@@ -31,17 +31,24 @@ def image_extensions() -> frozenset[str]:
     return _IMAGE_EXTENSIONS
 
 
-def verify_image_file(path: str | os.PathLike) -> bool:
-    """Cheap integrity check with PIL's ``verify`` (parses headers/chunks, does not decode).
+def image_problem(path: str | os.PathLike) -> BaseException | None:
+    """Cheap integrity check with PIL's ``verify`` (parses headers/chunks, does not decode): the
+    exception that makes ``path`` unusable, or None.
 
-    Catches non-images, wrong contents and broken PNG chunks; a JPEG cut short after its header
-    may still pass and then fails when loaded (with an error naming the file)."""
+    Catches non-images, wrong contents, broken PNG chunks and headers claiming too many pixels;
+    a JPEG cut short after its header may still pass and then fails when loaded (with an error
+    naming the file)."""
     try:
         with open_image(path) as im:
             im.verify()
-        return True
-    except Exception:  # PIL raises many types for bad files; any of them means "corrupt"
-        return False
+        return None
+    except Exception as exc:  # PIL raises many types for bad files; any of them means "corrupt"
+        return exc
+
+
+def verify_image_file(path: str | os.PathLike) -> bool:
+    """True when :func:`image_problem` finds nothing wrong with ``path``."""
+    return image_problem(path) is None
 
 
 class ImageFolderIndex(FaceIndex):
@@ -52,6 +59,19 @@ class ImageFolderIndex(FaceIndex):
     their relative paths ``skipped_paths``); otherwise a corrupt file surfaces when it is loaded,
     as a :class:`NoisyFRError` naming it.
     """
+
+    def check_files(self) -> None:
+        """Verify every image cheaply (:func:`verify_image_file`, about 40 us an image): a
+        NoisyFRError naming the first bad one and how many there are. ``train`` calls it before
+        it writes anything."""
+        problems = ((p, image_problem(self.root / p))
+                    for p in tqdm(self.paths, desc="check images", unit="img", disable=None))
+        bad = [(p, exc) for p, exc in problems if exc is not None]
+        if bad:
+            first = image_error(str(self.root / bad[0][0]), bad[0][1])
+            more = f"; {len(bad) - 1} more image(s) are bad too" if len(bad) > 1 else ""
+            raise NoisyFRError(f"{first}{more} (remove {'them' if more else 'it'}, or pack the folder "
+                               f"with --skip-corrupt)")
 
     def __init__(self, root: str | os.PathLike, skip_corrupt: bool = False):
         self.source = str(root)

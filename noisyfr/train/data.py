@@ -28,6 +28,8 @@ def open_dataset(cfg: dict[str, Any], transform) -> tuple[Any, Any]:
 
     data = cfg["data"]
     index = open_index(data["train"])
+    if hasattr(index, "check_files"):  # a folder: every image is opened before anything is written
+        index.check_files()
     pending = None
     if data["noise"] is not None:
         spec = NoiseSpec.from_mapping(data["noise"])
