@@ -250,7 +250,7 @@ def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
 
 
 def _doc_header(doc: Document, src: Path, runs, results_path, t, o: _Options) -> None:
-    rtab, counts = t["runs.csv"], t["learned.csv"]
+    rtab = t["runs.csv"]
     n_ok = int(rtab["learned"].sum())
     doc.h(1, "noisyfr angle analysis")
     doc.p(f"Source: `{src}` - {len(runs)} run(s); loss settings (name, scale s, margin m, "

@@ -68,7 +68,7 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, float
     # i.e. scores among uniq[k:]. Count positives/negatives at or below each unique value.
     pos_le = np.cumsum(np.bincount(np.searchsorted(uniq, scores[issame]), minlength=len(uniq)))
     neg_le = np.cumsum(np.bincount(np.searchsorted(uniq, scores[~issame]), minlength=len(uniq)))
-    n_pos, n_neg = int(issame.sum()), int((~issame).sum())
+    n_pos = int(issame.sum())
     pos_le = np.concatenate([[0], pos_le])  # positives with score <= cands[k]: predicted "different"
     neg_le = np.concatenate([[0], neg_le])
     correct = (n_pos - pos_le) + neg_le

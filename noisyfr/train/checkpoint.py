@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, load_checkpoint  # noqa: F401  (read side of this format)
 
 REQUIRED_KEYS = ("config", "model", "head", "optimizer", "scheduler", "rng", "epoch", "step")
