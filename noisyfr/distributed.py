@@ -37,6 +37,7 @@ def torchrun_group(device: str = "auto"):
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield
+        dist.barrier()  # every rank done before any tears its connections down
     finally:
         dist.destroy_process_group()
 

@@ -36,6 +36,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
         reports = []
         train(cfg, report=reports.append)
         Path(out, f"reports_{rank}.json").write_text(json.dumps(reports))
+        dist.barrier()  # both ranks done before either tears its gloo connections down
     finally:
         dist.destroy_process_group()
 
