@@ -112,6 +112,14 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
     return out
 
 
+def expand(argv: list, world: World, tmp_path: Path) -> list:
+    """``argv`` with ``{data}``, ``{run}``, ``{ckpt}``, ``{config}``, ``{sweep_config}`` (the
+    world's inputs), ``{sweep_inf}`` (``tmp_path/inf.yaml``) and ``{t}`` (``tmp_path``) filled in."""
+    names = {"data": world.data, "run": world.run, "ckpt": world.ckpt, "config": world.config,
+             "sweep_config": world.sweep_config, "sweep_inf": tmp_path / "inf.yaml", "t": tmp_path}
+    return [a.format(**names) if isinstance(a, str) else a for a in argv]
+
+
 def refused(argv: list, named: str, world: World, tmp_path: Path, capsys, *,
             context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
             extra_lines: bool = False) -> str:
@@ -271,18 +279,19 @@ def test_full_disk_is_one_line_and_leaves_nothing(command, world, tmp_path, caps
     if command == "export":
         pytest.importorskip("onnxscript")
     argv, limit = FULL_DISK[command]
-    names = {"data": world.data, "run": world.run, "ckpt": world.ckpt, "config": world.config, "t": tmp_path}
-    argv = [a.format(**names) if isinstance(a, str) else a for a in argv]
+    argv = expand(argv, world, tmp_path)
     line = refused(argv, tmp_path, world, tmp_path, capsys, context=lambda: disk_full_after(limit),
                    extra_lines=command == "train")
     assert "cannot write" in line and "File too large" in line, line
 
 
+def no_space(obj, f, *a, **k):
+    """A ``torch.save`` on a full disk."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+
 def test_no_space_left_while_training_removes_the_new_run(world, tmp_path, capsys, monkeypatch):
     import noisyfr.train.checkpoint as checkpoint
-
-    def no_space(obj, f, *a, **k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
 
     monkeypatch.setattr(checkpoint.torch, "save", no_space)
     line = refused(["train", world.config, "--out", tmp_path / "run"], tmp_path / "run", world, tmp_path, capsys,
@@ -299,9 +308,6 @@ def test_no_space_left_on_resume_keeps_the_last_checkpoint(world, tmp_path, caps
     shutil.copytree(world.run, run)
     last = (run / "checkpoints" / "last.pt").read_bytes()
 
-    def no_space(obj, f, *a, **k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-
     monkeypatch.setattr(checkpoint.torch, "save", no_space)
     code, lines = cli(["train", run / "config.yaml", "optim.epochs=2", "--resume", "--out", run], capsys)
     assert code == 2 and "No space left on device" in lines[-1] and "--resume" in lines[-1], lines
@@ -314,11 +320,11 @@ def test_no_space_left_on_resume_keeps_the_last_checkpoint(world, tmp_path, caps
 def test_no_space_left_writing_a_manifest_removes_the_temp_file(world, tmp_path, capsys, monkeypatch):
     import noisyfr.noise.manifest as manifest
 
-    def no_space(table, path, *a, **k):
+    def partial_then_no_space(table, path, *a, **k):
         Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        no_space(table, path)
 
-    monkeypatch.setattr(manifest.pq, "write_table", no_space)
+    monkeypatch.setattr(manifest.pq, "write_table", partial_then_no_space)
     line = refused(["inject", world.data, "--closed", 0.2, "--out", tmp_path / "m.parquet"], "m.parquet",
                    world, tmp_path, capsys)
     assert "No space left on device" in line
@@ -397,12 +403,10 @@ NON_FINITE = {
 @pytest.mark.parametrize("case", NON_FINITE)
 def test_non_finite_numbers_are_refused(case, world, tmp_path, capsys):
     argv, named = NON_FINITE[case]
-    names = {"data": world.data, "run": world.run, "ckpt": world.ckpt, "config": world.config,
-             "sweep_config": world.sweep_config, "sweep_inf": tmp_path / "inf.yaml", "t": tmp_path}
     sweep = yaml.safe_load(world.sweep_config.read_text())
     sweep["grid"]["optim.lr"] = [0.1, float("-inf")]  # written by PyYAML as -.inf
-    names["sweep_inf"].write_text(yaml.safe_dump(sweep))
-    refused([a.format(**names) if isinstance(a, str) else a for a in argv], named, world, tmp_path, capsys)
+    (tmp_path / "inf.yaml").write_text(yaml.safe_dump(sweep))
+    refused(expand(argv, world, tmp_path), named, world, tmp_path, capsys)
 
 
 # --------------------------------------------------------------------------- 6. resource bombs
