@@ -147,6 +147,8 @@ SCHEMA: dict[str, Any] = {
         "val": ([], str_list),
         "num_workers": (0, int_(lo=0, hi=numeric.MAX_WORKERS)),
         "max_samples": (None, int_(lo=1, optional=True)),
+        "max_per_id": (None, int_(lo=1, optional=True)),
+        "holdout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
     },
     "model": {
         "backbone": ("iresnet50", str_()),
@@ -190,6 +192,7 @@ SCHEMA: dict[str, Any] = {
     },
     "health": {
         "learned_accuracy": (0.8, float_(lo=0.0, hi=1.0)),
+        "learned_heldout_accuracy": (0.5, float_(lo=0.0, hi=1.0)),
     },
     "checkpoint": {
         "keep": (0, int_(lo=0)),

@@ -57,12 +57,47 @@ def check_labels(dataset, num_classes: int) -> None:
                            f"{num_classes} classes (0..{num_classes - 1})")
 
 
-def training_subset(dataset, max_samples: int | None, seed: int):
-    """``dataset``, or a seeded random subset of ``max_samples`` of it (in index order)."""
-    if not max_samples or max_samples >= len(dataset):
+def split_identities(orig_labels, max_per_id: int | None, holdout: float, seed: int,
+                     names=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, heldout)``: sorted sample indices of the training images and of the held-out
+    images, split per identity, seeded.
+
+    ``orig_labels`` [M] are the true identities (the manifest's ``orig_label``); a sample whose
+    true identity is outside the label set (open-set noise, -1) is always a training image. Each
+    identity's images are shuffled with ``numpy.random.default_rng([seed, 2, identity])``; the
+    first ``max_per_id`` are kept (``data.max_per_id``, None: all), and of the ``n`` kept,
+    ``round(holdout * n)`` (half up) are held out (``data.holdout``). The same seed gives the same
+    split whatever the loss, so runs of one seed are paired. NoisyFRError naming the key and the
+    identity (its name from ``names`` when given) when the split leaves an identity without a
+    training image."""
+    orig = np.asarray(orig_labels, dtype=np.int64)
+    train, held = [np.flatnonzero(orig < 0)], []
+    for ident in np.unique(orig[orig >= 0]):
+        rows = np.flatnonzero(orig == ident)
+        rows = rows[np.random.default_rng([seed, 2, int(ident)]).permutation(len(rows))]
+        if max_per_id is not None:
+            rows = rows[:max_per_id]
+        k = int(np.floor(holdout * len(rows) + 0.5))
+        if k >= len(rows):
+            name = names[ident] if names is not None and ident < len(names) else int(ident)
+            raise NoisyFRError(f"config key 'data.holdout': {holdout:g} holds out all {len(rows)} "
+                               f"image(s) of identity {name!r}, leaving it no training image "
+                               f"(lower data.holdout or raise data.max_per_id)")
+        held.append(rows[:k])
+        train.append(rows[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held or [np.zeros(0, np.int64)]))
+
+
+def training_subset(dataset, max_samples: int | None, seed: int, rows=None):
+    """``dataset`` restricted to ``rows`` (None: every sample), then to a seeded random subset of
+    ``max_samples`` of those (in index order)."""
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if max_samples and max_samples < len(rows):
+        pick = np.random.default_rng([seed, 1]).choice(len(rows), max_samples, replace=False)
+        rows = rows[np.sort(pick)]
+    if len(rows) == len(dataset):
         return dataset
-    pick = np.random.default_rng([seed, 1]).choice(len(dataset), max_samples, replace=False)
-    return Subset(dataset, np.sort(pick).tolist())
+    return Subset(dataset, rows.tolist())
 
 
 def verification_sets(paths: list[str]) -> list[tuple[str, Any]]:

@@ -51,14 +51,16 @@ from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_
 from noisyfr.train import angles as angles_mod
 from noisyfr.train.checkpoint import REQUIRED_KEYS, last_checkpoint, prune_checkpoints, save_checkpoint
 from noisyfr.train.config import dump_config, load_config, run_inputs
-from noisyfr.train.data import check_labels, open_dataset, training_subset, verification_sets
+from noisyfr.train.data import check_labels, open_dataset, split_identities, training_subset, verification_sets
+from noisyfr.train import heldout as heldout_mod
 from noisyfr.train import parallel
 from noisyfr.train.monitor import Monitor
 from noisyfr.train.schedule import EpochBatches, epoch_seed, lr_factor
 from noisyfr.train.step import Stepper
 
 # Keys that must be equal between a checkpoint and the config resuming from it.
-_RESUME_KEYS = ("data.train", "data.manifest", "data.image_size", "data.max_samples",
+_RESUME_KEYS = ("data.train", "data.manifest", "data.image_size", "data.max_samples", "data.max_per_id",
+                "data.holdout",
                 "model.backbone", "model.embedding_dim", "model.width", "loss", "seed")
 
 
@@ -79,6 +81,7 @@ class _Run:
     noise_types: np.ndarray | None = None
     orig_labels: np.ndarray | None = None
     vsets: list = field(default_factory=list)
+    heldout: Any = None
     model: Any = None
     head: Any = None
     model_call: Any = None
@@ -146,7 +149,12 @@ def _build_data(run: _Run) -> None:
     check_labels(run.dataset, run.num_classes)
     run.noise_types = np.asarray(run.dataset.noise, dtype=object)
     run.orig_labels = np.array(run.dataset.orig_labels, dtype=np.int64)
-    run.train_set = training_subset(run.dataset, data["max_samples"], run.cfg["seed"])
+    names = getattr(getattr(run.dataset, "index", None), "identities", None)
+    rows, held = split_identities(run.orig_labels, data["max_per_id"], data["holdout"], run.cfg["seed"],
+                                  names)
+    run.train_set = training_subset(run.dataset, data["max_samples"], run.cfg["seed"], rows)
+    run.heldout = heldout_mod.heldout_set(
+        run.dataset, held, face_transform(data["image_size"], data["center_crop"], train=False))
     run.vsets = verification_sets(data["val"]) if run.rank == 0 and data["val"] else []
 
 
@@ -320,7 +328,6 @@ def _angle_summary(run: _Run, tracker: angles_mod.AngleTracker, epoch: int) -> d
         arrays = {k: np.concatenate([g[k] for g in gathered]) for k in arrays}
     frame = angles_mod.rows_frame(arrays, epoch)
     out = angles_mod.epoch_summary(frame, run.noise_types, run.orig_labels)
-    out["learned"] = angles_mod.learned(out["clean_true_accuracy"], run.cfg["health"]["learned_accuracy"])
     if run.cfg["track"]["angles"] and run.rank == 0:
         angles_mod.write_angles(frame, run.out_dir, epoch)
     run.frame = frame
@@ -336,6 +343,10 @@ def _evaluate(run: _Run, epoch: int) -> dict:
     due = epoch in ev["epochs"] if ev["epochs"] is not None else (
         epoch == cfg["optim"]["epochs"] or (ev["every"] > 0 and epoch % ev["every"] == 0))
     val = {"val_accuracy": math.nan, **{f"val/{n}/accuracy": math.nan for n, _ in run.vsets}}
+    sharded = getattr(run.head, "sharded", False)
+    if run.rank == 0 or sharded:  # every epoch: the held-out images of the training identities
+        val["heldout_accuracy"] = heldout_mod.heldout_accuracy(
+            run.model, run.head, run.heldout, run.device, ev["batch_size"])
     if run.rank == 0 and run.vsets and due:
         results = evaluate_sets(run.model, [vset for _, vset in run.vsets],
                                 image_size=cfg["data"]["image_size"],
@@ -352,6 +363,12 @@ def _evaluate(run: _Run, epoch: int) -> dict:
     best = [v for v in best if isinstance(v, float) and math.isfinite(v)]
     val["best_val_accuracy"] = max(best) if best else math.nan
     return val
+
+
+def _health(run: _Run, metrics: dict) -> dict:
+    """``learned`` and ``learned_on`` of the epoch (held-out evidence when there is some)."""
+    ok, on = heldout_mod.learned_from(metrics, run.cfg["health"])
+    return {"learned": ok, "learned_on": on}
 
 
 def _save_epoch(run: _Run, metrics: dict) -> None:
@@ -409,7 +426,10 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     ``theta_clean_mean``, ``theta_noisy_mean`` (radians), the health metrics
     ``clean_true_accuracy``, ``noisy_fit_given``, ``noisy_fit_true``, ``theta_clean_median``,
     ``theta_noisy_median`` (see :mod:`noisyfr.train.angles`), ``n_corrected`` (BoundaryFace
-    label corrections this epoch), ``learned`` (``clean_true_accuracy >=
+    label corrections this epoch), ``heldout_accuracy`` (identification of the held-out images
+    of the training identities by their nearest class centre, NaN without ``data.holdout``),
+    ``learned`` and ``learned_on`` (the rule of :mod:`noisyfr.train.heldout`: held-out accuracy
+    >= ``health.learned_heldout_accuracy``, or without held-out images ``clean_true_accuracy >=
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises
     NoisyFRError for bad input, a label outside the head's classes, or a non-finite loss (naming
     the loss, epoch and step).
@@ -431,6 +451,7 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
                 metrics, tracker = _train_epoch(run, stepper, epoch)
                 metrics.update(_angle_summary(run, tracker, epoch))
                 metrics.update(_evaluate(run, epoch))
+                metrics.update(_health(run, metrics))
                 _save_epoch(run, metrics)
                 run.epochs_done += 1
                 if report is not None:
