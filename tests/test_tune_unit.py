@@ -255,8 +255,14 @@ def test_results_table_and_summary_statistics(tmp_path):
     sel = [t for t in spec.trials if t.config["loss"]["name"] == "cosface" and t.noise.closed == 0.4
            and t.name not in (bad, unlearned)]
     vals = [finals[t.name] * 100 for t in sel]
-    expect = (f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})" if len(vals) > 1
-              else f"{vals[0]:.2f} (n=1)")
+    if len(vals) > 1:
+        from scipy.stats import t as student
+
+        m = statistics.mean(vals)
+        half = student.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5
+        expect = f"learned {m:.2f} [{m - half:.2f}, {m + half:.2f}] n={len(vals)}"
+    else:
+        expect = f"learned {vals[0]:.2f} n=1"
     line = next(ln for ln in md.split("## Verification accuracy, last epoch")[1].splitlines()
                 if ln.startswith("| cosface"))
     assert expect in line

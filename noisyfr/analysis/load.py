@@ -21,7 +21,7 @@ from noisyfr.io import read_yaml
 from noisyfr.noise.spec import NOISE_TYPES
 from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
 from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics, learned
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
 
 MANIFEST_COLUMNS = ("index", "label", "noise")
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
@@ -67,9 +67,25 @@ class Run:
             return float("nan")
         return float(self.health.sort_values("epoch")["clean_true_accuracy"].iloc[-1])
 
+    def learned_evidence(self, threshold: float = DEFAULT_LEARNED_ACCURACY) -> tuple[bool, str]:
+        """``(learned, evidence)`` by the trainer's rule (:mod:`noisyfr.train.heldout`): the last
+        epoch's ``heldout_accuracy`` (metrics.csv) against the run's
+        ``health.learned_heldout_accuracy``, or without held-out images its ``clean_true_accuracy``
+        against ``threshold``; evidence ``heldout`` or ``train``."""
+        from noisyfr.train.heldout import DEFAULT_LEARNED_HELDOUT, learned_from
+
+        last = {"clean_true_accuracy": self.final_clean_accuracy}
+        if "heldout_accuracy" in self.metrics.columns and len(self.metrics):
+            last["heldout_accuracy"] = float(pd.to_numeric(self.metrics["heldout_accuracy"],
+                                                           errors="coerce").iloc[-1])
+        held = get_dotted(self.config, "health.learned_heldout_accuracy")
+        return learned_from(last, {"learned_accuracy": threshold,
+                                   "learned_heldout_accuracy": DEFAULT_LEARNED_HELDOUT if held is None
+                                   else float(held)})
+
     def learned(self, threshold: float = DEFAULT_LEARNED_ACCURACY) -> bool:
-        """True when the last epoch's ``clean_true_accuracy`` reaches ``threshold``."""
-        return learned(self.final_clean_accuracy, threshold)
+        """True when the run learned (:meth:`learned_evidence`)."""
+        return self.learned_evidence(threshold)[0]
 
 
 def epoch_health(angles: pd.DataFrame) -> pd.DataFrame:

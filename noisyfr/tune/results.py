@@ -11,9 +11,10 @@ from typing import Any, Mapping
 from noisyfr.dotted import get_dotted
 from noisyfr.names import is_number, label_value
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY
+from noisyfr.train.heldout import DEFAULT_LEARNED_HELDOUT
 from noisyfr.tune.spec import SweepSpec, Trial, flatten
 
-METRICS = ("loss", "val_accuracy", "noisy_auc", "theta_clean_mean", "theta_noisy_mean",
+METRICS = ("loss", "val_accuracy", "heldout_accuracy", "noisy_auc", "theta_clean_mean", "theta_noisy_mean",
            "clean_true_accuracy", "noisy_fit_given", "noisy_fit_true", "theta_clean_median",
            "theta_noisy_median")
 
@@ -37,6 +38,8 @@ def _config_columns(t: Trial) -> dict:
     cols["seed"] = t.config.get("seed", 0)
     threshold = get_dotted(t.config, "health.learned_accuracy")
     cols["learned_threshold"] = float(DEFAULT_LEARNED_ACCURACY if threshold is None else threshold)
+    held = get_dotted(t.config, "health.learned_heldout_accuracy")
+    cols["learned_heldout_threshold"] = float(DEFAULT_LEARNED_HELDOUT if held is None else held)
     return cols
 
 
@@ -63,7 +66,8 @@ def summarize_trial(history: Any, error: str | None, finished: bool = True) -> d
 
     out: dict[str, Any] = {"status": "pending", "epochs": 0, "error": error}
     out.update({f"final_{m}": float("nan") for m in METRICS})
-    out.update(final_theta_gap_deg=float("nan"), learned=False, best_val_accuracy=float("nan"),
+    out.update(final_theta_gap_deg=float("nan"), learned=False, learned_on=None,
+               best_val_accuracy=float("nan"),
                best_noisy_auc=float("nan"), best_epoch=None, hostname=None, node_id=None, world_size=1)
     h, failed = _clean_history(history)
     if len(h):
@@ -86,6 +90,8 @@ def summarize_trial(history: Any, error: str | None, finished: bool = True) -> d
                 out[k] = last[k]
         if "learned" in h.columns and last["learned"] is not None:
             out["learned"] = bool(last["learned"])
+        if "learned_on" in h.columns and isinstance(last["learned_on"], str):
+            out["learned_on"] = last["learned_on"]
         # Tuner.fit returns only when every trial has ended: a trial without error that reported is complete.
         out["status"] = "completed" if finished else "incomplete"
     if failed is not None:
@@ -143,31 +149,34 @@ def _group_labels(df, spec: SweepSpec):
     return df.apply(row_label, axis=1), df.apply(col_label, axis=1)
 
 
-#: (column, title, scale, digits, learned runs only) of the summary's metric tables.
+#: (column, title, scale, digits) of the summary's metric tables.
 SUMMARY_METRICS = (
-    ("final_clean_true_accuracy", "Clean-sample accuracy on their labels, last epoch (all completed runs)",
-     1.0, 3, False),
-    ("best_noisy_auc", "Noisy-sample detection AUC from theta_y, best epoch", 1.0, 3, True),
-    ("final_noisy_auc", "Noisy-sample detection AUC from theta_y, last epoch", 1.0, 3, True),
+    ("final_heldout_accuracy", "Held-out identification accuracy (unseen images of the training "
+     "identities, nearest class centre), last epoch", 1.0, 3),
+    ("final_clean_true_accuracy", "Clean-sample accuracy on their labels (training pass), last epoch",
+     1.0, 3),
+    ("final_noisy_auc", "Noisy-sample detection AUC from theta_y, last epoch", 1.0, 3),
+    ("best_noisy_auc", "Oracle: noisy-sample detection AUC at its best epoch (the epoch chosen with "
+     "the noise labels: not a result)", 1.0, 3),
     ("final_noisy_fit_given", "Closed-set noisy samples fitted to their given (wrong) label, last epoch",
-     1.0, 3, True),
-    ("final_theta_clean_median_deg", "Median theta_y of clean samples, last epoch (degrees)", 1.0, 1, True),
-    ("final_theta_noisy_median_deg", "Median theta_y of noisy samples, last epoch (degrees)", 1.0, 1, True),
-    ("final_val_accuracy", "Verification accuracy, last epoch (%)", 100.0, 2, True),
-    ("best_val_accuracy", "Verification accuracy, best epoch (%)", 100.0, 2, True),
-    ("final_loss", "Training loss, last epoch", 1.0, 3, True),
+     1.0, 3),
+    ("final_theta_clean_median_deg", "Median theta_y of clean samples, last epoch (degrees)", 1.0, 1),
+    ("final_theta_noisy_median_deg", "Median theta_y of noisy samples, last epoch (degrees)", 1.0, 1),
+    ("final_val_accuracy", "Verification accuracy, last epoch (%)", 100.0, 2),
+    ("final_loss", "Training loss, last epoch", 1.0, 3),
 )
 
 
-def _cell(values, scale: float, digits: int) -> str:
-    v = [x * scale for x in values if x == x]
-    if not v:
-        return "–"
-    mean = sum(v) / len(v)
-    if len(v) == 1:
-        return f"{mean:.{digits}f} (n=1)"
-    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={len(v)})"
+def _cell(values, learned, scale: float, digits: int) -> str:
+    """``mean [95 % interval] n`` over all completed runs, then over the learned ones."""
+    from noisyfr.analysis.seeds import format_interval, interval
+
+    def text(v):
+        x = interval([float(a) * scale for a in v])
+        return format_interval(x["mean"], x["lo"], x["hi"], x["n"], digits)
+
+    v = list(values)
+    return f"{text(v)} · learned {text([a for a, ok in zip(v, learned) if ok])}"
 
 
 def _grid_table(rows, cols, row_order, col_order, cell) -> list[str]:
@@ -188,31 +197,33 @@ def _metric_tables(done, spec: SweepSpec) -> list[str]:
     lines = ["## Trials that learned (learned / completed)", ""]
     lines += _grid_table(rows, cols, row_order, col_order,
                          lambda m: f"{int(learned[m].sum())}/{int(m.sum())}" if m.any() else "–")
-    for metric, title, scale, digits, only_learned in SUMMARY_METRICS:
+    for metric, title, scale, digits in SUMMARY_METRICS:
         if metric not in done.columns or done[metric].isna().all():
             continue
-        keep = learned | (not only_learned)
         lines += [f"## {title}", ""]
         lines += _grid_table(rows, cols, row_order, col_order, lambda m: _cell(
-            list(done.loc[m & keep, metric].astype(float)), scale, digits))
+            done.loc[m, metric].astype(float), learned[m], scale, digits))
     return lines
 
 
 def summary_markdown(df, spec: SweepSpec) -> str:
     """``summary.md`` text: how many runs learned per loss x noise setting, then for each metric a
-    table of mean ± sample std over the seeds that learned (the clean-sample accuracy over every
-    completed run); failed and errored trials listed with reasons. Row labels carry the loss's
-    scale, margin and grad_mode."""
+    table of the mean with its 95 % t-interval over seeds, over every completed run and over the
+    runs that learned; failed and errored trials and runs that did not learn listed with their
+    numbers. Row labels carry the loss's scale, margin and grad_mode."""
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     done = df[df["status"] == "completed"].copy()
     thresholds = sorted(set(float(x) for x in done.get("learned_threshold", [])))
     lines = [f"# Sweep `{spec.name}`", "",
              f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "; "
              f"{int(done['learned'].sum()) if len(done) else 0} of {len(done)} completed trials learned.",
-             "A trial *learned* when its last epoch's clean-sample accuracy on their labels (plain cosine "
-             f"argmax) reaches health.learned_accuracy ({', '.join(f'{t:g}' for t in thresholds) or '-'}). "
-             "Metric cells: mean ± sample std over the seeds that learned (n = learned trials); runs "
-             "that did not learn are counted below and left out, never averaged in.", ""]
+             "A trial *learned* when its last epoch's held-out identification accuracy (unseen images "
+             "of its training identities, `data.holdout`) reaches health.learned_heldout_accuracy; "
+             "a trial without held-out images falls back to its clean-sample accuracy on the training "
+             f"pass against health.learned_accuracy ({', '.join(f'{t:g}' for t in thresholds) or '-'}). "
+             "Metric cells: mean [95 % t-interval over seeds] n over all completed trials, then "
+             "over the trials that learned. Compare losses with the paired differences of "
+             "`noisyfr analyze` (report, *Conclusions over seeds*).", ""]
     if len(done):
         lines += _metric_tables(done, spec)
     bad = df[df["status"].isin(["failed", "error", "incomplete", "pending"])]
@@ -225,8 +236,11 @@ def summary_markdown(df, spec: SweepSpec) -> str:
     if len(not_learned):
         lines += ["## Completed trials that did not learn", ""]
         for _, r in not_learned.iterrows():
-            lines.append(f"- `{r['trial']}` ({r['loss.label']}): clean-sample accuracy "
-                         f"{float(r['final_clean_true_accuracy']):.3f} at the last epoch")
+            held = r.get("final_heldout_accuracy", float("nan"))
+            held = f"held-out accuracy {float(held):.3f}, " if held == held else ""
+            lines.append(f"- `{r['trial']}` ({r['loss.label']}): {held}clean-sample accuracy "
+                         f"{float(r['final_clean_true_accuracy']):.3f}, noisy fit "
+                         f"{float(r['final_noisy_fit_given']):.3f} at the last epoch")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,0 +1,186 @@
+"""Results over seeds: every run at a stated epoch, intervals per cell, paired differences.
+
+Seeds are the unit of replication: a cell (loss x noise condition) has one value per run, and
+its mean comes with a 95 % Student-t interval over the runs (n = seeds; with n = 3 the interval
+is mean +- 4.30 sd / sqrt(3): wide, and said so rather than hidden). Every cell is given twice,
+over all runs and over the runs that learned, because averaging only the runs that passed a gate
+tied to the outcome biases the mean.
+
+Two losses are compared through *paired* differences: the runs of one condition and one seed
+share the noise draw (the sweep's manifest of that seed) and the held-out split, so the
+difference of a metric within each pair cancels the variance they share; its mean and 95 %
+interval over the pairs say whether A differs from B. In ``detached`` grad mode every loss's
+target weight is ``s (1 - p)``, so a weight comparison between two detached losses differs only
+through p: such rows are flagged ``equal_by_construction``.
+
+No epoch is chosen with the ground truth: each run is read at its last epoch and at the epoch of
+its best held-out accuracy (:func:`run_values`). A maximum over epochs taken with the noise
+labels appears only as ``oracle_*``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+#: Metrics of a run that the cell and paired tables summarise (those present are used).
+METRICS = ("heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit_given",
+           "auc", "auc_closed", "auc_open", "noisy_weight_share", "weight_share_per_fraction",
+           "theta_gap_deg", "estimated_rate", "estimate_error")
+#: Metrics whose comparison between two detached losses is equal by construction up to p.
+WEIGHT_METRICS = ("noisy_weight_share", "weight_share_per_fraction")
+#: Epoch rules of :func:`run_values`.
+EPOCH_RULES = ("last", "heldout")
+LEVEL = 0.95
+
+
+def interval(values, level: float = LEVEL) -> dict:
+    """Mean, sample sd, n and the two-sided Student-t interval of the finite ``values``
+    (``lo``/``hi`` NaN with fewer than 2 values)."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    sd = float(x.std(ddof=1)) if n > 1 else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": sd, "lo": math.nan, "hi": math.nan}
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+
+
+def select_epoch(metrics: pd.DataFrame, epochs: list[int]) -> tuple[int, str]:
+    """The epoch a run is read at without the ground truth: its best ``heldout_accuracy`` (the
+    latest of ties), else its best ``val_accuracy`` among evaluated epochs, else its last epoch;
+    and the rule used (``heldout``, ``val`` or ``last``)."""
+    last = max(epochs)
+    for col, rule in (("heldout_accuracy", "heldout"), ("val_accuracy", "val")):
+        if col in metrics.columns and "epoch" in metrics.columns:
+            m = metrics[metrics["epoch"].isin(epochs)]
+            v = pd.to_numeric(m[col], errors="coerce")
+            if v.notna().any():
+                best = v.max()
+                return int(m.loc[v == best, "epoch"].max()), rule
+    return last, "last"
+
+
+def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFrame:
+    """Every run twice, at its last epoch (``epoch_rule = last``) and at its selected epoch
+    (``epoch_rule = heldout``, see :func:`select_epoch`; ``selected_by`` names the rule that
+    applied): its settings, ``learned``, the epoch's statistics from ``epoch_table``
+    (:func:`noisyfr.analysis.stats.epoch_stats`) and metrics.csv values, and the oracle best AUC
+    over epochs (chosen with the noise labels: an oracle, never a result)."""
+    rows = []
+    flags = dict(zip(rtab["run"], rtab["learned"].astype(bool)))
+    evidence = dict(zip(rtab["run"], rtab.get("learned_on", pd.Series("train", index=rtab.index))))
+    for r in runs:
+        ep = epoch_table[epoch_table["run"] == r.name]
+        if ep.empty:
+            continue
+        epochs = sorted(int(e) for e in ep["epoch"])
+        oracle = float(ep["auc"].max()) if ep["auc"].notna().any() else math.nan
+        chosen, rule = select_epoch(r.metrics, epochs)
+        for name, epoch in (("last", max(epochs)), ("heldout", chosen)):
+            row = ep[ep["epoch"] == epoch].iloc[0].to_dict()
+            m = r.metrics[r.metrics["epoch"] == epoch] if "epoch" in r.metrics.columns else r.metrics.iloc[0:0]
+            for col in ("heldout_accuracy", "val_accuracy"):
+                row[col] = float(pd.to_numeric(m[col], errors="coerce").iloc[-1]) \
+                    if col in m.columns and len(m) else math.nan
+            row.update(loss_name=r.loss_name, grad_mode=r.loss_settings.get("grad_mode"),
+                       learned=flags.get(r.name, False), learned_on=evidence.get(r.name, "train"),
+                       epoch_rule=name, selected_by=rule if name == "heldout" else "last",
+                       oracle_best_auc=oracle)
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out) and "noisy_fraction" in out.columns:
+        out["weight_share_per_fraction"] = out["noisy_weight_share"] / out["noisy_fraction"].where(
+            out["noisy_fraction"] > 0)
+    return out
+
+
+def _metrics(df: pd.DataFrame) -> list[str]:
+    return [m for m in METRICS if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
+
+
+def cell_table(values: pd.DataFrame) -> pd.DataFrame:
+    """Per epoch rule, loss, condition and metric: n, mean and 95 % interval over all runs, and
+    over the runs that learned (``n_learned``, ``learned_mean``, ``learned_lo``, ``learned_hi``).
+    A cell none of whose runs learned has ``n_learned = 0``: a result, shown as such."""
+    rows = []
+    if values.empty:
+        return pd.DataFrame()
+    for (rule, loss, cond), g in values.groupby(["epoch_rule", "loss", "condition"], sort=True):
+        ok = g[g["learned"].astype(bool)]
+        for m in _metrics(values):
+            a = interval(pd.to_numeric(g[m], errors="coerce"))
+            b = interval(pd.to_numeric(ok[m], errors="coerce"))
+            rows.append({"epoch_rule": rule, "loss": loss, "condition": cond, "metric": m,
+                         "n_runs": len(g), "n": a["n"], "mean": a["mean"], "lo": a["lo"], "hi": a["hi"],
+                         "n_learned": b["n"], "learned_mean": b["mean"], "learned_lo": b["lo"],
+                         "learned_hi": b["hi"]})
+    return pd.DataFrame(rows)
+
+
+def paired_table(values: pd.DataFrame) -> pd.DataFrame:
+    """Per epoch rule, condition, pair of losses (A, B) and metric: the differences A - B
+    within runs of the same seed (same noise draw and split), their mean and 95 % interval
+    (``n_pairs``), over all pairs and over pairs where both runs learned; ``verdict`` says
+    ``A > B``, ``A < B`` or ``no difference`` (the interval of all pairs contains 0 or is
+    undefined); ``equal_by_construction`` marks weight metrics of two detached losses."""
+    rows = []
+    if values.empty or "seed" not in values.columns:
+        return pd.DataFrame()
+    for (rule, cond), g in values.groupby(["epoch_rule", "condition"], sort=True):
+        losses = sorted(g["loss"].unique())
+        for a, b in itertools.combinations(losses, 2):
+            ga = g[g["loss"] == a].set_index("seed")
+            gb = g[g["loss"] == b].set_index("seed")
+            seeds = sorted(set(ga.index) & set(gb.index))
+            if not seeds:
+                continue
+            both = [s for s in seeds if bool(ga.loc[s, "learned"]) and bool(gb.loc[s, "learned"])]
+            detached = (set(ga["grad_mode"]) == {"detached"} and set(gb["grad_mode"]) == {"detached"})
+            for m in _metrics(values):
+                d = pd.to_numeric(ga.loc[seeds, m], errors="coerce") - pd.to_numeric(gb.loc[seeds, m], errors="coerce")
+                x = interval(d.to_numpy())
+                y = interval(d.loc[both].to_numpy()) if both else interval([])
+                verdict = "no difference"
+                if x["n"] >= 2 and x["lo"] > 0:
+                    verdict = "A > B"
+                elif x["n"] >= 2 and x["hi"] < 0:
+                    verdict = "A < B"
+                rows.append({"epoch_rule": rule, "condition": cond, "loss_a": a, "loss_b": b,
+                             "metric": m, "n_pairs": x["n"], "diff_mean": x["mean"],
+                             "diff_lo": x["lo"], "diff_hi": x["hi"], "verdict": verdict,
+                             "n_pairs_learned": y["n"], "learned_diff_mean": y["mean"],
+                             "learned_diff_lo": y["lo"], "learned_diff_hi": y["hi"],
+                             "equal_by_construction": bool(detached and m in WEIGHT_METRICS)})
+    return pd.DataFrame(rows)
+
+
+def format_interval(mean: float, lo: float, hi: float, n: int, digits: int = 3) -> str:
+    """``0.456 [0.449, 0.462] n=3`` (``-`` without a value, no interval below n = 2)."""
+    if not (isinstance(mean, float) and math.isfinite(mean)):
+        return f"- n={n}"
+    if not (isinstance(lo, float) and math.isfinite(lo)):
+        return f"{mean:.{digits}f} n={n}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] n={n}"
+
+
+def cell_text(cells: pd.DataFrame, metrics: list[str], rule: str = "heldout") -> pd.DataFrame:
+    """One row per loss, condition and metric (in the order of ``metrics``) with the interval over
+    all runs and over the learned runs as text, for Markdown tables and the demo's printout."""
+    if cells.empty:
+        return pd.DataFrame()
+    c = cells[(cells["epoch_rule"] == rule) & cells["metric"].isin(metrics)].copy()
+    c["_order"] = c["metric"].map({m: i for i, m in enumerate(metrics)})
+    c = c.sort_values(["loss", "condition", "_order"])
+    return pd.DataFrame({
+        "loss": c["loss"], "condition": c["condition"], "metric": c["metric"],
+        "runs (learned)": [f"{a} ({b})" for a, b in zip(c["n_runs"], c["n_learned"])],
+        "all runs": [format_interval(m, lo, hi, int(n)) for m, lo, hi, n in
+                     zip(c["mean"], c["lo"], c["hi"], c["n"])],
+        "learned runs": [format_interval(m, lo, hi, int(n)) for m, lo, hi, n in
+                         zip(c["learned_mean"], c["learned_lo"], c["learned_hi"], c["n_learned"])],
+    }).reset_index(drop=True)
