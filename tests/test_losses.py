@@ -674,3 +674,78 @@ def test_grad_floor_refused_where_meaningless():
 
     assert loss_label({"name": "expface", "grad_floor": 1.0}) == "expface s=64 m=0.7 grad_floor=1 exact"
     assert loss_label({"name": "expface"}) == "expface s=64 m=0.7 exact"
+
+
+# ---------------------------------------------------------------- sub-centre counting window
+def _subcentre_head(C=2, K=3, d=6):
+    head = MarginHead(d, C, build_loss("subcenter_arcface", K=K)).train()
+    with torch.no_grad():
+        centres = torch.zeros(C, K, d)
+        for k in range(K):
+            centres[:, k, k] = 1
+        head.weight.copy_(centres.view(C * K, d))
+    return head, centres
+
+
+def _near(k, n, d=6):
+    f = torch.full((n, d), 0.05)
+    f[:, k] = 1.0
+    return f
+
+
+def test_dominant_subcentre_is_measured_over_the_current_and_previous_epoch():
+    from noisyfr.train.parallel import load_head_state
+
+    head, centres = _subcentre_head()
+    lab = torch.zeros(6, dtype=torch.long)
+    head.set_epoch(1)
+    head(_near(0, 6), lab)                     # epoch 1: six samples at sub-centre 0
+    assert int(head.subcentre_counts[0, 0]) == 6
+    head.set_epoch(2)
+    assert int(head.subcentre_counts.sum()) == 0 and int(head.subcentre_counts_prev[0, 0]) == 6
+    head(_near(2, 4), lab[:4])                 # epoch 2: four at sub-centre 2
+    torch.testing.assert_close(head.class_centres()[0], centres[0, 0])  # 6 (prev) beat 4
+    head.set_epoch(2)                          # the same epoch again: nothing rotates
+    assert int(head.subcentre_counts[0, 2]) == 4 and int(head.subcentre_counts_prev[0, 0]) == 6
+    head.set_epoch(3)                          # epoch 1's counts drop out of the window
+    head(_near(1, 1), lab[:1])
+    assert int(head.subcentre_counts_prev[0, 2]) == 4 and int(head.subcentre_counts_prev[0, 0]) == 0
+    torch.testing.assert_close(head.class_centres()[0], centres[0, 2])  # 4 (prev) beat 1
+    # a checkpoint carries the window: a fresh head resumes it and rotates the same way
+    state = head.state_dict()
+    assert {"subcentre_counts", "subcentre_counts_prev", "subcentre_epoch"} <= set(state)
+    again, _ = _subcentre_head()
+    load_head_state(again, state)
+    for h in (head, again):
+        h.set_epoch(4)
+    for key in ("subcentre_counts", "subcentre_counts_prev", "subcentre_epoch"):
+        assert torch.equal(getattr(again, key), getattr(head, key))
+    # an older checkpoint (cumulative counts only) loads: its counts become the previous epoch's
+    old = {k: v for k, v in state.items() if k in ("weight", "subcentre_counts")}
+    legacy, _ = _subcentre_head()
+    load_head_state(legacy, old)
+    legacy.set_epoch(4)
+    assert torch.equal(legacy.subcentre_counts_prev, state["subcentre_counts"])
+    assert int(legacy.subcentre_counts.sum()) == 0
+
+
+def test_partial_fc_dominant_uses_the_same_window():
+    from noisyfr.losses.partial_fc import PartialFCHead
+
+    head, centres = _subcentre_head()
+    part = PartialFCHead(6, 2, build_loss("subcenter_arcface", K=3), 1.0).train()
+    with torch.no_grad():
+        part.weight.copy_(head.weight)
+    lab = torch.zeros(6, dtype=torch.long)
+    for h in (head, part):
+        h.set_epoch(1)
+        h(_near(0, 6), lab)
+        h.set_epoch(2)
+        h(_near(2, 4), lab[:4])
+        h.set_epoch(3)
+        h(_near(1, 1), lab[:1])
+    for key in ("subcentre_counts", "subcentre_counts_prev", "subcentre_epoch"):
+        assert torch.equal(getattr(part, key), getattr(head, key))
+    x = F.normalize(_near(1, 1), dim=1)
+    cos, _ = part.owned_cosines(x, lab[:1], dominant=True)
+    torch.testing.assert_close(cos, x @ centres[0, 2])  # sub-centre 2 dominates in the window

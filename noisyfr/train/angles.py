@@ -12,8 +12,10 @@ For every sample of a batch, from the head's cosine matrix ``cos`` [B, C] (befor
   ``theta_y`` for clean samples, NaN when the true identity is outside the label set (open set,
   ``orig_label == -1``);
 - ``theta_dominant``: the angle to the labelled class's *dominant* centre (Sub-center ArcFace:
-  the sub-centre most samples of the class were nearest to so far, the paper's noise criterion);
-  equal to ``theta_y`` for single-centre losses;
+  the sub-centre most samples of the class were nearest to during the current epoch so far plus
+  the previous epoch, the paper's noise criterion measured over a recent window, see
+  :func:`noisyfr.losses.head.rotate_subcentre_counts`); equal to ``theta_y`` for single-centre
+  losses;
 - ``weight``: ``|dL_i / d cos_{i, label_used}|``, the per-sample gradient magnitude on the cosine
   of the class trained on (the mean-loss gradient times the batch size). Its unit is the loss's
   scale ``s`` times a probability; for plain ``softmax`` (logits ``|x| |W_j| cos_j + b_j``) the
