@@ -535,3 +535,217 @@ def test_boundaryface_against_brute_force():
         assert out.labels.tolist() == exp_labels
         assert 0 < sum(a != b for a, b in zip(exp_labels, labels.tolist())) < 64
         assert float(out.penalty) == pytest.approx(math.pi * np.mean(gaps), rel=1e-12)
+
+
+# ---------------------------------------------------------------- easy margin
+def _dT_dcos_fd(loss, cos_y, norms=None, h=1e-6):
+    """Central finite difference of T(arccos(c)) w.r.t. c (double precision)."""
+    def T(c):
+        return loss.target_logit(torch.acos(c), norms)
+    return (T(cos_y + h) - T(cos_y - h)) / (2 * h)
+
+
+@pytest.mark.parametrize("name,params,closed", [
+    ("arcface", {"m": 0.5}, lambda t: torch.cos(t + 0.5)),
+    ("combined", {"m1": 1.1, "m2": 0.3, "m3": 0.2}, lambda t: torch.cos(1.1 * t + 0.3) - 0.2),
+])
+def test_easy_margin_values_and_gradients_on_both_sides_of_90_degrees(name, params, closed):
+    theta = torch.deg2rad(torch.tensor([30.0, 60.0, 85.0, 89.5, 90.5, 95.0, 120.0, 170.0],
+                                       dtype=torch.float64))
+    below = theta < math.pi / 2
+    easy_loss = build_loss(name, easy_margin=True, **params).double()
+    plain = build_loss(name, **params).double()
+    cos_y = torch.cos(theta).requires_grad_(True)
+    t = easy_loss._target(cos_y, None)
+    (g,) = torch.autograd.grad(t.sum(), cos_y)
+    want = torch.where(below, closed(theta), torch.cos(theta))
+    torch.testing.assert_close(t.detach(), want, rtol=0, atol=1e-12)
+    # exact gradient: the margin curve's slope below 90 degrees, exactly 1 (plain cos) beyond
+    torch.testing.assert_close(g[~below], torch.ones_like(g[~below]), rtol=0, atol=1e-12)
+    fd = _dT_dcos_fd(plain, cos_y.detach())
+    torch.testing.assert_close(g[below], fd[below], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(fd[~below], torch.ones_like(fd[~below]), atol=1e-3)
+    # easy_margin=False is unchanged: the margin (and its fallback) everywhere
+    torch.testing.assert_close(plain.target_logit(theta), build_loss(name, **params).double()
+                               .target_logit(theta), rtol=0, atol=0)
+    if name == "arcface":
+        from noisyfr.losses import arc_target
+        torch.testing.assert_close(plain.target_logit(theta), arc_target(theta, 0.5), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(plain.target_logit(theta[:6]), closed(theta[:6]), rtol=0, atol=1e-12)
+    # whole logits: autograd against finite differences in double precision, away from 90 deg
+    g_ = torch.Generator().manual_seed(3)
+    cos = torch.rand(4, 5, generator=g_, dtype=torch.float64) * 1.6 - 0.8
+    labels = torch.tensor([0, 1, 2, 3])
+    cos[:, :4] = torch.where(torch.eye(4, 5, dtype=torch.bool)[:, :4],
+                             torch.tensor([0.6, 0.2, -0.3, -0.7], dtype=torch.float64)[:, None],
+                             cos[:, :4])
+    cos.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: easy_loss(c, labels), (cos,))
+
+
+def test_easy_margin_is_in_loss_settings_and_labels_and_validated():
+    from noisyfr.losses import loss_label, loss_settings
+
+    for name in ("arcface", "combined"):
+        assert loss_settings({"name": name})["easy_margin"] is False
+        assert "easy_margin" not in loss_label({"name": name})
+        assert "easy_margin=True" in loss_label({"name": name, "easy_margin": True})
+        assert build_loss(name, easy_margin=True).hparams()["easy_margin"] is True
+        with pytest.raises(NoisyFRError, match="easy_margin") as exc:
+            build_loss(name, easy_margin="yes")
+        assert "\n" not in str(exc.value)
+    assert loss_label({"name": "arcface"}) == "arcface s=64 m=0.5 exact"
+
+
+# ---------------------------------------------------------------- gradient floor
+FLOOR_LOSSES = [("expface", {}), ("arcface", {}), ("cosface", {}), ("combined", {}),
+                ("curricularface", {}), ("subcenter_arcface", {}), ("boundaryface", {}),
+                ("adaface", {}), ("magface", {}), ("sphereface", {})]
+
+
+@pytest.mark.parametrize("name,params", FLOOR_LOSSES)
+@pytest.mark.parametrize("floor", [0.0, 0.9, 1.0, 1.5])
+def test_grad_floor_floors_dT_dcos_and_keeps_values(name, params, floor):
+    theta = torch.deg2rad(torch.linspace(10.0, 175.0, 23, dtype=torch.float64))
+    norms = _norms(len(theta)) if name in ("magface", "adaface") else None
+    floored = build_loss(name, grad_floor=floor, **params).double()
+    exact = build_loss(name, **params).double()
+    if name == "adaface":  # running stats near the norms, so the margin varies per sample
+        for loss in (floored, exact):
+            loss.batch_mean.fill_(50.0)
+            loss.batch_std.fill_(20.0)
+    cos_y = torch.cos(theta).requires_grad_(True)
+    n = None if norms is None else norms.clone().requires_grad_(True)
+    t = floored._target(cos_y, n)
+    grads = torch.autograd.grad(t.sum(), [cos_y] + ([n] if n is not None else []),
+                                allow_unused=True)
+    cos_e = cos_y.detach().clone().requires_grad_(True)
+    n_e = None if norms is None else norms.clone().requires_grad_(True)
+    t_e = exact._target(cos_e, n_e)
+    grads_e = torch.autograd.grad(t_e.sum(), [cos_e] + ([n_e] if n_e is not None else []),
+                                  allow_unused=True)
+    torch.testing.assert_close(t.detach(), t_e.detach(), rtol=0, atol=0)  # value unchanged
+    fd = _dT_dcos_fd(exact, cos_y.detach(), norms)
+    torch.testing.assert_close(grads[0], fd.clamp_min(floor), rtol=1e-5, atol=1e-5)
+    if n is not None:  # the norm gradient (MagFace's margin; AdaFace has none) is kept
+        assert (grads[1] is None) == (grads_e[1] is None) == (name == "adaface")
+        if grads[1] is not None:
+            torch.testing.assert_close(grads[1], grads_e[1], rtol=0, atol=0)
+    if floor == 0.0:  # every target decreases in theta: dT/dcos >= 0, the floor 0 is exact
+        torch.testing.assert_close(grads[0], grads_e[0], rtol=0, atol=0)
+
+
+def test_grad_floor_in_the_full_loss_gradient():
+    """dL/dcos of the cross-entropy: the target column is s (p_y - 1) max(dT/dcos, floor) / B."""
+    cos, labels = _cos_batch(B=8, C=6, lo=-0.95, hi=0.6, seed=4)
+    s, floor = 16.0, 1.0
+    loss = build_loss("expface", s=s, grad_floor=floor).double()
+    cos = cos.requires_grad_(True)
+    out = loss.compute(cos, labels)
+    F.cross_entropy(out.logits, out.labels).backward()
+    rows = torch.arange(8)
+    p = torch.softmax(out.logits.detach(), 1)
+    g_t = _dT_dcos_fd(build_loss("expface").double(), cos.detach()[rows, labels])
+    want = s * (p[rows, labels] - 1) * g_t.clamp_min(floor) / 8
+    torch.testing.assert_close(cos.grad[rows, labels], want, rtol=1e-6, atol=1e-8)
+    assert (g_t < floor).any()  # the floor was active somewhere
+    other = torch.ones_like(p, dtype=torch.bool)
+    other[rows, labels] = False
+    torch.testing.assert_close(cos.grad[other], (s * p / 8)[other], rtol=1e-10, atol=1e-12)
+    # expface's slope: about 0.81 at 90 degrees, m^2 = 0.49 near 180 degrees
+    ref = build_loss("expface").double()
+    g90 = _dT_dcos_fd(ref, torch.tensor([0.0], dtype=torch.float64))
+    g180 = _dT_dcos_fd(ref, torch.tensor([math.cos(math.pi - 0.01)], dtype=torch.float64))
+    assert abs(float(g90) - 0.806) < 1e-3 and abs(float(g180) - 0.49) < 1e-2
+
+
+def test_grad_floor_refused_where_meaningless():
+    for kwargs, words in [({"grad_mode": "detached", "grad_floor": 1.0}, ("grad_floor", "grad_mode")),
+                          ({"grad_floor": -0.1}, ("grad_floor",)),
+                          ({"grad_floor": float("nan")}, ("grad_floor",))]:
+        with pytest.raises(NoisyFRError) as exc:
+            build_loss("expface", **kwargs)
+        assert all(w in str(exc.value) for w in words) and "\n" not in str(exc.value)
+    for name in ("normface", "softmax"):  # no margin: the option does not exist there
+        with pytest.raises(NoisyFRError, match="grad_floor"):
+            build_loss(name, grad_floor=1.0)
+    from noisyfr.losses import loss_label
+
+    assert loss_label({"name": "expface", "grad_floor": 1.0}) == "expface s=64 m=0.7 grad_floor=1 exact"
+    assert loss_label({"name": "expface"}) == "expface s=64 m=0.7 exact"
+
+
+# ---------------------------------------------------------------- sub-centre counting window
+def _subcentre_head(C=2, K=3, d=6):
+    head = MarginHead(d, C, build_loss("subcenter_arcface", K=K)).train()
+    with torch.no_grad():
+        centres = torch.zeros(C, K, d)
+        for k in range(K):
+            centres[:, k, k] = 1
+        head.weight.copy_(centres.view(C * K, d))
+    return head, centres
+
+
+def _near(k, n, d=6):
+    f = torch.full((n, d), 0.05)
+    f[:, k] = 1.0
+    return f
+
+
+def test_dominant_subcentre_is_measured_over_the_current_and_previous_epoch():
+    from noisyfr.train.parallel import load_head_state
+
+    head, centres = _subcentre_head()
+    lab = torch.zeros(6, dtype=torch.long)
+    head.set_epoch(1)
+    head(_near(0, 6), lab)                     # epoch 1: six samples at sub-centre 0
+    assert int(head.subcentre_counts[0, 0]) == 6
+    head.set_epoch(2)
+    assert int(head.subcentre_counts.sum()) == 0 and int(head.subcentre_counts_prev[0, 0]) == 6
+    head(_near(2, 4), lab[:4])                 # epoch 2: four at sub-centre 2
+    torch.testing.assert_close(head.class_centres()[0], centres[0, 0])  # 6 (prev) beat 4
+    head.set_epoch(2)                          # the same epoch again: nothing rotates
+    assert int(head.subcentre_counts[0, 2]) == 4 and int(head.subcentre_counts_prev[0, 0]) == 6
+    head.set_epoch(3)                          # epoch 1's counts drop out of the window
+    head(_near(1, 1), lab[:1])
+    assert int(head.subcentre_counts_prev[0, 2]) == 4 and int(head.subcentre_counts_prev[0, 0]) == 0
+    torch.testing.assert_close(head.class_centres()[0], centres[0, 2])  # 4 (prev) beat 1
+    # a checkpoint carries the window: a fresh head resumes it and rotates the same way
+    state = head.state_dict()
+    assert {"subcentre_counts", "subcentre_counts_prev", "subcentre_epoch"} <= set(state)
+    again, _ = _subcentre_head()
+    load_head_state(again, state)
+    for h in (head, again):
+        h.set_epoch(4)
+    for key in ("subcentre_counts", "subcentre_counts_prev", "subcentre_epoch"):
+        assert torch.equal(getattr(again, key), getattr(head, key))
+    # an older checkpoint (cumulative counts only) loads: its counts become the previous epoch's
+    old = {k: v for k, v in state.items() if k in ("weight", "subcentre_counts")}
+    legacy, _ = _subcentre_head()
+    load_head_state(legacy, old)
+    legacy.set_epoch(4)
+    assert torch.equal(legacy.subcentre_counts_prev, state["subcentre_counts"])
+    assert int(legacy.subcentre_counts.sum()) == 0
+
+
+def test_partial_fc_dominant_uses_the_same_window():
+    from noisyfr.losses.partial_fc import PartialFCHead
+
+    head, centres = _subcentre_head()
+    part = PartialFCHead(6, 2, build_loss("subcenter_arcface", K=3), 1.0).train()
+    with torch.no_grad():
+        part.weight.copy_(head.weight)
+    lab = torch.zeros(6, dtype=torch.long)
+    for h in (head, part):
+        h.set_epoch(1)
+        h(_near(0, 6), lab)
+        h.set_epoch(2)
+        h(_near(2, 4), lab[:4])
+        h.set_epoch(3)
+        h(_near(1, 1), lab[:1])
+    for key in ("subcentre_counts", "subcentre_counts_prev", "subcentre_epoch"):
+        assert torch.equal(getattr(part, key), getattr(head, key))
+    x = F.normalize(_near(1, 1), dim=1)
+    cos, _ = part.owned_cosines(x, lab[:1], dominant=True)
+    torch.testing.assert_close(cos, x @ centres[0, 2])  # sub-centre 2 dominates in the window

@@ -100,7 +100,8 @@ def test_batch_angles_against_bruteforce():
     clean = (orig == labels).numpy()
     np.testing.assert_array_equal(got[clean, 3], got[clean, 0])
     np.testing.assert_array_equal(got[:, 4], got[:, 0])          # one centre: theta_dominant = theta_y
-    assert np.isnan(got[:, 5:]).all()                              # no gradients given: no weights
+    assert np.isnan(got[:, 5:10]).all()   # no gradients or features given: no weights, no norms
+    np.testing.assert_array_equal(got[:, 10], got[:, 0])         # no correction: theta_used = theta_y
 
 
 def test_weight_is_per_sample_dL_dcos_y_arcface():

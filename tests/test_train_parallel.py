@@ -237,7 +237,10 @@ def test_partial_fc_run_saves_the_full_head_and_resumes_exactly(spawned):
     b = load_checkpoint(out / "split" / "checkpoints" / "last.pt")
     assert a["head"]["weight"].shape == (16 * 2, DIM)           # the full head: 16 classes x K=2
     assert a["head"]["subcentre_counts"].shape == (16, 2)
-    assert int(a["head"]["subcentre_counts"].sum()) == 2 * 32   # every sample counted each epoch
+    # every sample counted each epoch: epoch 2 in the current counts, epoch 1 in the previous
+    assert int(a["head"]["subcentre_counts"].sum()) == 32
+    assert int(a["head"]["subcentre_counts_prev"].sum()) == 32
+    assert int(a["head"]["subcentre_epoch"]) == 2
     for key in ("model", "head"):
         for name, t in a[key].items():
             torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key}.{name}")

@@ -30,7 +30,8 @@ def _stored_and_fresh(path: Path, out: Path, write=None):
 
 def test_every_shipped_sweep_config_is_found():
     names = {p.name for p in SWEEP_CONFIGS}
-    assert {"demo.yaml", "lfw_demo.yaml", "grad_mode.yaml", "casia_closed.yaml", "casia_open.yaml"} <= names
+    assert {"demo.yaml", "lfw_demo.yaml", "grad_mode.yaml", "casia_closed.yaml", "casia_open.yaml",
+            "casia_expface.yaml", "casia_arcface_torch.yaml"} <= names
     assert (REPO / DEFAULT_CONFIG) in SWEEP_CONFIGS   # what `noisyfr demo` sweeps
 
 

@@ -419,3 +419,42 @@ def test_trial_histories_name_a_trial_whose_config_ray_lost(tmp_path):
     assert list(got) == ["arcface-s32", "cosface-s32"]
     assert got["arcface-s32"][0] is frame and got["arcface-s32"][1] is None
     assert got["cosface-s32"] == (None, "out of memory")  # the last line of the error
+
+
+@pytest.mark.parametrize("kind", ["closed", "open"])
+def test_paper_scale_configs_default_to_the_detached_gradient(tmp_path, kind):
+    rec, val = tmp_path / "train.rec", tmp_path / "lfw.bin"
+    rec.write_bytes(b"")
+    val.write_bytes(b"")
+    spec = sweep_spec.load_sweep(CONFIGS / f"casia_{kind}.yaml",
+                                 [f"data.train={rec}", f"data.val=[{val}]"], sweep_dir=tmp_path / "sw")
+    assert {t.config["loss"]["grad_mode"] for t in spec.trials} == {"detached"}
+    axis = sweep_spec.load_sweep(CONFIGS / f"casia_{kind}.yaml",
+                                 [f"data.train={rec}", f"data.val=[{val}]",
+                                  "grid.loss.grad_mode=[detached, exact]"], sweep_dir=tmp_path / "sw2")
+    assert len(axis.trials) == 180
+    assert {t.config["loss"]["grad_mode"] for t in axis.trials} == {"detached", "exact"}
+
+
+@pytest.mark.parametrize("name, loss, optim, rate", [
+    ("casia_expface", {"name": "expface", "s": 64, "m": 0.7},
+     {"lr": 0.02, "momentum": 0.9, "weight_decay": 5.0e-4, "batch_size": 256, "epochs": 20,
+      "schedule": "cosine"}, 0.3),
+    ("casia_arcface_torch", {"name": "arcface", "s": 64, "m": 0.5},
+     {"lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4, "batch_size_per_device": 128,
+      "epochs": 20, "schedule": "poly", "power": 2.0, "warmup_epochs": 2}, 1.0),
+])
+def test_anchor_recipe_configs_parse_with_a_grad_mode_axis(tmp_path, name, loss, optim, rate):
+    rec, val = tmp_path / "train.rec", tmp_path / "lfw.bin"
+    rec.write_bytes(b"")
+    val.write_bytes(b"")
+    spec = sweep_spec.load_sweep(CONFIGS / f"{name}.yaml",
+                                 [f"data.train={rec}", f"data.val=[{val}]"], sweep_dir=tmp_path / "sw")
+    assert len(spec.trials) == 2 * 3
+    assert [t.config["loss"]["grad_mode"] for t in spec.trials].count("detached") == 3
+    for t in spec.trials:
+        assert {k: t.config["loss"][k] for k in loss} == loss
+        assert t.config["loss"]["sample_rate"] == rate
+        assert {k: t.config["optim"][k] for k in optim} == optim
+        assert t.config["model"]["backbone"] == "iresnet50"
+    assert {t.noise.closed for t in spec.trials} == {0.0, 0.2, 0.4}

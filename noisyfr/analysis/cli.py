@@ -6,7 +6,7 @@ import argparse
 
 from noisyfr.analysis import stats
 from noisyfr.numeric import int_arg, real_arg
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 
 #: Command lines shown by ``--help``.
 EXAMPLES = ['noisyfr analyze runs/demo --weight grad_norm']
@@ -30,10 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default=None,
                         help="accuracy column of the sweep results (default: first of final_val_accuracy, "
                              "val_accuracy, accuracy, best_val_accuracy)")
-    parser.add_argument("--weight", default=stats.DEFAULT_WEIGHT, metavar="{weight,weight_theta,grad_norm}",
-                        help="per-sample weight used for shares: grad_norm (||dL/df||, comparable across "
-                             "losses), weight (|dL/dcos theta|) or weight_theta (|dL/dtheta|) "
-                             "(default %(default)s)")
+    parser.add_argument("--weight", default=stats.DEFAULT_WEIGHT,
+                        metavar="{" + ",".join(WEIGHT_COLUMNS) + "}",
+                        help="per-sample weight used for shares: grad_norm (||dL/df||), unit_pull "
+                             "(|f| ||(I - x x^T) dL/df||, the tangential pull on the unit embedding: "
+                             "comparable across losses and feature norms), weight (|dL/dcos theta|) or "
+                             "weight_theta (|dL/dtheta|) (default %(default)s)")
     parser.add_argument("--region-deg", type=real_arg(lo=0.0, hi=180.0, lo_open=True, hi_open=True),
                         default=stats.DEFAULT_REGION_DEG, metavar="DEG",
                         help="angle of the fixed and 2-D regions, in (0, 180) (default %(default)s)")

@@ -267,13 +267,22 @@ def load_angles(run_dir: Path) -> pd.DataFrame:
 def _complete_angle_log(df: pd.DataFrame) -> pd.DataFrame:
     """The log's :data:`~noisyfr.train.angles.COLUMNS` in order; columns older logs lack are filled:
     ``label_used`` = ``label``, ``theta_dominant`` = ``theta_y``, ``weight_theta`` = ``weight *
-    sin(theta_y)``, ``grad_norm`` = NaN (not logged)."""
+    sin(theta_y)``, ``grad_norm``, ``unit_pull``, ``feat_norm`` = NaN (not logged), ``theta_used``
+    = ``theta_y`` where ``label_used`` = ``label``, NaN elsewhere (the angle at a corrected label
+    was not logged)."""
+    def nan(d):
+        return np.full(len(d), np.nan)
+
     fill = {"label_used": lambda d: d["label"],
             "theta_dominant": lambda d: d["theta_y"],
             "weight_theta": lambda d: d["weight"] * np.sin(d["theta_y"].astype(float)),
-            "grad_norm": lambda d: np.full(len(d), np.nan)}
+            "grad_norm": nan, "unit_pull": nan, "feat_norm": nan}
     missing = {c: f(df) for c, f in fill.items() if c not in df.columns}
-    return df.assign(**missing)[list(ANGLE_COLUMNS)]
+    df = df.assign(**missing)
+    if "theta_used" not in df.columns:
+        same = df["label_used"].to_numpy() == df["label"].to_numpy()
+        df = df.assign(theta_used=np.where(same, df["theta_y"].astype(float), np.nan))
+    return df[list(ANGLE_COLUMNS)]
 
 
 def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:

@@ -281,7 +281,12 @@ WEIGHT_MEANING = {
     "grad_norm": "||dL_i/df_i||, the norm of the per-sample gradient on the embedding the backbone "
                  "outputs: the real pull on the backbone, negatives and feature-norm terms included; "
                  "comparable across losses",
+    "unit_pull": "|f_i| ||(I - x_i x_i^T) dL_i/df_i|| with x_i = f_i/|f_i|, the tangential pull on the "
+                 "unit embedding (the gradient w.r.t. the direction, negatives included, the feature "
+                 "norm's own terms left out): comparable across losses and feature norms",
 }
+#: Weights that depend on every class's angle: no analytic curve to overlay.
+_NO_CURVE = ("grad_norm", "unit_pull")
 
 
 #: The metrics of the conclusions tables, in order.
@@ -402,8 +407,8 @@ def _doc_weighting(doc: Document, t, curves, o: _Options) -> None:
     doc.img("figures/noisy_weight_share.png", f"share of {o.weight} carried by noisy samples per epoch")
     for cond in sorted(kept["condition"].unique()):
         doc.img(f"figures/weight_vs_theta_{slug(cond)}.png", f"mean {o.weight} vs theta_y, {cond}")
-    if o.weight == "grad_norm":
-        doc.p("`grad_norm` has no analytic curve: it depends on every other class's angle.")
+    if o.weight in _NO_CURVE:
+        doc.p(f"`{o.weight}` has no analytic curve: it depends on every other class's angle.")
     elif curves is None:
         doc.p("Analytic gradient curves: none of the losses could be built, overlay omitted.")
     else:
@@ -483,8 +488,8 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
                  learned_threshold: float = DEFAULT_LEARNED_ACCURACY) -> Path:
     """Analyse a run or sweep directory and write ``out_dir/report.md`` (+ html, figures, tables).
 
-    ``weight`` is the per-sample weight column used for shares (``grad_norm``, ``weight`` or
-    ``weight_theta``); ``quantile`` defines the quantile centre region and ``region_deg`` the
+    ``weight`` is the per-sample weight column used for shares (``grad_norm``, ``unit_pull``,
+    ``weight`` or ``weight_theta``); ``quantile`` defines the quantile centre region and ``region_deg`` the
     fixed-angle and 2-D regions; ``bins`` the number of theta_y bins over [0, 180] degrees;
     ``seed`` the Gaussian-mixture seed; ``metric`` the sweep results' accuracy column (it must
     be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
@@ -505,7 +510,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     steps = tqdm(total=4, desc="analyze", disable=None)
     with output_folder(out):  # a failure removes what this call added
         t = _compute(runs, results, o)
-        curves = run_curves(runs) if o.weight != "grad_norm" else None
+        curves = run_curves(runs) if o.weight not in _NO_CURVE else None
         if curves is not None and o.weight == "weight_theta":
             curves = curves.assign(gradient=curves["gradient_theta"])
         steps.update()

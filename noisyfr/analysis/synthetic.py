@@ -107,7 +107,11 @@ def make_synthetic_run(out_dir: str | Path, num_ids: int = 10, per_id: int = 20,
                                "theta_dominant": theta_y.astype(np.float32),
                                "weight": weight.astype(np.float32),
                                "weight_theta": weight_theta.astype(np.float32),
-                               "grad_norm": weight_theta.astype(np.float32)})
+                               "grad_norm": weight_theta.astype(np.float32),
+                               # unit features (|f| = 1): the tangential pull is that pull too
+                               "unit_pull": weight_theta.astype(np.float32),
+                               "feat_norm": np.ones(m, np.float32),
+                               "theta_used": theta_y.astype(np.float32)})
         with atomic_path(out / "angles" / f"epoch_{e}.parquet") as tmp:
             angles.to_parquet(tmp, index=False)
         is_noisy = noise != "clean"

@@ -37,9 +37,10 @@ LABEL_KEYS = ("s", "m", "m1", "m2", "m3", "K")
 
 def loss_settings(section: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting of a config ``loss`` section that changes a number: ``name``, each
-    constructor parameter (the section's value, else the loss's default), ``sample_rate`` when
-    set (Partial FC) and ``grad_mode``. An unregistered name gives the section as it is
-    (``grad_mode`` defaulting to exact)."""
+    constructor parameter (the section's value, else the loss's default; ``grad_floor`` only when
+    set, as it changes nothing when None), ``sample_rate`` when set (Partial FC) and
+    ``grad_mode``. An unregistered name gives the section as it is (``grad_mode`` defaulting to
+    exact)."""
     section = {k: v for k, v in dict(section or {}).items()
                if not (k == "sample_rate" and v is None)}
     name = section.get("name", "arcface")
@@ -47,6 +48,8 @@ def loss_settings(section: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(name, str) and name in LOSSES:
         for key, default in loss_parameters(name).items():
             out[key] = section.get(key, default)
+        if out.get("grad_floor", 0) is None:
+            del out["grad_floor"]
         if "sample_rate" in section:
             out["sample_rate"] = section["sample_rate"]
     else:

@@ -22,8 +22,8 @@ class CurricularFace(MarginLoss):
     """
 
     def __init__(self, m: float = 0.5, s: float = 64.0, alpha: float = 0.01,
-                 grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+                 grad_mode: str = "exact", grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
         self.alpha = check_real(self.name, "alpha", alpha, lo=0.0, lo_open=True, hi=1.0)
         self.register_buffer("t", torch.zeros(()))
@@ -50,8 +50,8 @@ class AdaFace(MarginLoss):
     """
 
     def __init__(self, m: float = 0.4, h: float = 0.333, s: float = 64.0, t_alpha: float = 0.01,
-                 grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+                 grad_mode: str = "exact", grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, hi=2.0)
         self.h = check_real(self.name, "h", h, lo=0.0, lo_open=True)
         self.t_alpha = check_real(self.name, "t_alpha", t_alpha, lo=0.0, lo_open=True, hi=1.0)
@@ -97,8 +97,8 @@ class MagFace(MarginLoss):
 
     def __init__(self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45,
                  u_m: float = 0.8, lambda_g: float = 35.0, easy_margin: bool = True,
-                 grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+                 grad_mode: str = "exact", grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         if not isinstance(easy_margin, bool):
             raise NoisyFRError(f"{self.name}: invalid parameter easy_margin={easy_margin!r}: "
                                "must be true or false")
@@ -151,8 +151,9 @@ class SubCenterArcFace(MarginLoss):
     than ``threshold_deg`` (75 degrees) from it.
     """
 
-    def __init__(self, m: float = 0.5, s: float = 64.0, K: int = 3, grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+    def __init__(self, m: float = 0.5, s: float = 64.0, K: int = 3, grad_mode: str = "exact",
+                 grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
         self.K = check_real(self.name, "K", K, lo=1, hi=64, integer=True)
         self.subcenters = self.K
@@ -201,8 +202,9 @@ class BoundaryFace(MarginLoss):
                           "class (Partial FC samples the negatives and shards the centres)")
 
     def __init__(self, m: float = 0.5, s: float = 64.0, start_epoch: int = 7,
-                 penalty_weight: float = math.pi, grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+                 penalty_weight: float = math.pi, grad_mode: str = "exact",
+                 grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
         self.start_epoch = check_real(self.name, "start_epoch", start_epoch, lo=0, integer=True)
         self.penalty_weight = check_real(self.name, "penalty_weight", penalty_weight, lo=0.0)

@@ -65,6 +65,21 @@ def check_real(loss: str, name: str, value, *, lo: float | None = None, hi: floa
         raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: {exc}") from None
 
 
+def check_bool(loss: str, name: str, value) -> bool:
+    """``value`` if it is a bool, else :class:`NoisyFRError` naming the parameter."""
+    if not isinstance(value, bool):
+        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be true or false")
+    return value
+
+
+def easy(theta: torch.Tensor, target: torch.Tensor, on: bool) -> torch.Tensor:
+    """insightface's easy margin: ``target`` where cos(theta) > 0 (theta < 90 degrees), else
+    cos(theta) (no margin, dT/dcos = 1); ``target`` unchanged when ``on`` is False."""
+    if not on:
+        return target
+    return torch.where(theta < 0.5 * math.pi, target, torch.cos(theta))
+
+
 def arc_target(theta: torch.Tensor, m) -> torch.Tensor:
     """ArcFace target cos(theta + m), with the standard fallback cos(theta) - m*sin(m) when
     theta > pi - m (keeps the curve decreasing). ``m`` may be a float or a tensor like ``theta``."""
@@ -181,6 +196,15 @@ class MarginLoss(nn.Module):
     Non-target logits are ``s*cos``, target logits ``s*target_logit(theta_y)``.
     ``grad_mode="exact"`` differentiates through ``target_logit``; ``"detached"`` applies the margin
     under ``no_grad`` (arcface_torch convention), so dL/dcos = s*(softmax - onehot).
+
+    ``grad_floor`` (None, or a number >= 0; exact mode, losses with a margin only) keeps the value
+    of the target logit T and floors its derivative: dT/dcos_y becomes max(dT/dcos_y, grad_floor)
+    per sample (a dependence on the feature norms keeps its own gradient). It is the remedy for
+    the exact-gradient collapse of ExpFace under label noise: ExpFace's dT/dcos is about 0.81 at
+    90 degrees and falls to m^2 = 0.49 near 180 degrees, so its periphery pulls less than the
+    plain softmax's (dT/dcos = 1); ``grad_floor: 1`` makes it pull at least as much. Refused in
+    ``detached`` mode (dT/dcos is 1 there already: a floor would do nothing or change the
+    mode's meaning) and for losses whose target is cos itself (NormFace, softmax).
     """
 
     name = "base"
@@ -198,13 +222,23 @@ class MarginLoss(nn.Module):
     #: norms): a loss whose hooks need every class's cosine says so here.
     partial_fc_blocker: str | None = None
 
-    def __init__(self, s: float = 64.0, grad_mode: str = "exact"):
+    def __init__(self, s: float = 64.0, grad_mode: str = "exact", grad_floor: float | None = None):
         super().__init__()
         self.s = check_real(self.name, "s", s, lo=0.0, lo_open=True)
         if grad_mode not in GRAD_MODES:
             raise NoisyFRError(f"{self.name}: invalid parameter grad_mode={grad_mode!r}: "
                                f"must be one of {', '.join(GRAD_MODES)}")
         self.grad_mode = grad_mode
+        if grad_floor is not None:
+            grad_floor = check_real(self.name, "grad_floor", grad_floor, lo=0.0)
+            if self.identity_target:
+                raise NoisyFRError(f"{self.name}: invalid parameter grad_floor={grad_floor!r}: "
+                                   "the target logit is cos itself (no margin to floor)")
+            if grad_mode != "exact":
+                raise NoisyFRError(f"{self.name}: invalid parameter grad_floor={grad_floor!r}: "
+                                   f"needs grad_mode=exact (grad_mode={grad_mode} has dT/dcos = 1 "
+                                   "already)")
+        self.grad_floor = grad_floor
         self.epoch = 1
 
     # ---- hooks for subclasses -------------------------------------------------------------
@@ -275,10 +309,21 @@ class MarginLoss(nn.Module):
         """Target logit T(theta_y) before scaling from the target cosines ``cos_y`` [B], with
         the ``grad_mode`` applied: ``exact`` differentiates through ``target_logit``,
         ``detached`` has value T and gradient 1 w.r.t. ``cos_y`` (the angle is detached; a
-        dependence on ``norms`` keeps its gradient)."""
+        dependence on ``norms`` keeps its gradient). With ``grad_floor`` (exact only) the value
+        is T and the gradient w.r.t. ``cos_y`` is max(dT/dcos_y, grad_floor) per sample."""
         if self.grad_mode == "exact":
             theta = torch.acos(cos_y.clamp(-1 + COS_EPS, 1 - COS_EPS))
-            return self.target_logit(theta, norms)
+            target = self.target_logit(theta, norms)
+            if self.grad_floor is None or not cos_y.requires_grad or not torch.is_grad_enabled():
+                return target
+            # dT_i/dcos_i from the small [B] graph (row i of T depends on cos_y[i] only), then
+            # T + (max(g, floor) - g) * (cos_y - cos_y): the value of T, the gradient
+            # max(g, floor) w.r.t. cos_y, the gradient w.r.t. the norms untouched.
+            (g,) = torch.autograd.grad(target.sum(), cos_y, retain_graph=True, allow_unused=True)
+            if g is None:
+                g = torch.zeros_like(cos_y)
+            lift = (g.clamp_min(self.grad_floor) - g).detach()
+            return target + lift * (cos_y - cos_y.detach())
         with torch.no_grad():
             theta = torch.acos(cos_y.clamp(-1 + COS_EPS, 1 - COS_EPS))
         # Only the angle is detached: a margin that depends on the feature norm (MagFace's m(|x|))

@@ -56,6 +56,8 @@ def check_settings(points, num_classes, neg_cos, names=("points", "num_classes",
 
 
 def _reference_loss(name: str, grad_mode: str, params: dict):
+    if grad_mode != "exact":  # a gradient floor is an exact-mode option (refused otherwise)
+        params = {k: v for k, v in params.items() if k != "grad_floor"}
     loss = build_loss(name, grad_mode=grad_mode, **params).double().eval()
     if hasattr(loss, "set_iteration"):  # SphereFace: annealed state, lambda = lambda_min
         loss.set_iteration(10 ** 12)

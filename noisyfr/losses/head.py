@@ -99,6 +99,40 @@ def count_subcentres(counts: torch.Tensor, cos_k: torch.Tensor, rows: torch.Tens
     counts.view(-1).index_add_(0, classes * K + k, torch.ones_like(classes))
 
 
+#: Sub-centre counting window: the dominant sub-centre of a class is the one most of its samples
+#: were nearest to during the epoch being trained plus the epoch before it.
+SUBCENTRE_WINDOW_EPOCHS = 2
+
+
+def register_subcentre_counts(module: nn.Module, classes: int, K: int) -> None:
+    """The sub-centre counting buffers of a head (in its state dict, so a checkpoint resumes the
+    window): ``subcentre_counts`` [classes, K] (the current epoch's), ``subcentre_counts_prev``
+    [classes, K] (the previous epoch's) and ``subcentre_epoch`` (the epoch being counted, 0
+    before any)."""
+    module.register_buffer("subcentre_counts", torch.zeros(classes, K, dtype=torch.long))
+    module.register_buffer("subcentre_counts_prev", torch.zeros(classes, K, dtype=torch.long))
+    module.register_buffer("subcentre_epoch", torch.zeros((), dtype=torch.long))
+
+
+@torch.no_grad()
+def rotate_subcentre_counts(module: nn.Module, epoch: int) -> None:
+    """Start counting ``epoch``: when it differs from the epoch being counted, the current counts
+    become the previous epoch's and the current ones restart at zero (the counts of the epoch
+    before the previous one are dropped). Calling it again with the same epoch (a resumed run's
+    restart, a repeated call) changes nothing."""
+    if int(module.subcentre_epoch) == int(epoch):
+        return
+    module.subcentre_counts_prev.copy_(module.subcentre_counts)
+    module.subcentre_counts.zero_()
+    module.subcentre_epoch.fill_(int(epoch))
+
+
+def dominant_subcentres(module: nn.Module) -> torch.Tensor:
+    """Each class's dominant sub-centre [classes]: the argmax of the counts of the current and
+    the previous epoch (the first maximal one; sub-centre 0 before any count)."""
+    return (module.subcentre_counts + module.subcentre_counts_prev).argmax(dim=1)
+
+
 class MarginHead(nn.Module):
     """Class centres + loss: ``loss_value, logits, cos = head(features, labels)``.
 
@@ -135,7 +169,7 @@ class MarginHead(nn.Module):
             self.register_parameter("bias", None)
             nn.init.normal_(self.weight, 0.0, 0.01)  # insightface's centre init
         if K > 1:
-            self.register_buffer("subcentre_counts", torch.zeros(C, K, dtype=torch.long))
+            register_subcentre_counts(self, C, K)
         self.last_labels: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor):
@@ -165,8 +199,11 @@ class MarginHead(nn.Module):
         return value, out.logits, cos
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss the current epoch (counts from 1)."""
+        """Tell the loss the current epoch (counts from 1); with sub-centres, rotate the counting
+        window (:func:`rotate_subcentre_counts`)."""
         self.loss.set_epoch(epoch)
+        if self.K > 1:
+            rotate_subcentre_counts(self, epoch)
 
     @staticmethod
     def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
@@ -176,12 +213,13 @@ class MarginHead(nn.Module):
     @torch.no_grad()
     def class_centres(self) -> torch.Tensor:
         """Normalised class centres [C, d]; with sub-centres, each class's dominant one (the one
-        most training samples were nearest to so far; sub-centre 0 before any training step)."""
+        most training samples were nearest to in the current and the previous epoch, see
+        :data:`SUBCENTRE_WINDOW_EPOCHS`; sub-centre 0 before any training step)."""
         w = F.normalize(self.weight.detach(), dim=1)
         if self.K == 1:
             return w
         w = w.view(self.num_classes, self.K, -1)
-        dom = self.subcentre_counts.argmax(dim=1)
+        dom = dominant_subcentres(self)
         return w[torch.arange(self.num_classes, device=w.device), dom]
 
     def subcentre_outliers(self, features: torch.Tensor, labels: torch.Tensor,

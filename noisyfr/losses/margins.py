@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from noisyfr.losses.base import (COS_EPS, MarginLoss, MarginOutput, arc_target, check_real,
-                                 register_loss)
+from noisyfr.losses.base import (COS_EPS, MarginLoss, MarginOutput, arc_target, check_bool,
+                                 check_real, easy, register_loss)
 
 
 class _LinearLogits(torch.autograd.Function):
@@ -92,6 +92,9 @@ class NormFace(MarginLoss):
 
     identity_target = True
 
+    def __init__(self, s: float = 64.0, grad_mode: str = "exact"):
+        super().__init__(s=s, grad_mode=grad_mode)
+
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(theta)."""
         return torch.cos(theta)
@@ -101,8 +104,9 @@ class NormFace(MarginLoss):
 class CosFace(MarginLoss):
     """CosFace / AM-Softmax: T(theta) = cos(theta) - m, m=0.35, s=64."""
 
-    def __init__(self, m: float = 0.35, s: float = 64.0, grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+    def __init__(self, m: float = 0.35, s: float = 64.0, grad_mode: str = "exact",
+                 grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, hi=2.0)
 
     def target_logit(self, theta, norms=None):
@@ -112,15 +116,22 @@ class CosFace(MarginLoss):
 
 @register_loss("arcface")
 class ArcFace(MarginLoss):
-    """ArcFace: T(theta) = cos(theta + m) (m=0.5, s=64); cos(theta) - m*sin(m) for theta > pi - m."""
+    """ArcFace: T(theta) = cos(theta + m) (m=0.5, s=64); cos(theta) - m*sin(m) for theta > pi - m.
 
-    def __init__(self, m: float = 0.5, s: float = 64.0, grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+    With ``easy_margin`` (insightface's option, default False) the margin applies only where
+    cos(theta) > 0: T = cos(theta) (no margin, dT/dcos = 1) for theta >= 90 degrees.
+    """
+
+    def __init__(self, m: float = 0.5, s: float = 64.0, grad_mode: str = "exact",
+                 grad_floor: float | None = None, easy_margin: bool = False):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
+        self.easy_margin = check_bool(self.name, "easy_margin", easy_margin)
 
     def target_logit(self, theta, norms=None):
-        """T(theta) = cos(theta + m), fallback cos(theta) - m*sin(m) beyond pi - m."""
-        return arc_target(theta, self.m)
+        """T(theta) = cos(theta + m), fallback cos(theta) - m*sin(m) beyond pi - m; with
+        ``easy_margin`` cos(theta) from 90 degrees on."""
+        return easy(theta, arc_target(theta, self.m), self.easy_margin)
 
 
 @register_loss("combined")
@@ -129,32 +140,38 @@ class Combined(MarginLoss):
 
     Beyond theta_c = (pi - m2)/m1 (where m1*theta + m2 would pass pi) the target continues as
     cos(theta) - (1 + cos(theta_c)) - m3: continuous at theta_c and decreasing.
-    Defaults m1=1, m2=0.3, m3=0.2, s=64 (insightface's combined setting).
+    Defaults m1=1, m2=0.3, m3=0.2, s=64 (insightface's combined setting). With ``easy_margin``
+    (default False) the margins apply only where cos(theta) > 0: T = cos(theta) for theta >= 90
+    degrees (a step of m3 and more at 90 degrees: the insightface semantics).
     """
 
     def __init__(self, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2, s: float = 64.0,
-                 grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+                 grad_mode: str = "exact", grad_floor: float | None = None,
+                 easy_margin: bool = False):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
+        self.easy_margin = check_bool(self.name, "easy_margin", easy_margin)
         self.m1 = check_real(self.name, "m1", m1, lo=0.0, lo_open=True, hi=10.0)
         self.m2 = check_real(self.name, "m2", m2, lo=0.0, hi=math.pi, hi_open=True)
         self.m3 = check_real(self.name, "m3", m3, lo=0.0, hi=2.0)
         self.theta_c = (math.pi - self.m2) / self.m1
 
     def target_logit(self, theta, norms=None):
-        """T(theta) = cos(m1*theta + m2) - m3 (continuous decreasing fallback beyond theta_c)."""
+        """T(theta) = cos(m1*theta + m2) - m3 (continuous decreasing fallback beyond theta_c);
+        with ``easy_margin`` cos(theta) from 90 degrees on."""
         main = torch.cos(self.m1 * theta + self.m2) - self.m3
-        if self.theta_c >= math.pi:
-            return main
-        fallback = torch.cos(theta) - (1.0 + math.cos(self.theta_c)) - self.m3
-        return torch.where(theta <= self.theta_c, main, fallback)
+        if self.theta_c < math.pi:
+            fallback = torch.cos(theta) - (1.0 + math.cos(self.theta_c)) - self.m3
+            main = torch.where(theta <= self.theta_c, main, fallback)
+        return easy(theta, main, self.easy_margin)
 
 
 @register_loss("expface")
 class ExpFace(MarginLoss):
     """ExpFace: T(theta) = cos(pi * (theta/pi)^m), m=0.7, s=64 (m must be > 0)."""
 
-    def __init__(self, m: float = 0.7, s: float = 64.0, grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+    def __init__(self, m: float = 0.7, s: float = 64.0, grad_mode: str = "exact",
+                 grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=0.0, lo_open=True, hi=10.0)
 
     def target_logit(self, theta, norms=None):
@@ -174,8 +191,8 @@ class SphereFace(MarginLoss):
 
     def __init__(self, m: float = 4, s: float = 64.0, lambda_base: float = 1000.0,
                  gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0,
-                 grad_mode: str = "exact"):
-        super().__init__(s=s, grad_mode=grad_mode)
+                 grad_mode: str = "exact", grad_floor: float | None = None):
+        super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.m = check_real(self.name, "m", m, lo=1.0, hi=16.0)
         self.lambda_base = check_real(self.name, "lambda_base", lambda_base, lo=0.0)
         self.gamma = check_real(self.name, "gamma", gamma, lo=0.0)

@@ -34,7 +34,8 @@ from noisyfr.distributed import (all_gather_rows, all_reduce_, gather_rows_with_
                                  shard_range)
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses.base import MarginLoss, _MarginLogits, check_real
-from noisyfr.losses.head import centre_cosines, count_subcentres
+from noisyfr.losses.head import (centre_cosines, count_subcentres, dominant_subcentres,
+                                 register_subcentre_counts, rotate_subcentre_counts)
 
 #: Classes per block of the seeded centre initialisation (independent of the world size).
 INIT_BLOCK = 4096
@@ -162,8 +163,7 @@ class PartialFCHead(nn.Module):
         self.weight = nn.Parameter(init_centres(self.class_start, self.num_local, self.K,
                                                 self.embedding_dim, self.seed))
         if self.K > 1:
-            self.register_buffer("subcentre_counts", torch.zeros(self.num_local, self.K,
-                                                                 dtype=torch.long))
+            register_subcentre_counts(self, self.num_local, self.K)
         self._gen: torch.Generator | None = None
         self._epoch = 1
         self.last: PartialState | None = None
@@ -171,8 +171,11 @@ class PartialFCHead(nn.Module):
 
     # ---- sampling --------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss the epoch and re-seed the negative sampling from (seed, epoch, rank)."""
+        """Tell the loss the epoch, re-seed the negative sampling from (seed, epoch, rank) and,
+        with sub-centres, rotate the counting window as :class:`~noisyfr.losses.MarginHead`."""
         self.loss.set_epoch(epoch)
+        if self.K > 1:
+            rotate_subcentre_counts(self, epoch)
         self._epoch = int(epoch)
         self._gen = None
 
@@ -277,7 +280,7 @@ class PartialFCHead(nn.Module):
         rows = local.clamp(0, self.num_local - 1)
         cos_k = torch.einsum("bd,bkd->bk", x.float(), self._unit_centres(rows))
         if dominant and self.K > 1:
-            cos = cos_k.gather(1, self.subcentre_counts[rows].argmax(dim=1, keepdim=True)).squeeze(1)
+            cos = cos_k.gather(1, dominant_subcentres(self)[rows].unsqueeze(1)).squeeze(1)
         else:
             cos = cos_k.max(dim=1).values
         return torch.where(own, cos, torch.zeros_like(cos)), own

@@ -12,8 +12,10 @@ For every sample of a batch, from the head's cosine matrix ``cos`` [B, C] (befor
   ``theta_y`` for clean samples, NaN when the true identity is outside the label set (open set,
   ``orig_label == -1``);
 - ``theta_dominant``: the angle to the labelled class's *dominant* centre (Sub-center ArcFace:
-  the sub-centre most samples of the class were nearest to so far, the paper's noise criterion);
-  equal to ``theta_y`` for single-centre losses;
+  the sub-centre most samples of the class were nearest to during the current epoch so far plus
+  the previous epoch, the paper's noise criterion measured over a recent window, see
+  :func:`noisyfr.losses.head.rotate_subcentre_counts`); equal to ``theta_y`` for single-centre
+  losses;
 - ``weight``: ``|dL_i / d cos_{i, label_used}|``, the per-sample gradient magnitude on the cosine
   of the class trained on (the mean-loss gradient times the batch size). Its unit is the loss's
   scale ``s`` times a probability; for plain ``softmax`` (logits ``|x| |W_j| cos_j + b_j``) the
@@ -21,7 +23,24 @@ For every sample of a batch, from the head's cosine matrix ``cos`` [B, C] (befor
 - ``weight_theta``: ``|dL_i / d theta_{label_used}|`` = ``weight * sin(theta_{label_used})``;
 - ``grad_norm``: ``||dL_i / d f_i||``, the norm of the per-sample gradient on the embedding ``f``
   the backbone outputs (before L2 normalisation): the real pull of the sample on the backbone,
-  negatives, hard-negative modulation and feature-norm terms included. Comparable across losses.
+  negatives, hard-negative modulation and feature-norm terms included. It mixes two things: the
+  pull on the direction, which scales as 1/|f|, and for norm-dependent losses (MagFace, AdaFace,
+  plain softmax) the pull on the norm;
+- ``unit_pull``: ``|f| * ||(I - x x^T) dL_i/df||`` with ``x = f/|f|``: the tangential pull on the
+  unit embedding, i.e. the norm of the gradient w.r.t. the direction ``x`` projected on the
+  sphere's tangent plane (the component along ``x`` changes no cosine). It does not depend on
+  the feature norm's scale, so it is the pull comparable across losses and across runs whose
+  norms differ. For a loss that depends on ``f`` through ``x`` only (every normalised loss but
+  MagFace's margin and regulariser and AdaFace's margin), ``unit_pull = feat_norm * grad_norm``;
+- ``feat_norm``: ``|f|``, the norm of the backbone output before L2 normalisation. Not a
+  gradient: it is logged beside the weights but is not one of :data:`WEIGHT_COLUMNS`;
+- ``theta_used``: ``arccos(cos[i, label_used_i])``, the angle to the centre of the class trained
+  on. Equal to ``theta_y`` unless BoundaryFace corrected the label (Partial FC never does).
+
+Which angle pairs with which weight: ``weight``, ``weight_theta`` are taken at ``label_used``,
+so plot them against ``theta_used`` (or against ``theta_y`` only where ``label_used ==
+label``); ``grad_norm`` and ``unit_pull`` are per sample, not per class, and pair with either
+(``theta_y`` shows where the given label sits, ``theta_used`` where training pulls).
 
 All angles are in radians. Rows are kept on the training device during the epoch (no host sync per
 step) and written once per epoch to ``angles/epoch_<E>.parquet`` (E from 1).
@@ -48,16 +67,17 @@ from noisyfr.io import atomic_path
 
 #: Columns of ``angles/epoch_<E>.parquet``, in order.
 COLUMNS = ("sample_index", "epoch", "label", "label_used", "theta_y", "theta_nearest",
-           "nearest_label", "theta_orig", "theta_dominant", "weight", "weight_theta", "grad_norm")
+           "nearest_label", "theta_orig", "theta_dominant", "weight", "weight_theta", "grad_norm",
+           "unit_pull", "feat_norm", "theta_used")
 #: Columns every angle log has had; the others of :data:`COLUMNS` were added later (an older log
 #: is read with them filled in, see :mod:`noisyfr.analysis.load`).
 REQUIRED_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
                     "theta_orig", "weight")
 #: Per-sample weight columns; ``noisyfr analyze --weight`` picks one of them.
-WEIGHT_COLUMNS = ("weight", "weight_theta", "grad_norm")
+WEIGHT_COLUMNS = ("weight", "weight_theta", "grad_norm", "unit_pull")
 #: Float values per sample kept by the tracker, in order (the columns after the labels).
 _FLOATS = ("theta_y", "theta_nearest", "nearest_label", "theta_orig", "theta_dominant", "weight",
-           "weight_theta", "grad_norm")
+           "weight_theta", "grad_norm", "unit_pull", "feat_norm", "theta_used")
 #: Health metrics of one epoch (see :func:`health_metrics`).
 HEALTH_COLUMNS = ("clean_true_accuracy", "noisy_fit_given", "noisy_fit_true",
                   "theta_clean_median", "theta_noisy_median")
@@ -79,14 +99,16 @@ def learned(clean_true_accuracy: float, threshold: float = DEFAULT_LEARNED_ACCUR
 def batch_rows(cos: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tensor,
                orig_labels: torch.Tensor, grad_cos: torch.Tensor | None = None,
                grad_feat: torch.Tensor | None = None, scale: float = 1.0,
-               theta_dominant: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample values of one batch as a float tensor [B, 8] in the order of ``_FLOATS``.
+               theta_dominant: torch.Tensor | None = None,
+               feats: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample values of one batch as a float tensor [B, 11] in the order of ``_FLOATS``.
 
     ``cos`` [B, C] (detached or not); ``labels``, ``labels_used``, ``orig_labels`` int64 [B]
     (an ``orig_label`` outside ``0..C-1``, e.g. -1 for open-set noise, gives ``theta_orig = NaN``);
     ``grad_cos`` [B, C] and ``grad_feat`` [B, d]: gradients of the *batch-mean* loss w.r.t. the
     cosines and the backbone's output (times ``scale`` under a gradient scaler), None -> NaN
-    weights; ``theta_dominant`` [B] (None: equal to ``theta_y``).
+    weights; ``theta_dominant`` [B] (None: equal to ``theta_y``); ``feats`` [B, d]: the
+    backbone's output (None: ``feat_norm`` and ``unit_pull`` NaN).
     """
     cos = cos.detach().float().clamp(-1.0, 1.0)
     b, c = cos.shape
@@ -102,16 +124,36 @@ def batch_rows(cos: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tenso
     grad_y = None if grad_cos is None else grad_cos[rows, labels_used].float() * (b / scale)
     grad_norm = None if grad_feat is None else \
         grad_feat.detach().float().norm(dim=1) * (b / scale)
+    pull = _unit_pull(feats, grad_feat)
+    if pull is not None:
+        pull[:, 0] *= b / scale
     return _rows(cos[rows, labels], labels, top_val, top_idx, cos_o,
-                 theta_dominant, cos[rows, labels_used], grad_y, grad_norm)
+                 theta_dominant, cos[rows, labels_used], grad_y, grad_norm, pull)
+
+
+def _unit_pull(feats, grad_feat) -> torch.Tensor | None:
+    """``[unit_pull, feat_norm]`` [B, 2] of embeddings ``feats`` and their gradient ``grad_feat``
+    (unscaled: ``unit_pull`` still carries the caller's batch and loss-scale factors); the first
+    column NaN without a gradient; None without ``feats``."""
+    if feats is None:
+        return None
+    f = feats.detach().float()
+    norm = f.norm(dim=1)
+    if grad_feat is None:
+        return torch.stack([torch.full_like(norm, float("nan")), norm], 1)
+    x = f / norm.clamp_min(1e-12).unsqueeze(1)
+    g = grad_feat.detach().float()
+    tangent = g - x * (x * g).sum(1, keepdim=True)
+    return torch.stack([norm * tangent.norm(dim=1), norm], 1)
 
 
 def _rows(cos_y, labels, top_val, top_idx, cos_orig, theta_dominant, cos_used, grad_y,
-          grad_norm) -> torch.Tensor:
-    """The [B, 8] rows of :func:`batch_rows` from per-row values: the label's cosine, the two
+          grad_norm, pull=None) -> torch.Tensor:
+    """The [B, 11] rows of :func:`batch_rows` from per-row values: the label's cosine, the two
     largest cosines of the row and their classes, the cosine to the original label (NaN when
     outside the label set), the angle to the dominant centre (None: theta_y), the cosine at the
-    label trained on, the per-sample gradient on that cosine and on the embedding (None: NaN)."""
+    label trained on, the per-sample gradient on that cosine and on the embedding (None: NaN),
+    and ``[unit_pull, feat_norm]`` [B, 2] (None: NaN)."""
     first_is_label = top_idx[:, 0] == labels
     near_val = torch.where(first_is_label, top_val[:, 1], top_val[:, 0])
     near_idx = torch.where(first_is_label, top_idx[:, 1], top_idx[:, 0])
@@ -122,19 +164,24 @@ def _rows(cos_y, labels, top_val, top_idx, cos_orig, theta_dominant, cos_used, g
     theta_dom = theta_y if theta_dominant is None else theta_dominant.detach().float()
     return torch.stack([theta_y, torch.arccos(near_val.clamp(-1.0, 1.0)), near_idx.float(),
                         torch.arccos(cos_orig), theta_dom, weight, weight_theta,
-                        nan if grad_norm is None else grad_norm], 1)
+                        nan if grad_norm is None else grad_norm,
+                        nan if pull is None else pull[:, 0], nan if pull is None else pull[:, 1],
+                        torch.arccos(cos_used.clamp(-1.0, 1.0))], 1)
 
 
 @torch.no_grad()
 def sharded_batch_rows(head, orig_labels: torch.Tensor, grad_cos: torch.Tensor | None,
-                       grad_feat: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+                       grad_feat: torch.Tensor | None, scale: float = 1.0,
+                       feats: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`batch_rows` for this rank's samples of the last step of a Partial FC head
     (:class:`~noisyfr.losses.partial_fc.PartialFCHead`), exact under sampling: ``theta_y`` from
     the cosine trained on, ``theta_nearest`` / ``nearest_label`` from a pass over every rank's
     whole shard (a distributed top-2), ``theta_orig`` / ``theta_dominant`` from the rank holding
     that centre; ``weight`` from the gradient on the label's cosine (the loss is the mean over
     the global batch) and ``grad_norm`` from ``grad_feat`` (this rank's embeddings' gradient,
-    which carries the head's ``grad_scale``). ``orig_labels`` [b] are this rank's rows'."""
+    which carries the head's ``grad_scale``), ``unit_pull`` / ``feat_norm`` from it and
+    ``feats`` (this rank's embeddings; None: NaN), ``theta_used`` = ``theta_y`` (Partial FC
+    corrects no label). ``orig_labels`` [b] are this rank's rows'."""
     st = head.last
     B, C = st.labels.shape[0], head.num_classes
     b = B // head.world
@@ -161,8 +208,12 @@ def sharded_batch_rows(head, orig_labels: torch.Tensor, grad_cos: torch.Tensor |
     grad_y = None if grad_cos is None else packed[:, 2] * (B / scale)
     grad_norm = None if grad_feat is None else \
         all_gather_rows(grad_feat.detach().float().norm(dim=1)) * (B / (head.grad_scale * scale))
+    pull = _unit_pull(feats, grad_feat)
+    if pull is not None:
+        pull = all_gather_rows(pull)
+        pull[:, 0] *= B / (head.grad_scale * scale)
     rows = _rows(cos_y, st.labels, top_val, top_idx, cos_orig, theta_dom, cos_y, grad_y,
-                 grad_norm)
+                 grad_norm, pull)
     return rows[mine]
 
 

@@ -17,7 +17,7 @@ from noisyfr.distributed import convert_sync_batchnorm, gather_to_rank0
 from noisyfr.errors import NoisyFRError
 
 #: Head state-dict entries that a Partial FC head shards by class (rows per class: K, 1).
-_SHARDED_KEYS = {"weight": True, "subcentre_counts": False}
+_SHARDED_KEYS = {"weight": True, "subcentre_counts": False, "subcentre_counts_prev": False}
 
 
 def _err(key: str, msg: str) -> NoisyFRError:
@@ -136,7 +136,14 @@ def head_state(head: nn.Module) -> dict[str, Any] | None:
 
 
 def load_head_state(head: nn.Module, state: dict[str, Any]) -> None:
-    """Load a checkpoint's head state (a sharded head takes its rows of the full tensors)."""
+    """Load a checkpoint's head state (a sharded head takes its rows of the full tensors). A
+    checkpoint from before the sub-centre counting window (``subcentre_counts`` only, counted
+    from step 0) is read with no previous epoch's counts and epoch 0, so the next
+    ``set_epoch`` turns its counts into the previous epoch's."""
+    state = dict(state)
+    if "subcentre_counts" in state and "subcentre_counts_prev" not in state:
+        state["subcentre_counts_prev"] = torch.zeros_like(state["subcentre_counts"])
+        state["subcentre_epoch"] = torch.zeros((), dtype=torch.long)
     if getattr(head, "sharded", False):
         state = {k: _rows_of(head, v, _SHARDED_KEYS[k]) if k in _SHARDED_KEYS else v
                  for k, v in state.items()}

@@ -46,7 +46,7 @@ class Stepper:
     head itself; a replicated head under DDP is wrapped, a Partial FC head is not). When
     ``self.tracker`` is an :class:`~noisyfr.train.angles.AngleTracker`, the batch's angles are
     added to it from this same forward pass, and with ``self.track_grads`` the per-sample
-    weights (``weight``, ``weight_theta``, ``grad_norm``) from its backward pass. With
+    weights (``weight``, ``weight_theta``, ``grad_norm``, ``unit_pull``) from its backward pass. With
     ``channels_last`` the images are passed in channels-last memory format. Returns ``(loss
     value, number of correct argmax predictions, lr used)``.
     """
@@ -132,9 +132,10 @@ class Stepper:
         used = labels if used is None else used
         grad_cos, grad_feat = (cos.grad, feats.grad) if grads else (None, None)
         if self.sharded:
-            values = angles_mod.sharded_batch_rows(self.head, orig, grad_cos, grad_feat, scale)
+            values = angles_mod.sharded_batch_rows(self.head, orig, grad_cos, grad_feat, scale,
+                                                   feats=feats)
         else:
             values = angles_mod.batch_rows(
                 cos, labels, used, orig, grad_cos=grad_cos, grad_feat=grad_feat, scale=scale,
-                theta_dominant=self._theta_dominant(feats, labels))
+                theta_dominant=self._theta_dominant(feats, labels), feats=feats)
         self.tracker.add(index, labels, used, values)
