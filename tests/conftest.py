@@ -43,6 +43,12 @@ def lfw_train_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lfw_train_all_dir() -> Path:
+    """The same 84 LFW identities with all 3,247 of their images (15-530 each)."""
+    return _require("lfw_train_all/images")
+
+
+@pytest.fixture(scope="session")
 def lfw_pairs_file() -> Path:
     """LFW View-2 fold 1: 600 pairs; images in ``images/`` beside it."""
     return _require("lfw_pairs_fold1/pairs.txt")

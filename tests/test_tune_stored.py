@@ -31,7 +31,7 @@ def _stored_and_fresh(path: Path, out: Path, write=None):
 def test_every_shipped_sweep_config_is_found():
     names = {p.name for p in SWEEP_CONFIGS}
     assert {"demo.yaml", "lfw_demo.yaml", "grad_mode.yaml", "casia_closed.yaml", "casia_open.yaml",
-            "casia_expface.yaml", "casia_arcface_torch.yaml"} <= names
+            "casia_expface.yaml", "casia_arcface_torch.yaml", "science.yaml", "lfw_all.yaml"} <= names
     assert (REPO / DEFAULT_CONFIG) in SWEEP_CONFIGS   # what `noisyfr demo` sweeps
 
 
@@ -56,10 +56,10 @@ def test_shipped_sweep_rebuilds_from_its_directory(tmp_path, path):
 
 def test_demo_trial_names_are_those_of_the_config_file(tmp_path):
     _, again = _stored_and_fresh(REPO / DEFAULT_CONFIG, tmp_path / "out")
-    assert [t.name for t in again.trials][:2] == ["000_loss=arcface-s32-m0.5-detached_closed=0",
-                                                  "001_loss=arcface-s32-m0.5-detached_closed=0.4"]
+    assert [t.name for t in again.trials][:2] == ["000_loss=arcface-s32-m0.5-detached_closed=0_seed=0",
+                                                  "001_loss=arcface-s32-m0.5-detached_closed=0_seed=1"]
     raw = json.loads((tmp_path / "out" / sweep_spec.STATE_FILE).read_text())["source"]["raw"]
-    assert list(raw["grid"]) == ["loss", "data.noise.closed"]
+    assert list(raw["grid"]) == ["loss", "data.noise.closed", "seed"]
     assert list(raw["grid"]["loss"][0]) == ["name", "s", "m", "grad_mode"]
 
 

@@ -349,6 +349,25 @@ def test_lfw_demo_config_points_at_the_shared_data(lfw_train_dir, lfw_pairs_file
     assert len(spec.trials) == 6
 
 
+def test_lfw_all_config_caps_and_holds_out_the_shared_faces(lfw_train_all_dir, lfw_pairs_file):
+    spec = sweep_spec.load_sweep(CONFIGS / "lfw_all.yaml", base_dir=REPO)
+    t = spec.trials[0]
+    assert __import__("os").path.samefile(t.config["data"]["train"], lfw_train_all_dir)
+    assert __import__("os").path.samefile(t.config["data"]["val"][0], lfw_pairs_file)
+    assert t.config["data"]["max_per_id"] == 40 and t.config["data"]["holdout"] == 0.25
+    assert len(spec.trials) == 18 and {tr.config["seed"] for tr in spec.trials} == {0, 1, 2}
+
+
+def test_science_grid_pairs_every_loss_in_both_gradient_modes():
+    spec = sweep_spec.load_sweep(CONFIGS / "science.yaml", base_dir=REPO)
+    combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"]) for t in spec.trials}
+    assert combos == {(n, g) for n in ("arcface", "cosface", "expface") for g in ("exact", "detached")}
+    assert len(spec.trials) == 36 and {t.config["seed"] for t in spec.trials} == {0, 1, 2}
+    exact = {t.config["loss"]["name"]: t.config["loss"] for t in spec.trials
+             if t.config["loss"]["grad_mode"] == "exact"}
+    assert exact["arcface"]["easy_margin"] is True and exact["expface"]["grad_floor"] == 1.0
+
+
 @pytest.mark.parametrize("kind, axis", [("closed", "closed"), ("open", "open")])
 def test_paper_scale_configs_expand_to_90_gpu_trials(tmp_path, kind, axis):
     rec = tmp_path / "train.rec"
