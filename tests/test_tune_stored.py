@@ -110,7 +110,7 @@ def test_sweep_resume_dry_run_from_the_directory_lists_the_config_files_trials(t
     monkeypatch.chdir(tmp_path)    # from the directory alone, anywhere
     assert cli.main(["sweep", "--resume", "--out", str(out), "--dry-run"]) == 0
     assert capsys.readouterr().out == from_config
-    assert "000_loss=arcface-s32-m0.5-detached_closed=0  manifest=" in from_config
+    assert "000_loss=arcface-s32-m0.5-detached_closed=0_seed=0  manifest=" in from_config
 
 
 def test_stored_state_that_is_not_a_sweep_is_one_line(tmp_path, capsys):
