@@ -31,7 +31,8 @@ EXAMPLES = ['noisyfr demo --out runs/demo']
 #: (metric, what it is) printed by :func:`conclusions`
 _PRINTED = (("heldout_accuracy", "held-out identification accuracy"),
             ("auc_closed", "detection AUC of closed-set noisy samples from theta_y"),
-            ("noisy_weight_share", "noisy samples' share of the pull (grad_norm)"))
+            ("noisy_weight_share", "noisy share of grad_norm"),
+            ("noisy_unit_pull_share", "noisy share of unit_pull"))
 
 
 def conclusions(tables: Path) -> list[str]:
@@ -55,8 +56,9 @@ def conclusions(tables: Path) -> list[str]:
                  + ", ".join(f"{k} {n}" for k, n in sorted(ev.items())) + ")")
     text = cell_text(cells, [m for m, _ in _PRINTED])
     for _, r in text.iterrows():
-        lines.append(f"  {r['loss']:<32} {r['condition']:<11} {r['metric']:<19} {r['all runs']:<28} "
-                     f"learned {r['runs (learned)']}")
+        if not r["all runs"].startswith("-"):
+            lines.append(f"  {r['loss']:<30} {r['condition']:<10} {r['metric']:<21} {r['all runs']:<27} "
+                         f"runs (learned) {r['runs (learned)']}")
     n_seeds = int(runs["seed"].nunique()) if "seed" in runs else 1
     if len(paired):
         p = paired[(paired["epoch_rule"] == "heldout") & (paired["metric"] == "noisy_weight_share")]

@@ -291,8 +291,8 @@ _NO_CURVE = ("grad_norm", "unit_pull")
 
 #: The metrics of the conclusions tables, in order.
 _CONCLUSION_METRICS = ("heldout_accuracy", "val_accuracy", "noisy_fit_given", "auc_closed",
-                       "auc_open", "noisy_weight_share", "weight_share_per_fraction",
-                       "estimated_rate")
+                       "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
+                       "weight_share_per_fraction", "estimated_rate")
 
 
 def _doc_conclusions(doc: Document, t, o: _Options) -> None:

@@ -28,10 +28,11 @@ from scipy import stats as sps
 
 #: Metrics of a run that the cell and paired tables summarise (those present are used).
 METRICS = ("heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit_given",
-           "auc", "auc_closed", "auc_open", "noisy_weight_share", "weight_share_per_fraction",
+           "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
+           "weight_share_per_fraction",
            "theta_gap_deg", "estimated_rate", "estimate_error")
 #: Metrics whose comparison between two detached losses is equal by construction up to p.
-WEIGHT_METRICS = ("noisy_weight_share", "weight_share_per_fraction")
+WEIGHT_METRICS = ("noisy_weight_share", "noisy_unit_pull_share", "weight_share_per_fraction")
 #: Epoch rules of :func:`run_values`.
 EPOCH_RULES = ("last", "heldout")
 LEVEL = 0.95

@@ -103,6 +103,15 @@ def check_weight(weight: str) -> str:
     return weight
 
 
+def _share(g: pd.DataFrame, column: str, noisy: np.ndarray) -> float:
+    """Noisy samples' share of ``column``'s total (NaN when not logged or zero)."""
+    if column not in g.columns:
+        return float("nan")
+    w = g[column].to_numpy(dtype=float)
+    total = np.nansum(w)
+    return float(np.nansum(w[noisy]) / total) if total > 0 else float("nan")
+
+
 def _auc_by_type(g: pd.DataFrame, theta_deg: np.ndarray) -> dict[str, float]:
     """``auc_<type>``: detection AUC of theta_y for each noise type against the clean samples
     alone (closed-set and open-set noise are not pooled); NaN where a type is absent."""
@@ -126,7 +135,9 @@ def epoch_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFr
     detection AUC of theta_y (``auc``, all noisy samples against the clean ones; ``auc_<type>``
     per noise type: closed-set and open-set noise apart) and of the angle to the dominant centre (``auc_dominant``;
     the same for single-centre losses), ``noisy_weight_share`` = sum of noisy samples' ``weight``
-    column / sum of all (``weight_column`` names it), ``noisy_fraction`` (so share / fraction > 1
+    column / sum of all (``weight_column`` names it), ``noisy_unit_pull_share`` the same for
+    ``unit_pull`` whatever the weight column (the pull on the unit embedding: comparable across
+    losses whose feature norms differ), ``noisy_fraction`` (so share / fraction > 1
     means a noisy sample outweighs a clean one), the health metrics of
     :func:`noisyfr.train.angles.health_metrics` and ``n_corrected`` (rows trained on a label other
     than the given one: BoundaryFace corrections), and the noise-rate estimate
@@ -151,6 +162,7 @@ def epoch_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFr
             "auc_dominant": detection_auc(g["theta_dominant"].to_numpy(dtype=float), noisy),
             "weight_column": weight,
             "noisy_weight_share": float(w[noisy].sum() / total) if total > 0 else float("nan"),
+            "noisy_unit_pull_share": _share(g, "unit_pull", noisy),
             "n_corrected": int((g["label_used"].to_numpy() != g["label"].to_numpy()).sum()),
         })
         row.update(health_metrics(g))
