@@ -167,3 +167,21 @@ def test_analyze_weight_unit_pull_and_unknown_weight(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "weight 'feat_norm'" in err
     assert "unit_pull" in err and not bad.exists()
+
+
+def test_weight_is_binned_by_the_angle_of_the_label_it_was_taken_at():
+    """BoundaryFace: a corrected sample's weight is read at label_used, so it is binned by
+    theta_used, not by theta_y (the angle to the given label)."""
+    import numpy as np
+    import pandas as pd
+
+    from noisyfr.analysis import stats
+
+    df = pd.DataFrame({"run": "r", "epoch": 1, "is_noisy": [False, True],
+                       "theta_y": np.radians([30.0, 100.0]), "theta_used": np.radians([30.0, 40.0]),
+                       "grad_norm": [1.0, 5.0]})
+    out = stats.binned_weight(df, bins=18, weight="grad_norm")
+    noisy = out[out["group"] == "noisy"]
+    assert list(noisy["bin_left_deg"]) == [40.0] and list(noisy["weight_mean"]) == [5.0]
+    older = stats.binned_weight(df.drop(columns="theta_used"), bins=18, weight="grad_norm")
+    assert list(older[older["group"] == "noisy"]["bin_left_deg"]) == [100.0]

@@ -194,8 +194,9 @@ def noise_type_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.D
 
 def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | list[int] = "last",
                   weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
-    """Mean ``weight`` (a weight column) as a function of theta_y (fixed bins over [0, 180]
-    degrees), clean vs noisy.
+    """Mean ``weight`` (a weight column) as a function of the angle to the centre of the label
+    trained on (``theta_used``, equal to theta_y unless BoundaryFace corrected the label; fixed
+    bins over [0, 180] degrees), clean vs noisy.
 
     ``epochs="last"`` keeps each run's last epoch; a list keeps those epochs. Columns:
     ``bin_left_deg, bin_centre_deg, group (clean/noisy), n, weight_mean, weight_sum``.
@@ -207,7 +208,10 @@ def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | 
     else:
         sel = angles[angles["epoch"].isin(list(epochs))]
     edges = np.linspace(0.0, 180.0, bins + 1)
-    deg = np.degrees(sel["theta_y"].to_numpy(dtype=float))
+    # the weight is taken at the label trained on: bin it by the angle to that label's centre
+    # (theta_used; BoundaryFace corrects labels), theta_y where an older log lacks it
+    theta = sel["theta_used"].fillna(sel["theta_y"]) if "theta_used" in sel.columns else sel["theta_y"]
+    deg = np.degrees(theta.to_numpy(dtype=float))
     b = np.clip(np.digitize(deg, edges) - 1, 0, bins - 1)
     tmp = sel.assign(bin=b, group=np.where(sel["is_noisy"], "noisy", "clean"), _w=sel[weight])
     keys = _keys(tmp, ["epoch"])
