@@ -118,3 +118,21 @@ def test_noise_rate_estimate_bias_is_the_documented_one():
     assert est < rate - 0.05       # memorisation hides noise from it: the control would fail
     with pytest.raises(Exception, match="shape"):
         stats.disagreement_rate(theta_y[:3], theta_nearest)
+
+
+def test_convention_table_measures_the_change_between_gradient_modes():
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in range(4):
+        base = rng.normal(0.4, 0.05)
+        for name in ("arcface", "expface"):
+            for mode in ("exact", "detached"):
+                effect = -0.05 if (name == "expface" and mode == "exact") else 0.0
+                rows.append({"epoch_rule": "heldout", "loss": f"{name} {mode}", "loss_name": name,
+                             "grad_mode": mode, "condition": "closed=0.4", "seed": seed, "learned": True,
+                             "noisy_weight_share": base + effect + rng.normal(0, 0.002)})
+    tab = seeds.convention_table(pd.DataFrame(rows)).iloc[0]
+    assert (tab["loss_a"], tab["loss_b"]) == ("arcface", "expface")
+    assert tab["exact_lo"] > 0 and tab["change_lo"] > 0 and tab["n_change"] == 4
+    assert tab["detached_lo"] < 0 < tab["detached_hi"]
+    assert tab["change"] == pytest.approx(0.05, abs=0.01)

@@ -195,6 +195,7 @@ def _compute(runs, results, o: _Options) -> dict[str, pd.DataFrame]:
     t["run_values.csv"] = seeds.run_values(runs, ep_all, rtab)
     t["cells.csv"] = seeds.cell_table(t["run_values.csv"])
     t["paired.csv"] = seeds.paired_table(t["run_values.csv"])
+    t["convention.csv"] = seeds.convention_table(t["run_values.csv"])
     t["_angles"] = kept
     return t
 
@@ -450,6 +451,29 @@ def _doc_separability(doc: Document, t, o: _Options) -> None:
     doc.img("figures/noise_rate_estimate.png", "estimated vs true noise rate")
 
 
+def _doc_convention(doc: Document, t) -> None:
+    """The difference between two losses in each gradient mode, and its change between them."""
+    tab = t["convention.csv"]
+    if tab.empty:
+        return
+    show = tab[tab["metric"].isin(["noisy_weight_share", "noisy_unit_pull_share", "auc_closed",
+                                   "heldout_accuracy"])]
+    fmt = seeds.format_interval
+    doc.p("Does the difference between two losses depend on the gradient convention? Per seed, "
+          "A - B with the exact gradient and with the detached one, and the change between them "
+          "(exact minus detached, a difference of differences); mean [95 % interval] n. An "
+          "interval of `change` that excludes 0 says the answer depends on the convention.")
+    doc.table(pd.DataFrame({
+        "condition": show["condition"], "A": show["loss_a"], "B": show["loss_b"], "metric": show["metric"],
+        "A - B, exact": [fmt(a, b, c, int(n), 4) for a, b, c, n in
+                         zip(show["exact_diff"], show["exact_lo"], show["exact_hi"], show["n_exact"])],
+        "A - B, detached": [fmt(a, b, c, int(n), 4) for a, b, c, n in
+                            zip(show["detached_diff"], show["detached_lo"], show["detached_hi"], show["n_detached"])],
+        "change": [fmt(a, b, c, int(n), 4) for a, b, c, n in
+                   zip(show["change"], show["change_lo"], show["change_hi"], show["n_change"])]}),
+        "tables/convention.csv")
+
+
 def _doc_grad_mode(doc: Document, t, o: _Options) -> None:
     tab = t["grad_mode.csv"]
     if tab.empty:
@@ -463,6 +487,7 @@ def _doc_grad_mode(doc: Document, t, o: _Options) -> None:
           f"the noisy share of `{o.weight}` and the periphery/centre weight ratio (learned runs only; "
           "below 1 = the periphery is down-weighted).")
     doc.table(tab, "tables/grad_mode.csv")
+    _doc_convention(doc, t)
 
 
 def _doc_accuracy(doc: Document, t, o: _Options) -> None:

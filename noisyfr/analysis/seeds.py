@@ -160,6 +160,36 @@ def paired_table(values: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def convention_table(values: pd.DataFrame, rule: str = "heldout") -> pd.DataFrame:
+    """Does a difference between two losses depend on the gradient convention? Per condition,
+    pair of loss *names* run in two grad modes, and metric: the paired difference A - B within
+    each mode (over the seeds both modes share), and its change between the modes
+    (``exact`` minus ``detached`` per seed, a difference of differences) with 95 % intervals."""
+    rows = []
+    v = values[values["epoch_rule"] == rule] if len(values) else values
+    if v.empty or "grad_mode" not in v.columns:
+        return pd.DataFrame()
+    for cond, g in v.groupby("condition", sort=True):
+        names = sorted(n for n, m in g.groupby("loss_name")["grad_mode"].nunique().items() if m > 1)
+        for a, b in itertools.combinations(names, 2):
+            for m in _metrics(v):
+                per_mode = {}
+                for mode in ("exact", "detached"):
+                    ga = g[(g["loss_name"] == a) & (g["grad_mode"] == mode)].set_index("seed")[m]
+                    gb = g[(g["loss_name"] == b) & (g["grad_mode"] == mode)].set_index("seed")[m]
+                    per_mode[mode] = (pd.to_numeric(ga, errors="coerce")
+                                      - pd.to_numeric(gb, errors="coerce")).dropna()
+                seeds_both = sorted(set(per_mode["exact"].index) & set(per_mode["detached"].index))
+                ex, de = interval(per_mode["exact"]), interval(per_mode["detached"])
+                dd = interval((per_mode["exact"].loc[seeds_both] - per_mode["detached"].loc[seeds_both]).to_numpy())
+                rows.append({"epoch_rule": rule, "condition": cond, "loss_a": a, "loss_b": b, "metric": m,
+                             "exact_diff": ex["mean"], "exact_lo": ex["lo"], "exact_hi": ex["hi"], "n_exact": ex["n"],
+                             "detached_diff": de["mean"], "detached_lo": de["lo"], "detached_hi": de["hi"],
+                             "n_detached": de["n"], "change": dd["mean"], "change_lo": dd["lo"],
+                             "change_hi": dd["hi"], "n_change": dd["n"]})
+    return pd.DataFrame(rows)
+
+
 def format_interval(mean: float, lo: float, hi: float, n: int, digits: int = 3) -> str:
     """``0.456 [0.449, 0.462] n=3`` (``-`` without a value, no interval below n = 2)."""
     if not (isinstance(mean, float) and math.isfinite(mean)):
