@@ -307,9 +307,10 @@ def check_existing_run(out_dir: Path, cfg: Mapping[str, Any]) -> None:
 
 
 def _prepare_output(run: _Run) -> None:
-    """Rank 0 owns the run directory: a fresh run drops an earlier run's epoch files (angle logs,
-    checkpoints, metrics, event files, train.log; the manifest stays); the resolved config is
-    written."""
+    """Rank 0 owns the run directory: it takes the directory's lock (held until the run ends), a
+    fresh run (with ``overwrite``, else it was refused) drops an earlier run's epoch files (angle
+    logs, checkpoints, metrics, event files, train.log; the manifest stays), a resumed one what lies
+    after its checkpoint; the resolved config is written."""
     if run.rank != 0:
         return
     run.created_dirs = make_dirs(run.out_dir)
@@ -560,8 +561,11 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     ``theta_noisy_median`` (see :mod:`noisyfr.train.angles`), ``n_corrected`` (BoundaryFace
     label corrections this epoch), ``learned`` (``clean_true_accuracy >=
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises
-    NoisyFRError for bad input, a label outside the head's classes, or a non-finite loss (naming
-    the loss, epoch and step).
+    NoisyFRError for bad input, a label outside the head's classes, a non-finite loss (naming
+    the loss, epoch and step), a fresh start into a directory holding a run without
+    ``overwrite``, or a directory another writer holds. SIGTERM / SIGINT (single process, main
+    thread) stop the run after the current step with ``checkpoints/interrupted.pt`` written and
+    raise :class:`noisyfr.errors.Stopped`.
     """
     run = _setup(config)
     _build_data(run)
