@@ -13,7 +13,8 @@ A checkpoint is a dict of tensors and plain Python values only:
 ``checkpoints/interrupted.pt`` is written when a signal stops a run mid-epoch: the same keys
 (``epoch`` = the epochs completed before it) plus ``partial``: the interrupted epoch, the number
 of its batches done, its angle rows so far (tensors), its running loss / correct / seen sums and
-the global torch RNG state at that step. It is removed once that epoch's own checkpoint is written.
+the global torch (and CUDA) RNG states at that step. It is removed once that epoch's own
+checkpoint is written.
 """
 from __future__ import annotations
 

@@ -130,7 +130,8 @@ def _setup(config) -> _Run:
     config_file = [config] if isinstance(config, (str, os.PathLike)) else []
     check_output(run.out_dir, [*config_file, *run_inputs(cfg)], what="output_dir", kind="dir",
                  writes=[w for w in RUN_FILES if w not in skip])
-    check_free(run.out_dir, "output_dir")
+    if rank == 0:  # the ranks are one writer; another rank may still be ending the previous run
+        check_free(run.out_dir, "output_dir")
     check_existing_run(run.out_dir, cfg)
     o = cfg["optim"]
     parallel.check_amp(o["amp"], run.device)
@@ -394,6 +395,8 @@ def _train_epoch(run: _Run, stepper: Stepper, epoch: int) -> tuple[dict, angles_
         if len(rows["sample_index"]):
             tracker.add(rows["sample_index"], rows["label"], rows["label_used"], rows["values"])
         torch.set_rng_state(part["rng"].cpu())
+        if run.device.type == "cuda" and part.get("cuda_rng"):  # manual_seed above reseeded CUDA too
+            torch.cuda.set_rng_state_all([t.cpu() for t in part["cuda_rng"]])
     run.batches.skip = done
     lr_used = run.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
@@ -441,6 +444,7 @@ def _stop_mid_epoch(run: _Run, epoch: int, done: int, tracker: angles_mod.AngleT
     state = _state(run, epoch - 1)
     state["partial"] = {"epoch": epoch, "batches": done, "loss_sum": loss_sum, "correct": correct,
                         "seen": seen, "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
                         "rows": {k: v.cpu() for k, v in rows.items()}}
     path = save_interrupted(state, run.out_dir)
     run.stopped_saved = True
