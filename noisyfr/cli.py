@@ -5,7 +5,8 @@ Each subcommand lives in its own module, imported only when that subcommand runs
 ``noisyfr COMMAND --help``). One grammar: every writer takes ``--out``, ``train`` and ``sweep``
 take ``--resume``, ``train``, ``eval`` and ``sweep`` take ``--device``. Bad input (:class:`NoisyFRError`, a
 ``ValueError``, or an ``OSError`` such as an unreadable input or a full disk) is reported as one
-line on stderr with exit status 2.
+line on stderr with exit status 2. A command stopped by SIGTERM / SIGINT after saving its state
+(:class:`noisyfr.errors.Stopped`) prints one line and exits 143 / 130.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import signal
 import sys
 
 from noisyfr import outputs
-from noisyfr.errors import NoisyFRError
+from noisyfr.errors import NoisyFRError, Stopped
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"noisyfr {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except Stopped as exc:  # a signal stopped it after saving what it needs to continue
+        print(f"noisyfr {args.command}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         print(f"noisyfr {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -123,6 +123,22 @@ def read_json(path: str | os.PathLike, what: str = "file"):
         raise NoisyFRError(f"{what} {p}: not valid JSON ({str(exc).splitlines()[0]})") from None
 
 
+def first_sentence(text: str, limit: int = 300) -> str:
+    """The first sentence of a library's error message, on one line (torch's run on for
+    paragraphs): up to the first ``. `` / ``! `` / ``? `` (or a line break after a full stop),
+    without a trailing colon; a first sentence longer than ``limit`` characters ends at the last
+    whole word before it, marked with an ellipsis. Never cut mid-word."""
+    import re
+
+    flat = " ".join(str(text).split())
+    match = re.search(r"[.!?](?=\s|$)", flat)
+    first = flat[:match.end()] if match else flat
+    first = first.rstrip(" :;,")
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0].rstrip(" :;,.") + " ..."
+    return first
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: tuple[str, ...] = ()) -> dict:
     """Load a torch checkpoint with ``torch.load(weights_only=True)`` (no arbitrary objects are
     unpickled); NoisyFRError naming the file when it is missing, unreadable, not a dict, or lacks
@@ -137,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: tuple
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, non-weights pickle, ...
-        msg = " ".join(str(exc).split())[:200]
+        msg = first_sentence(str(exc)) or type(exc).__name__
         raise NoisyFRError(f"checkpoint {path}: not a readable checkpoint "
                            f"({type(exc).__name__}: {msg})") from None
     if not isinstance(state, dict):

@@ -289,7 +289,9 @@ def test_fresh_run_in_a_used_directory_leaves_no_stale_epoch_files(tmp_path):
     out = tmp_path / "run"
     train(tiny_config(out, **{"optim.epochs": 2}))
     assert (out / "angles" / "epoch_2.parquet").is_file()
-    train(tiny_config(out, **{"optim.epochs": 1}))
+    with pytest.raises(NoisyFRError, match=r"already holds a run \(2 epochs done, loss arcface\)"):
+        train(tiny_config(out, **{"optim.epochs": 1}))   # the Python API follows the CLI's rule
+    train(tiny_config(out, overwrite=True, **{"optim.epochs": 1}))
     assert sorted(p.name for p in (out / "angles").iterdir()) == ["epoch_1.parquet"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_1.pt", "last.pt"]
     assert len(pd.read_csv(out / "metrics.csv")) == 1

@@ -9,6 +9,12 @@ A checkpoint is a dict of tensors and plain Python values only:
   used by the trainer (shuffling and augmentation are derived from (seed, epoch));
 - ``epoch`` (completed epochs, from 1), ``step`` (optimiser steps so far);
 - ``num_classes``, ``embedding_dim``; ``history``: the per-epoch metrics so far (list of dicts).
+
+``checkpoints/interrupted.pt`` is written when a signal stops a run mid-epoch: the same keys
+(``epoch`` = the epochs completed before it) plus ``partial``: the interrupted epoch, the number
+of its batches done, its angle rows so far (tensors), its running loss / correct / seen sums and
+the global torch (and CUDA) RNG states at that step. It is removed once that epoch's own
+checkpoint is written.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import torch
 
 from noisyfr.io import atomic_path, load_checkpoint  # noqa: F401  (read side of this format)
 
+INTERRUPTED = "interrupted.pt"
 REQUIRED_KEYS = ("config", "model", "head", "optimizer", "scheduler", "rng", "epoch", "step")
 
 
@@ -50,7 +57,47 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+def save_interrupted(state: dict[str, Any], output_dir: str | os.PathLike) -> Path:
+    """Write ``checkpoints/interrupted.pt`` atomically (a mid-epoch state with ``partial``)."""
+    path = checkpoint_dir(output_dir) / INTERRUPTED
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def _epoch_number(path: Path) -> int | None:
+    tail = path.stem.split("_", 1)[-1]
+    return int(tail) if path.stem.startswith("epoch_") and tail.isdigit() else None
+
+
+def epoch_files(folder: Path, pattern: str) -> dict[int, Path]:
+    """``{E: path}`` of the files ``pattern`` (``epoch_*.pt``, ``epoch_*.parquet``) in ``folder``."""
+    out = {}
+    for p in folder.glob(pattern):
+        e = _epoch_number(p)
+        if e is not None:
+            out[e] = p
+    return out
+
+
+def resume_candidates(output_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints a resume may start from, best first: ``interrupted.pt``, ``last.pt``, then
+    ``epoch_<E>.pt`` newest first (nothing is loaded here; the trainer skips an unreadable one,
+    and an ``interrupted.pt`` whose epoch already has its own checkpoint)."""
+    folder = checkpoint_dir(output_dir)
+    epochs = epoch_files(folder, "epoch_*.pt")
+    out = []
+    interrupted = folder / INTERRUPTED
+    if interrupted.is_file():
+        out.append(interrupted)
+    last = folder / "last.pt"
+    if last.is_file():
+        out.append(last)
+    return out + [epochs[e] for e in sorted(epochs, reverse=True)]
+
+
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """``checkpoints/last.pt`` when it exists, else None."""
-    path = checkpoint_dir(output_dir) / "last.pt"
-    return path if path.is_file() else None
+    """The first of :func:`resume_candidates` (``interrupted.pt``, ``last.pt`` or the newest
+    ``epoch_<E>.pt``), or None when the run directory has no checkpoint."""
+    found = resume_candidates(output_dir)
+    return found[0] if found else None

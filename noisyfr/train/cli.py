@@ -1,5 +1,6 @@
-"""``noisyfr train CONFIG.yaml [key=value ...] [--out DIR] [--resume] [--device D]``: train from a
-YAML config with dotted overrides (the flags set ``output_dir``, ``resume`` and ``device``)."""
+"""``noisyfr train CONFIG.yaml [key=value ...] [--out DIR] [--resume | --overwrite] [--device D]``:
+train from a YAML config with dotted overrides (the flags set ``output_dir``, ``resume``,
+``overwrite`` and ``device``)."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(e.g. optim.lr=0.05 loss.name=cosface data.val=[a.txt])")
     parser.add_argument("--out", metavar="DIR", help="run directory (sets output_dir; default runs/<name>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the run directory from checkpoints/last.pt (sets "
-                             "resume=true; an error when there is no checkpoint)")
+                        help="continue the run in the run directory from its newest readable checkpoint "
+                             "(sets resume=true; an error when there is none)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run the run directory holds (sets overwrite=true; without it a "
+                             "fresh run into a directory holding a run is refused)")
     parser.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (sets device)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit without training")
@@ -37,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.train.config import dump_config
 
     protect(args.config)
-    flags = [("output_dir", args.out), ("device", args.device), ("resume", True if args.resume else None)]
+    if args.resume and args.overwrite:
+        raise NoisyFRError("--resume and --overwrite: give one (continue the run, or replace it)")
+    flags = [("output_dir", args.out), ("device", args.device), ("resume", True if args.resume else None),
+             ("overwrite", True if args.overwrite else None)]
     cfg = load_config(args.config, list(args.overrides) + [(k, v) for k, v in flags if v is not None])
     if args.resume and last_checkpoint(cfg["output_dir"]) is None:
         raise NoisyFRError(f"--resume: no checkpoint to resume in {cfg['output_dir']}/checkpoints "

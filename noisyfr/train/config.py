@@ -136,6 +136,7 @@ SCHEMA: dict[str, Any] = {
     "device": ("auto", device_),
     "output_dir": (None, str_(optional=True)),
     "resume": (False, bool_),
+    "overwrite": (False, bool_),
     "data": {
         "train": (_REQUIRED, str_()),
         "manifest": (None, str_(optional=True)),

@@ -50,13 +50,17 @@ def make_batches(indices: list[int], batch_size: int) -> list[list[int]]:
 
 class EpochBatches:
     """A DataLoader batch sampler: :func:`make_batches` over the current epoch's order of
-    ``sampler`` (call ``sampler.set_epoch`` first), so one loader serves every epoch."""
+    ``sampler`` (call ``sampler.set_epoch`` first), so one loader serves every epoch. With
+    ``skip = k`` an iteration starts at the epoch's batch k (a run resumed mid-epoch): the same
+    batches as the uninterrupted epoch from there on, and no image of the first k is loaded.
+    ``len`` stays the epoch's whole number of batches."""
 
     def __init__(self, sampler, batch_size: int):
         self.sampler, self.batch_size = sampler, int(batch_size)
+        self.skip = 0
 
     def __iter__(self):
-        return iter(make_batches(list(self.sampler), self.batch_size))
+        return iter(make_batches(list(self.sampler), self.batch_size)[self.skip:])
 
     def __len__(self) -> int:
         return len(make_batches(list(range(len(self.sampler))), self.batch_size))

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +47,14 @@ from tqdm.auto import tqdm
 
 from noisyfr.device import resolve_device
 from noisyfr.dotted import get_dotted
-from noisyfr.errors import NoisyFRError
+from noisyfr.errors import NoisyFRError, Stopped
 from noisyfr.io import atomic_write, load_checkpoint
+from noisyfr.lock import acquire, check_free
 from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_error, make_dirs, protected_input,
                              remove_dirs, undo_folder, write_error)
 from noisyfr.train import angles as angles_mod
-from noisyfr.train.checkpoint import REQUIRED_KEYS, last_checkpoint, prune_checkpoints, save_checkpoint
+from noisyfr.train.checkpoint import (INTERRUPTED, REQUIRED_KEYS, epoch_files, prune_checkpoints,
+                                      resume_candidates, save_checkpoint, save_interrupted)
 from noisyfr.train.config import dump_config, load_config, run_inputs
 from noisyfr.train.data import check_labels, open_dataset, split_identities, training_subset, verification_sets
 from noisyfr.train import heldout as heldout_mod
@@ -100,6 +105,12 @@ class _Run:
     pending_manifest: Any = None
     epochs_done: int = 0
     created_dirs: list = field(default_factory=list)
+    batches: Any = None
+    partial: dict | None = None
+    lock: Any = None
+    stop_signal: int | None = None
+    stopped_saved: bool = False
+    resume_note: str | None = None
 
 
 #: what a run writes in its output directory
@@ -122,6 +133,9 @@ def _setup(config) -> _Run:
     config_file = [config] if isinstance(config, (str, os.PathLike)) else []
     check_output(run.out_dir, [*config_file, *run_inputs(cfg)], what="output_dir", kind="dir",
                  writes=[w for w in RUN_FILES if w not in skip])
+    if rank == 0:  # the ranks are one writer; another rank may still be ending the previous run
+        check_free(run.out_dir, "output_dir")
+    check_existing_run(run.out_dir, cfg)
     o = cfg["optim"]
     parallel.check_amp(o["amp"], run.device)
     if cfg["model"]["compile"]:
@@ -195,7 +209,7 @@ def _build_optimiser(run: _Run) -> None:
                                         weight_decay=o["weight_decay"])
     run.sampler = DistributedSampler(run.train_set, num_replicas=run.world, rank=run.rank, shuffle=True,
                                      seed=run.cfg["seed"])
-    batches = EpochBatches(run.sampler, run.local_bs)
+    run.batches = batches = EpochBatches(run.sampler, run.local_bs)
     cuda = run.device.type == "cuda"
     run.loader = DataLoader(run.train_set, batch_sampler=batches, num_workers=data["num_workers"],
                             generator=torch.Generator(), pin_memory=cuda,
@@ -206,12 +220,41 @@ def _build_optimiser(run: _Run) -> None:
     run.scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
 
 
+def _load_resume_state(run: _Run) -> tuple[Path, dict] | None:
+    """The newest readable checkpoint of the run directory (``interrupted.pt``, ``last.pt``, then
+    ``epoch_<E>.pt`` newest first), or None when there is none. A skipped unreadable file is said
+    in one line; when none is readable, one error line names them all."""
+    candidates = resume_candidates(run.out_dir)
+    if not candidates:
+        return None
+    newest_epoch = max(epoch_files(run.out_dir / "checkpoints", "epoch_*.pt"), default=0)
+    skipped: list[str] = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS)
+        except NoisyFRError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            skipped.append(f"{path.name} ({reason})")
+            continue
+        if path.name == INTERRUPTED and (not isinstance(state.get("partial"), dict)
+                                         or int(state["epoch"]) < newest_epoch):
+            continue  # left by a kill right after its epoch's own checkpoint was written
+        if skipped:
+            run.resume_note = (f"resume: skipped {'; '.join(skipped)}; resuming {run.out_dir} from "
+                               f"{path.name} (epoch {int(state['epoch'])})")
+        return path, state
+    names = ", ".join(str(p) for p in candidates)
+    raise NoisyFRError(f"resume: no readable checkpoint in {run.out_dir / 'checkpoints'} "
+                       f"({'; '.join(skipped)}); tried {names}")
+
+
 def _restore(run: _Run) -> None:
-    """With ``resume`` and a ``last.pt``: model, head, optimiser, schedule, RNG, epoch and history."""
-    path = last_checkpoint(run.out_dir) if run.cfg["resume"] else None
-    if path is None:
+    """With ``resume`` and a readable checkpoint: model, head, optimiser, schedule, RNG, epoch,
+    history and, after a stop mid-epoch, the epoch's position and sums (``run.partial``)."""
+    found = _load_resume_state(run) if run.cfg["resume"] else None
+    if found is None:
         return
-    state = load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS)
+    path, state = found
     for key in _RESUME_KEYS:
         old, new = get_dotted(state["config"], key), get_dotted(run.cfg, key)
         if key == "loss" and isinstance(old, dict):  # checkpoints from before loss.sample_rate
@@ -230,16 +273,58 @@ def _restore(run: _Run) -> None:
         torch.cuda.set_rng_state_all([t.cpu() for t in state["rng"]["cuda"]])
     run.start_epoch, run.step = int(state["epoch"]) + 1, int(state["step"])
     run.history = list(state.get("history", []))
+    run.partial = state.get("partial") if path.name == INTERRUPTED else None
     run.resumed_from = path
 
 
+def run_summary(out_dir: Path) -> str | None:
+    """What a run directory holds, in a few words (``6 epochs done, loss arcface``), or None when it
+    holds no run file (a checkpoint, an angle log or ``metrics.csv``)."""
+    import csv
+
+    ckpts = sorted((out_dir / "checkpoints").glob("*.pt")) if (out_dir / "checkpoints").is_dir() else []
+    logs = epoch_files(out_dir / "angles", "epoch_*.parquet") if (out_dir / "angles").is_dir() else {}
+    metrics = out_dir / "metrics.csv"
+    if not ckpts and not logs and not metrics.is_file():
+        return None
+    epochs = max([*epoch_files(out_dir / "checkpoints", "epoch_*.pt"), *logs], default=0)
+    try:
+        with open(metrics, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if str(r.get("epoch", "")).isdigit()]
+        epochs = max([epochs, *(int(r["epoch"]) for r in rows)])
+    except (OSError, ValueError, csv.Error):
+        pass
+    loss = "?"
+    try:
+        from noisyfr.io import read_yaml
+
+        loss = str(read_yaml(out_dir / "config.yaml")["loss"]["name"])
+    except (NoisyFRError, KeyError, TypeError):
+        pass
+    return f"{epochs} epoch{'s' if epochs != 1 else ''} done, loss {loss}"
+
+
+def check_existing_run(out_dir: Path, cfg: Mapping[str, Any]) -> None:
+    """The one rule of a used run directory: a run that starts afresh (no ``resume``, or nothing to
+    resume) in a directory holding a run is refused unless ``overwrite`` says to replace it."""
+    if cfg["overwrite"] or (cfg["resume"] and resume_candidates(out_dir)):
+        return
+    held = run_summary(out_dir)
+    if held is not None:
+        raise NoisyFRError(f"output_dir {out_dir}: already holds a run ({held}); continue it with --resume, "
+                           "replace it with --overwrite, or choose another directory")
+
+
 def _prepare_output(run: _Run) -> None:
-    """Rank 0 owns the run directory: a fresh run drops an earlier run's epoch files (angle logs,
-    checkpoints, metrics, event files, train.log; the manifest stays); the resolved config is
-    written."""
+    """Rank 0 owns the run directory: it takes the directory's lock (held until the run ends), a
+    fresh run (with ``overwrite``, else it was refused) drops an earlier run's epoch files (angle
+    logs, checkpoints, metrics, event files, train.log; the manifest stays), a resumed one what lies
+    after its checkpoint; the resolved config is written."""
     if run.rank != 0:
         return
     run.created_dirs = make_dirs(run.out_dir)
+    run.lock = acquire(run.out_dir, "output_dir")
+    check_existing_run(run.out_dir, run.cfg)  # again, holding the lock: another writer may have ended
     if run.pending_manifest is not None:
         run.pending_manifest.write(run.cfg["data"]["manifest"])
     if run.resumed_from is None:
@@ -247,11 +332,36 @@ def _prepare_output(run: _Run) -> None:
                      *run.out_dir.glob("angles/epoch_*.parquet"), *run.out_dir.glob("checkpoints/*.pt"),
                      *run.out_dir.glob("tb/events.out.tfevents.*")]:
             path.unlink(missing_ok=True)
+    else:
+        _truncate_after(run, run.start_epoch - 1)
     config_path = run.out_dir / "config.yaml"
     if run.resumed_from is not None and protected_input(config_path):
         return  # resumed from the run's own saved config: it stays as it is
     with atomic_write(config_path, "w", encoding="utf-8") as fh:
         fh.write(dump_config(run.cfg))
+
+
+def _truncate_after(run: _Run, epoch: int) -> None:
+    """A resumed run drops what lies after its checkpoint's ``epoch`` (left by a damaged newer
+    checkpoint): later angle logs and epoch checkpoints, and later rows of ``metrics.csv``."""
+    out = run.out_dir
+    for e, path in [*epoch_files(out / "angles", "epoch_*.parquet").items(),
+                    *epoch_files(out / "checkpoints", "epoch_*.pt").items()]:
+        if e > epoch:
+            path.unlink(missing_ok=True)
+    metrics = out / "metrics.csv"
+    if metrics.is_file():
+        try:
+            old = pd.read_csv(metrics)
+        except (OSError, ValueError):
+            old = None
+        if old is None or "epoch" not in old or (old["epoch"] > epoch).any():
+            rows = [h for h in run.history if int(h["epoch"]) <= epoch]
+            if not rows:
+                metrics.unlink()
+                return
+            with atomic_write(metrics, "w", newline="") as fh:
+                pd.DataFrame(rows).to_csv(fh, index=False)
 
 
 def _monitor(run: _Run) -> Monitor:
@@ -284,22 +394,73 @@ def _train_epoch(run: _Run, stepper: Stepper, epoch: int) -> tuple[dict, angles_
     run.model.train()
     run.head.train()
     stepper.tracker = tracker = angles_mod.AngleTracker()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, done = 0.0, 0, 0, 0
+    part, run.partial = run.partial, None
+    if part is not None and int(part["epoch"]) == epoch:  # stopped mid-epoch: go on from there
+        done, loss_sum, correct, seen = (int(part["batches"]), float(part["loss_sum"]), int(part["correct"]),
+                                         int(part["seen"]))
+        rows = part["rows"]
+        if len(rows["sample_index"]):
+            tracker.add(rows["sample_index"], rows["label"], rows["label_used"], rows["values"])
+        torch.set_rng_state(part["rng"].cpu())
+        if run.device.type == "cuda" and part.get("cuda_rng"):  # manual_seed above reseeded CUDA too
+            torch.cuda.set_rng_state_all([t.cpu() for t in part["cuda_rng"]])
+    run.batches.skip = done
     lr_used = run.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
                disable=None if run.rank == 0 else True)
-    for images, labels, index in bar:
-        loss_val, n_correct, lr_used = stepper.step(images, labels, index,
-                                                    where=f"epoch {epoch} step {run.step + 1}")
-        run.step += 1
-        loss_sum, seen, correct = loss_sum + loss_val * len(labels), seen + len(labels), correct + n_correct
-        img_s = seen * run.world / max(time.perf_counter() - t0, 1e-9)
-        run.monitor.step(run.step, loss_val, lr_used, img_s)
-        if bar.disable is False and run.step % 10 == 0:
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_used:.4g}", img_s=f"{img_s:.0f}", refresh=False)
-    bar.close()
+    try:
+        for images, labels, index in bar:
+            loss_val, n_correct, lr_used = stepper.step(images, labels, index,
+                                                        where=f"epoch {epoch} step {run.step + 1}")
+            run.step += 1
+            done += 1
+            loss_sum, seen, correct = loss_sum + loss_val * len(labels), seen + len(labels), correct + n_correct
+            img_s = seen * run.world / max(time.perf_counter() - t0, 1e-9)
+            run.monitor.step(run.step, loss_val, lr_used, img_s)
+            if bar.disable is False and run.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_used:.4g}", img_s=f"{img_s:.0f}", refresh=False)
+            if run.stop_signal is not None:
+                _stop_mid_epoch(run, epoch, done, tracker, loss_sum, correct, seen)
+    finally:
+        bar.close()
+        run.batches.skip = 0
     return _epoch_totals(run, epoch, loss_sum, correct, seen, time.perf_counter() - t0, lr_used), tracker
+
+
+def _state(run: _Run, epoch: int) -> dict:
+    """The checkpoint dict after ``epoch`` completed epochs (rank 0; every rank must call
+    :func:`parallel.head_state` / :func:`parallel.optimizer_state` before)."""
+    return {"config": run.cfg, "model": run.model.state_dict(), "head": parallel.head_state(run.head),
+            "optimizer": parallel.optimizer_state(run.optimizer, run.head),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []},
+            "epoch": epoch, "step": run.step, "num_classes": run.num_classes,
+            "embedding_dim": run.cfg["model"]["embedding_dim"], "history": run.history}
+
+
+def _stop_mid_epoch(run: _Run, epoch: int, done: int, tracker: angles_mod.AngleTracker, loss_sum: float,
+                    correct: int, seen: int) -> None:
+    """A signal arrived: write ``checkpoints/interrupted.pt`` (the epoch's position, angle rows,
+    sums and RNG state with the usual checkpoint), flush the logs and raise :class:`Stopped`."""
+    rows = {k: torch.cat(getattr(tracker, f"_{a}")) if getattr(tracker, f"_{a}") else torch.zeros(0)
+            for k, a in (("sample_index", "index"), ("label", "labels"), ("label_used", "used"),
+                         ("values", "values"))}
+    state = _state(run, epoch - 1)
+    state["partial"] = {"epoch": epoch, "batches": done, "loss_sum": loss_sum, "correct": correct,
+                        "seen": seen, "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+                        "rows": {k: v.cpu() for k, v in rows.items()}}
+    path = save_interrupted(state, run.out_dir)
+    run.stopped_saved = True
+    name = signal.Signals(run.stop_signal).name
+    msg = (f"stopped by {name} at epoch {epoch} step {run.step} ({done} of {len(run.loader)} batches); "
+           f"{path} holds the run: continue with --resume")
+    run.monitor.message(msg)
+    raise Stopped(run.stop_signal, msg)
 
 
 def _epoch_totals(run: _Run, epoch: int, loss_sum: float, correct: int, seen: int, train_time: float,
@@ -376,17 +537,10 @@ def _save_epoch(run: _Run, metrics: dict) -> None:
     epoch = metrics["epoch"]
     metrics["checkpoint"] = str(run.out_dir / "checkpoints" / f"epoch_{epoch}.pt")
     run.history.append(dict(metrics))
-    head_state = parallel.head_state(run.head)  # every rank: a sharded head is gathered
-    optimizer_state = parallel.optimizer_state(run.optimizer, run.head)
+    state = _state(run, epoch)  # every rank: a sharded head is gathered
     if run.rank == 0:
-        state = {"config": run.cfg, "model": run.model.state_dict(), "head": head_state,
-                 "optimizer": optimizer_state, "scheduler": run.scheduler.state_dict(),
-                 "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-                 "rng": {"torch": torch.get_rng_state(),
-                         "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []},
-                 "epoch": epoch, "step": run.step, "num_classes": run.num_classes,
-                 "embedding_dim": run.cfg["model"]["embedding_dim"], "history": run.history}
         save_checkpoint(state, run.out_dir)
+        (run.out_dir / "checkpoints" / INTERRUPTED).unlink(missing_ok=True)
         prune_checkpoints(run.out_dir, run.cfg["checkpoint"]["keep"])
         with atomic_write(run.out_dir / "metrics.csv", "w", newline="") as fh:
             pd.DataFrame(run.history).to_csv(fh, index=False)
@@ -400,8 +554,8 @@ def _after_failure(run: _Run, exc: BaseException, created: bool, before: set[str
     directory when it created it, else the entries it added); a resumed run, or one with a
     checkpoint, keeps its directory (the last checkpoint was written atomically and is intact).
     A failed write (full disk, permission, ...) is raised as a one-line NoisyFRError."""
-    kept = run.rank != 0 or run.resumed_from is not None or run.epochs_done > 0
-    if not kept:
+    kept = run.rank != 0 or run.resumed_from is not None or run.epochs_done > 0 or run.stopped_saved
+    if not kept and run.lock is not None:  # without the lock this call wrote nothing
         undo_folder(run.out_dir, created, before)
         remove_dirs(run.created_dirs[:-1])
     if is_write_error(exc) or isinstance(exc, WriteError):
@@ -431,8 +585,11 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     ``learned`` and ``learned_on`` (the rule of :mod:`noisyfr.train.heldout`: held-out accuracy
     >= ``health.learned_heldout_accuracy``, or without held-out images ``clean_true_accuracy >=
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises
-    NoisyFRError for bad input, a label outside the head's classes, or a non-finite loss (naming
-    the loss, epoch and step).
+    NoisyFRError for bad input, a label outside the head's classes, a non-finite loss (naming
+    the loss, epoch and step), a fresh start into a directory holding a run without
+    ``overwrite``, or a directory another writer holds. SIGTERM / SIGINT (single process, main
+    thread) stop the run after the current step with ``checkpoints/interrupted.pt`` written and
+    raise :class:`noisyfr.errors.Stopped`.
     """
     run = _setup(config)
     _build_data(run)
@@ -442,10 +599,15 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     # every input is checked: from here on the run writes
     created, before = not run.out_dir.exists(), folder_entries(run.out_dir)
     metrics: dict[str, Any] = dict(run.history[-1]) if run.history else {}
+    handlers = {}
     try:
         _prepare_output(run)
         stepper = _stepper(run)
         run.monitor = _monitor(run)
+        if run.resume_note and run.rank == 0:
+            print(run.resume_note, file=sys.stderr, flush=True)
+            run.monitor.log.info(run.resume_note)
+        handlers = _catch_stop_signals(run)
         try:
             for epoch in range(run.start_epoch, run.cfg["optim"]["epochs"] + 1):
                 metrics, tracker = _train_epoch(run, stepper, epoch)
@@ -456,9 +618,34 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
                 run.epochs_done += 1
                 if report is not None:
                     report(dict(metrics))
+                if run.stop_signal is not None and epoch < run.cfg["optim"]["epochs"]:
+                    msg = (f"stopped by {signal.Signals(run.stop_signal).name} after epoch {epoch}; "
+                           f"{run.out_dir / 'checkpoints' / 'last.pt'} holds the run: continue with --resume")
+                    run.monitor.message(msg)
+                    raise Stopped(run.stop_signal, msg)
         finally:
             run.monitor.close()
     except BaseException as exc:
         _after_failure(run, exc, created, before)
         raise
+    finally:
+        for signum, old in handlers.items():
+            signal.signal(signum, old)
+        if run.lock is not None:
+            run.lock.release()
     return dict(metrics)
+
+
+def _catch_stop_signals(run: _Run) -> dict:
+    """SIGTERM and SIGINT stop the run at the end of the current step, with a checkpoint to
+    resume from (single-process runs in the main thread; a second signal stops at once).
+    Returns the handlers it replaced."""
+    if run.world > 1 or threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum, frame):
+        if run.stop_signal is not None:  # asked twice: stop now
+            raise Stopped(signum, f"stopped by {signal.Signals(signum).name} (second signal), at once")
+        run.stop_signal = signum
+
+    return {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -282,7 +282,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     manifest and checkpoints, they may not be or lie inside the sweep directory's outputs
     (:func:`noisyfr.outputs.check_output`, before Ray starts).
     """
-    from noisyfr.outputs import check_output, output_folder
+    from noisyfr.lock import acquire, check_free
+    from noisyfr.outputs import check_output, make_dirs, remove_dirs
     from noisyfr.train.config import run_inputs
 
     check_output(spec.sweep_dir, [*inputs, *(p for t in spec.trials for p in run_inputs(t.config))],
@@ -290,17 +291,57 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     plan_manifests(spec)
     state = _state_json(spec)
     _check_state(spec, state, resume)
+    check_free(spec.sweep_dir, "sweep dir")
+    # One writer per sweep directory: the driver holds its lock until it ends (the kernel lets go
+    # of it when the driver dies, kill -9 included); each trial holds its own run directory's.
+    created = make_dirs(spec.sweep_dir)
+    try:
+        lock = acquire(spec.sweep_dir, "sweep dir")
+    except BaseException:
+        remove_dirs(created)
+        raise
+    try:
+        _check_state(spec, state, resume)  # again, holding the lock: another driver may have ended
+        return _run_locked(spec, state, resume, address, progress, echo)
+    finally:
+        lock.release()
+        remove_dirs(created)  # only when empty: a first start that failed
+
+
+def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None, progress: bool | None,
+                echo: Callable[[str], Any] | None):
+    """:func:`run_sweep` once the sweep directory is checked and locked."""
+    import signal
+    import threading
+
+    from noisyfr.errors import Stopped
+    from noisyfr.outputs import output_folder
+
     quiet_ray_env()
     import ray
 
     first = not (spec.sweep_dir / STATE_FILE).exists()
     handler = None
+    stop = {"signal": None, "fitting": False}
+
+    def on_term(signum, frame):
+        stop["signal"] = signum
+        if stop["fitting"]:  # Tune's own graceful stop: trials end, the experiment state is saved
+            signal.raise_signal(signal.SIGUSR1)
+        else:
+            raise Stopped(signum, f"sweep dir {spec.sweep_dir}: stopped by SIGTERM before its trials ran"
+                          + ("" if first else "; continue with noisyfr sweep --resume"))
+
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
         with local_ray(lambda: ray.init(address=address, include_dashboard=False, log_to_driver=False,
                                         logging_level="WARNING"), address):
             # Until sweep.json is written, a failure removes what this call added to the directory
             # (the directory too when it made it); from then on the directory holds a sweep that
             # --resume finishes.
+            if main:  # again: ray.init installs its own SIGTERM handler (it ends the driver, status 1)
+                signal.signal(signal.SIGTERM, on_term)
             with output_folder(spec.sweep_dir) if first else contextlib.nullcontext():
                 handler = _sweep_log(spec.sweep_dir)
                 LOG.info(f"sweep {spec.name}: {len(spec.trials)} trials -> {spec.sweep_dir}"
@@ -309,8 +350,19 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
                 make_manifests(spec, progress=progress)
                 if first:
                     write_state(spec, state)
-            histories = trial_histories(_tuner(spec, resume, progress).fit())
+            tuner = _tuner(spec, resume, progress)
+            stop["fitting"] = True
+            grid = tuner.fit()
+            stop["fitting"] = False
+            if stop["signal"] is not None:
+                msg = (f"sweep dir {spec.sweep_dir}: stopped by SIGTERM; its trials keep their last "
+                       f"checkpoints: continue with noisyfr sweep --resume --out {spec.sweep_dir}")
+                LOG.info(msg)
+                raise Stopped(stop["signal"], msg)
+            histories = trial_histories(grid)
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, old_term)
         if handler is not None:
             LOG.removeHandler(handler)
             handler.close()

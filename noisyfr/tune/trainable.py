@@ -176,6 +176,7 @@ def trial_fn(tune_config: dict) -> None:
         # Tune's experiment state predates the trial's first checkpoint (the driver is killed
         # between its periodic state saves): continue from the run directory instead of epoch 1.
         cfg["resume"] = True
+    _own_run_dir(t, cfg)
     if t["workers"] > 1:
         _run_distributed(t, cfg)
         return
@@ -196,6 +197,16 @@ def trial_fn(tune_config: dict) -> None:
         # Deterministic failures (divergence: non-finite loss, bad data) are not retried: the trial
         # ends with status "failed" and its reason in the results; other trials go on.
         tune.report({**info, "failed": True, "error": one_line(exc)})
+
+
+def _own_run_dir(t: dict, cfg: dict) -> None:
+    """A trial's run directory is the sweep's own (the sweep driver holds the sweep directory and
+    refuses another sweep there): a trial that does not resume replaces what an earlier attempt
+    of it left there (``overwrite``; noisyfr's trainer only, whose config knows the key)."""
+    from noisyfr.tune.spec import DEFAULT_TRAINER
+
+    if t["trainer"] == DEFAULT_TRAINER:
+        cfg["overwrite"] = not cfg.get("resume", False)
 
 
 def _worker_loop(loop_config: dict) -> None:
@@ -228,6 +239,7 @@ def _run_distributed(t: dict, cfg: dict) -> None:
     last = Path(cfg["output_dir"]) / "checkpoints" / "last.pt"
     if last.is_file():
         cfg["resume"] = True
+        _own_run_dir(t, cfg)
     res = t["resources"]
     use_gpu = res["gpu"] > 0
     per_worker = {"CPU": res["cpu"]}

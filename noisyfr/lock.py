@@ -1,0 +1,132 @@
+"""One writer per directory: an exclusive ``flock`` on ``DIR/.lock`` for as long as the writer lives.
+
+A run directory (``noisyfr train``) and a sweep directory (``noisyfr sweep``) are written by one
+process at a time. The writer holds ``fcntl.flock(LOCK_EX)`` on the lock file inside the
+directory; the file says who holds it (JSON: ``pid``, ``host``, ``started``). The kernel releases
+the lock when the holder dies, however it dies (``kill -9`` included), so a lock never goes stale
+and nothing ever needs deleting by hand; the file left behind by a killed holder is taken over by
+the next writer. A clean release removes the file.
+
+Readers (``analyze``, ``eval``) take no lock. :func:`check_free` asks without writing anything (a
+command refuses early, before any work); :func:`acquire` takes the lock when the command starts
+to write.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from noisyfr.errors import NoisyFRError
+
+#: the lock file's name inside the directory it guards (not a run or sweep file)
+LOCK_NAME = ".lock"
+
+
+class DirectoryInUse(NoisyFRError):
+    """Another live process holds the directory's lock."""
+
+
+def _holder_text(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+    except (OSError, ValueError, UnicodeDecodeError):
+        info = {}
+    if not isinstance(info, dict) or not info:
+        return "another process (it has not said which yet)"
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+
+
+def _busy(folder: Path, what: str, fd: int) -> DirectoryInUse:
+    return DirectoryInUse(f"{what} {folder}: in use by another writer ({_holder_text(fd)}); "
+                          "wait for it to end or choose another directory")
+
+
+def check_free(folder: str | os.PathLike, what: str) -> None:
+    """:class:`DirectoryInUse` naming ``folder`` and the holder when a live process holds its
+    lock. Creates, opens for writing and changes nothing."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or an unreadable one: acquire will say)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(Path(folder), what, fd) from None
+        except OSError:
+            return
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class DirLock:
+    """A held directory lock; :meth:`release` (or the end of the process) lets it go."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        """Remove the lock file (still holding the lock, so no other writer sees it vanish under
+        it) and let the lock go. Idempotent."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def acquire(folder: str | os.PathLike, what: str) -> DirLock:
+    """Take the exclusive lock of the existing folder ``folder`` and write who holds it;
+    :class:`DirectoryInUse` (one line naming the folder and the holder) when a live process holds
+    it. A failed write is an OSError like any other."""
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    from noisyfr.outputs import file_mode
+
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            err = _busy(folder, what, fd)
+            os.close(fd)
+            raise err from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # A holder releasing at this moment unlinks the file it locked: then this descriptor is
+        # an orphan and the lock must be taken on the file now at the path.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S%z")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        except BaseException:
+            lock = DirLock(path, fd)
+            lock.release()
+            raise
+        return DirLock(path, fd)
+    raise DirectoryInUse(f"{what} {folder}: cannot take its lock file {path} (it keeps being replaced)")
