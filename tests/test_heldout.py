@@ -151,3 +151,37 @@ def test_held_out_accuracy_is_identification_of_unseen_images(tmp_path):
     acc = float((((f @ w.t()).argmax(1)).numpy() == np.asarray(index.labels)[held]).mean())
     got = pd.read_csv(tmp_path / "a" / "metrics.csv")["heldout_accuracy"].iloc[-1]
     assert got == pytest.approx(acc, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- noise-rate estimate
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.4])
+def test_heldout_noise_rate_recovers_a_known_rate(rate):
+    """A model of accuracy a on unseen images, labels flipped symmetrically at ``rate``: the
+    estimate from (a, agreement with the given labels) is within sampling error of the rate."""
+    from noisyfr.train.heldout import heldout_noise_rate
+
+    rng = np.random.default_rng(1)
+    n, C, a = 20000, 40, 0.66
+    true = rng.integers(0, C, n)
+    pred = np.where(rng.random(n) < a, true, (true + rng.integers(1, C, n)) % C)
+    flip = rng.random(n) < rate
+    given = np.where(flip, (true + rng.integers(1, C, n)) % C, true)
+    est = heldout_noise_rate(np.mean(pred == true), np.mean(pred == given), C)
+    assert abs(est - flip.mean()) < 0.02
+    if rate == 0.0:
+        assert est == 0.0
+
+
+def test_heldout_noise_rate_is_undefined_without_held_out_evidence():
+    from noisyfr.train.heldout import heldout_noise_rate
+
+    assert np.isnan(heldout_noise_rate(float("nan"), 0.5, 10))
+    assert np.isnan(heldout_noise_rate(0.1, 0.1, 10))      # at chance: nothing to read
+    assert heldout_noise_rate(0.9, 0.0, 10) == 1.0         # clipped
+
+
+def test_clean_training_agrees_with_given_labels_on_held_out_images(tmp_path):
+    train(_cfg(tmp_path / "a", **{"optim.epochs": 1}))
+    m = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    assert m["heldout_given_accuracy"].notna().all()
+    assert (m["heldout_given_accuracy"] == m["heldout_accuracy"]).all()   # no noise: given = true

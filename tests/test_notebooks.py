@@ -55,5 +55,5 @@ def test_notebook_runs_under_papermill_and_draws_inline(name, tiny_sweep, venv_k
     assert not list(tmp_path.glob("**/*.png"))  # nothing was written to disk
     if name.startswith("02"):
         html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-        assert "estimated_rate" in html and "accuracy_mean" in html
+        assert "disagreement_rate" in html and "accuracy_mean" in html
         assert "4 of 4 runs learned" in text

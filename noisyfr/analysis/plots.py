@@ -220,15 +220,16 @@ def health(epochs_tbl: pd.DataFrame) -> matplotlib.figure.Figure:
 
 
 def noise_estimate(estimates: pd.DataFrame, ax=None) -> matplotlib.figure.Figure:
-    """Bimodal (GMM) noise-rate estimate vs the true rate, last epoch of each run."""
+    """The noise-rate estimate (``estimated_rate``) vs the true rate (``true_rate``), one point
+    per run."""
     fig, ax = _axes(ax, (3.8, 3.4))
     sns.scatterplot(estimates, x="true_rate", y="estimated_rate", hue="loss", style="loss", s=50, ax=ax)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("true noise rate (manifest)")
-    ax.set_ylabel("estimated rate (2-GMM on theta_y)")
-    ax.set_title("noise-rate estimate, last epoch", fontsize=10)
+    ax.set_xlabel("true closed-set rate of the trained samples")
+    ax.set_ylabel("estimated rate (held-out images)")
+    ax.set_title("noise-rate estimate, best held-out epoch", fontsize=10)
     fig.tight_layout()
     return fig
 

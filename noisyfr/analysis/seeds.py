@@ -26,11 +26,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from noisyfr.train.heldout import heldout_noise_rate
+
 #: Metrics of a run that the cell and paired tables summarise (those present are used).
 METRICS = ("heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit_given",
            "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
            "weight_share_per_fraction",
-           "theta_gap_deg", "estimated_rate", "estimate_error")
+           "theta_gap_deg", "estimated_rate", "estimate_error", "disagreement_error")
 #: Metrics whose comparison between two detached losses is equal by construction up to p.
 WEIGHT_METRICS = ("noisy_weight_share", "noisy_unit_pull_share", "weight_share_per_fraction")
 #: Epoch rules of :func:`run_values`.
@@ -70,8 +72,11 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFr
     """Every run twice, at its last epoch (``epoch_rule = last``) and at its selected epoch
     (``epoch_rule = heldout``, see :func:`select_epoch`; ``selected_by`` names the rule that
     applied): its settings, ``learned``, the epoch's statistics from ``epoch_table``
-    (:func:`noisyfr.analysis.stats.epoch_stats`) and metrics.csv values, and the oracle best AUC
-    over epochs (chosen with the noise labels: an oracle, never a result)."""
+    (:func:`noisyfr.analysis.stats.epoch_stats`) and metrics.csv values, the noise-rate estimate
+    from the held-out images (``estimated_rate``,
+    :func:`noisyfr.train.heldout.heldout_noise_rate`, NaN without them) with its error against
+    the closed-set fraction of the samples trained on (``estimate_error``), and the oracle best
+    AUC over epochs (chosen with the noise labels: an oracle, never a result)."""
     rows = []
     flags = dict(zip(rtab["run"], rtab["learned"].astype(bool)))
     evidence = dict(zip(rtab["run"], rtab.get("learned_on", pd.Series("train", index=rtab.index))))
@@ -85,9 +90,13 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFr
         for name, epoch in (("last", max(epochs)), ("heldout", chosen)):
             row = ep[ep["epoch"] == epoch].iloc[0].to_dict()
             m = r.metrics[r.metrics["epoch"] == epoch] if "epoch" in r.metrics.columns else r.metrics.iloc[0:0]
-            for col in ("heldout_accuracy", "val_accuracy"):
+            for col in ("heldout_accuracy", "heldout_given_accuracy", "val_accuracy"):
                 row[col] = float(pd.to_numeric(m[col], errors="coerce").iloc[-1]) \
                     if col in m.columns and len(m) else math.nan
+            # the noise-rate estimate of the summaries: from the held-out images
+            row["estimated_rate"] = heldout_noise_rate(row["heldout_accuracy"],
+                                                       row["heldout_given_accuracy"], _classes(r))
+            row["estimate_error"] = row["estimated_rate"] - row.get("closed_fraction", math.nan)
             row.update(loss_name=r.loss_name, grad_mode=r.loss_settings.get("grad_mode"),
                        learned=flags.get(r.name, False), learned_on=evidence.get(r.name, "train"),
                        epoch_rule=name, selected_by=rule if name == "heldout" else "last",
@@ -98,6 +107,12 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFr
         out["weight_share_per_fraction"] = out["noisy_weight_share"] / out["noisy_fraction"].where(
             out["noisy_fraction"] > 0)
     return out
+
+
+def _classes(run) -> int:
+    """The run's number of classes: its manifest's, else one more than its largest label."""
+    n = run.manifest_meta.get("num_classes") if isinstance(run.manifest_meta, dict) else None
+    return int(n) if isinstance(n, int) and n > 1 else int(run.angles["label"].max()) + 1
 
 
 def _metrics(df: pd.DataFrame) -> list[str]:

@@ -46,13 +46,14 @@ class _Images(torch.utils.data.Dataset):
 
 def heldout_set(dataset, rows: np.ndarray, transform):
     """The held-out images ``rows`` of ``dataset`` (a NoisyDataset) seen through the evaluation
-    ``transform``, and their true labels; None when there are none."""
+    ``transform``, their true labels and their given labels; None when there are none."""
     if len(rows) == 0:
         return None
     view = copy.copy(dataset)  # the same manifest and index, another transform
     view.transform = transform
-    return _Images(Subset(view, [int(i) for i in rows])), \
-        np.asarray(dataset.orig_labels, dtype=np.int64)[rows]
+    return (_Images(Subset(view, [int(i) for i in rows])),
+            np.asarray(dataset.orig_labels, dtype=np.int64)[rows],
+            np.asarray(dataset.labels, dtype=np.int64)[rows])
 
 
 @torch.no_grad()
@@ -69,18 +70,41 @@ def nearest_centre(head, feats: torch.Tensor) -> torch.Tensor:
     return cos.argmax(dim=1)
 
 
-def heldout_accuracy(model, head, held, device, batch_size: int = 256) -> float:
-    """Fraction of the held-out images (``held`` from :func:`heldout_set`) whose nearest class
-    centre is their true identity; NaN when ``held`` is None."""
+def heldout_accuracy(model, head, held, device, batch_size: int = 256) -> dict[str, float]:
+    """``heldout_accuracy``: the fraction of the held-out images (``held`` from
+    :func:`heldout_set`) whose nearest class centre is their true identity, and
+    ``heldout_given_accuracy``: the fraction whose nearest centre is their *given* label (the
+    manifest's, noisy where the noise reached them; what :func:`heldout_noise_rate` reads).
+    NaN when ``held`` is None."""
     from noisyfr.eval.embed import embed_dataset
 
     if held is None:
-        return math.nan
-    images, labels = held
+        return {"heldout_accuracy": math.nan, "heldout_given_accuracy": math.nan}
+    images, true, given = held
     feats, _ = embed_dataset(model, images, batch_size=batch_size, device=device,
                              desc="held-out")
     pred = nearest_centre(head, torch.from_numpy(feats).to(device)).cpu().numpy()
-    return float(np.mean(pred == labels))
+    return {"heldout_accuracy": float(np.mean(pred == true)),
+            "heldout_given_accuracy": float(np.mean(pred == given))}
+
+
+def heldout_noise_rate(accuracy: float, given_accuracy: float, num_classes: int) -> float:
+    """The closed-set noise rate estimated from the held-out images: they carry the manifest's
+    labels like every image, but the model never trained on them, so it cannot have memorised
+    a wrong one. With ``a`` = their identification accuracy against the true identity (the same
+    for clean and mislabelled images) and ``g`` = their agreement with the given labels,
+    ``g = (1 - rate) a + rate (1 - a) / (C - 1)`` under symmetric label flips, so
+    ``rate = (a - g) / (a - (1 - a) / (C - 1))``, clipped to [0, 1]. Exactly 0 on clean data
+    (g = a); its error is the sampling error of the held-out images (about
+    sqrt(rate (1 - rate) / n) / a) and, for asymmetric flips, the (1 - a) / (C - 1) term. NaN
+    without held-out images or when a is at chance."""
+    a, g = float(accuracy), float(given_accuracy)
+    if not (math.isfinite(a) and math.isfinite(g)) or num_classes < 2:
+        return math.nan
+    denom = a - (1.0 - a) / (num_classes - 1)
+    if denom <= 1e-9:
+        return math.nan
+    return float(min(1.0, max(0.0, (a - g) / denom)))
 
 
 def learned_from(metrics: dict, health: dict) -> tuple[bool, str]:

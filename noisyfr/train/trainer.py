@@ -506,8 +506,8 @@ def _evaluate(run: _Run, epoch: int) -> dict:
     val = {"val_accuracy": math.nan, **{f"val/{n}/accuracy": math.nan for n, _ in run.vsets}}
     sharded = getattr(run.head, "sharded", False)
     if run.rank == 0 or sharded:  # every epoch: the held-out images of the training identities
-        val["heldout_accuracy"] = heldout_mod.heldout_accuracy(
-            run.model, run.head, run.heldout, run.device, ev["batch_size"])
+        val.update(heldout_mod.heldout_accuracy(run.model, run.head, run.heldout, run.device,
+                                                ev["batch_size"]))
     if run.rank == 0 and run.vsets and due:
         results = evaluate_sets(run.model, [vset for _, vset in run.vsets],
                                 image_size=cfg["data"]["image_size"],
@@ -582,6 +582,7 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     ``theta_noisy_median`` (see :mod:`noisyfr.train.angles`), ``n_corrected`` (BoundaryFace
     label corrections this epoch), ``heldout_accuracy`` (identification of the held-out images
     of the training identities by their nearest class centre, NaN without ``data.holdout``),
+    ``heldout_given_accuracy`` (their agreement with their given, possibly noisy labels),
     ``learned`` and ``learned_on`` (the rule of :mod:`noisyfr.train.heldout`: held-out accuracy
     >= ``health.learned_heldout_accuracy``, or without held-out images ``clean_true_accuracy >=
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises
