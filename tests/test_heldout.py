@@ -131,7 +131,6 @@ def test_held_out_accuracy_is_identification_of_unseen_images(tmp_path):
     normalised centre, compare with the true identity."""
     from noisyfr.data import open_index
     from noisyfr.data.transforms import face_transform
-    from noisyfr.eval.checkpoint import load_backbone  # noqa: F401  (the public loader exists)
     from noisyfr.io import load_checkpoint
     from noisyfr.models import create_backbone
 

@@ -48,17 +48,16 @@ from tqdm.auto import tqdm
 from noisyfr.device import resolve_device
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError, Stopped
-from noisyfr.io import atomic_write, load_checkpoint
+from noisyfr.io import atomic_write
 from noisyfr.lock import acquire, check_free
 from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_error, make_dirs, protected_input,
                              remove_dirs, undo_folder, write_error)
 from noisyfr.train import angles as angles_mod
-from noisyfr.train.checkpoint import (INTERRUPTED, REQUIRED_KEYS, epoch_files, prune_checkpoints,
-                                      resume_candidates, save_checkpoint, save_interrupted)
+from noisyfr.train.checkpoint import INTERRUPTED, prune_checkpoints, save_checkpoint, save_interrupted
 from noisyfr.train.config import dump_config, load_config, run_inputs
 from noisyfr.train.data import check_labels, open_dataset, split_identities, training_subset, verification_sets
 from noisyfr.train import heldout as heldout_mod
-from noisyfr.train import parallel
+from noisyfr.train import parallel, rundir
 from noisyfr.train.monitor import Monitor
 from noisyfr.train.schedule import EpochBatches, epoch_seed, lr_factor
 from noisyfr.train.step import Stepper
@@ -135,7 +134,7 @@ def _setup(config) -> _Run:
                  writes=[w for w in RUN_FILES if w not in skip])
     if rank == 0:  # the ranks are one writer; another rank may still be ending the previous run
         check_free(run.out_dir, "output_dir")
-    check_existing_run(run.out_dir, cfg)
+    rundir.check_existing_run(run.out_dir, cfg)
     o = cfg["optim"]
     parallel.check_amp(o["amp"], run.device)
     if cfg["model"]["compile"]:
@@ -220,41 +219,13 @@ def _build_optimiser(run: _Run) -> None:
     run.scaler = torch.amp.GradScaler("cuda") if run.amp == "fp16" else None
 
 
-def _load_resume_state(run: _Run) -> tuple[Path, dict] | None:
-    """The newest readable checkpoint of the run directory (``interrupted.pt``, ``last.pt``, then
-    ``epoch_<E>.pt`` newest first), or None when there is none. A skipped unreadable file is said
-    in one line; when none is readable, one error line names them all."""
-    candidates = resume_candidates(run.out_dir)
-    if not candidates:
-        return None
-    newest_epoch = max(epoch_files(run.out_dir / "checkpoints", "epoch_*.pt"), default=0)
-    skipped: list[str] = []
-    for path in candidates:
-        try:
-            state = load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS)
-        except NoisyFRError as exc:
-            reason = str(exc).split(": ", 1)[-1]
-            skipped.append(f"{path.name} ({reason})")
-            continue
-        if path.name == INTERRUPTED and (not isinstance(state.get("partial"), dict)
-                                         or int(state["epoch"]) < newest_epoch):
-            continue  # left by a kill right after its epoch's own checkpoint was written
-        if skipped:
-            run.resume_note = (f"resume: skipped {'; '.join(skipped)}; resuming {run.out_dir} from "
-                               f"{path.name} (epoch {int(state['epoch'])})")
-        return path, state
-    names = ", ".join(str(p) for p in candidates)
-    raise NoisyFRError(f"resume: no readable checkpoint in {run.out_dir / 'checkpoints'} "
-                       f"({'; '.join(skipped)}); tried {names}")
-
-
 def _restore(run: _Run) -> None:
     """With ``resume`` and a readable checkpoint: model, head, optimiser, schedule, RNG, epoch,
     history and, after a stop mid-epoch, the epoch's position and sums (``run.partial``)."""
-    found = _load_resume_state(run) if run.cfg["resume"] else None
+    found = rundir.newest_readable_checkpoint(run.out_dir) if run.cfg["resume"] else None
     if found is None:
         return
-    path, state = found
+    path, state, run.resume_note = found
     for key in _RESUME_KEYS:
         old, new = get_dotted(state["config"], key), get_dotted(run.cfg, key)
         if key == "loss" and isinstance(old, dict):  # checkpoints from before loss.sample_rate
@@ -277,44 +248,6 @@ def _restore(run: _Run) -> None:
     run.resumed_from = path
 
 
-def run_summary(out_dir: Path) -> str | None:
-    """What a run directory holds, in a few words (``6 epochs done, loss arcface``), or None when it
-    holds no run file (a checkpoint, an angle log or ``metrics.csv``)."""
-    import csv
-
-    ckpts = sorted((out_dir / "checkpoints").glob("*.pt")) if (out_dir / "checkpoints").is_dir() else []
-    logs = epoch_files(out_dir / "angles", "epoch_*.parquet") if (out_dir / "angles").is_dir() else {}
-    metrics = out_dir / "metrics.csv"
-    if not ckpts and not logs and not metrics.is_file():
-        return None
-    epochs = max([*epoch_files(out_dir / "checkpoints", "epoch_*.pt"), *logs], default=0)
-    try:
-        with open(metrics, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if str(r.get("epoch", "")).isdigit()]
-        epochs = max([epochs, *(int(r["epoch"]) for r in rows)])
-    except (OSError, ValueError, csv.Error):
-        pass
-    loss = "?"
-    try:
-        from noisyfr.io import read_yaml
-
-        loss = str(read_yaml(out_dir / "config.yaml")["loss"]["name"])
-    except (NoisyFRError, KeyError, TypeError):
-        pass
-    return f"{epochs} epoch{'s' if epochs != 1 else ''} done, loss {loss}"
-
-
-def check_existing_run(out_dir: Path, cfg: Mapping[str, Any]) -> None:
-    """The one rule of a used run directory: a run that starts afresh (no ``resume``, or nothing to
-    resume) in a directory holding a run is refused unless ``overwrite`` says to replace it."""
-    if cfg["overwrite"] or (cfg["resume"] and resume_candidates(out_dir)):
-        return
-    held = run_summary(out_dir)
-    if held is not None:
-        raise NoisyFRError(f"output_dir {out_dir}: already holds a run ({held}); continue it with --resume, "
-                           "replace it with --overwrite, or choose another directory")
-
-
 def _prepare_output(run: _Run) -> None:
     """Rank 0 owns the run directory: it takes the directory's lock (held until the run ends), a
     fresh run (with ``overwrite``, else it was refused) drops an earlier run's epoch files (angle
@@ -324,7 +257,7 @@ def _prepare_output(run: _Run) -> None:
         return
     run.created_dirs = make_dirs(run.out_dir)
     run.lock = acquire(run.out_dir, "output_dir")
-    check_existing_run(run.out_dir, run.cfg)  # again, holding the lock: another writer may have ended
+    rundir.check_existing_run(run.out_dir, run.cfg)  # again, holding the lock: another writer may have ended
     if run.pending_manifest is not None:
         run.pending_manifest.write(run.cfg["data"]["manifest"])
     if run.resumed_from is None:
@@ -333,35 +266,12 @@ def _prepare_output(run: _Run) -> None:
                      *run.out_dir.glob("tb/events.out.tfevents.*")]:
             path.unlink(missing_ok=True)
     else:
-        _truncate_after(run, run.start_epoch - 1)
+        rundir.truncate_after(run.out_dir, run.history, run.start_epoch - 1)
     config_path = run.out_dir / "config.yaml"
     if run.resumed_from is not None and protected_input(config_path):
         return  # resumed from the run's own saved config: it stays as it is
     with atomic_write(config_path, "w", encoding="utf-8") as fh:
         fh.write(dump_config(run.cfg))
-
-
-def _truncate_after(run: _Run, epoch: int) -> None:
-    """A resumed run drops what lies after its checkpoint's ``epoch`` (left by a damaged newer
-    checkpoint): later angle logs and epoch checkpoints, and later rows of ``metrics.csv``."""
-    out = run.out_dir
-    for e, path in [*epoch_files(out / "angles", "epoch_*.parquet").items(),
-                    *epoch_files(out / "checkpoints", "epoch_*.pt").items()]:
-        if e > epoch:
-            path.unlink(missing_ok=True)
-    metrics = out / "metrics.csv"
-    if metrics.is_file():
-        try:
-            old = pd.read_csv(metrics)
-        except (OSError, ValueError):
-            old = None
-        if old is None or "epoch" not in old or (old["epoch"] > epoch).any():
-            rows = [h for h in run.history if int(h["epoch"]) <= epoch]
-            if not rows:
-                metrics.unlink()
-                return
-            with atomic_write(metrics, "w", newline="") as fh:
-                pd.DataFrame(rows).to_csv(fh, index=False)
 
 
 def _monitor(run: _Run) -> Monitor:
