@@ -333,3 +333,42 @@ def test_sigterm_of_the_sweep_driver_then_resume_finishes_the_trials(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert set(df["status"]) == {"completed"} and (df["epochs"] == 4).all(), df
     assert all(json.loads(x)["event"] in ("start", "epoch", "end") for x in log.read_text().splitlines())
+
+
+def test_sweep_overwrite_replaces_only_what_the_sweep_wrote(tmp_path):
+    """``sweep --overwrite``: the used-directory check lets it through, and the clearing removes
+    the sweep's own files and nothing else; with --resume it is refused."""
+    from noisyfr.tune import run as sweep_run
+    from noisyfr.tune.spec import STATE_FILE
+
+    sdir = tmp_path / "sw"
+    for name in ("trials/t0", "tune", "manifests", "report/tables"):
+        (sdir / name).mkdir(parents=True)
+    for name in (STATE_FILE, "results.csv", "summary.md", "trials/t0/metrics.csv", "notes.txt"):
+        (sdir / name).write_text("x")
+    sweep_run.clear_sweep(sdir)
+    assert sorted(p.name for p in sdir.iterdir()) == ["notes.txt"]
+
+
+def test_sweep_refusal_names_overwrite_and_resume_with_overwrite_is_refused(tmp_path):
+    import subprocess
+    import sys as _sys
+
+    from noisyfr.tune.spec import STATE_FILE
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "s", "device": "cpu", "data": {"train": "synthetic:ids=2,per_id=2,size=32,seed=0",
+                                               "image_size": 32},
+        "model": {"backbone": "small_cnn", "embedding_dim": 8}, "optim": {"epochs": 1, "batch_size": 2},
+        "grid": {"seed": [0]}}))
+    sdir = tmp_path / "sw"
+    sdir.mkdir()
+    (sdir / STATE_FILE).write_text("{}")
+    before = sorted(p.name for p in sdir.iterdir())
+    for extra, needle in (([], "--overwrite to replace it"), (["--resume", "--overwrite"], "exclude each other")):
+        p = subprocess.run([_sys.executable, "-m", "noisyfr.cli", "sweep", str(cfg), "--out", str(sdir), *extra],
+                           capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
+        assert sorted(q.name for q in sdir.iterdir()) == before

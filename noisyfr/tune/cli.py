@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="sweep directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted sweep in the sweep directory: only unfinished trials run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the sweep the directory already holds (its trials' runs are deleted)")
     parser.add_argument("--address", help="address of a running Ray cluster ('auto' or HOST:PORT); "
                         "default: start a local Ray")
     parser.add_argument("--device", metavar="DEVICE",
@@ -60,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
         for t in spec.trials:
             print(f"  {t.name}" + (f"  manifest={Path(t.manifest).name}" if t.manifest else ""))
         return 0
-    run_sweep(spec, resume=args.resume, address=args.address, inputs=[config])
+    run_sweep(spec, resume=args.resume, address=args.address, inputs=[config], overwrite=args.overwrite)
     print(f"results: {spec.sweep_dir / 'results.csv'}  summary: {spec.sweep_dir / 'summary.md'}")
     return 0

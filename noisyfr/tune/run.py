@@ -202,14 +202,17 @@ def _difference(stored: Any, state: dict) -> str:
     return f"{', '.join(keys) or 'settings'} differ"
 
 
-def _check_state(spec: SweepSpec, state: dict, resume: bool) -> None:
-    """A sweep directory holds one sweep: refuse another, or a resume of a different config.
-    The comparison ignores key order (a mapping is the same whatever order its keys are in)."""
+def _check_state(spec: SweepSpec, state: dict, resume: bool, overwrite: bool = False) -> None:
+    """A sweep directory holds one sweep: refuse another (unless ``overwrite`` replaces it), or a
+    resume of a different config. The comparison ignores key order (a mapping is the same
+    whatever order its keys are in)."""
     sdir, state_path = spec.sweep_dir, spec.sweep_dir / STATE_FILE
     if state_path.exists():
+        if overwrite:
+            return
         if not resume:
-            raise NoisyFRError(f"sweep dir {sdir}: already holds a sweep; use --resume to finish it "
-                               "or choose another output directory")
+            raise NoisyFRError(f"sweep dir {sdir}: already holds a sweep; use --resume to finish it, "
+                               "--overwrite to replace it, or choose another output directory")
         try:
             stored = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -267,9 +270,22 @@ SWEEP_FILES = ("sweep.json", "sweep.log", "results.csv", "results.parquet", "sum
                "tune", "manifests")
 
 
+def clear_sweep(sweep_dir: Path) -> None:
+    """Remove what a sweep wrote in ``sweep_dir`` (:data:`SWEEP_FILES` and the report), nothing
+    else: ``--overwrite`` replaces a sweep deliberately."""
+    import shutil
+
+    for name in (*SWEEP_FILES, "report"):
+        path = Path(sweep_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = None,
               progress: bool | None = None, echo: Callable[[str], Any] | None = print,
-              inputs: Iterable = ()):
+              inputs: Iterable = (), overwrite: bool = False):
     """Run every trial of ``spec`` with Ray Tune; write results and summary; return the results DataFrame.
 
     ``resume``: finish an interrupted sweep in ``spec.sweep_dir`` (``Tuner.restore``: finished trials are
@@ -278,6 +294,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
     session, else start a local one, whose processes all end with the sweep, however the driver
     ends (:mod:`noisyfr.tune.reaper`). Everything is checked before the first trial starts; a first
     start that fails before ``sweep.json`` is written leaves the sweep directory as it found it.
+    ``overwrite``: replace a sweep the directory already holds (its files are removed once the
+    directory's lock is held; nothing else in the directory is touched); refused with ``resume``.
     ``inputs``: files the caller read the sweep from (its config); like every trial's data,
     manifest and checkpoints, they may not be or lie inside the sweep directory's outputs
     (:func:`noisyfr.outputs.check_output`, before Ray starts).
@@ -288,9 +306,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
 
     check_output(spec.sweep_dir, [*inputs, *(p for t in spec.trials for p in run_inputs(t.config))],
                  kind="dir", writes=SWEEP_FILES)
+    if resume and overwrite:
+        raise NoisyFRError("sweep: --resume and --overwrite exclude each other (finish the sweep, or replace it)")
     plan_manifests(spec)
     state = _state_json(spec)
-    _check_state(spec, state, resume)
+    _check_state(spec, state, resume, overwrite)
     check_free(spec.sweep_dir, "sweep dir")
     # One writer per sweep directory: the driver holds its lock until it ends (the kernel lets go
     # of it when the driver dies, kill -9 included); each trial holds its own run directory's.
@@ -301,7 +321,9 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         remove_dirs(created)
         raise
     try:
-        _check_state(spec, state, resume)  # again, holding the lock: another driver may have ended
+        _check_state(spec, state, resume, overwrite)  # again, holding the lock: another driver may have ended
+        if overwrite and (spec.sweep_dir / STATE_FILE).exists():
+            clear_sweep(spec.sweep_dir)
         return _run_locked(spec, state, resume, address, progress, echo)
     finally:
         lock.release()
