@@ -56,12 +56,13 @@ def conclusions(tables: Path) -> list[str]:
                  + ", ".join(f"{k} {n}" for k, n in sorted(ev.items())) + ")")
     text = cell_text(cells, [m for m, _ in _PRINTED])
     for _, r in text.iterrows():
-        if not r["all runs"].startswith("-"):
+        if not r["all runs"].startswith("-") and not (r["condition"] == "clean" and "share" in r["metric"]):
             lines.append(f"  {r['loss']:<30} {r['condition']:<10} {r['metric']:<21} {r['all runs']:<27} "
                          f"runs (learned) {r['runs (learned)']}")
     n_seeds = int(runs["seed"].nunique()) if "seed" in runs else 1
     if len(paired):
-        p = paired[(paired["epoch_rule"] == "heldout") & (paired["metric"] == "noisy_weight_share")]
+        p = paired[(paired["epoch_rule"] == "heldout") & (paired["metric"] == "noisy_weight_share")
+                   & (paired["condition"] != "clean")]
         for _, r in p.iterrows():
             built = " (equal by construction: both detached)" if r["equal_by_construction"] else ""
             lines.append(f"  paired {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
