@@ -119,3 +119,22 @@ def exit_status(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return exc.code
+
+
+def boundaryface_batch(requires_grad: bool = False):
+    """``(head, feats, labels)``: a BoundaryFace head (s=16, correcting from epoch 0) whose three
+    centres are the first unit vectors of R^4, and a batch whose first sample, labelled 0, sits at
+    class 2's centre (BoundaryFace corrects it to 2), the second at its own centre, the third
+    labelled 1 near its own (float64)."""
+    import torch
+
+    from noisyfr.losses import MarginHead, build_loss
+
+    d, C = 4, 3
+    head = MarginHead(d, C, build_loss("boundaryface", s=16.0, start_epoch=0)).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(C, d, dtype=torch.float64))
+    feats = torch.tensor([[0.05, 0.0, 1.0, 0.0],    # labelled 0, at class 2's centre -> corrected
+                          [1.0, 0.1, 0.0, 0.0],     # labelled 0, at its own centre
+                          [0.0, 1.0, 0.2, 0.0]], dtype=torch.float64, requires_grad=requires_grad)
+    return head, feats, torch.tensor([0, 0, 1])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import exit_status
+from conftest import boundaryface_batch, exit_status
 from noisyfr.analysis.load import _complete_angle_log
 from noisyfr.analysis.synthetic import make_synthetic_run
 from noisyfr.losses import MarginHead, build_loss
@@ -92,14 +92,7 @@ def test_unit_pull_equals_grad_norm_times_feat_norm_only_without_norm_terms():
 
 
 def test_theta_used_is_the_angle_at_the_corrected_label():
-    d, C = 4, 3
-    head = MarginHead(d, C, build_loss("boundaryface", s=16.0, start_epoch=0)).double()
-    with torch.no_grad():
-        head.weight.copy_(torch.eye(C, d, dtype=torch.float64))
-    feats = torch.tensor([[0.05, 0.0, 1.0, 0.0],    # labelled 0, at class 2's centre -> corrected
-                          [1.0, 0.1, 0.0, 0.0],     # labelled 0, at its own centre
-                          [0.0, 1.0, 0.2, 0.0]], dtype=torch.float64)
-    labels = torch.tensor([0, 0, 1])
+    head, feats, labels = boundaryface_batch()
     rows = _rows(head, feats, labels)
     assert head.last_labels.tolist() == [2, 0, 1]
     x = torch.nn.functional.normalize(feats, dim=1)

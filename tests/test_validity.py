@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import exit_status
+from conftest import boundaryface_batch, exit_status
 from noisyfr.analysis import stats, write_report
 from noisyfr.analysis.load import load_runs, long_angles
 from noisyfr.errors import NoisyFRError
@@ -124,14 +124,7 @@ def test_grad_norm_is_the_per_sample_embedding_gradient(name, mode):
 def test_boundaryface_weight_is_read_at_the_corrected_label():
     """A sample labelled 0 that sits next to class 2's centre is corrected to 2: label_used = 2 and
     its weight is |dL/dcos| at column 2, where it trains at full strength (column 0 is a negative)."""
-    d, C = 4, 3
-    head = MarginHead(d, C, build_loss("boundaryface", s=16.0, start_epoch=0)).double()
-    with torch.no_grad():
-        head.weight.copy_(torch.eye(C, d, dtype=torch.float64))
-    feats = torch.tensor([[0.05, 0.0, 1.0, 0.0],    # labelled 0, at class 2's centre -> corrected
-                          [1.0, 0.1, 0.0, 0.0],     # labelled 0, at its own centre
-                          [0.0, 1.0, 0.2, 0.0]], dtype=torch.float64, requires_grad=True)
-    labels = torch.tensor([0, 0, 1])
+    head, feats, labels = boundaryface_batch(requires_grad=True)
     loss, _, cos = head(feats, labels)
     cos.retain_grad()
     loss.backward()
