@@ -243,8 +243,7 @@ def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
                  fig / f"weight_vs_theta_{sl}.png")
         learned_ep = t["epoch_stats.csv"][t["epoch_stats.csv"]["run"].isin(set(kept["run"]))]
         save(plots.weight_share(learned_ep, weight=o.weight), fig / "noisy_weight_share.png")
-        v = t["run_values.csv"]
-        held = v[(v["epoch_rule"] == "heldout") & v["estimated_rate"].notna()] if len(v) else v
+        held = seeds.heldout_estimates(t["run_values.csv"])
         if len(held):
             save(plots.noise_estimate(held.rename(columns={"closed_fraction": "true_rate"})),
                  fig / "noise_rate_estimate.png")
@@ -320,11 +319,9 @@ def _doc_conclusions(doc: Document, t, o: _Options) -> None:
         doc.p("No two losses share a condition and a seed: no paired comparison.")
         return
     p = paired[(paired["epoch_rule"] == rule) & paired["metric"].isin(metrics)].copy()
-    p["difference A - B"] = [seeds.format_interval(m, lo, hi, int(n)) for m, lo, hi, n in
-                             zip(p["diff_mean"], p["diff_lo"], p["diff_hi"], p["n_pairs"])]
-    p["learned pairs"] = [seeds.format_interval(m, lo, hi, int(n)) for m, lo, hi, n in
-                          zip(p["learned_diff_mean"], p["learned_diff_lo"], p["learned_diff_hi"],
-                              p["n_pairs_learned"])]
+    p["difference A - B"] = seeds.interval_texts(p, "diff_mean", "diff_lo", "diff_hi", "n_pairs")
+    p["learned pairs"] = seeds.interval_texts(p, "learned_diff_mean", "learned_diff_lo",
+                                              "learned_diff_hi", "n_pairs_learned")
     doc.p("Paired differences A - B between two losses over runs of the same seed (same noise "
           "draw, same held-out split); `verdict` is `A > B` or `A < B` when the 95 % interval of "
           "all pairs excludes 0. `equal_by_construction`: both losses use `grad_mode: detached`, "
@@ -439,9 +436,7 @@ def _doc_weighting(doc: Document, t, curves, o: _Options) -> None:
 
 def _doc_separability(doc: Document, t, o: _Options) -> None:
     doc.h(2, "3. Separability and the noise rate (learned runs)")
-    values = t["run_values.csv"]
-    held = values[(values["epoch_rule"] == "heldout") & values["estimated_rate"].notna()] \
-        if len(values) else values
+    held = seeds.heldout_estimates(t["run_values.csv"])
     doc.p("Noise-rate estimate (`estimated_rate`), from the held-out images: they carry the "
           "manifest's labels like every image, but the model never trained on them, so it cannot "
           "have memorised a wrong one; their agreement with the given labels g and their "
@@ -472,19 +467,16 @@ def _doc_convention(doc: Document, t) -> None:
         return
     show = tab[tab["metric"].isin(["noisy_weight_share", "noisy_unit_pull_share", "auc_closed",
                                    "heldout_accuracy"])]
-    fmt = seeds.format_interval
     doc.p("Does the difference between two losses depend on the gradient convention? Per seed, "
           "A - B with the exact gradient and with the detached one, and the change between them "
           "(exact minus detached, a difference of differences); mean [95 % interval] n. An "
           "interval of `change` that excludes 0 says the answer depends on the convention.")
+    texts = seeds.interval_texts
     doc.table(pd.DataFrame({
         "condition": show["condition"], "A": show["loss_a"], "B": show["loss_b"], "metric": show["metric"],
-        "A - B, exact": [fmt(a, b, c, int(n), 4) for a, b, c, n in
-                         zip(show["exact_diff"], show["exact_lo"], show["exact_hi"], show["n_exact"])],
-        "A - B, detached": [fmt(a, b, c, int(n), 4) for a, b, c, n in
-                            zip(show["detached_diff"], show["detached_lo"], show["detached_hi"], show["n_detached"])],
-        "change": [fmt(a, b, c, int(n), 4) for a, b, c, n in
-                   zip(show["change"], show["change_lo"], show["change_hi"], show["n_change"])]}),
+        "A - B, exact": texts(show, "exact_diff", "exact_lo", "exact_hi", "n_exact", 4),
+        "A - B, detached": texts(show, "detached_diff", "detached_lo", "detached_hi", "n_detached", 4),
+        "change": texts(show, "change", "change_lo", "change_hi", "n_change", 4)}),
         "tables/convention.csv")
 
 

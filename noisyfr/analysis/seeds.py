@@ -214,6 +214,18 @@ def format_interval(mean: float, lo: float, hi: float, n: int, digits: int = 3) 
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] n={n}"
 
 
+def interval_texts(df: pd.DataFrame, mean: str, lo: str, hi: str, n: str, digits: int = 3) -> list[str]:
+    """:func:`format_interval` for every row of ``df``, from the named columns."""
+    return [format_interval(m, a, b, int(k), digits) for m, a, b, k in zip(df[mean], df[lo], df[hi], df[n])]
+
+
+def heldout_estimates(values: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`run_values` at the held-out-chosen epoch that have a noise-rate estimate."""
+    if values.empty:
+        return values
+    return values[(values["epoch_rule"] == "heldout") & values["estimated_rate"].notna()]
+
+
 def cell_text(cells: pd.DataFrame, metrics: list[str], rule: str = "heldout") -> pd.DataFrame:
     """One row per loss, condition and metric (in the order of ``metrics``) with the interval over
     all runs and over the learned runs as text, for Markdown tables and the demo's printout."""
@@ -225,8 +237,6 @@ def cell_text(cells: pd.DataFrame, metrics: list[str], rule: str = "heldout") ->
     return pd.DataFrame({
         "loss": c["loss"], "condition": c["condition"], "metric": c["metric"],
         "runs (learned)": [f"{a} ({b})" for a, b in zip(c["n_runs"], c["n_learned"])],
-        "all runs": [format_interval(m, lo, hi, int(n)) for m, lo, hi, n in
-                     zip(c["mean"], c["lo"], c["hi"], c["n"])],
-        "learned runs": [format_interval(m, lo, hi, int(n)) for m, lo, hi, n in
-                         zip(c["learned_mean"], c["learned_lo"], c["learned_hi"], c["n_learned"])],
+        "all runs": interval_texts(c, "mean", "lo", "hi", "n"),
+        "learned runs": interval_texts(c, "learned_mean", "learned_lo", "learned_hi", "n_learned"),
     }).reset_index(drop=True)

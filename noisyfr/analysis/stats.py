@@ -108,8 +108,8 @@ def _share(g: pd.DataFrame, column: str, noisy: np.ndarray) -> float:
     if column not in g.columns:
         return float("nan")
     w = g[column].to_numpy(dtype=float)
-    total = np.nansum(w)
-    return float(np.nansum(w[noisy]) / total) if total > 0 else float("nan")
+    total = w.sum()
+    return float(w[noisy].sum() / total) if total > 0 else float("nan")
 
 
 def _auc_by_type(g: pd.DataFrame, theta_deg: np.ndarray) -> dict[str, float]:
@@ -150,8 +150,6 @@ def epoch_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFr
     for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
         noisy = g["is_noisy"].to_numpy()
         th = np.degrees(g["theta_y"].to_numpy(dtype=float))
-        w = g[weight].to_numpy(dtype=float)
-        total = w.sum()
         row = dict(zip(_keys(angles, ["epoch"]), key))
         row.update({
             "n": len(g), "n_noisy": int(noisy.sum()), "noisy_fraction": float(noisy.mean()),
@@ -163,7 +161,7 @@ def epoch_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFr
             **_auc_by_type(g, th),
             "auc_dominant": detection_auc(g["theta_dominant"].to_numpy(dtype=float), noisy),
             "weight_column": weight,
-            "noisy_weight_share": float(w[noisy].sum() / total) if total > 0 else float("nan"),
+            "noisy_weight_share": _share(g, weight, noisy),
             "noisy_unit_pull_share": _share(g, "unit_pull", noisy),
             "n_corrected": int((g["label_used"].to_numpy() != g["label"].to_numpy()).sum()),
         })
