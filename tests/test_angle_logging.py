@@ -16,8 +16,8 @@ import yaml
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.train import load_config, train
-from noisyfr.train.angles import (ANGLE_SCHEMA, COLUMNS, ROW_GROUP_ROWS, _FLOATS, AngleTracker,
-                                  is_logged_epoch, keep_samples, logged_epochs, logged_samples,
+from noisyfr.train.angles import (ANGLE_SCHEMA, COLUMNS, DICTIONARY_COLUMNS, ROW_GROUP_ROWS, _FLOATS,
+                                  AngleTracker, is_logged_epoch, keep_samples, logged_epochs, logged_samples,
                                   rows_frame, write_angles)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -74,6 +74,10 @@ def test_written_log_has_the_schema_and_row_groups_of_at_most_131072_rows(tmp_pa
     meta = pq.ParquetFile(path).metadata
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     assert sizes == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 1000]
+    group = meta.row_group(0)
+    for i, name in enumerate(COLUMNS):   # dictionaries only where values repeat
+        dictionary = "RLE_DICTIONARY" in group.column(i).encodings
+        assert dictionary == (name in DICTIONARY_COLUMNS), (name, group.column(i).encodings)
     back = pd.read_parquet(path)
     pd.testing.assert_frame_equal(back, frame)
     assert back["sample_index"].tolist() == list(range(n)) and (back["epoch"] == 7).all()
