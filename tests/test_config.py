@@ -23,6 +23,7 @@ def test_defaults_are_filled_for_every_schema_key():
     assert cfg["optim"]["lr"] == 0.1 and cfg["optim"]["schedule"] == "cosine"
     assert cfg["loss"]["name"] == "arcface"
     assert cfg["track"]["angles"] is True and cfg["resume"] is False
+    assert cfg["track"]["angles_every"] == 1 and cfg["track"]["angles_fraction"] == 1.0
     assert cfg["name"] == "run" and cfg["output_dir"].endswith("run")
     assert cfg["data"]["val"] == [] and cfg["data"]["center_crop"] == 1.0
 
@@ -48,6 +49,9 @@ def test_resolved_config_round_trips_through_yaml():
     ("data.val=[x/pairs.txt, y.bin]", ("data", "val"), ["x/pairs.txt", "y.bin"]),
     ("data.val=one.txt", ("data", "val"), ["one.txt"]),
     ("track.angles=false", ("track", "angles"), False),
+    ("track.angles_every=5", ("track", "angles_every"), 5),
+    ("track.angles_fraction=0.1", ("track", "angles_fraction"), 0.1),
+    ("track.angles_fraction=1", ("track", "angles_fraction"), 1.0),
     ("loss.s=30", ("loss", "s"), 30),
     ("optim.lr_steps=[1, 2]", ("optim", "lr_steps"), [1.0, 2.0]),
 ])
@@ -82,6 +86,12 @@ def test_override_beats_file_value_and_pairs_are_accepted():
     ("optim=3", "config key 'optim': expected a mapping"),
     ("optim.schedule=step", "config key 'optim.lr_steps'"),        # step schedule needs epochs
     ("optim.warmup_epochs=30", "config key 'optim.warmup_epochs': must be < optim.epochs"),
+    ("track.angles_every=0", "config key 'track.angles_every': must be >= 1, got 0"),
+    ("track.angles_every=2.5", "config key 'track.angles_every': expected an integer"),
+    ("track.angles_fraction=0", "config key 'track.angles_fraction': must be in (0, 1], got 0"),
+    ("track.angles_fraction=1.5", "config key 'track.angles_fraction': must be in (0, 1], got 1.5"),
+    ("track.angles_fraction=half", "config key 'track.angles_fraction': expected a number"),
+    ("track.angles_fraction=true", "config key 'track.angles_fraction': expected a number"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(NoisyFRError) as info:

@@ -409,6 +409,14 @@ def test_non_finite_numbers_are_refused(case, world, tmp_path, capsys):
     refused(expand(argv, world, tmp_path), named, world, tmp_path, capsys)
 
 
+@pytest.mark.parametrize("override", ["track.angles_every=0", "track.angles_every=1.5",
+                                      "track.angles_fraction=0", "track.angles_fraction=1.5",
+                                      "track.angles_fraction=most", "track.angles_fraction=.nan"])
+def test_bad_angle_log_settings_are_refused(override, world, tmp_path, capsys):
+    refused(["train", world.config, override, "--out", tmp_path / "run"], override.split("=")[0], world,
+            tmp_path, capsys)
+
+
 # --------------------------------------------------------------------------- 6. resource bombs
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))

@@ -15,6 +15,7 @@ import yaml
 
 from noisyfr.io import load_checkpoint
 from noisyfr.train import load_config
+from noisyfr.train.angles import logged_samples
 
 
 def _free_port() -> int:
@@ -82,11 +83,15 @@ def test_noisyfr_train_under_torchrun_starts_its_own_process_group(tmp_path):
            "model": {"backbone": "small_cnn", "embedding_dim": 16, "width": 0.25, "sync_bn": True},
            "loss": {"name": "arcface", "s": 16.0, "sample_rate": 0.5},
            "optim": {"epochs": 1, "batch_size": 4, "lr": 0.05}, "device": "cpu",
+           # the last epoch is logged whatever angles_every; 6 of the 8 samples (4 per rank)
+           "track": {"angles_every": 2, "angles_fraction": 0.75},
            "output_dir": str(run)}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     mp.spawn(_torchrun_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
     assert [(tmp_path / f"exit_{r}").read_text() for r in range(2)] == ["0", "0"]
     frame = pd.read_parquet(run / "angles" / "epoch_1.parquet")
-    assert frame["sample_index"].tolist() == list(range(8))   # both ranks' samples
+    expected = logged_samples(np.arange(8), 0.75, seed=0)
+    assert len(expected) == 6                                   # more than one rank holds
+    assert frame["sample_index"].tolist() == expected.tolist()  # both ranks' samples of the subset
     assert load_checkpoint(run / "checkpoints" / "last.pt")["head"]["weight"].shape == (4, 16)

@@ -43,7 +43,12 @@ label``); ``grad_norm`` and ``unit_pull`` are per sample, not per class, and pai
 (``theta_y`` shows where the given label sits, ``theta_used`` where training pulls).
 
 All angles are in radians. Rows are kept on the training device during the epoch (no host sync per
-step) and written once per epoch to ``angles/epoch_<E>.parquet`` (E from 1).
+step) and written once per epoch to ``angles/epoch_<E>.parquet`` (E from 1), with the column types
+of :data:`ANGLE_SCHEMA` (int32 indices and labels, float32 values) in row groups of at most
+:data:`ROW_GROUP_ROWS` rows (:func:`write_angles`). ``track.angles_every`` writes only the epochs
+of :func:`logged_epochs`; ``track.angles_fraction`` writes only the rows of a fixed seeded subset of
+the samples (:func:`logged_samples`). The health metrics are computed from every row of every
+epoch either way.
 
 Health (:func:`health_metrics`), from the same rows with the plain cosine argmax (no margin):
 ``clean_true_accuracy`` (clean samples predicted as their label), ``noisy_fit_given`` /
@@ -62,6 +67,7 @@ import pandas as pd
 import torch
 
 from noisyfr import numeric
+from noisyfr.errors import NoisyFRError
 from noisyfr.distributed import all_gather_rows, all_reduce_
 from noisyfr.io import atomic_path
 
@@ -73,6 +79,29 @@ COLUMNS = ("sample_index", "epoch", "label", "label_used", "theta_y", "theta_nea
 #: is read with them filled in, see :mod:`noisyfr.analysis.load`).
 REQUIRED_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
                     "theta_orig", "weight")
+#: Column types of ``angles/epoch_<E>.parquet`` as written now (numpy dtype names; the Arrow types
+#: are ``pyarrow.from_numpy_dtype`` of them: ``int32`` and ``float``). Logs written before the
+#: int32 columns have int64 there; readers accept both.
+ANGLE_SCHEMA = {"sample_index": "int32", "epoch": "int32", "label": "int32", "label_used": "int32",
+                "theta_y": "float32", "theta_nearest": "float32", "nearest_label": "int32",
+                "theta_orig": "float32", "theta_dominant": "float32", "weight": "float32",
+                "weight_theta": "float32", "grad_norm": "float32", "unit_pull": "float32",
+                "feat_norm": "float32", "theta_used": "float32"}
+#: Most rows in one Parquet row group of an angle log (a reader scans the groups of one file on
+#: several threads).
+ROW_GROUP_ROWS = 131072
+#: Columns written dictionary-encoded: those with few distinct values (labels, the epoch). Every
+#: other column is all but unique per row (the sample index, every float) and is written PLAIN:
+#: pyarrow's default dictionary attempt there (given up for PLAIN after 1 MB per column chunk)
+#: makes the file half as large again and its writing several times slower.
+DICTIONARY_COLUMNS = ("epoch", "label", "label_used", "nearest_label")
+#: The numpy stream of the logged subset (``track.angles_fraction``):
+#: ``default_rng([seed, *SUBSET_STREAM])``. Other run streams: ``[seed, epoch]`` (per-epoch
+#: torch seeds), ``[seed, 1]`` (``data.max_samples``), ``[seed, 2, identity]`` (held-out split),
+#: ``[seed, 0x5043, block]`` / ``[seed, 0x5046, ...]`` (Partial FC); three values whose second is
+#: none of theirs collide with none of them (numpy pads a key with zeros, so ``[seed, k]`` would
+#: be epoch ``k``'s key).
+SUBSET_STREAM = (0x414E, 1)
 #: Per-sample weight columns; ``noisyfr analyze --weight`` picks one of them.
 WEIGHT_COLUMNS = ("weight", "weight_theta", "grad_norm", "unit_pull")
 #: Float values per sample kept by the tracker, in order (the columns after the labels).
@@ -238,42 +267,114 @@ class AngleTracker:
         return sum(len(i) for i in self._index)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The collected rows as numpy arrays (one host transfer per column)."""
+        """The collected rows as numpy arrays (one host transfer per column): ``sample_index``,
+        ``label``, ``label_used`` int32 [N] and ``values`` float32 [N, 11]."""
         if not self._index:
-            return {"sample_index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
-                    "label_used": np.zeros(0, np.int64),
+            return {"sample_index": np.zeros(0, np.int32), "label": np.zeros(0, np.int32),
+                    "label_used": np.zeros(0, np.int32),
                     "values": np.zeros((0, len(_FLOATS)), np.float32)}
         return {
-            "sample_index": torch.cat(self._index).cpu().numpy().astype(np.int64),
-            "label": torch.cat(self._labels).cpu().numpy().astype(np.int64),
-            "label_used": torch.cat(self._used).cpu().numpy().astype(np.int64),
+            "sample_index": _int32(torch.cat(self._index).cpu().numpy(), "sample_index"),
+            "label": _int32(torch.cat(self._labels).cpu().numpy(), "label"),
+            "label_used": _int32(torch.cat(self._used).cpu().numpy(), "label_used"),
             "values": torch.cat(self._values).cpu().numpy().astype(np.float32),
         }
 
 
+_INT32 = np.iinfo(np.int32)
+
+
+def _int32(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as int32; NoisyFRError naming the column when one does not fit (a dataset of
+    more than 2**31 - 1 samples: beyond every face dataset, WebFace42M has 42M)."""
+    values = np.asarray(values)
+    if values.dtype == np.int32:
+        return values
+    if values.size and (values.min() < _INT32.min or values.max() > _INT32.max):
+        raise NoisyFRError(f"angle log column {name}: values outside int32 "
+                           f"[{values.min()}, {values.max()}]")
+    return values.astype(np.int32)
+
+
 def rows_frame(arrays: dict[str, np.ndarray], epoch: int) -> pd.DataFrame:
-    """Build the epoch's angle table, one row per sample (first occurrence kept), sorted by index."""
-    idx = arrays["sample_index"]
+    """Build the epoch's angle table, one row per sample (first occurrence kept), sorted by index,
+    with the column types of :data:`ANGLE_SCHEMA`."""
+    idx = _int32(arrays["sample_index"], "sample_index")
     _, first = np.unique(idx, return_index=True)  # sorted unique sample indices
-    val = arrays["values"][first]
+    val = np.asarray(arrays["values"], dtype=np.float32)[first]
     col = {name: val[:, i] for i, name in enumerate(_FLOATS)}
     near = col["nearest_label"]
-    col["nearest_label"] = np.where(np.isfinite(near), near, -1).astype(np.int64)
+    col["nearest_label"] = np.where(np.isfinite(near), near, -1).astype(np.int32)
     return pd.DataFrame({
         "sample_index": idx[first],
-        "epoch": np.full(len(first), epoch, dtype=np.int64),
-        "label": arrays["label"][first],
-        "label_used": arrays["label_used"][first],
+        "epoch": np.full(len(first), epoch, dtype=np.int32),
+        "label": _int32(arrays["label"], "label")[first],
+        "label_used": _int32(arrays["label_used"], "label_used")[first],
         **col,
     }, columns=list(COLUMNS))
 
 
+def _arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.from_numpy_dtype(np.dtype(ANGLE_SCHEMA[c]))) for c in COLUMNS])
+
+
 def write_angles(frame: pd.DataFrame, output_dir: str | Path, epoch: int) -> Path:
-    """Write ``output_dir/angles/epoch_<epoch>.parquet`` atomically; returns the path."""
+    """Write ``output_dir/angles/epoch_<epoch>.parquet`` atomically, with the column types of
+    :data:`ANGLE_SCHEMA` (a frame with other numeric types is cast; a value that does not fit
+    raises) in row groups of at most :data:`ROW_GROUP_ROWS` rows, only :data:`DICTIONARY_COLUMNS`
+    dictionary-encoded (Snappy compression, pyarrow's default); returns the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(output_dir) / "angles" / f"epoch_{epoch}.parquet"
+    typed = pd.DataFrame({c: _int32(frame[c].to_numpy(), c) if ANGLE_SCHEMA[c] == "int32"
+                          else frame[c].to_numpy(np.float32) for c in COLUMNS})
+    table = pa.Table.from_pandas(typed, schema=_arrow_schema(), preserve_index=False)
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS,
+                       use_dictionary=list(DICTIONARY_COLUMNS))
     return path
+
+
+def is_logged_epoch(epoch: int, total_epochs: int, every: int) -> bool:
+    """True when epoch ``epoch`` (from 1) of a run of ``total_epochs`` writes its angle log under
+    ``track.angles_every = every``: every ``every``-th epoch, and always the last."""
+    return epoch == total_epochs or epoch % every == 0
+
+
+def logged_epochs(total_epochs: int, every: int) -> list[int]:
+    """The epochs (from 1, increasing) whose angle logs a run of ``total_epochs`` epochs writes
+    with ``track.angles_every = every``: ``every, 2 every, ...`` and always ``total_epochs``
+    (``logged_epochs(7, 3) == [3, 6, 7]``, ``logged_epochs(2, 5) == [2]``). NoisyFRError for
+    ``total_epochs < 1`` or ``every < 1``."""
+    total = numeric.integer(total_epochs, "total_epochs", lo=1)
+    every = numeric.integer(every, "track.angles_every", lo=1)
+    return [e for e in range(every, total + 1, every) if e != total] + [total]
+
+
+def logged_samples(sample_indices, fraction: float, seed: int) -> np.ndarray | None:
+    """The sample indices whose rows the angle logs keep under ``track.angles_fraction =
+    fraction``: sorted int64, ``round(fraction * n)`` (half up, at least 1) of the ``n`` distinct
+    ``sample_indices`` (the run's training samples), drawn without replacement with
+    ``numpy.random.default_rng([seed, *SUBSET_STREAM])``; None (every sample) when ``fraction``
+    is 1. The same seed and samples give the same subset (every epoch, every rank, on resume)."""
+    fraction = numeric.real(fraction, "track.angles_fraction", lo=0.0, hi=1.0, lo_open=True)
+    if fraction == 1.0:
+        return None
+    rows = np.unique(np.asarray(sample_indices, dtype=np.int64))
+    k = min(len(rows), max(1, int(math.floor(fraction * len(rows) + 0.5))))
+    pick = np.random.default_rng([int(seed), *SUBSET_STREAM]).choice(len(rows), k, replace=False)
+    return rows[np.sort(pick)]
+
+
+def keep_samples(frame: pd.DataFrame, samples: np.ndarray | None) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``sample_index`` is in ``samples`` (sorted; None: ``frame``)."""
+    if samples is None:
+        return frame
+    keep = np.isin(frame["sample_index"].to_numpy(), samples, assume_unique=True)
+    return frame[keep].reset_index(drop=True)
 
 
 def health_metrics(frame: pd.DataFrame) -> dict[str, float]:

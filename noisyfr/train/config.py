@@ -190,6 +190,8 @@ SCHEMA: dict[str, Any] = {
     "track": {
         "angles": (True, bool_),
         "log_every": (10, int_(lo=1)),
+        "angles_every": (1, int_(lo=1)),
+        "angles_fraction": (1.0, float_(lo=0.0, hi=1.0, lo_open=True)),
     },
     "health": {
         "learned_accuracy": (0.8, float_(lo=0.0, hi=1.0)),

@@ -5,7 +5,8 @@
 
     output_dir/config.yaml                 resolved config (written at start)
     output_dir/metrics.csv                 one row per epoch
-    output_dir/angles/epoch_<E>.parquet    per-sample angles (see noisyfr.train.angles)
+    output_dir/angles/epoch_<E>.parquet    per-sample angles (see noisyfr.train.angles; the epochs
+                                           of track.angles_every, the samples of track.angles_fraction)
     output_dir/checkpoints/epoch_<E>.pt    checkpoint after epoch E, and last.pt
 
 It reads as a recipe: build the data, the model and head, the optimiser and schedule, restore a
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -65,7 +66,10 @@ from noisyfr.train.step import Stepper
 # Keys that must be equal between a checkpoint and the config resuming from it.
 _RESUME_KEYS = ("data.train", "data.manifest", "data.image_size", "data.max_samples", "data.max_per_id",
                 "data.holdout",
-                "model.backbone", "model.embedding_dim", "model.width", "loss", "seed")
+                "model.backbone", "model.embedding_dim", "model.width", "loss", "seed",
+                "track.angles_every", "track.angles_fraction")
+# Their values in checkpoints from before the key existed.
+_RESUME_DEFAULTS = {"track.angles_every": 1, "track.angles_fraction": 1.0}
 
 
 @dataclass
@@ -83,6 +87,7 @@ class _Run:
     train_set: Any = None
     num_classes: int = 0
     noise_types: np.ndarray | None = None
+    logged_samples: np.ndarray | None = None
     orig_labels: np.ndarray | None = None
     vsets: list = field(default_factory=list)
     heldout: Any = None
@@ -166,6 +171,9 @@ def _build_data(run: _Run) -> None:
     rows, held = split_identities(run.orig_labels, data["max_per_id"], data["holdout"], run.cfg["seed"],
                                   names)
     run.train_set = training_subset(run.dataset, data["max_samples"], run.cfg["seed"], rows)
+    trained = run.train_set.indices if isinstance(run.train_set, Subset) else np.arange(len(run.dataset))
+    run.logged_samples = angles_mod.logged_samples(trained, run.cfg["track"]["angles_fraction"],
+                                                   run.cfg["seed"])
     run.heldout = heldout_mod.heldout_set(
         run.dataset, held, face_transform(data["image_size"], data["center_crop"], train=False))
     run.vsets = verification_sets(data["val"]) if run.rank == 0 and data["val"] else []
@@ -227,7 +235,7 @@ def _restore(run: _Run) -> None:
         return
     path, state, run.resume_note = found
     for key in _RESUME_KEYS:
-        old, new = get_dotted(state["config"], key), get_dotted(run.cfg, key)
+        old, new = get_dotted(state["config"], key, _RESUME_DEFAULTS.get(key)), get_dotted(run.cfg, key)
         if key == "loss" and isinstance(old, dict):  # checkpoints from before loss.sample_rate
             old = {"sample_rate": None, **old}
         if old != new:
@@ -391,7 +399,9 @@ def _epoch_totals(run: _Run, epoch: int, loss_sum: float, correct: int, seen: in
 
 
 def _angle_summary(run: _Run, tracker: angles_mod.AngleTracker, epoch: int) -> dict:
-    """Health and angle summary of the epoch's rows (all ranks gathered); rank 0 writes the log."""
+    """Health and angle summary of the epoch's rows (all ranks gathered, every sample); rank 0
+    writes the log on the epochs of ``track.angles_every``, with the rows of the samples of
+    ``track.angles_fraction``."""
     arrays = tracker.arrays()
     if run.world > 1:
         gathered: list[Any] = [None] * run.world
@@ -399,8 +409,10 @@ def _angle_summary(run: _Run, tracker: angles_mod.AngleTracker, epoch: int) -> d
         arrays = {k: np.concatenate([g[k] for g in gathered]) for k in arrays}
     frame = angles_mod.rows_frame(arrays, epoch)
     out = angles_mod.epoch_summary(frame, run.noise_types, run.orig_labels)
-    if run.cfg["track"]["angles"] and run.rank == 0:
-        angles_mod.write_angles(frame, run.out_dir, epoch)
+    track = run.cfg["track"]
+    if track["angles"] and run.rank == 0 and \
+            angles_mod.is_logged_epoch(epoch, run.cfg["optim"]["epochs"], track["angles_every"]):
+        angles_mod.write_angles(angles_mod.keep_samples(frame, run.logged_samples), run.out_dir, epoch)
     run.frame = frame
     return out
 
