@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("noisyfr.eval.export", "export a backbone to ONNX (dynamic batch axis)"),
     "sweep": ("noisyfr.tune.cli", "run a Ray Tune grid of losses x noise settings x seeds"),
     "analyze": ("noisyfr.analysis.cli", "angle/weighting analysis report of a run or sweep"),
+    "query": ("noisyfr.analysis.query_cli", "one read-only SQL query on a run or sweep's angle logs"),
     "demo": ("noisyfr.demo", "run the main job on the embedded synthetic default"),
 }
 

@@ -3,14 +3,14 @@ closed-set, open-set and split noise) as the in-memory engine wrote them before 
 the streaming one (tests/data/pinned_report/, written by ``write_report(..., figures=False)``).
 
 The tables must keep every pinned row, column and value. Tolerances: the CSVs hold 6 significant
-digits, so exact statistics agree to a relative 2e-5; medians are within one fine histogram bin
-(``engine.FINE_DEG`` degrees); an AUC within its ``auc_bound``; quantile-region statistics
-within the samples of the bin that holds the threshold; the Gaussian-mixture reference within
-0.02 (it is fitted to the histogram's quantile points rather than to every angle).
+digits, so values agree to a relative 2e-5, but for one kind: an AUC from the engine's fine
+histogram counts two samples of one bin as a tie, so it may move by its ``auc_bound``; a mean,
+interval end or paired difference of AUCs by the bound times the interval's t factor.
+Measured on these fixtures: AUC 2e-4, everything else (medians, quantile regions, the mixture
+reference) within the CSVs' rounding.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -35,27 +35,19 @@ def _fixture(kind: str, tmp: Path) -> Path:
                               rates={"closed": 0.2, "open": 0.1, "split": 0.1}, seed=3)
 
 
-def _fine_deg() -> float:
-    try:
-        from noisyfr.analysis.engine import FINE_DEG
-    except ImportError:  # the in-memory engine: exact medians
-        return 0.0
-    return FINE_DEG
+def _is_auc(name: str) -> bool:
+    return name.startswith("auc") or name.endswith("_auc") or name.startswith("best_auc")
 
 
-def _tolerance(table: str, col: str, old: pd.DataFrame, new: pd.DataFrame) -> np.ndarray:
-    """Absolute tolerance per row for ``col`` of ``table``."""
+def _tolerance(col: str, old: pd.DataFrame, auc_bound: float) -> np.ndarray:
+    """Absolute tolerance per row for ``col``. ``auc_bound``: the largest ``auc_bound`` of the
+    fixture's epochs; an interval over two seeds stretches it by t(0.975, 1) = 12.7."""
     ref = np.abs(pd.to_numeric(old[col], errors="coerce").to_numpy(dtype=float))
     tol = 2e-5 * np.nan_to_num(ref) + 1e-6
-    fine = _fine_deg()
-    if "median" in col:
-        tol = tol + (fine if col.endswith("_deg") else math.radians(fine))
-    if col.startswith("auc") or col in ("oracle_best_auc",) or col.startswith("best_auc"):
-        bound = pd.to_numeric(new.get("auc_bound", pd.Series(0.0, index=new.index)), errors="coerce")
-        tol = tol + (np.nan_to_num(bound.to_numpy(dtype=float)) if col == "auc" else 0.01 * bool(fine))
-    if col.startswith(("gmm_", "mode_")):
-        tol = tol + (0.02 if col == "gmm_rate" else 1.0) * bool(fine)
-    return tol
+    auc_rows = np.full(len(old), _is_auc(col))
+    if "metric" in old.columns and col not in ("n", "n_runs", "n_learned"):
+        auc_rows |= old["metric"].astype(str).map(_is_auc).to_numpy()
+    return tol + np.where(auc_rows, 13.0 * auc_bound, 0.0)
 
 
 @pytest.mark.parametrize("kind", ["sweep", "mixed"])
@@ -64,6 +56,9 @@ def test_every_report_table_keeps_its_pinned_values(tmp_path, kind):
     write_report(src, tmp_path / "report", figures=False)
     pinned = sorted((PINNED / kind).glob("*.csv"))
     assert len(pinned) >= 15
+    epochs = pd.read_csv(tmp_path / "report" / "tables" / "epoch_stats.csv")
+    auc_bound = float(epochs["auc_bound"].max()) if "auc_bound" in epochs.columns else 0.0
+    assert auc_bound < 0.01  # the histogram's ties are few: the AUC is nearly exact
     for f in pinned:
         got_path = tmp_path / "report" / "tables" / f.name
         assert got_path.is_file(), f"{f.name}: table no longer written"
@@ -79,7 +74,6 @@ def test_every_report_table_keeps_its_pinned_values(tmp_path, kind):
         if keys:
             old = old.sort_values(keys, kind="stable").reset_index(drop=True)
             new = new.sort_values(keys, kind="stable").reset_index(drop=True)
-        region_rows = (old["method"] == "quantile").to_numpy() if "method" in old.columns else None
         for col in old.columns:
             if col in _PATHS:
                 continue
@@ -91,13 +85,7 @@ def test_every_report_table_keeps_its_pinned_values(tmp_path, kind):
             y = pd.to_numeric(b, errors="coerce").to_numpy(dtype=float)
             assert (np.isnan(x) == np.isnan(y)).all(), f"{f.name}: NaNs of {col} differ"
             ok = ~np.isnan(x)
-            tol = _tolerance(f.name, col, old, new)
-            if region_rows is not None and _fine_deg() and col not in ("threshold_deg",):
-                # a quantile region's members: exact but for the threshold's own bin
-                slack = np.where(region_rows, 0.02 * np.maximum(np.abs(x), 1.0) + 2.0 * (col == "n"), 0.0)
-                tol = tol + slack
-            if region_rows is not None and col == "threshold_deg":
-                tol = tol + np.where(region_rows, _fine_deg(), 0.0)
+            tol = _tolerance(col, old, auc_bound)
             err = np.abs(x - y)[ok]
             worst = int(np.argmax(err - tol[ok])) if err.size else 0
             assert (err <= tol[ok]).all(), (f"{f.name}: column {col} row {np.flatnonzero(ok)[worst]}: "

@@ -49,16 +49,34 @@ class Run:
     condition: str
     noise_rate: float
     rates: dict[str, float]
-    angles: pd.DataFrame
+    angles: pd.DataFrame | None
     metrics: pd.DataFrame
     manifest_path: Path | None = None
     manifest_meta: dict = field(default_factory=dict)
     health: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the angle-log files by epoch and the columns any of them has (:func:`scan_run`)
+    files: dict[int, Path] = field(default_factory=dict)
+    columns: set[str] = field(default_factory=set)
+    #: samples per epoch and largest label seen (set by the analysis pass)
+    n_samples: int = 0
+    max_label: int = -1
 
     @property
     def epochs(self) -> list[int]:
-        """Sorted epochs present in the angle log."""
+        """Sorted epochs of the angle log."""
+        if self.angles is None:
+            return sorted(self.files)
         return sorted(int(e) for e in self.angles["epoch"].unique())
+
+    @property
+    def num_classes(self) -> int:
+        """The manifest's number of classes, else one more than the largest label."""
+        n = self.manifest_meta.get("num_classes") if isinstance(self.manifest_meta, dict) else None
+        if isinstance(n, int) and n > 1:
+            return n
+        if self.angles is not None:
+            return int(self.angles["label"].max()) + 1
+        return self.max_label + 1
 
     @property
     def final_clean_accuracy(self) -> float:
@@ -236,19 +254,101 @@ def condition_label(rates: dict[str, float]) -> str:
     return ",".join(parts) if parts else "clean"
 
 
-def load_angles(run_dir: Path) -> pd.DataFrame:
-    """All ``angles/epoch_<E>.parquet`` files of a run, concatenated and checked."""
+def _schema(path: Path):
+    """The Parquet schema and row-group statistics of an angle log, or a one-line error naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own types on truncated or corrupt files
+        from noisyfr.analysis.engine import first_sentence
+
+        raise NoisyFRError(f"{path}: cannot read angle log ({first_sentence(exc)})") from None
+
+
+def _check_log_schema(path: Path, pf) -> set[str]:
+    """The columns of one angle log after checking them against the trainer's
+    (:data:`~noisyfr.train.angles.COLUMNS`): the required ones present, every known one numeric,
+    the epoch column (by its statistics) the file's own."""
+    import pyarrow as pa
+
+    schema = pf.schema_arrow
+    names = set(schema.names)
+    missing = [c for c in REQUIRED_ANGLE_COLUMNS if c not in names]
+    if missing:
+        raise NoisyFRError(f"{path}: angle log lacks column(s) {', '.join(missing)}")
+    for c in ANGLE_COLUMNS:
+        if c not in names:
+            continue
+        typ = schema.field(c).type
+        ok = pa.types.is_integer(typ) if c in _INT_COLUMNS else (
+            pa.types.is_floating(typ) or pa.types.is_integer(typ))
+        if not ok:
+            want = "an integer" if c in _INT_COLUMNS else "a number"
+            raise NoisyFRError(f"{path}: column {c} has type {typ}, expected {want} (not a noisyfr angle log?)")
+    epoch = int(_EPOCH_FILE.match(path.name).group(1))
+    meta = pf.metadata
+    j = schema.get_field_index("epoch")
+    for i in range(meta.num_row_groups):
+        st = meta.row_group(i).column(j).statistics
+        if st is not None and st.has_min_max and (st.min != epoch or st.max != epoch):
+            raise NoisyFRError(f"{path}: holds rows of epoch {st.min}-{st.max}, expected only {epoch}")
+    return names
+
+
+#: Angle-log columns that hold indices and labels.
+_INT_COLUMNS = ("sample_index", "epoch", "label", "label_used", "nearest_label")
+
+
+def expected_epochs(cfg: dict, metrics: pd.DataFrame, found: list[int]) -> list[int]:
+    """The epochs whose angle log must exist: every epoch the run trained (metrics.csv, else
+    1 to the last log found) that :func:`noisyfr.train.angles.logged_epochs` logs at the
+    config's ``track.angles_every`` (1 when absent)."""
+    every = get_dotted(cfg, "track.angles_every")
+    every = int(every) if isinstance(every, int) and not isinstance(every, bool) and every >= 1 else 1
+    trained: list[int] = []
+    if "epoch" in metrics.columns and len(metrics):
+        trained = sorted({int(e) for e in pd.to_numeric(metrics["epoch"], errors="coerce").dropna()})
+    if not trained:
+        trained = list(range(1, max(found) + 1)) if found else []
+    total = get_dotted(cfg, "optim.epochs")
+    total = int(total) if isinstance(total, int) and not isinstance(total, bool) else max(trained, default=0)
+    from noisyfr.train.angles import logged_epochs
+
+    logged = set(logged_epochs(max(total, max(trained, default=1), 1), every))
+    return [e for e in trained if e in logged]
+
+
+def angle_files(run_dir: Path, cfg: dict | None = None, metrics: pd.DataFrame | None = None
+                ) -> tuple[dict[int, Path], set[str]]:
+    """The run's angle logs ``{epoch: path}`` and the union of their columns, each file's schema
+    checked (:func:`_check_log_schema`) and every expected epoch (:func:`expected_epochs`)
+    present; one-line NoisyFRError naming the file otherwise. Reads only the files' footers."""
     adir = run_dir / "angles"
-    files = sorted((p for p in adir.iterdir() if _EPOCH_FILE.match(p.name)),
-                   key=lambda p: int(_EPOCH_FILE.match(p.name).group(1)))
+    files = {int(_EPOCH_FILE.match(p.name).group(1)): p for p in adir.iterdir() if _EPOCH_FILE.match(p.name)}
     if not files:
         raise NoisyFRError(f"{adir}: no angle logs (angles/epoch_<E>.parquet)")
+    columns: set[str] = set()
+    for e in sorted(files):
+        columns |= _check_log_schema(files[e], _schema(files[e]))
+    if cfg is not None:
+        gone = [e for e in expected_epochs(cfg, metrics if metrics is not None else pd.DataFrame(), sorted(files))
+                if e not in files]
+        if gone:
+            raise NoisyFRError(f"{adir / f'epoch_{gone[0]}.parquet'}: missing (the run trained epoch {gone[0]}"
+                               f"{' and ' + str(len(gone) - 1) + ' more' if len(gone) > 1 else ''}; "
+                               "its angle log was deleted or never written)")
+    return dict(sorted(files.items())), columns
+
+
+def load_angles(run_dir: Path) -> pd.DataFrame:
+    """All ``angles/epoch_<E>.parquet`` files of a run, concatenated and checked (in memory:
+    for small runs and tests; the report streams them, :mod:`noisyfr.analysis.engine`)."""
+    adir = run_dir / "angles"
+    files, _ = angle_files(run_dir)
     frames = []
-    for f in files:
+    for f in files.values():
         df = read_table(f)
-        missing = [c for c in REQUIRED_ANGLE_COLUMNS if c not in df.columns]
-        if missing:
-            raise NoisyFRError(f"{f}: angle log lacks column(s) {', '.join(missing)}")
         frames.append(_complete_angle_log(df))
     angles = pd.concat(frames, ignore_index=True)
     if not np.isfinite(angles["theta_y"].to_numpy(dtype=float)).all():
@@ -285,8 +385,26 @@ def _complete_angle_log(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(ANGLE_COLUMNS)]
 
 
-def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
-    """Load one run directory: config, metrics, angle logs joined with the manifest's noise types."""
+def _manifest_noise(path: Path) -> pd.Series:
+    """The ``noise`` column of a manifest (read alone), one-line error naming the file."""
+    try:
+        if str(path).endswith(".csv"):
+            col = pd.read_csv(path, usecols=["noise"])["noise"]
+        else:
+            import pyarrow.parquet as pq
+
+            col = pq.read_table(path, columns=["noise"]).column("noise").to_pandas()
+    except Exception as exc:  # pyarrow / pandas raise their own types
+        from noisyfr.analysis.engine import first_sentence
+
+        raise NoisyFRError(f"{path}: cannot read manifest ({first_sentence(exc)})") from None
+    return col.astype(str)
+
+
+def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
+    """A run directory's config, metrics, manifest sidecar and noise condition, with its angle
+    logs' files checked (:func:`angle_files`) but not read: ``angles`` is None. The analysis
+    streams the logs (:mod:`noisyfr.analysis.engine`)."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise NoisyFRError(f"{run_dir}: not a run directory (needs config.yaml and angles/)")
@@ -294,20 +412,62 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     cfg = read_yaml(cfg_path, "run config") or {}
     if not isinstance(cfg, dict):
         raise NoisyFRError(f"{cfg_path}: expected a mapping at the top level")
-    angles = load_angles(run_dir)
+    metrics = pd.DataFrame()
+    if (run_dir / "metrics.csv").is_file():
+        metrics = read_table(run_dir / "metrics.csv")
+    files, columns = angle_files(run_dir, cfg, metrics)
 
     manifest_value = get_dotted(cfg, "data.manifest")
     manifest_path = None
     meta: dict = {}
+    rates: dict[str, float] = {}
+    condition, true_rate = "clean", 0.0
     if manifest_value:
+        from noisyfr.noise.manifest import sidecar_path
+
         manifest_path = resolve_manifest(str(manifest_value), run_dir)
+        side = sidecar_path(manifest_path)
+        if side.is_file():
+            from noisyfr.io import read_json
+
+            meta = read_json(side, "manifest sidecar")
+            meta = meta if isinstance(meta, dict) else {}
+        fractions = _manifest_noise(manifest_path).value_counts(normalize=True)
+        bad = sorted(set(fractions.index) - set(NOISE_TYPES))
+        if bad:
+            raise NoisyFRError(f"{manifest_path}: unknown noise type(s) {', '.join(bad)}")
+        true_rate = float(1.0 - fractions.get("clean", 0.0))
+        found = condition_from_meta(meta)
+        if found is None:
+            rates = {k: round(float(v), 3) for k, v in fractions.items() if k != "clean"}
+            condition = condition_label(rates)
+        else:
+            condition, rates = found
+    name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
+    if name in ("", "."):
+        name = run_dir.resolve().name
+    from noisyfr.losses import loss_label, loss_settings
+
+    section = _loss_section(cfg)
+    return Run(path=run_dir, name=name, config=cfg, loss=loss_label(section),
+               loss_name=str(section["name"]), loss_settings=loss_settings(section), seed=_seed(cfg),
+               condition=condition, noise_rate=true_rate, rates=rates, angles=None,
+               metrics=metrics, manifest_path=manifest_path, manifest_meta=meta,
+               files=files, columns=columns)
+
+
+def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
+    """Load one run directory in memory (:func:`scan_run` plus its angle logs joined with the
+    manifest's noise types, and the health per epoch): for small runs, notebooks and tests."""
+    run = scan_run(run_dir, root)
+    run_dir = run.path
+    angles = load_angles(run_dir)
+    manifest_path = run.manifest_path
+    if manifest_path is not None:
         man, meta = read_manifest_any(manifest_path)
         missing = [c for c in MANIFEST_COLUMNS if c not in man.columns]
         if missing:
             raise NoisyFRError(f"{manifest_path}: manifest lacks column(s) {', '.join(missing)}")
-        bad = sorted(set(man["noise"].astype(str)) - set(NOISE_TYPES))
-        if bad:
-            raise NoisyFRError(f"{manifest_path}: unknown noise type(s) {', '.join(bad)}")
         if "orig_label" not in man.columns:
             man = man.assign(orig_label=man["label"])
         man = man[["index", "label", "noise", "orig_label"]].rename(
@@ -325,36 +485,24 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
             raise NoisyFRError(f"{run_dir / 'angles'}: label of sample_index {idx} differs from manifest "
                                f"{manifest_path} (wrong manifest?)")
         angles = merged.drop(columns="manifest_label")
-        fractions = man["noise"].value_counts(normalize=True)
-        true_rate = float(1.0 - fractions.get("clean", 0.0))
-        found = condition_from_meta(meta)
-        if found is None:
-            rates = {k: round(float(v), 3) for k, v in fractions.items() if k != "clean"}
-            condition = condition_label(rates)
-        else:
-            condition, rates = found
     else:
         angles = angles.assign(noise="clean", orig_label=angles["label"])
-        true_rate = 0.0
-        rates = {}
-        condition = "clean"
     angles["noise"] = angles["noise"].astype(str)
     angles["is_noisy"] = angles["noise"] != "clean"
+    run.angles = angles
+    run.health = epoch_health(angles)
+    run.n_samples = int(angles["sample_index"].nunique())
+    run.max_label = int(angles["label"].max())
+    return run
 
-    metrics = pd.DataFrame()
-    if (run_dir / "metrics.csv").is_file():
-        metrics = read_table(run_dir / "metrics.csv")
-    name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
-    if name in ("", "."):
-        name = run_dir.resolve().name
-    from noisyfr.losses import loss_label, loss_settings
 
-    section = _loss_section(cfg)
-    return Run(path=run_dir, name=name, config=cfg, loss=loss_label(section),
-               loss_name=str(section["name"]), loss_settings=loss_settings(section), seed=_seed(cfg),
-               condition=condition, noise_rate=true_rate, rates=rates, angles=angles,
-               metrics=metrics, manifest_path=manifest_path, manifest_meta=meta,
-               health=epoch_health(angles))
+def scan_runs(root: str | Path) -> list[Run]:
+    """:func:`scan_run` every run directory found under ``root`` (a run or a sweep directory)."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    paths = discover_runs(root)
+    return [scan_run(p, root=root) for p in tqdm(paths, desc="scan runs", disable=None)]
 
 
 def load_runs(root: str | Path) -> list[Run]:

@@ -50,32 +50,37 @@ def pick_epochs(epochs, k: int = 4) -> list[int]:
     return [epochs[i] for i in idx]
 
 
-def one_seed(angles: pd.DataFrame) -> pd.DataFrame:
+def one_seed(data: pd.DataFrame) -> pd.DataFrame:
     """Keep the first run (by name) of each loss and condition, so facets show one run, not a pool."""
-    first = angles.groupby(["loss", "condition"])["run"].transform("min")
-    return angles[angles["run"] == first]
+    first = data.groupby(["loss", "condition"])["run"].transform("min")
+    return data[data["run"] == first]
 
 
-def _with_degrees(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(theta_y_deg=np.degrees(df["theta_y"].astype(float)),
-                     theta_nearest_deg=np.degrees(df["theta_nearest"].astype(float)))
+def _span(lo: float, hi: float, step: float, least: float) -> tuple[float, float]:
+    """``[lo, hi]`` rounded out to ``step`` degrees, at least ``least`` wide, inside [0, 180]."""
+    lo, hi = max(0.0, step * np.floor(lo / step)), min(180.0, step * np.ceil(hi / step))
+    if hi - lo < least:
+        lo, hi = max(0.0, lo - step), min(180.0, hi + step)
+    return lo, hi
 
 
-def theta_distributions(angles: pd.DataFrame, condition: str, max_epochs: int = 4) -> matplotlib.figure.Figure:
-    """Histograms (density per noise type) of theta_y: rows = loss, columns = epochs, colour = noise type."""
-    data = _with_degrees(one_seed(angles[angles["condition"] == condition]))
+def theta_distributions(hist: pd.DataFrame, condition: str, max_epochs: int = 4) -> matplotlib.figure.Figure:
+    """Histograms (density per noise type) of theta_y: rows = loss, columns = epochs, colour = noise type.
+
+    ``hist``: binned counts (columns ``run, loss, condition, epoch, noise, bin_left_deg, n``,
+    :func:`noisyfr.analysis.engine.theta_histogram`), drawn as weights: no sample is plotted."""
+    data = one_seed(hist[(hist["condition"] == condition) & (hist["n"] > 0)])
     epochs = pick_epochs(data["epoch"].unique(), max_epochs)
     data = data[data["epoch"].isin(epochs)]
+    width = float(np.diff(np.unique(data["bin_left_deg"])).min()) if data["bin_left_deg"].nunique() > 1 else 0.5
+    data = data.assign(theta_y_deg=data["bin_left_deg"] + width / 2)
     hue_order = [n for n in NOISE_ORDER if n in set(data["noise"])]
     # one bin grid for every facet, spanning the data (rounded out to 5 degrees) so narrow
     # distributions late in training are still resolved
-    lo = max(0.0, 5 * np.floor(data["theta_y_deg"].min() / 5))
-    hi = min(180.0, 5 * np.ceil(data["theta_y_deg"].max() / 5))
-    if hi - lo < 10:
-        lo, hi = max(0.0, lo - 5), min(180.0, hi + 5)
-    g = sns.displot(data, x="theta_y_deg", hue="noise", hue_order=hue_order, palette=NOISE_PALETTE,
-                    row="loss", col="epoch", kind="hist", stat="density", common_norm=False, element="step",
-                    bins=40, binrange=(lo, hi), height=2.2, aspect=1.3,
+    lo, hi = _span(data["bin_left_deg"].min(), data["bin_left_deg"].max() + width, 5.0, 10.0)
+    g = sns.displot(data, x="theta_y_deg", weights="n", hue="noise", hue_order=hue_order,
+                    palette=NOISE_PALETTE, row="loss", col="epoch", kind="hist", stat="density",
+                    common_norm=False, element="step", bins=40, binrange=(lo, hi), height=2.2, aspect=1.3,
                     facet_kws={"sharey": False, "margin_titles": False})
     g.set_titles("{row_name}\nepoch {col_name}", size=8)
     g.set_axis_labels("theta_y (deg)", "density")
@@ -83,25 +88,26 @@ def theta_distributions(angles: pd.DataFrame, condition: str, max_epochs: int = 
     return g.figure
 
 
-def angle_2d(angles: pd.DataFrame, condition: str, threshold_deg: float | None = None) -> matplotlib.figure.Figure:
-    """2-D density of angle to own centre (x) vs angle to nearest other centre (y) at the last epoch.
+def angle_2d(plane: pd.DataFrame, condition: str, threshold_deg: float | None = None) -> matplotlib.figure.Figure:
+    """2-D histogram of angle to own centre (x) vs angle to nearest other centre (y) at the last epoch.
 
-    Rows = loss, columns = noise type. The dashed diagonal is theta_y = theta_nearest: points below
-    it are closer to another class than to their label's. ``threshold_deg`` draws the 2-D region
-    cuts (dotted) at that angle on both axes.
+    ``plane``: cell counts (columns ``run, loss, condition, epoch, noise, x_left_deg,
+    y_left_deg, n``, :func:`noisyfr.analysis.engine.angle_plane`), drawn as weights. Rows = loss,
+    columns = noise type. The dashed diagonal is theta_y = theta_nearest: cells below it are
+    closer to another class than to their label's. ``threshold_deg`` draws the 2-D region cuts
+    (dotted) at that angle on both axes.
     """
-    data = _with_degrees(one_seed(angles[angles["condition"] == condition]))
+    data = one_seed(plane[(plane["condition"] == condition) & (plane["n"] > 0)])
     last = data.groupby("run")["epoch"].transform("max")
     data = data[data["epoch"] == last]
+    width = float(np.diff(np.unique(data["x_left_deg"])).min()) if data["x_left_deg"].nunique() > 1 else 1.0
+    data = data.assign(theta_y_deg=data["x_left_deg"] + width / 2, theta_nearest_deg=data["y_left_deg"] + width / 2)
     col_order = [n for n in NOISE_ORDER if n in set(data["noise"])]
-    both = pd.concat([data["theta_y_deg"], data["theta_nearest_deg"]]).dropna()
-    lo = max(0.0, 10 * np.floor(both.min() / 10)) if len(both) else 0.0
-    hi = min(180.0, 10 * np.ceil(both.max() / 10)) if len(both) else 180.0
-    if hi - lo < 20:
-        lo, hi = max(0.0, lo - 10), min(180.0, hi + 10)
-    g = sns.displot(data, x="theta_y_deg", y="theta_nearest_deg", row="loss", col="noise", col_order=col_order,
-                    kind="hist", bins=30, binrange=((lo, hi), (lo, hi)), height=2.4, aspect=1.0,
-                    facet_kws={"margin_titles": False})
+    both = pd.concat([data["x_left_deg"], data["y_left_deg"]])
+    lo, hi = _span(both.min(), both.max() + width, 10.0, 20.0) if len(both) else (0.0, 180.0)
+    g = sns.displot(data, x="theta_y_deg", y="theta_nearest_deg", weights="n", row="loss", col="noise",
+                    col_order=col_order, kind="hist", bins=30, binrange=((lo, hi), (lo, hi)), height=2.4,
+                    aspect=1.0, facet_kws={"margin_titles": False})
     g.set_titles("{row_name}\n{col_name}", size=8)
     for ax in g.axes.flat:
         ax.plot([lo, hi], [lo, hi], ls="--", lw=0.8, color="grey")

@@ -22,7 +22,7 @@ from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
 from noisyfr.names import slug
 from noisyfr.outputs import check_output, output_folder
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, check_learned_threshold
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, HEALTH_COLUMNS, check_learned_threshold
 
 
 
@@ -61,10 +61,7 @@ def run_curves(runs) -> pd.DataFrame | None:
     params: dict[str, dict] = {}
     for r in runs:
         params.setdefault(r.loss, dict(r.loss_settings))
-    num_classes = next((int(r.manifest_meta["num_classes"]) for r in runs
-                        if isinstance(r.manifest_meta.get("num_classes"), int)), 0)
-    if num_classes < 2:
-        num_classes = max(int(r.angles["label"].max()) + 1 for r in runs)
+    num_classes = max((r.num_classes for r in runs), default=2)
     return analytic_curves(params, num_classes=max(num_classes, 2))
 
 
@@ -154,40 +151,107 @@ def _check_metric(metric: str | None, results: pd.DataFrame | None, results_path
                            f"{', '.join(map(str, numeric_cols)) or 'none'})")
 
 
-def _check_weight_logged(runs, weight: str) -> None:
-    for r in runs:
-        if r.angles[weight].isna().all():
-            raise NoisyFRError(f"weight {weight!r}: not logged in run {r.name} (an older angle "
-                               "log?); choose another with --weight")
+def _run_keys(r) -> dict:
+    """The key columns of a run's rows in every table."""
+    return {"run": r.name, "loss": r.loss, "condition": r.condition,
+            "seed": r.seed if r.seed is not None else -1, "noise_rate": r.noise_rate}
 
 
-def _compute(runs, results, o: _Options) -> dict[str, pd.DataFrame]:
-    """Every table of the report; comparisons (summary, regions, weights, accuracy) use the runs
-    that learned, the health tables every run."""
-    angles = load.long_angles(runs)
+def _figure_runs(runs) -> set[str]:
+    """The runs the distribution figures show: the first (by name) of each loss and condition."""
+    first: dict[tuple, str] = {}
+    for r in sorted(runs, key=lambda r: r.name):
+        first.setdefault((r.loss, r.condition), r.name)
+    return set(first.values())
+
+
+def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
+    """One streaming pass per run (:func:`noisyfr.analysis.engine.aggregate`): its per-run
+    tables, and the binned data of the figures. Sets each run's health, sample count and
+    largest label. Memory: one run's aggregates at a time."""
+    import duckdb
+
+    from noisyfr.analysis import engine
+
+    out: dict[str, list[pd.DataFrame]] = {k: [] for k in (
+        "epoch_stats.csv", "noise_types.csv", "regions.csv", "weight_by_theta.csv",
+        "noise_rate_estimates.csv", "_theta_hist", "_angle_2d")}
+    shown = _figure_runs(runs) if figures else set()
+    manifests: dict[Path, str] = {}
+    con = engine.connect()
+    try:
+        for r in tqdm(runs, desc="analyze runs", disable=None):
+            table = None
+            if r.manifest_path is not None:
+                if r.manifest_path not in manifests:
+                    manifests[r.manifest_path] = f"manifest_{len(manifests)}"
+                    engine.manifest_table(con, r.manifest_path, manifests[r.manifest_path])
+                table = manifests[r.manifest_path]
+            files = list(r.files.values())
+            src = engine.run_source(files, r.columns, table)
+            try:
+                parts = engine.aggregate(con, src, [], o.weight, o.region_deg, o.bins, o.quantile)
+            except duckdb.Error as exc:
+                raise engine.locate_scan_error(con, files, exc) from None
+            engine.check_parts(parts, str(r.path / "angles"), r.manifest_path)
+            if len(parts.cells) and parts.cells["wcount"].sum() == 0:
+                raise NoisyFRError(f"weight {o.weight!r}: not logged in run {r.name} (an older angle "
+                                   "log?); choose another with --weight")
+            parts = parts.with_keys(_run_keys(r))
+            ep = stats.epoch_stats(parts, o.weight)
+            r.health = ep[["epoch", *HEALTH_COLUMNS]].reset_index(drop=True)
+            r.n_samples = int(ep["n"].max()) if len(ep) else 0
+            r.max_label = int(parts.cells["max_label"].max()) if len(parts.cells) else -1
+            out["epoch_stats.csv"].append(ep)
+            out["noise_types.csv"].append(stats.noise_type_stats(parts, o.weight))
+            out["regions.csv"] += [stats.region_stats(parts, o.quantile, m, o.region_deg, o.weight)
+                                   for m in stats.REGION_METHODS]
+            out["weight_by_theta.csv"].append(stats.binned_weight(parts, bins=o.bins, weight=o.weight))
+            out["noise_rate_estimates.csv"].append(stats.noise_rate_estimates(parts, seed=o.seed))
+            if r.name in shown:
+                out["_theta_hist"].append(engine.theta_histogram(parts))
+                last = engine.run_source([r.files[max(r.files)]], r.columns, table)
+                out["_angle_2d"].append(engine.angle_plane(con, last).assign(**_run_keys(r)))
+    finally:
+        con.close()
+    return out
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _compute(runs, results, o: _Options, figures: bool = True) -> dict[str, pd.DataFrame]:
+    """Every table of the report, from streaming aggregates (:func:`_stream`); comparisons
+    (summary, regions, weights, accuracy) use the runs that learned, the health tables every run."""
+    per_run = {k: _concat(v) for k, v in _stream(runs, o, figures).items()}
     rtab = stats.runs_table(runs, o.learned_threshold)
     counts = stats.learned_counts(rtab)
-    ep_all = stats.epoch_stats(angles, o.weight)
+    ep_all = per_run["epoch_stats.csv"]
     ok = set(rtab.loc[rtab["learned"].astype(bool), "run"])
-    kept = angles[angles["run"].isin(ok)]
+
+    def kept(name: str) -> pd.DataFrame:
+        df = per_run[name]
+        return df[df["run"].isin(ok)].reset_index(drop=True) if len(df) and ok else pd.DataFrame()
+
     ep = ep_all[ep_all["run"].isin(ok)]
     t: dict[str, pd.DataFrame] = {"runs.csv": rtab, "learned.csv": counts, "epoch_stats.csv": ep_all}
-    t["noise_types.csv"] = stats.noise_type_stats(kept, o.weight) if len(kept) else pd.DataFrame()
-    reg = [stats.region_stats(kept, o.quantile, m, o.region_deg, o.weight)
-           for m in stats.REGION_METHODS] if len(kept) else []
-    t["regions.csv"] = pd.concat(reg, ignore_index=True) if reg else pd.DataFrame()
-    t["periphery_ratio.csv"] = (stats.periphery_ratio(t["regions.csv"]) if len(kept)
+    t["noise_types.csv"] = kept("noise_types.csv")
+    t["regions.csv"] = kept("regions.csv")
+    if len(t["regions.csv"]):
+        order = {m: i for i, m in enumerate(stats.REGION_METHODS)}
+        t["regions.csv"] = t["regions.csv"].sort_values(
+            by="method", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
+    t["periphery_ratio.csv"] = (stats.periphery_ratio(t["regions.csv"]) if len(t["regions.csv"])
                                 else pd.DataFrame())
-    t["weight_by_theta.csv"] = (stats.binned_weight(kept, bins=o.bins, weight=o.weight)
-                                if len(kept) else pd.DataFrame())
-    t["noise_rate_estimates.csv"] = (stats.noise_rate_estimates(kept, seed=o.seed) if len(kept)
-                                     else pd.DataFrame())
+    t["weight_by_theta.csv"] = kept("weight_by_theta.csv")
+    t["noise_rate_estimates.csv"] = kept("noise_rate_estimates.csv")
     t["accuracy_points.csv"] = stats.accuracy_points(results, rtab, metric=o.metric)
     t["accuracy.csv"] = stats.accuracy_table(t["accuracy_points.csv"])
-    if len(kept):
+    if ok:
         quantile_reg = t["regions.csv"][t["regions.csv"]["method"] == "quantile"]
-        t["summary.csv"] = summary_table(ep, quantile_reg,
-                                         t["accuracy.csv"], counts)
+        t["summary.csv"] = summary_table(ep, quantile_reg, t["accuracy.csv"], counts)
     else:
         t["summary.csv"] = counts.copy()
     t["grad_mode.csv"] = grad_mode_table(rtab, ep_all, t)
@@ -195,7 +259,9 @@ def _compute(runs, results, o: _Options) -> dict[str, pd.DataFrame]:
     t["cells.csv"] = seeds.cell_table(t["run_values.csv"])
     t["paired.csv"] = seeds.paired_table(t["run_values.csv"])
     t["convention.csv"] = seeds.convention_table(t["run_values.csv"])
-    t["_angles"] = kept
+    t["_kept"] = rtab[rtab["run"].isin(ok)]
+    t["_theta_hist"] = kept("_theta_hist")
+    t["_angle_2d"] = kept("_angle_2d")
     return t
 
 
@@ -233,12 +299,12 @@ def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
     save = plots.save_figure
     save(plots.health(t["epoch_stats.csv"]), fig / "health.png")
     save(plots.detection_auc(t["epoch_stats.csv"]), fig / "detection_auc.png")
-    kept = t["_angles"]
+    kept = t["_kept"]
     if len(kept):
         for cond in sorted(kept["condition"].unique()):
             sl = slug(cond)
-            save(plots.theta_distributions(kept, cond), fig / f"theta_hist_{sl}.png")
-            save(plots.angle_2d(kept, cond, threshold_deg=o.region_deg), fig / f"angle2d_{sl}.png")
+            save(plots.theta_distributions(t["_theta_hist"], cond), fig / f"theta_hist_{sl}.png")
+            save(plots.angle_2d(t["_angle_2d"], cond, threshold_deg=o.region_deg), fig / f"angle2d_{sl}.png")
             save(plots.weight_vs_theta(t["weight_by_theta.csv"], cond, curves=curves, weight=o.weight),
                  fig / f"weight_vs_theta_{sl}.png")
         learned_ep = t["epoch_stats.csv"][t["epoch_stats.csv"]["run"].isin(set(kept["run"]))]
@@ -383,7 +449,7 @@ def _doc_summary(doc: Document, t, o: _Options) -> None:
 
 
 def _doc_distributions(doc: Document, t) -> None:
-    kept = t["_angles"]
+    kept = t["_kept"]
     doc.h(2, "1. Angle distributions (learned runs)")
     doc.p("Per noise condition: density of theta_y by noise type over epochs (one run per loss), and the "
           "2-D histogram of the angle to the own centre vs the angle to the nearest other centre at the "
@@ -402,7 +468,7 @@ def _doc_distributions(doc: Document, t) -> None:
 
 
 def _doc_weighting(doc: Document, t, curves, o: _Options) -> None:
-    kept = t["_angles"]
+    kept = t["_kept"]
     doc.h(2, f"2. Weighting (`{o.weight}`)")
     doc.img("figures/noisy_weight_share.png", f"share of {o.weight} carried by noisy samples per epoch")
     for cond in sorted(kept["condition"].unique()):
@@ -535,12 +601,11 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     results_path = load.find_results(src)
     results = load.load_results(results_path) if results_path else None
     _check_metric(metric, results, results_path, src)
-    runs = load.load_runs(src)
-    _check_weight_logged(runs, o.weight)
+    runs = load.scan_runs(src)
 
     steps = tqdm(total=4, desc="analyze", disable=None)
     with output_folder(out):  # a failure removes what this call added
-        t = _compute(runs, results, o)
+        t = _compute(runs, results, o, figures)
         curves = run_curves(runs) if o.weight not in _NO_CURVE else None
         if curves is not None and o.weight == "weight_theta":
             curves = curves.assign(gradient=curves["gradient_theta"])
@@ -558,7 +623,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
         _doc_conclusions(doc, t, o)
         _doc_health(doc, t)
         _doc_summary(doc, t, o)
-        if len(t["_angles"]):
+        if len(t["_kept"]):
             _doc_distributions(doc, t)
             _doc_weighting(doc, t, curves, o)
             _doc_separability(doc, t, o)

@@ -95,7 +95,7 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFr
                     if col in m.columns and len(m) else math.nan
             # the noise-rate estimate of the summaries: from the held-out images
             row["estimated_rate"] = heldout_noise_rate(row["heldout_accuracy"],
-                                                       row["heldout_given_accuracy"], _classes(r))
+                                                       row["heldout_given_accuracy"], r.num_classes)
             row["estimate_error"] = row["estimated_rate"] - row.get("closed_fraction", math.nan)
             row.update(loss_name=r.loss_name, grad_mode=r.loss_settings.get("grad_mode"),
                        learned=flags.get(r.name, False), learned_on=evidence.get(r.name, "train"),
@@ -107,12 +107,6 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFr
         out["weight_share_per_fraction"] = out["noisy_weight_share"] / out["noisy_fraction"].where(
             out["noisy_fraction"] > 0)
     return out
-
-
-def _classes(run) -> int:
-    """The run's number of classes: its manifest's, else one more than its largest label."""
-    n = run.manifest_meta.get("num_classes") if isinstance(run.manifest_meta, dict) else None
-    return int(n) if isinstance(n, int) and n > 1 else int(run.angles["label"].max()) + 1
 
 
 def _metrics(df: pd.DataFrame) -> list[str]:

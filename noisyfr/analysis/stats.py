@@ -18,10 +18,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from noisyfr import numeric
+from noisyfr.analysis import engine
+from noisyfr.analysis.engine import Parts
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_json
 from noisyfr.noise.spec import NOISE_TYPES
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
+from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 
 RUN_KEYS = ["run", "loss", "condition", "seed", "noise_rate"]
 DEFAULT_CENTRE_QUANTILE = 0.9
@@ -103,124 +105,257 @@ def check_weight(weight: str) -> str:
     return weight
 
 
-def _share(g: pd.DataFrame, column: str, noisy: np.ndarray) -> float:
-    """Noisy samples' share of ``column``'s total (NaN when not logged or zero)."""
-    if column not in g.columns:
+def parts_of(data, weight: str = DEFAULT_WEIGHT, region_deg: float | None = None,
+             bins: int | None = None, quantile: float | None = None) -> Parts:
+    """:class:`~noisyfr.analysis.engine.Parts` of ``data``: ``data`` itself when it already is
+    one (made with the options given here; None = any), else a long angle table streamed
+    through the engine (grouped by its :data:`RUN_KEYS`; None = the default)."""
+    if isinstance(data, Parts):
+        asked = {"weight": weight, "region_deg": region_deg, "bins": bins, "quantile": quantile}
+        wrong = {k: v for k, v in asked.items() if v is not None and getattr(data, k) != v}
+        if wrong:
+            raise NoisyFRError("aggregates made with " + ", ".join(f"{k}={getattr(data, k)!r}" for k in wrong)
+                               + "; asked for " + ", ".join(f"{k}={v!r}" for k, v in wrong.items()))
+        return data
+    check_weight(weight)
+    con = engine.connect()
+    try:
+        src = engine.frame_source(con, data)
+        return engine.aggregate(con, src, _keys(data, []), weight=weight,
+                                region_deg=DEFAULT_REGION_DEG if region_deg is None else region_deg,
+                                bins=DEFAULT_BINS if bins is None else bins,
+                                quantile=DEFAULT_CENTRE_QUANTILE if quantile is None else quantile)
+    finally:
+        con.close()
+
+
+def _by_epoch(df: pd.DataFrame, keys: list[str]):
+    """``(key dict, group)`` per keys + epoch of an aggregate table, in sorted order."""
+    cols = keys + ["epoch"]
+    for key, g in df.groupby(cols, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        yield dict(zip(cols, key)), g
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den and den > 0 and num == num else float("nan")
+
+
+def _fine(hist: pd.DataFrame, noisy: bool | None = None, kind: str | None = None) -> pd.Series:
+    """Counts per fine bin of one epoch's histogram rows: all, clean/noisy, or one noise type."""
+    if kind is not None:
+        return hist[hist["noise"] == kind].groupby("yb")["n"].sum()
+    return engine.group_counts(hist, "all" if noisy is None else ("noisy" if noisy else "clean"))
+
+
+def _in_group(rows: pd.DataFrame, group: str) -> pd.DataFrame:
+    if group == "clean":
+        return rows[rows["noise"] == "clean"]
+    if group == "noisy":
+        return rows[rows["noise"] != "clean"]
+    return rows
+
+
+def order_quantile(h: pd.DataFrame, rows: pd.DataFrame | None, group: str, q: float) -> float:
+    """The ``q`` quantile (numpy's linear rule) of ``group``'s theta_y (clean, noisy or all) in
+    one epoch, radians: exact, from the order statistics' bins (``rows``, see
+    :func:`noisyfr.analysis.engine.order_bins`); without them, interpolated inside the bin
+    (:func:`hist_quantile`). NaN without samples."""
+    counts = engine.group_counts(h, group)
+    found = engine.rank_bins(counts, q)
+    if not found:
         return float("nan")
-    w = g[column].to_numpy(dtype=float)
-    total = w.sum()
-    return float(w[noisy].sum() / total) if total > 0 else float("nan")
+    if rows is None:
+        return hist_quantile(counts, q)
+    rows = _in_group(rows, group)
+    vals = []
+    for b, j in found:
+        inside = np.sort(rows.loc[rows["yb"] == b, "theta_y"].to_numpy(dtype=np.float64))
+        if j >= len(inside):  # the rows were not fetched (should not happen): interpolate
+            return hist_quantile(counts, q)
+        vals.append(inside[j])
+    pos = q * (int(counts.sum()) - 1)
+    return float(vals[0] + (pos - math.floor(pos)) * (vals[-1] - vals[0]))
 
 
-def _auc_by_type(g: pd.DataFrame, theta_deg: np.ndarray) -> dict[str, float]:
-    """``auc_<type>``: detection AUC of theta_y for each noise type against the clean samples
-    alone (closed-set and open-set noise are not pooled); NaN where a type is absent."""
-    noise = g["noise"].astype(str).to_numpy() if "noise" in g.columns else np.full(len(g), "clean")
-    clean = noise == "clean"
-    out = {}
-    for kind in NOISE_TYPES:
-        if kind == "clean":
-            continue
-        sel = clean | (noise == kind)
-        out[f"auc_{kind}"] = detection_auc(theta_deg[sel], noise[sel] == kind) if (noise == kind).any() \
-            else float("nan")
-    return out
+def hist_quantile(counts: pd.Series, q: float) -> float:
+    """The ``q`` quantile (numpy's linear rule) of the angles counted in fine bins (index = bin,
+    values = counts), in radians: each order statistic placed inside its bin by rank, so within
+    one bin (:data:`~noisyfr.analysis.engine.FINE_DEG`) of the exact one. NaN without samples."""
+    counts = counts[counts > 0].sort_index()
+    n = int(counts.sum())
+    if n == 0:
+        return float("nan")
+    pos = q * (n - 1)
+    ks = np.array([math.floor(pos), math.ceil(pos)])
+    v = _order_stats(counts, ks)
+    return float(v[0] + (pos - ks[0]) * (v[1] - v[0]))
 
 
-def epoch_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+def _order_stats(counts: pd.Series, ks: np.ndarray) -> np.ndarray:
+    """Estimated order statistics ``ks`` (0-based) of binned angles, radians."""
+    c = counts.to_numpy(dtype=float)
+    cum = np.cumsum(c)
+    i = np.searchsorted(cum, ks, side="right")
+    before = cum[i] - c[i]
+    b = counts.index.to_numpy(dtype=float)[i]
+    return (b + (ks - before + 0.5) / c[i]) * (math.pi / engine.FINE_BINS)
+
+
+def hist_auc(clean: pd.Series, noisy: pd.Series) -> tuple[float, float]:
+    """``(auc, bound)``: ROC AUC of theta as a score for noisy against clean from fine-bin counts,
+    a pair in one bin counted as a tie, and the most that can differ from the exact AUC (half
+    the share of pairs that share a bin). NaN when a group is empty."""
+    n0, n1 = float(clean.sum()), float(noisy.sum())
+    if n0 == 0 or n1 == 0:
+        return float("nan"), float("nan")
+    both = pd.concat([clean.rename("c0"), noisy.rename("c1")], axis=1).fillna(0.0).sort_index()
+    c0, c1 = both["c0"].to_numpy(), both["c1"].to_numpy()
+    below = np.cumsum(c0) - c0
+    tied = float((c0 * c1).sum())
+    return float((c1 * (below + 0.5 * c0)).sum() / (n0 * n1)), 0.5 * tied / (n0 * n1)
+
+
+def epoch_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     """Per run and epoch: training health, how far apart clean and noisy samples sit and the noisy
     share of the weight.
 
-    Columns: counts, mean/median theta_y of clean and noisy samples (degrees), their difference,
-    detection AUC of theta_y (``auc``, all noisy samples against the clean ones; ``auc_<type>``
-    per noise type: closed-set and open-set noise apart) and of the angle to the dominant centre (``auc_dominant``;
-    the same for single-centre losses), ``noisy_weight_share`` = sum of noisy samples' ``weight``
-    column / sum of all (``weight_column`` names it), ``noisy_unit_pull_share`` the same for
-    ``unit_pull`` whatever the weight column (the pull on the unit embedding: comparable across
-    losses whose feature norms differ), ``noisy_fraction`` (so share / fraction > 1
-    means a noisy sample outweighs a clean one), the health metrics of
-    :func:`noisyfr.train.angles.health_metrics` and ``n_corrected`` (rows trained on a label other
-    than the given one: BoundaryFace corrections), ``closed_fraction`` (closed-set noisy samples
-    among those trained on) and the nearest-centre disagreement (``disagreement_rate``,
-    :func:`disagreement_rate`, a reference estimate of the noise rate from the angles) with its
-    error against ``noisy_fraction``.
+    ``data``: a long angle table or its :class:`~noisyfr.analysis.engine.Parts`. Columns:
+    counts, mean/median theta_y of clean and noisy samples (degrees), their difference,
+    detection AUC of theta_y (``auc``, all noisy samples against the clean ones, within
+    ``auc_bound`` of the exact one; ``auc_<type>`` per noise type: closed-set and open-set noise
+    apart) and of the angle to the dominant centre (``auc_dominant``; the same for single-centre
+    losses), ``noisy_weight_share`` = sum of noisy samples' ``weight`` column / sum of all
+    (``weight_column`` names it; samples whose weight was not logged are left out),
+    ``noisy_unit_pull_share`` the same for ``unit_pull`` whatever the weight column (the pull on
+    the unit embedding: comparable across losses whose feature norms differ),
+    ``noisy_fraction`` (so share / fraction > 1 means a noisy sample outweighs a clean one), the
+    health metrics of :func:`noisyfr.train.angles.health_metrics` and ``n_corrected`` (rows
+    trained on a label other than the given one: BoundaryFace corrections), ``closed_fraction``
+    (closed-set noisy samples among those trained on) and the nearest-centre disagreement
+    (``disagreement_rate``, :func:`disagreement_rate`, a reference estimate of the noise rate
+    from the angles) with its error against ``noisy_fraction``. Medians are within one fine bin
+    (``engine.FINE_DEG``) of the exact ones.
     """
     check_weight(weight)
+    p = parts_of(data, weight)
+    hists = {tuple(k.values()): g for k, g in _by_epoch(p.hist, p.keys)}
+    found = _rows_by_epoch(p)
+    doms = ({tuple(k.values()): g for k, g in _by_epoch(p.dominant, p.keys)}
+            if p.dominant is not None else hists)
     rows = []
-    for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
-        noisy = g["is_noisy"].to_numpy()
-        th = np.degrees(g["theta_y"].to_numpy(dtype=float))
-        row = dict(zip(_keys(angles, ["epoch"]), key))
+    for key, c in _by_epoch(p.cells, p.keys):
+        h = hists.get(tuple(key.values()), p.hist.iloc[0:0])
+        by = c.groupby("noise")[["n", "theta_y_sum", "wsum", "upsum", "pred_given", "pred_orig"]].sum(min_count=1)
+        n_of = by["n"].to_dict()
+        n = float(sum(n_of.values()))
+        n_clean = float(n_of.get("clean", 0))
+        n_noisy = n - n_clean
+        noisy_rows = by.index != "clean"
+        clean_fine, noisy_fine = _fine(h, noisy=False), _fine(h, noisy=True)
+        auc, bound = hist_auc(clean_fine, noisy_fine)
+        d = doms.get(tuple(key.values()), h)
+        row = dict(key)
+        th_clean = _ratio(by["theta_y_sum"].get("clean", np.nan), n_clean)
+        th_noisy = _ratio(by.loc[noisy_rows, "theta_y_sum"].sum(), n_noisy)
+        order = found.get(tuple(key.values()))
+        med_clean, med_noisy = order_quantile(h, order, "clean", 0.5), order_quantile(h, order, "noisy", 0.5)
+        n_closed = float(n_of.get("closed", 0))
         row.update({
-            "n": len(g), "n_noisy": int(noisy.sum()), "noisy_fraction": float(noisy.mean()),
-            "theta_clean_mean_deg": float(th[~noisy].mean()) if (~noisy).any() else float("nan"),
-            "theta_noisy_mean_deg": float(th[noisy].mean()) if noisy.any() else float("nan"),
-            "theta_clean_median_deg": float(np.median(th[~noisy])) if (~noisy).any() else float("nan"),
-            "theta_noisy_median_deg": float(np.median(th[noisy])) if noisy.any() else float("nan"),
-            "auc": detection_auc(th, noisy),
-            **_auc_by_type(g, th),
-            "auc_dominant": detection_auc(g["theta_dominant"].to_numpy(dtype=float), noisy),
+            "n": int(n), "n_noisy": int(n_noisy), "noisy_fraction": _ratio(n_noisy, n),
+            "theta_clean_mean_deg": math.degrees(th_clean), "theta_noisy_mean_deg": math.degrees(th_noisy),
+            "theta_clean_median_deg": math.degrees(med_clean), "theta_noisy_median_deg": math.degrees(med_noisy),
+            "auc": auc,
+            **{f"auc_{kind}": (hist_auc(clean_fine, _fine(h, kind=kind))[0] if n_of.get(kind, 0) else float("nan"))
+               for kind in NOISE_TYPES if kind != "clean"},
+            "auc_dominant": hist_auc(_fine(d, noisy=False), _fine(d, noisy=True))[0],
             "weight_column": weight,
-            "noisy_weight_share": _share(g, weight, noisy),
-            "noisy_unit_pull_share": _share(g, "unit_pull", noisy),
-            "n_corrected": int((g["label_used"].to_numpy() != g["label"].to_numpy()).sum()),
+            "noisy_weight_share": _share(by["wsum"], noisy_rows),
+            "noisy_unit_pull_share": _share(by["upsum"], noisy_rows),
+            "n_corrected": int(c["n_corrected"].sum()),
+            "clean_true_accuracy": _ratio(by["pred_given"].get("clean", np.nan), n_clean),
+            "noisy_fit_given": _ratio(by["pred_given"].get("closed", np.nan), n_closed),
+            "noisy_fit_true": _ratio(by["pred_orig"].get("closed", np.nan), n_closed),
+            "theta_clean_median": med_clean, "theta_noisy_median": med_noisy,
         })
-        row.update(health_metrics(g))
         row["theta_gap_deg"] = row["theta_noisy_mean_deg"] - row["theta_clean_mean_deg"]
-        row["closed_fraction"] = float((g["noise"].astype(str) == "closed").mean()) if "noise" in g else 0.0
-        row["disagreement_rate"] = disagreement_rate(g["theta_y"], g["theta_nearest"])
+        row["closed_fraction"] = _ratio(n_closed, n)
+        row["disagreement_rate"] = _ratio(c["n_disagree"].sum(), c["n_pair"].sum())
         row["disagreement_error"] = row["disagreement_rate"] - row["noisy_fraction"]
+        row["auc_bound"] = bound
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def noise_type_stats(angles: pd.DataFrame, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+def _rows_by_epoch(p: Parts) -> dict[tuple, pd.DataFrame]:
+    """The order-statistic rows of :class:`Parts` per keys + epoch (empty frames where none)."""
+    if p.rows is None:
+        return {}
+    found = {tuple(k.values()): g for k, g in _by_epoch(p.rows, p.keys)}
+    return {k: found.get(k, p.rows.iloc[0:0]) for k in
+            (tuple(k.values()) for k, _ in _by_epoch(p.hist, p.keys))}
+
+
+def _share(sums: pd.Series, noisy: np.ndarray) -> float:
+    """Noisy samples' share of a total (NaN when not logged or zero)."""
+    if sums.isna().all():
+        return float("nan")
+    total = float(sums.sum())
+    return float(sums[noisy].sum() / total) if total > 0 else float("nan")
+
+
+def noise_type_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     """Per run, epoch and noise type: count, mean angles (degrees) and share of the epoch's total
     ``weight`` (a weight column of the angle log).
 
-    The ``weight_share`` column sums to 1 over the noise types of one run and epoch.
+    ``data``: a long angle table or its Parts. The ``weight_share`` column sums to 1 over the
+    noise types of one run and epoch.
     """
     check_weight(weight)
-    keys = _keys(angles, ["epoch"])
-    g = angles.assign(theta_y_deg=np.degrees(angles["theta_y"]),
-                      theta_nearest_deg=np.degrees(angles["theta_nearest"]), _w=angles[weight])
-    out = g.groupby(keys + ["noise"], sort=True).agg(
-        n=("theta_y", "size"), theta_y_mean_deg=("theta_y_deg", "mean"),
-        theta_nearest_mean_deg=("theta_nearest_deg", "mean"), weight_sum=("_w", "sum"),
-        weight_mean=("_w", "mean")).reset_index()
+    p = parts_of(data, weight)
+    keys = p.keys + ["epoch"]
+    out = p.cells.groupby(keys + ["noise"], sort=True, dropna=False)[
+        ["n", "theta_y_sum", "theta_nearest_sum", "n_nearest", "wsum", "wcount"]].sum(min_count=1).reset_index()
+    out["theta_y_mean_deg"] = np.degrees(out["theta_y_sum"] / out["n"])
+    out["theta_nearest_mean_deg"] = np.degrees(out["theta_nearest_sum"] / out["n_nearest"].where(out["n_nearest"] > 0))
+    out["weight_sum"] = out["wsum"].fillna(0.0)
+    out["weight_mean"] = out["wsum"] / out["wcount"].where(out["wcount"] > 0)
+    out["n"] = out["n"].astype(int)
     totals = out.groupby(keys)["weight_sum"].transform("sum")
     out["weight_share"] = (out["weight_sum"] / totals).where(totals > 0)
-    return out
+    return out[keys + ["noise", "n", "theta_y_mean_deg", "theta_nearest_mean_deg", "weight_sum",
+                       "weight_mean", "weight_share"]]
 
 
-def binned_weight(angles: pd.DataFrame, bins: int = DEFAULT_BINS, epochs: str | list[int] = "last",
+def binned_weight(data, bins: int = DEFAULT_BINS, epochs: str | list[int] = "last",
                   weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     """Mean ``weight`` (a weight column) as a function of the angle to the centre of the label
     trained on (``theta_used``, equal to theta_y unless BoundaryFace corrected the label; fixed
     bins over [0, 180] degrees), clean vs noisy.
 
-    ``epochs="last"`` keeps each run's last epoch; a list keeps those epochs. Columns:
-    ``bin_left_deg, bin_centre_deg, group (clean/noisy), n, weight_mean, weight_sum``.
+    ``data``: a long angle table or its Parts. ``epochs="last"`` keeps each run's last epoch; a
+    list keeps those epochs. Columns: ``bin_left_deg, bin_centre_deg, group (clean/noisy), n,
+    weight_mean, weight_sum``.
     """
     check_weight(weight)
+    p = parts_of(data, weight, bins=bins)
+    w = p.wbins
     if epochs == "last":
-        last = angles.groupby("run")["epoch"].transform("max") if "run" in angles else angles["epoch"].max()
-        sel = angles[angles["epoch"] == last]
+        last = w.groupby("run")["epoch"].transform("max") if "run" in w.columns else w["epoch"].max()
+        w = w[w["epoch"] == last]
     else:
-        sel = angles[angles["epoch"].isin(list(epochs))]
-    edges = np.linspace(0.0, 180.0, bins + 1)
-    # the weight is taken at the label trained on: bin it by the angle to that label's centre
-    # (theta_used; BoundaryFace corrects labels), theta_y where an older log lacks it
-    theta = sel["theta_used"].fillna(sel["theta_y"]) if "theta_used" in sel.columns else sel["theta_y"]
-    deg = np.degrees(theta.to_numpy(dtype=float))
-    b = np.clip(np.digitize(deg, edges) - 1, 0, bins - 1)
-    tmp = sel.assign(bin=b, group=np.where(sel["is_noisy"], "noisy", "clean"), _w=sel[weight])
-    keys = _keys(tmp, ["epoch"])
-    out = tmp.groupby(keys + ["group", "bin"], sort=True).agg(
-        n=("_w", "size"), weight_mean=("_w", "mean"), weight_sum=("_w", "sum")).reset_index()
-    out["bin_left_deg"] = edges[out["bin"].to_numpy()]
-    out["bin_centre_deg"] = out["bin_left_deg"] + (edges[1] - edges[0]) / 2
-    return out.drop(columns="bin")
+        w = w[w["epoch"].isin(list(epochs))]
+    w = w.assign(group=np.where(w["noise"] == "clean", "clean", "noisy"), bin=w["ub"])
+    keys = p.keys + ["epoch"]
+    out = w.groupby(keys + ["group", "bin"], sort=True, dropna=False)[["n", "wsum", "wcount"]].sum(
+        min_count=1).reset_index()
+    out["weight_mean"] = out["wsum"] / out["wcount"].where(out["wcount"] > 0)
+    out["weight_sum"] = out["wsum"].fillna(0.0)
+    out["n"] = out["n"].astype(int)
+    width = 180.0 / bins
+    out["bin_left_deg"] = np.linspace(0.0, 180.0, bins + 1)[out["bin"].to_numpy(dtype=int)]
+    out["bin_centre_deg"] = out["bin_left_deg"] + width / 2
+    return out[keys + ["group", "n", "weight_mean", "weight_sum", "bin_left_deg", "bin_centre_deg"]]
 
 
 def check_region_deg(value, name: str = "region threshold") -> float:
@@ -233,41 +368,55 @@ def check_quantile(value, name: str = "region quantile") -> float:
     return numeric.real(value, name, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
 
-def region_masks(g: pd.DataFrame, method: str, quantile: float = DEFAULT_CENTRE_QUANTILE,
-                 threshold_deg: float = DEFAULT_REGION_DEG) -> tuple[float, dict[str, np.ndarray]]:
-    """The regions of one run's epoch as ``(threshold in degrees, {region: bool mask})``.
+#: the regions of each method, in order (see :func:`region_stats`)
+_REGIONS = {"quantile": ("centre", "periphery"), "fixed": ("centre", "periphery"),
+            "2d": ("centre", "far_from_all", "near_both", "nearer_other")}
+
+
+def _region_sums(c: pd.DataFrame, h: pd.DataFrame, rows: pd.DataFrame | None, method: str,
+                 quantile: float, threshold_deg: float) -> tuple[float, dict[str, pd.DataFrame]]:
+    """The regions of one run's epoch as ``(threshold in degrees, {region: rows with n, wsum,
+    wcount, noise})`` from its cells (fixed, 2-D) or fine histogram (quantile: the bins below
+    and above the threshold's, and that bin's own rows split at the threshold)."""
+    if method == "quantile":
+        group = "clean" if _fine(h, noisy=False).sum() > 0 else "all"
+        t = order_quantile(h, rows, group, quantile)
+        b = min(max(math.floor(t * engine.FINE_BINS / math.pi), 0), engine.FINE_BINS - 1) if t == t else -1
+        centre, periphery = h[h["yb"] < b], h[h["yb"] > b]
+        own = h[h["yb"] == b]
+        if rows is not None and len(own):
+            r = rows[rows["yb"] == b]
+            r = r.assign(n=1, wsum=r["w"].astype(float), wcount=r["w"].notna().astype(int))
+            inside = r["theta_y"].to_numpy(dtype=np.float64) <= t
+            centre, periphery = pd.concat([centre, r[inside]]), pd.concat([periphery, r[~inside]])
+        elif len(own):  # no rows: the bin goes to the side of its centre
+            side = (b + 0.5) * math.pi / engine.FINE_BINS <= t
+            centre, periphery = (pd.concat([centre, own]), periphery) if side else (centre, pd.concat([periphery, own]))
+        return math.degrees(t), {"centre": centre, "periphery": periphery}
+    own, other = c["own"].astype(bool), c["other"].astype(bool)
+    if method == "fixed":
+        return threshold_deg, {"centre": c[own], "periphery": c[~own]}
+    if method == "2d":
+        return threshold_deg, {"centre": c[own & other], "far_from_all": c[~own & other],
+                               "near_both": c[own & ~other], "nearer_other": c[~own & ~other]}
+    raise NoisyFRError(f"region method {method!r}: choose from {', '.join(REGION_METHODS)}")
+
+
+def region_stats(data, quantile: float = DEFAULT_CENTRE_QUANTILE,
+                 method: str = "quantile", threshold_deg: float = DEFAULT_REGION_DEG,
+                 weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
+    """Regions of angle space and each region's share of samples and of the ``weight`` column,
+    per run and epoch (``data``: a long angle table or its Parts).
 
     ``quantile``: centre = theta_y <= the ``quantile`` quantile of the clean samples' theta_y
-    (uses ground truth; the threshold differs per run and loss); periphery = the rest.
+    (uses ground truth; the threshold differs per run and loss; it is found within one fine bin,
+    and the samples of that bin go to the side of its centre); periphery = the rest.
     ``fixed``: centre = theta_y <= ``threshold_deg``; periphery = the rest.
     ``2d`` (the ExpFace paper's plane of theta_y against theta_nearest, both cut at
     ``threshold_deg``): ``centre`` (near the own centre, far from every other one),
     ``far_from_all`` (upper right, where open-set / Type-I noise goes), ``near_both`` (lower left,
     where split / Type-II noise goes) and ``nearer_other`` (lower right, where closed-set
     label flips sit).
-    """
-    th = g["theta_y"].to_numpy(dtype=float)
-    if method == "quantile":
-        noisy = g["is_noisy"].to_numpy()
-        ref = th[~noisy] if (~noisy).any() else th
-        t = float(np.quantile(ref, quantile))
-        return math.degrees(t), {"centre": th <= t, "periphery": th > t}
-    t = math.radians(threshold_deg)
-    if method == "fixed":
-        return threshold_deg, {"centre": th <= t, "periphery": th > t}
-    if method == "2d":
-        near = g["theta_nearest"].to_numpy(dtype=float)
-        own, other = th <= t, near > t
-        return threshold_deg, {"centre": own & other, "far_from_all": ~own & other,
-                               "near_both": own & ~other, "nearer_other": ~own & ~other}
-    raise NoisyFRError(f"region method {method!r}: choose from {', '.join(REGION_METHODS)}")
-
-
-def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE,
-                 method: str = "quantile", threshold_deg: float = DEFAULT_REGION_DEG,
-                 weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
-    """Regions of angle space (see :func:`region_masks`) and each region's share of samples and of
-    the ``weight`` column, per run and epoch.
 
     Per region: ``n``, ``noisy_fraction`` (of the region's samples), ``share_of_noisy`` (of all
     noisy samples, in this region), ``weight_share`` (of the epoch's total weight; the regions sum
@@ -278,21 +427,32 @@ def region_stats(angles: pd.DataFrame, quantile: float = DEFAULT_CENTRE_QUANTILE
     check_quantile(quantile)
     check_region_deg(threshold_deg)
     check_weight(weight)
+    if method not in REGION_METHODS:
+        raise NoisyFRError(f"region method {method!r}: choose from {', '.join(REGION_METHODS)}")
+    # the fixed and 2-D regions come from the cells, cut at the angle the aggregates were made with
+    p = parts_of(data, weight, region_deg=threshold_deg if method != "quantile" else None,
+                 quantile=quantile if method == "quantile" else None)
+    hists = {tuple(k.values()): g for k, g in _by_epoch(p.hist, p.keys)}
+    found = _rows_by_epoch(p)
     rows = []
-    for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
-        noisy = g["is_noisy"].to_numpy()
-        w = g[weight].to_numpy(dtype=float)
-        t, masks = region_masks(g, method, quantile, threshold_deg)
-        total = w.sum()
-        for region, mask in masks.items():
-            row = dict(zip(_keys(angles, ["epoch"]), key))
+    for key, c in _by_epoch(p.cells, p.keys):
+        h = hists.get(tuple(key.values()), p.hist.iloc[0:0])
+        t, regions = _region_sums(c, h, found.get(tuple(key.values())), method, quantile, threshold_deg)
+        noisy_total = float(c.loc[c["noise"] != "clean", "n"].sum())
+        total = float(c["wsum"].sum()) if c["wsum"].notna().any() else float("nan")
+        for region in _REGIONS[method]:
+            r = regions[region]
+            noisy = r["noise"] != "clean"
+            n = float(r["n"].sum())
+            wsum = float(r["wsum"].sum()) if r["wsum"].notna().any() else (0.0 if total == total else float("nan"))
+            row = dict(key)
             row.update({
-                "method": method, "region": region, "threshold_deg": t, "n": int(mask.sum()),
-                "noisy_fraction": float(noisy[mask].mean()) if mask.any() else float("nan"),
-                "share_of_noisy": float((mask & noisy).sum() / noisy.sum()) if noisy.any() else float("nan"),
-                "weight_share": float(w[mask].sum() / total) if total > 0 else float("nan"),
-                "noisy_weight_share": float(w[mask & noisy].sum() / total) if total > 0 else float("nan"),
-                "weight_mean": float(w[mask].mean()) if mask.any() else float("nan"),
+                "method": method, "region": region, "threshold_deg": t, "n": int(n),
+                "noisy_fraction": _ratio(r.loc[noisy, "n"].sum(), n),
+                "share_of_noisy": _ratio(r.loc[noisy, "n"].sum(), noisy_total),
+                "weight_share": _ratio(wsum, total),
+                "noisy_weight_share": _ratio(float(r.loc[noisy, "wsum"].sum()), total),
+                "weight_mean": _ratio(wsum, float(r["wcount"].sum())),
             })
             rows.append(row)
     return pd.DataFrame(rows)
@@ -337,23 +497,56 @@ def disagreement_rate(theta_y, theta_nearest) -> float:
     return float(np.mean(near[ok] < th[ok])) if ok.any() else float("nan")
 
 
-def noise_rate_estimates(angles: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+#: Most quantile points a Gaussian mixture of :func:`noise_rate_estimates` is fitted to.
+MIXTURE_POINTS = 20000
+
+
+def hist_points(counts: pd.Series, k: int = MIXTURE_POINTS) -> np.ndarray:
+    """``min(n, k)`` evenly spaced quantile points (radians) of binned angles: the sample itself,
+    to within a fine bin, when it has at most ``k`` angles."""
+    counts = counts[counts > 0].sort_index()
+    n = int(counts.sum())
+    if n == 0:
+        return np.zeros(0)
+    m = min(n, k)
+    ks = np.floor((np.arange(m) + 0.5) * n / m).astype(np.int64)
+    return _order_stats(counts, ks)
+
+
+def _sample_of(p: Parts, key: dict, h: pd.DataFrame) -> np.ndarray:
+    """The theta_y values the mixture of one epoch is fitted to: the pass's fixed sample
+    (:data:`~noisyfr.analysis.engine.SAMPLE_ROWS`), else quantile points of the histogram."""
+    if p.sample is None:
+        return hist_points(_fine(h))
+    s = p.sample
+    for k, v in key.items():
+        s = s[s[k].isna()] if v != v else s[s[k] == v]
+    return s["theta_y"].to_numpy(dtype=float)
+
+
+def noise_rate_estimates(data, seed: int = 0) -> pd.DataFrame:
     """Per run and epoch, the estimates of the noise rate from the angles alone, against the true
     rate of the run's samples (manifest): the nearest-centre disagreement
     (:func:`disagreement_rate`) and the bimodal mixture of :func:`bimodal_noise_rate` over
-    theta_y (``gmm_rate``). Both fail their controls in trained runs (docs/analysis.md) and are
+    theta_y (``gmm_rate``, fitted to every theta_y of the epoch, or to a fixed subset of
+    about :data:`~noisyfr.analysis.engine.SAMPLE_ROWS` of them in larger runs). Both fail their controls in trained runs (docs/analysis.md) and are
     kept for reference; the estimate in the summaries is the held-out one
-    (:func:`noisyfr.train.heldout.heldout_noise_rate`)."""
+    (:func:`noisyfr.train.heldout.heldout_noise_rate`). ``data``: a long angle table or its Parts."""
+    p = data if isinstance(data, Parts) else parts_of(data)
+    hists = {tuple(k.values()): g for k, g in _by_epoch(p.hist, p.keys)}
     rows = []
-    for key, g in angles.groupby(_keys(angles, ["epoch"]), sort=True):
-        if len(g) < 4:
+    for key, c in _by_epoch(p.cells, p.keys):
+        h = hists.get(tuple(key.values()), p.hist.iloc[0:0])
+        n = float(c["n"].sum())
+        x = _sample_of(p, key, h)
+        if len(x) < 4:
             est = dict.fromkeys(("estimate", "mean_low", "mean_high", "separation"), float("nan"))
             est["bimodal"] = False
         else:
-            est = bimodal_noise_rate(g["theta_y"].to_numpy(dtype=float), seed=seed)
-        row = dict(zip(_keys(angles, ["epoch"]), key))
-        row.update({"true_rate": float(g["is_noisy"].mean()),
-                    "disagreement_rate": disagreement_rate(g["theta_y"], g["theta_nearest"]),
+            est = bimodal_noise_rate(x, seed=seed)
+        row = dict(key)
+        row.update({"true_rate": _ratio(c.loc[c["noise"] != "clean", "n"].sum(), n),
+                    "disagreement_rate": _ratio(c["n_disagree"].sum(), c["n_pair"].sum()),
                     "gmm_rate": est["estimate"], "gmm_bimodal": est["bimodal"],
                     "mode_low_deg": math.degrees(est["mean_low"]), "mode_high_deg": math.degrees(est["mean_high"]),
                     "mode_separation_sd": est["separation"]})
@@ -523,7 +716,7 @@ def runs_table(runs, learned_threshold: float = DEFAULT_LEARNED_ACCURACY) -> pd.
                "loss_name": r.loss_name,
                "grad_mode": r.loss_settings.get("grad_mode"), "condition": r.condition,
                "seed": r.seed, "noise_rate": r.noise_rate, "epochs": len(r.epochs),
-               "n_samples": int(r.angles["sample_index"].nunique())}
+               "n_samples": int(r.n_samples)}
         if not r.health.empty:
             last = r.health.sort_values("epoch").iloc[-1]
             for c in ("clean_true_accuracy", "noisy_fit_given", "noisy_fit_true"):

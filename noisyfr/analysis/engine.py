@@ -1,0 +1,450 @@
+"""The out-of-core analysis engine: DuckDB over the runs' Parquet angle logs.
+
+A run's angle logs (``angles/epoch_<E>.parquet``) and its noise manifest are read as one
+relation, :func:`run_source`: the trainer's columns (filled in for older logs, see
+:data:`FILL`) plus ``noise`` and ``orig_label`` from the manifest and ``is_noisy``. Nothing is
+materialised: every statistic of the report is a streaming aggregate of that relation,
+:func:`aggregate`, which groups it into small tables whose size does not depend on the number of
+samples (per epoch and noise type: sums and counts; a fine histogram of theta_y; a coarse one of
+the angle at the label trained on). :mod:`noisyfr.analysis.stats` turns those into the report's
+tables. The report aggregates one run at a time, so peak memory is bounded by the size of one
+run's aggregates and DuckDB's ``memory_limit`` (:data:`DEFAULT_MEMORY_LIMIT`), whatever the
+number of runs, epochs and samples (docs/analysis.md, "Scale").
+
+A DataFrame with the long-table columns goes through the same SQL (:func:`frame_source`), so
+small in-memory tables and paper-scale sweeps share one definition of every statistic.
+
+Exactness: counts, sums, means, shares and the fixed and 2-D regions are exact. Medians and the
+quantile region's threshold come from a histogram of :data:`FINE_BINS` bins over [0, 180]
+degrees, interpolated inside a bin, so they are within one bin (:data:`FINE_DEG`, 0.011 degrees)
+of the exact order statistic. The detection AUC counts pairs in one bin as ties; its error is at
+most ``auc_bound``, computed with it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from noisyfr.errors import NoisyFRError
+from noisyfr.noise.spec import NOISE_TYPES
+
+#: theta bins over [0, pi] of the fine histogram (medians, quantile thresholds, AUC).
+FINE_BINS = 16384
+#: Width of a fine bin in degrees: the accuracy of medians and quantile thresholds.
+FINE_DEG = 180.0 / FINE_BINS
+#: The weight columns whose range the pass checks.
+_WEIGHTS = ("weight", "weight_theta", "grad_norm", "unit_pull")
+#: DuckDB's memory limit for the analysis: past it DuckDB spills to a temporary directory.
+DEFAULT_MEMORY_LIMIT = os.environ.get("NOISYFR_ANALYSIS_MEMORY", "1GB")
+
+#: Columns of the trainer's angle log that older logs may lack, and how they are filled:
+#: SQL over the columns that are present (see :func:`noisyfr.analysis.load.load_angles`).
+FILL = {
+    "label_used": "label",
+    "theta_dominant": "theta_y",
+    "weight_theta": "weight * sin(theta_y)",
+    "grad_norm": "NULL::FLOAT", "unit_pull": "NULL::FLOAT", "feat_norm": "NULL::FLOAT",
+}
+#: Float columns whose NaN means "not logged": read as NULL, so sums and means skip them.
+NAN_AS_NULL = ("theta_orig", "weight", "weight_theta", "grad_norm", "unit_pull", "feat_norm",
+               "theta_used")
+
+
+def quote(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def connect(memory_limit: str | None = None, threads: int | None = None):
+    """An in-memory DuckDB connection set up for the analysis (all cores, a memory limit,
+    spilling to a private temporary directory)."""
+    import duckdb
+
+    tmp = tempfile.mkdtemp(prefix="noisyfr-duckdb-")
+    return duckdb.connect(":memory:", config={
+        "threads": int(threads or os.cpu_count() or 1),
+        "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
+        "preserve_insertion_order": False, "temp_directory": tmp})
+
+
+def first_sentence(exc: BaseException) -> str:
+    """The first line of an exception's message, cut at its first sentence."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    m = re.match(r"^(.*?[.!?])(\s|$)", text)
+    return (m.group(1) if m else text).rstrip(".")
+
+
+def _scan_list(files: list[Path]) -> str:
+    return "[" + ", ".join(quote(f) for f in files) + "]"
+
+
+def _angle_select(present: set[str]) -> list[str]:
+    """The trainer's columns as SQL expressions over a log with the columns ``present``."""
+    from noisyfr.train.angles import COLUMNS
+
+    cols = []
+    for c in COLUMNS:
+        if c in present:
+            expr = f"a.{c}"
+        elif c == "theta_used":
+            label_used = "a.label_used" if "label_used" in present else "a.label"
+            expr = f"CASE WHEN {label_used} = a.label THEN a.theta_y END"
+        else:
+            expr = re.sub(r"\b(label|theta_y|weight)\b", r"a.\1", FILL[c])
+        if c in NAN_AS_NULL:
+            expr = f"nullif({expr}, 'NaN'::FLOAT)"
+        cols.append(f"{expr} AS {c}")
+    return cols
+
+
+#: Noise type codes of the relations (``noise_code``): the index in NOISE_TYPES.
+NOISE_CODE = {name: i for i, name in enumerate(NOISE_TYPES)}
+_NOISE_CASE = "CASE noise_code " + " ".join(f"WHEN {i} THEN {quote(n)}" for n, i in NOISE_CODE.items()) + " END"
+
+
+def _reader(path: Path) -> str:
+    if str(path).endswith(".csv"):
+        return f"read_csv({quote(path)}, header=true)"
+    return f"read_parquet({quote(path)})"
+
+
+def manifest_table(con, path: Path, name: str) -> pd.DataFrame:
+    """Load a noise manifest's join columns into the temporary table ``name`` (``manifest_index``,
+    ``manifest_label``, ``noise_code``, ``orig_label``; a few bytes per sample) and return its
+    count per noise type (columns ``noise, n``). One-line NoisyFRError naming the file when it
+    cannot be read, lacks a column, repeats an index or has an unknown noise type."""
+    import duckdb
+
+    try:
+        cols = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {_reader(path)}").fetchall()]
+    except duckdb.Error as exc:
+        raise NoisyFRError(f"{path}: cannot read manifest ({first_sentence(exc)})") from None
+    missing = [c for c in ("index", "label", "noise") if c not in cols]
+    if missing:
+        raise NoisyFRError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    orig = "orig_label" if "orig_label" in cols else "label"
+    try:
+        counts = con.sql(f"SELECT CAST(noise AS VARCHAR) AS noise, count(*) AS n, "
+                         f"count(DISTINCT \"index\") AS n_index FROM {_reader(path)} GROUP BY ALL").df()
+        bad = sorted(set(counts["noise"].astype(str)) - set(NOISE_TYPES))
+        if bad:
+            raise NoisyFRError(f"{path}: unknown noise type(s) {', '.join(bad)}")
+        codes = " ".join(f"WHEN {quote(n)} THEN {i}" for n, i in NOISE_CODE.items())
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT CAST(\"index\" AS BIGINT) AS manifest_index, "
+                    f"CAST(label AS BIGINT) AS manifest_label, "
+                    f"CAST(CASE CAST(noise AS VARCHAR) {codes} END AS TINYINT) AS noise_code, "
+                    f"CAST({orig} AS BIGINT) AS orig_label FROM {_reader(path)}")
+        dup = con.sql(f"SELECT count(*) - count(DISTINCT manifest_index) FROM {name}").fetchall()[0][0]
+    except duckdb.Error as exc:
+        raise NoisyFRError(f"{path}: cannot read manifest ({first_sentence(exc)})") from None
+    if dup:
+        raise NoisyFRError(f"{path}: duplicate index values")
+    return counts[["noise", "n"]]
+
+
+def run_source(files: list[Path], present: set[str], manifest: str | None = None) -> str:
+    """SQL of one run's angle relation: its logs ``files`` (union by name; ``present`` = the
+    columns any of them has) left-joined on ``sample_index`` with the manifest table ``manifest``
+    (made by :func:`manifest_table`; None: every sample clean).
+
+    Columns: the trainer's :data:`~noisyfr.train.angles.COLUMNS`, ``noise`` (the manifest's type)
+    and ``noise_code`` (its index in NOISE_TYPES), ``orig_label`` (the true label; the given one
+    without a manifest), ``is_noisy``, and ``manifest_index`` / ``manifest_label`` (NULL where
+    the sample is not in the manifest: :func:`aggregate` checks them)."""
+    cols = ", ".join(_angle_select(present))
+    scan = f"read_parquet({_scan_list(files)}, union_by_name=true)"
+    if manifest is None:
+        inner = (f"SELECT {cols}, CAST(0 AS TINYINT) AS noise_code, a.label AS orig_label, "
+                 f"a.sample_index AS manifest_index, a.label AS manifest_label FROM {scan} a")
+    else:
+        inner = (f"SELECT {cols}, coalesce(m.noise_code, 0) AS noise_code, "
+                 f"coalesce(m.orig_label, a.label) AS orig_label, m.manifest_index, m.manifest_label "
+                 f"FROM {scan} a LEFT JOIN {manifest} m ON a.sample_index = m.manifest_index")
+    return f"SELECT *, {_NOISE_CASE} AS noise, noise_code <> 0 AS is_noisy FROM ({inner})"
+
+
+def frame_source(con, df: pd.DataFrame, name: str = "long_angles") -> str:
+    """Register a long angle table (:func:`noisyfr.analysis.load.long_angles` columns) and return
+    SQL that reads it like :func:`run_source` does a run."""
+    df = df.copy()
+    defaults = {"sample_index": lambda: np.arange(len(df)), "epoch": lambda: 1, "label": lambda: 0,
+                "theta_nearest": lambda: np.nan, "nearest_label": lambda: -1, "theta_orig": lambda: np.nan,
+                "weight": lambda: np.nan}
+    for c, make in defaults.items():
+        if c not in df.columns:
+            df[c] = make()
+    if "noise" not in df.columns:
+        df["noise"] = np.where(df["is_noisy"], "closed", "clean") if "is_noisy" in df.columns else "clean"
+    df["noise"] = df["noise"].astype(str)
+    df["noise_code"] = df["noise"].map(NOISE_CODE).astype("int8")
+    if "orig_label" not in df.columns:
+        df["orig_label"] = df["label"]
+    for c in FILL:
+        if c not in df.columns:
+            df[c] = {"label_used": df["label"], "theta_dominant": df["theta_y"],
+                     "weight_theta": df["weight"] * np.sin(df["theta_y"].astype(float))}.get(c, np.nan)
+    if "theta_used" not in df.columns:
+        df["theta_used"] = np.where(df["label_used"] == df["label"], df["theta_y"], np.nan)
+    con.register(name, df)
+    floats = {c: f"nullif(CAST({c} AS DOUBLE), 'NaN'::DOUBLE) AS {c}" for c in NAN_AS_NULL}
+    keep = [floats.get(c, c) for c in df.columns if c not in ("is_noisy", "manifest_index", "manifest_label")]
+    return (f"SELECT {', '.join(keep)}, noise <> 'clean' AS is_noisy, sample_index AS manifest_index, "
+            f"label AS manifest_label FROM {name}")
+
+
+@dataclass
+class Parts:
+    """One pass's aggregates (keys = the grouping keys before ``epoch``).
+
+    ``cells``: per keys, epoch, noise, ``own`` (theta_y <= the fixed threshold) and ``other``
+    (theta_nearest > it): counts and sums (see :func:`aggregate`). ``hist``: per keys, epoch,
+    noise and fine theta_y bin ``yb``: ``n`` and ``wsum`` (the chosen weight). ``wbins``: per
+    keys, epoch, noise and coarse bin ``ub`` of the angle at the label trained on: ``n``,
+    ``wsum``, ``wcount``. ``dominant``: the fine histogram of theta_dominant (None when it equals
+    theta_y everywhere: use ``hist``)."""
+
+    keys: list[str]
+    cells: pd.DataFrame
+    hist: pd.DataFrame
+    wbins: pd.DataFrame
+    dominant: pd.DataFrame | None
+    weight: str
+    region_deg: float
+    bins: int
+    first_unknown: int | None = None
+    first_mislabelled: int | None = None
+    #: every row of the fine bins that hold a needed order statistic (keys, epoch, yb, theta_y,
+    #: noise, w): what makes medians and quantile thresholds exact
+    rows: pd.DataFrame | None = None
+    #: theta_y of at most :data:`SAMPLE_ROWS` samples per epoch, by sample_index (keys, epoch,
+    #: theta_y): what the Gaussian-mixture reference is fitted to
+    sample: pd.DataFrame | None = None
+    quantile: float = 0.9
+
+    def with_keys(self, values: dict) -> "Parts":
+        """The same aggregates with constant key columns (e.g. a run's name, loss, condition)
+        put first, before the existing keys."""
+        def put(df):
+            if df is None:
+                return None
+            return pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in values.items()}, index=df.index),
+                              df], axis=1)
+        return Parts(list(values) + self.keys, put(self.cells), put(self.hist), put(self.wbins),
+                     put(self.dominant), self.weight, self.region_deg, self.bins,
+                     self.first_unknown, self.first_mislabelled, put(self.rows), put(self.sample),
+                     self.quantile)
+
+
+def _bin(expr: str, scale: str, nbins: int) -> str:
+    return (f"CASE WHEN isfinite({expr}) THEN least(greatest(floor({expr} * {scale}), 0), {nbins - 1}) "
+            f"ELSE -1 END::INTEGER")
+
+
+def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "grad_norm",
+              region_deg: float = 60.0, bins: int = 36, quantile: float = 0.9) -> Parts:
+    """Stream ``source`` (SQL of an angle relation) into :class:`Parts`: one scan for the cells,
+    one for both histograms, then two narrow ones: the rows of the few fine bins that hold the
+    medians and the ``quantile`` threshold (:func:`order_bins`), and a fixed sample of theta_y
+    per epoch for the mixture (:data:`SAMPLE_ROWS`). A fifth, for theta_dominant, runs only where
+    it differs from theta_y.
+
+    ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run). The
+    cells carry the input checks: the range of theta_y and of each weight column, the rows whose
+    sample is missing from the manifest and those it labels differently (:func:`check_parts`)."""
+    keys = list(keys or [])
+    k = "".join(f"{c}, " for c in keys)
+    t = math.radians(region_deg)
+    used = "coalesce(theta_used, theta_y)"
+    fine = repr(FINE_BINS / math.pi)
+    sel = (f"SELECT {k}epoch, sample_index, noise_code, theta_y, theta_nearest, nearest_label, label, "
+           f"label_used, orig_label, {weight} AS w, unit_pull AS up, theta_dominant, manifest_index, "
+           f"manifest_label, weight, weight_theta, grad_norm, unit_pull, "
+           f"theta_y <= {t!r} AS own, theta_nearest > {t!r} AS other, "
+           f"{_bin('theta_y', fine, FINE_BINS)} AS yb, "
+           f"{_bin(f'degrees({used})', repr(bins / 180.0), bins)} AS ub FROM ({source})")
+    ranges = ", ".join(f"min({c}) AS min_{c}, max({c}) AS max_{c}" for c in _WEIGHTS)
+    pred_given = "(NOT theta_y > theta_nearest OR nearest_label = label)"
+    pred_orig = ("((NOT theta_y > theta_nearest AND label = orig_label) OR "
+                 "(theta_y > theta_nearest AND nearest_label = orig_label))")
+    pair = "(isfinite(theta_nearest) AND isfinite(theta_y))"
+    cells_sql = f"""
+        SELECT {k}epoch, noise_code, own, other, count(*) AS n,
+          sum({pred_given}::INTEGER) AS pred_given, sum({pred_orig}::INTEGER) AS pred_orig,
+          sum(theta_y) AS theta_y_sum,
+          sum(CASE WHEN isfinite(theta_nearest) THEN theta_nearest END) AS theta_nearest_sum,
+          sum(isfinite(theta_nearest)::INTEGER) AS n_nearest,
+          sum(w) AS wsum, count(w) AS wcount, sum(up) AS upsum,
+          sum((label_used <> label)::INTEGER) AS n_corrected,
+          sum(({pair} AND theta_nearest < theta_y)::INTEGER) AS n_disagree,
+          sum({pair}::INTEGER) AS n_pair,
+          sum((theta_dominant IS DISTINCT FROM theta_y)::INTEGER) AS n_dominant_differs,
+          max(label) AS max_label, min(theta_y) AS min_theta, max(theta_y) AS max_theta, {ranges},
+          count(manifest_index) AS n_in_manifest,
+          sum((manifest_label <> label)::INTEGER) AS n_mislabelled
+        FROM sel GROUP BY ALL"""
+    hist_sql = (f"SELECT {k}epoch, noise_code, yb, ub, count(*) AS n, sum(w) AS wsum, count(w) AS wcount "
+                f"FROM sel GROUP BY GROUPING SETS (({k}epoch, noise_code, yb), ({k}epoch, noise_code, ub))")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW sel AS {sel}")
+    try:
+        cells = con.sql(cells_sql).df()
+        both = con.sql(hist_sql).df()
+        dominant = None
+        if len(cells) and int(cells["n_dominant_differs"].sum()) > 0:
+            dominant = con.sql(f"SELECT {k}epoch, noise_code, {_bin('theta_dominant', fine, FINE_BINS)} AS yb, "
+                               f"count(*) AS n FROM sel GROUP BY ALL").df()
+        names = np.array(NOISE_TYPES, dtype=object)
+        hist = both[both["yb"].notna()].drop(columns=["ub"]).reset_index(drop=True)
+        hist["yb"] = hist["yb"].astype(np.int64)
+        hist.insert(len(keys) + 1, "noise", names[hist["noise_code"].to_numpy(dtype=np.int64)])
+        targets = order_bins(hist, keys, quantile)
+        rows = None
+        if len(targets):
+            con.register("order_targets", targets)
+            on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
+            rows = con.sql(f"SELECT {''.join(f's.{c}, ' for c in keys)}s.epoch, s.yb, s.theta_y, s.noise_code, "
+                           f"s.w FROM sel s SEMI JOIN order_targets t ON {on}").df()
+            con.unregister("order_targets")
+            rows.insert(len(keys) + 2, "noise", names[rows.pop("noise_code").to_numpy(dtype=np.int64)])
+        n_epoch = cells.groupby(keys + ["epoch"], dropna=False)["n"].sum()
+        take = int(n_epoch.max()) if len(n_epoch) else 0
+        frac = "" if take <= SAMPLE_ROWS else (
+            f"WHERE hash(sample_index) % 1000003 < {int(1000003 * SAMPLE_ROWS / take)}")
+        sample = con.sql(f"SELECT {k}epoch, theta_y FROM sel {frac} ORDER BY {k}epoch, sample_index").df()
+        first = {}
+        if len(cells) and (cells["n_in_manifest"].sum() < cells["n"].sum() or cells["n_mislabelled"].sum()):
+            first = con.sql("SELECT min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
+                            "min(sample_index) FILTER (WHERE manifest_label <> label) AS mislabelled "
+                            "FROM sel").df().iloc[0].to_dict()
+    finally:
+        con.execute("DROP VIEW IF EXISTS sel")
+    hist = hist.drop(columns="noise_code")
+    wbins = both[both["ub"].notna()].drop(columns="yb").reset_index(drop=True)
+    wbins["ub"] = wbins["ub"].astype(np.int64)
+    for df in [cells, wbins] + ([dominant] if dominant is not None else []):
+        df.insert(len(keys) + 1, "noise", names[df.pop("noise_code").to_numpy(dtype=np.int64)])
+    return Parts(keys, cells, hist, wbins, dominant, weight, region_deg, bins,
+                 first.get("unknown"), first.get("mislabelled"), rows, sample, quantile)
+
+
+#: theta_y values per epoch the Gaussian-mixture reference is fitted to: every sample up to
+#: this many, else a fixed hash-chosen subset of about this size.
+SAMPLE_ROWS = 20000
+#: the groups whose order statistics the report needs: (name, noise types or None for all)
+ORDER_GROUPS = (("clean", ("clean",)), ("noisy", None), ("all", None))
+
+
+def group_counts(h: pd.DataFrame, group: str) -> pd.Series:
+    """Fine-bin counts of one epoch's histogram rows for ``group``: clean, noisy (any type but
+    clean) or all."""
+    if group == "clean":
+        h = h[h["noise"] == "clean"]
+    elif group == "noisy":
+        h = h[h["noise"] != "clean"]
+    return h.groupby("yb")["n"].sum()
+
+
+def rank_bins(counts: pd.Series, q: float) -> list[tuple[int, int]]:
+    """``[(bin, rank inside the bin)]`` of the order statistics numpy's linear ``q`` quantile
+    interpolates between (one or two)."""
+    counts = counts[counts > 0].sort_index()
+    n = int(counts.sum())
+    if n == 0:
+        return []
+    pos = q * (n - 1)
+    cum = np.cumsum(counts.to_numpy())
+    out = []
+    for k in sorted({math.floor(pos), math.ceil(pos)}):
+        i = int(np.searchsorted(cum, k, side="right"))
+        out.append((int(counts.index[i]), int(k - (cum[i] - counts.iloc[i]))))
+    return out
+
+
+def order_bins(hist: pd.DataFrame, keys: list[str], quantile: float) -> pd.DataFrame:
+    """The fine bins (keys, epoch, yb) that hold the medians of the clean and the noisy samples
+    and the ``quantile`` threshold of the clean ones (of all where none is clean)."""
+    out = []
+    for key, h in hist.groupby(keys + ["epoch"], sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        clean = group_counts(h, "clean")
+        wanted = [("clean", 0.5), ("noisy", 0.5), ("clean" if clean.sum() > 0 else "all", quantile)]
+        for group, q in wanted:
+            found = [b for b, _ in rank_bins(group_counts(h, group), q)]
+            # every bin between the two order statistics: the threshold may fall in one that
+            # holds no sample of the group but samples of another
+            for b in range(min(found, default=0), max(found, default=-1) + 1):
+                out.append((*key, b))
+    return pd.DataFrame(out, columns=keys + ["epoch", "yb"]).drop_duplicates()
+
+
+def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
+    """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
+    c = parts.cells
+    if c.empty:
+        return
+    lo, hi = c["min_theta"].min(), c["max_theta"].max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
+    if lo < -1e-6 or hi > math.pi + 1e-6:
+        raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
+    for col in _WEIGHTS:
+        if np.isinf(c[f"max_{col}"].astype(float)).any():
+            raise NoisyFRError(f"{where}: column {col} has infinite values")
+        if (c[f"min_{col}"].astype(float) < 0).any():
+            raise NoisyFRError(f"{where}: negative {col} (expected a gradient magnitude)")
+    if parts.first_unknown is not None and pd.notna(parts.first_unknown):
+        raise NoisyFRError(f"{where}: sample_index {int(parts.first_unknown)} is not in manifest {manifest}")
+    if parts.first_mislabelled is not None and pd.notna(parts.first_mislabelled):
+        raise NoisyFRError(f"{where}: label of sample_index {int(parts.first_mislabelled)} differs "
+                           f"from manifest {manifest} (wrong manifest?)")
+
+
+def noise_order(names) -> list[str]:
+    """Noise type names in the library's order."""
+    names = set(names)
+    return [n for n in NOISE_TYPES if n in names] + sorted(names - set(NOISE_TYPES))
+
+
+def locate_scan_error(con, files: list[Path], exc: BaseException) -> NoisyFRError:
+    """The one-line error for a scan that failed: the first of ``files`` that cannot be read on
+    its own, named, else the scan's own first sentence."""
+    import duckdb
+
+    for f in files:
+        try:
+            con.sql(f"SELECT * FROM read_parquet({quote(f)})").fetchall()
+        except duckdb.Error as one:
+            return NoisyFRError(f"{f}: cannot read angle log ({first_sentence(one)})")
+    return NoisyFRError(f"{files[0].parent}: cannot read angle logs ({first_sentence(exc)})")
+
+
+def theta_histogram(parts: Parts, width_deg: float = 0.5) -> pd.DataFrame:
+    """theta_y counts per keys, epoch, noise type and ``width_deg`` bin (``bin_left_deg``, ``n``)
+    from the fine histogram: what the distribution figures draw."""
+    h = parts.hist
+    centre = (h["yb"].to_numpy(dtype=float) + 0.5) * FINE_DEG
+    b = np.floor(centre / width_deg) * width_deg
+    keys = parts.keys + ["epoch", "noise"]
+    return (h.assign(bin_left_deg=b).groupby(keys + ["bin_left_deg"], sort=True, dropna=False)["n"]
+            .sum().reset_index())
+
+
+def angle_plane(con, source: str, width_deg: float = 1.0) -> pd.DataFrame:
+    """Counts of (theta_y, theta_nearest) in ``width_deg`` x ``width_deg`` cells per epoch and
+    noise type (columns ``epoch, noise, x_left_deg, y_left_deg, n``) of an angle relation: the
+    2-D histogram the own-vs-nearest figure draws."""
+    k = repr(1.0 / width_deg)
+    df = con.sql(f"SELECT epoch, noise_code, {_bin('degrees(theta_y)', k, int(round(180 / width_deg)))} AS xb, "
+                 f"{_bin('degrees(theta_nearest)', k, int(round(180 / width_deg)))} AS yb, count(*) AS n "
+                 f"FROM ({source}) GROUP BY ALL").df()
+    df = df[(df["xb"] >= 0) & (df["yb"] >= 0)]
+    names = np.array(NOISE_TYPES, dtype=object)
+    return pd.DataFrame({"epoch": df["epoch"].to_numpy(), "noise": names[df["noise_code"].to_numpy(dtype=int)],
+                         "x_left_deg": df["xb"].to_numpy(dtype=float) * width_deg,
+                         "y_left_deg": df["yb"].to_numpy(dtype=float) * width_deg, "n": df["n"].to_numpy()})
