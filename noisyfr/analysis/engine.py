@@ -248,14 +248,16 @@ def _bin(expr: str, scale: str, nbins: int) -> str:
 
 
 def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "grad_norm",
-              region_deg: float = 60.0, bins: int = 36, quantile: float = 0.9) -> Parts:
+              region_deg: float = 60.0, bins: int = 36, quantile: float = 0.9,
+              raw: str | None = None) -> Parts:
     """Stream ``source`` (SQL of an angle relation) into :class:`Parts`: one scan for the cells,
     one for both histograms, then two narrow ones: the rows of the few fine bins that hold the
     medians and the ``quantile`` threshold (:func:`order_bins`), and a fixed sample of theta_y
     per epoch for the mixture (:data:`SAMPLE_ROWS`). A fifth, for theta_dominant, runs only where
     it differs from theta_y.
 
-    ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run). The
+    ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run); ``raw``,
+    where given, the same rows without the manifest (no join) for the mixture's sample. The
     cells carry the input checks: the range of theta_y and of each weight column, the rows whose
     sample is missing from the manifest and those it labels differently (:func:`check_parts`)."""
     keys = list(keys or [])
@@ -316,7 +318,8 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
         take = int(n_epoch.max()) if len(n_epoch) else 0
         frac = "" if take <= SAMPLE_ROWS else (
             f"WHERE hash(sample_index) % 1000003 < {int(1000003 * SAMPLE_ROWS / take)}")
-        sample = con.sql(f"SELECT {k}epoch, theta_y FROM sel {frac} ORDER BY {k}epoch, sample_index").df()
+        sample = con.sql(f"SELECT {k}epoch, theta_y FROM ({raw or 'SELECT * FROM sel'}) {frac} "
+                         f"ORDER BY {k}epoch, sample_index").df()
         first = {}
         if len(cells) and (cells["n_in_manifest"].sum() < cells["n"].sum() or cells["n_mislabelled"].sum()):
             first = con.sql("SELECT min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
@@ -335,7 +338,7 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
 
 #: theta_y values per epoch the Gaussian-mixture reference is fitted to: every sample up to
 #: this many, else a fixed hash-chosen subset of about this size.
-SAMPLE_ROWS = 20000
+SAMPLE_ROWS = 5000
 #: the groups whose order statistics the report needs: (name, noise types or None for all)
 ORDER_GROUPS = (("clean", ("clean",)), ("noisy", None), ("all", None))
 

@@ -497,8 +497,9 @@ def disagreement_rate(theta_y, theta_nearest) -> float:
     return float(np.mean(near[ok] < th[ok])) if ok.any() else float("nan")
 
 
-#: Most quantile points a Gaussian mixture of :func:`noise_rate_estimates` is fitted to.
-MIXTURE_POINTS = 20000
+#: Most quantile points a Gaussian mixture of :func:`noise_rate_estimates` is fitted to where
+#: the aggregates carry no sample.
+MIXTURE_POINTS = engine.SAMPLE_ROWS
 
 
 def hist_points(counts: pd.Series, k: int = MIXTURE_POINTS) -> np.ndarray:
