@@ -13,6 +13,8 @@ drives the CLI only, so it measures whatever engine ``noisyfr analyze`` runs.
 Measured per size, from the start of the subprocess to its exit:
 
 - wall time (``time.perf_counter``), which includes the interpreter start and imports;
+- CPU time (user + system, ``os.wait4``) of the subprocess and its waited-for descendants: the
+  fairer figure on a shared machine, where wall time also counts other processes' turns;
 - peak RSS of the process tree: psutil polls the subprocess and all its descendants every
   1/``--poll-hz`` s (default 50 Hz) and keeps the largest *sum* of their RSS (a peak shorter than
   a poll interval can be missed);
@@ -22,8 +24,8 @@ Measured per size, from the start of the subprocess to its exit:
 Angle rows = trials x epochs x samples (every sample logged every epoch); rows/s = angle rows /
 wall time. The last line gives large/small ratios of wall time, rows/s and peak RSS: with a
 streaming engine the memory ratio should stay near 1 while the row ratio is 4 (defaults).
-Wall time on a shared machine also counts other processes' turns; the polling costs a few per
-cent of one core. Nothing is asserted: the numbers are printed (and written with ``--json``).
+The 1-minute load average before and after each size is recorded too; the polling costs a few
+per cent of one core. Nothing is asserted: the numbers are printed (and written with ``--json``).
 """
 from __future__ import annotations
 
@@ -141,7 +143,8 @@ def measure(cmd: list[str], env: dict, log: Path, poll_hz: float) -> dict:
         done.set()
         poller.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
-    return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_bytes": peak[0],
+    return {"returncode": proc.returncode, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": peak[0],
             "maxrss_bytes": usage.ru_maxrss * 1024}  # Linux: KiB
 
 
@@ -160,7 +163,9 @@ def run_size(name: str, size: tuple[int, ...], args, root: Path) -> dict:
     cmd += shlex.split(args.analyze_args)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     log = root / f"{tag}_analyze.log"
+    load_before = os.getloadavg()[0]
     m = measure(cmd, env, log, args.poll_hz)
+    m["load_1min"] = [load_before, os.getloadavg()[0]]
     if m["returncode"] != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{name}: noisyfr analyze exited {m['returncode']}:\n{tail}")
@@ -172,17 +177,20 @@ def run_size(name: str, size: tuple[int, ...], args, root: Path) -> dict:
 
 def table(results: list[dict]) -> list[str]:
     lines = [f"{'size':6s} {'trials x epochs x samples':>26s} {'angle rows':>11s} {'wall s':>8s} "
-             f"{'rows/s':>10s} {'peak RSS GB':>11s} {'maxrss GB':>9s}"]
+             f"{'cpu s':>7s} {'rows/s':>10s} {'peak RSS GB':>11s} {'maxrss GB':>9s} {'load':>9s}"]
     for r in results:
         shape = f"{r['trials']} x {r['epochs']} x {r['samples']:,}"
+        load = "{:.1f}-{:.1f}".format(*r["load_1min"])
         lines.append(f"{r['size']:6s} {shape:>26s} {r['angle_rows']:>11,} {r['wall_s']:8.1f} "
-                     f"{r['rows_per_s']:10,.0f} {r['peak_rss_bytes'] / GB:11.2f} {r['maxrss_bytes'] / GB:9.2f}")
+                     f"{r['cpu_s']:7.1f} {r['rows_per_s']:10,.0f} {r['peak_rss_bytes'] / GB:11.2f} "
+                     f"{r['maxrss_bytes'] / GB:9.2f} {load:>9s}")
     return lines
 
 
 def ratios(small: dict, large: dict) -> dict:
     return {"angle_rows": large["angle_rows"] / small["angle_rows"],
             "wall": large["wall_s"] / small["wall_s"],
+            "cpu": large["cpu_s"] / max(small["cpu_s"], 1e-9),
             "rows_per_s": large["rows_per_s"] / small["rows_per_s"],
             "peak_rss": large["peak_rss_bytes"] / max(small["peak_rss_bytes"], 1)}
 
@@ -205,11 +213,12 @@ def main(argv=None) -> int:
             results.append(r)
         rat = ratios(*results)
         print(f"noisyfr analyze, {'with' if args.figures else 'without'} figures; peak RSS = psutil "
-              f"sum over the process tree at {args.poll_hz:g} Hz, maxrss = wait4 ru_maxrss")
+              f"sum over the process tree at {args.poll_hz:g} Hz, maxrss = wait4 ru_maxrss, "
+              "load = 1-min load average before-after")
         for line in table(results):
             print(line)
         print(f"ratio large/small: angle rows {rat['angle_rows']:.2f}, wall {rat['wall']:.2f}, "
-              f"rows/s {rat['rows_per_s']:.2f}, peak RSS {rat['peak_rss']:.2f}")
+              f"cpu {rat['cpu']:.2f}, rows/s {rat['rows_per_s']:.2f}, peak RSS {rat['peak_rss']:.2f}")
         if args.json is not None:
             payload = {"figures": args.figures, "poll_hz": args.poll_hz, "noise": args.noise,
                        "seed": args.seed, "analyze_args": args.analyze_args,
