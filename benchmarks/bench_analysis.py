@@ -1,0 +1,235 @@
+"""Wall time and peak memory of ``noisyfr analyze`` on fabricated sweeps of two sizes.
+
+    .venv/bin/python benchmarks/bench_analysis.py [--small 3,5,100000] [--large 12,5,100000]
+        [--classes 1000] [--figures | --no-figures] [--dir DIR] [--json PATH]
+
+For each size (``TRIALS,EPOCHS,SAMPLES[,CLASSES]``) a sweep is fabricated with
+:func:`noisyfr.analysis.synthetic.fabricate_sweep` (trials cycling over arcface, cosface and
+expface and over seeds, closed-set noise ``--noise``; not timed), then
+``python -m noisyfr analyze SWEEP --out REPORT [--no-figures] [--analyze-args ...]`` runs in a
+fresh subprocess (this interpreter, the repository first on ``PYTHONPATH``). The benchmark
+drives the CLI only, so it measures whatever engine ``noisyfr analyze`` runs.
+
+Measured per size, from the start of the subprocess to its exit:
+
+- wall time (``time.perf_counter``), which includes the interpreter start and imports;
+- CPU time (user + system, ``os.wait4``) of the subprocess and its waited-for descendants: the
+  fairer figure on a shared machine, where wall time also counts other processes' turns;
+- peak RSS of the process tree: psutil polls the subprocess and all its descendants every
+  1/``--poll-hz`` s (default 50 Hz) and keeps the largest *sum* of their RSS (a peak shorter than
+  a poll interval can be missed);
+- ``maxrss``: ``ru_maxrss`` of the subprocess from ``os.wait4`` (the kernel's exact high-water
+  mark of the largest single process of the tree, not a sum) as a cross-check.
+
+Angle rows = trials x epochs x samples (every sample logged every epoch); rows/s = angle rows /
+wall time. The last line gives large/small ratios of wall time, rows/s and peak RSS: with a
+streaming engine the memory ratio should stay near 1 while the row ratio is 4 (defaults).
+The 1-minute load average before and after each size is recorded too; the polling costs a few
+per cent of one core. Nothing is asserted: the numbers are printed (and written with ``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GB = 1e9
+STAMP = "fabricated.json"  # what fabricate_sweep was called with, to reuse a sweep under --dir
+
+
+def size_arg(text: str) -> tuple[int, ...]:
+    """``TRIALS,EPOCHS,SAMPLES[,CLASSES]`` as a tuple of positive ints."""
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) not in (3, 4) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected TRIALS,EPOCHS,SAMPLES[,CLASSES] (positive "
+                                         f"integers), got {text!r}")
+    return parts
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=size_arg, default=(3, 5, 100_000), metavar="T,E,N[,C]",
+                    help="trials,epochs,samples[,classes] of the small sweep (default 3,5,100000)")
+    ap.add_argument("--large", type=size_arg, default=(12, 5, 100_000), metavar="T,E,N[,C]",
+                    help="trials,epochs,samples[,classes] of the large sweep (default 12,5,100000)")
+    ap.add_argument("--classes", type=int, default=1000,
+                    help="classes of a size given without its 4th field (default %(default)s)")
+    ap.add_argument("--noise", type=float, default=0.2, help="closed-set noise rate (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="fabrication seed (default %(default)s)")
+    ap.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                    help="draw the report's figures (default: yes; --no-figures passes --no-figures)")
+    ap.add_argument("--analyze-args", default="", metavar="ARGS",
+                    help="more arguments for noisyfr analyze, one shell-quoted string (e.g. an engine flag)")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="keep the sweeps, reports and analyze logs in DIR/TxExN_cC, DIR/TxExN_cC_report "
+                         "and DIR/TxExN_cC_analyze.log (a sweep fabricated there earlier with the same "
+                         "arguments is reused); default: a temporary folder, removed at the end")
+    ap.add_argument("--poll-hz", type=float, default=50.0, help="RSS polls per second (default %(default)s)")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers as JSON")
+    args = ap.parse_args(argv)
+    if args.poll_hz < 20:
+        ap.error("--poll-hz must be at least 20")
+    return args
+
+
+def fabricate(path: Path, trials: int, epochs: int, samples: int, classes: int, noise: float,
+              seed: int) -> tuple[float, bool]:
+    """Fabricate the sweep at ``path`` (or reuse the one there made with the same arguments):
+    ``(seconds, reused)``."""
+    from noisyfr.analysis.synthetic import fabricate_sweep
+
+    stamp = {"trials": trials, "epochs": epochs, "samples": samples, "classes": classes,
+             "noise": noise, "seed": seed}
+    if (path / STAMP).is_file():
+        if json.loads((path / STAMP).read_text()) == stamp:
+            return 0.0, True
+        raise SystemExit(f"{path}: holds a sweep fabricated with other arguments; remove it or "
+                         "choose another --dir")
+    if path.exists():
+        raise SystemExit(f"{path}: exists and is not a fabricated sweep; choose another --dir")
+    t0 = time.perf_counter()
+    fabricate_sweep(path, trials, epochs, samples, classes, noise=noise, seed=seed)
+    (path / STAMP).write_text(json.dumps(stamp, sort_keys=True) + "\n")
+    return time.perf_counter() - t0, False
+
+
+def measure(cmd: list[str], env: dict, log: Path, poll_hz: float) -> dict:
+    """Run ``cmd``; its wall time, the peak RSS sum of its process tree (polled) and its
+    ``ru_maxrss`` (``os.wait4``). Output goes to ``log``."""
+    import psutil
+
+    peak = [0]
+    done = threading.Event()
+
+    def poll(pid: int) -> None:
+        try:
+            root = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return
+        while not done.is_set():
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                    pass
+            peak[0] = max(peak[0], total)
+            done.wait(1.0 / poll_hz)
+
+    with open(log, "wb") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        poller = threading.Thread(target=poll, args=(proc.pid,), daemon=True)
+        poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        done.set()
+        poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
+    return {"returncode": proc.returncode, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": peak[0],
+            "maxrss_bytes": usage.ru_maxrss * 1024}  # Linux: KiB
+
+
+def run_size(name: str, size: tuple[int, ...], args, root: Path) -> dict:
+    trials, epochs, samples = size[:3]
+    classes = size[3] if len(size) == 4 else args.classes
+    tag = f"{trials}x{epochs}x{samples}_c{classes}"
+    sweep, report = root / tag, root / f"{tag}_report"
+    fab_s, reused = fabricate(sweep, trials, epochs, samples, classes, args.noise, args.seed)
+    if report.exists():
+        import shutil
+
+        shutil.rmtree(report)
+    cmd = [sys.executable, "-m", "noisyfr", "analyze", str(sweep), "--out", str(report)]
+    cmd += [] if args.figures else ["--no-figures"]
+    cmd += shlex.split(args.analyze_args)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    log = root / f"{tag}_analyze.log"
+    load_before = os.getloadavg()[0]
+    m = measure(cmd, env, log, args.poll_hz)
+    m["load_1min"] = [load_before, os.getloadavg()[0]]
+    if m["returncode"] != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{name}: noisyfr analyze exited {m['returncode']}:\n{tail}")
+    rows = trials * epochs * samples
+    return {"size": name, "trials": trials, "epochs": epochs, "samples": samples, "classes": classes,
+            "angle_rows": rows, "fabricate_s": fab_s, "reused": reused, "command": shlex.join(cmd),
+            **m, "rows_per_s": rows / m["wall_s"]}
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = [f"{'size':6s} {'trials x epochs x samples':>26s} {'angle rows':>11s} {'wall s':>8s} "
+             f"{'cpu s':>7s} {'rows/s':>10s} {'peak RSS GB':>11s} {'maxrss GB':>9s} {'load':>9s}"]
+    for r in results:
+        shape = f"{r['trials']} x {r['epochs']} x {r['samples']:,}"
+        load = "{:.1f}-{:.1f}".format(*r["load_1min"])
+        lines.append(f"{r['size']:6s} {shape:>26s} {r['angle_rows']:>11,} {r['wall_s']:8.1f} "
+                     f"{r['cpu_s']:7.1f} {r['rows_per_s']:10,.0f} {r['peak_rss_bytes'] / GB:11.2f} "
+                     f"{r['maxrss_bytes'] / GB:9.2f} {load:>9s}")
+    return lines
+
+
+def ratios(small: dict, large: dict) -> dict:
+    return {"angle_rows": large["angle_rows"] / small["angle_rows"],
+            "wall": large["wall_s"] / small["wall_s"],
+            "cpu": large["cpu_s"] / max(small["cpu_s"], 1e-9),
+            "rows_per_s": large["rows_per_s"] / small["rows_per_s"],
+            "peak_rss": large["peak_rss_bytes"] / max(small["peak_rss_bytes"], 1)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tmp = None
+    if args.dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_analysis_")
+        root = Path(tmp.name)
+    else:
+        root = args.dir.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    try:
+        results = []
+        for name, size in (("small", args.small), ("large", args.large)):
+            r = run_size(name, size, args, root)
+            how = "reused" if r["reused"] else f"fabricated in {r['fabricate_s']:.1f} s"
+            print(f"{name}: {r['angle_rows']:,} angle rows ({how}); {r['command']}", flush=True)
+            results.append(r)
+        rat = ratios(*results)
+        print(f"noisyfr analyze, {'with' if args.figures else 'without'} figures; peak RSS = psutil "
+              f"sum over the process tree at {args.poll_hz:g} Hz, maxrss = wait4 ru_maxrss, "
+              "load = 1-min load average before-after")
+        for line in table(results):
+            print(line)
+        print(f"ratio large/small: angle rows {rat['angle_rows']:.2f}, wall {rat['wall']:.2f}, "
+              f"cpu {rat['cpu']:.2f}, rows/s {rat['rows_per_s']:.2f}, peak RSS {rat['peak_rss']:.2f}")
+        if args.json is not None:
+            payload = {"figures": args.figures, "poll_hz": args.poll_hz, "noise": args.noise,
+                       "seed": args.seed, "analyze_args": args.analyze_args,
+                       "python": sys.executable, "sizes": results, "ratio_large_small": rat}
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
