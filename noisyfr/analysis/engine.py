@@ -192,6 +192,12 @@ def frame_source(con, df: pd.DataFrame, name: str = "long_angles") -> str:
                      "weight_theta": df["weight"] * np.sin(df["theta_y"].astype(float))}.get(c, np.nan)
     if "theta_used" not in df.columns:
         df["theta_used"] = np.where(df["label_used"] == df["label"], df["theta_y"], np.nan)
+    for c in _WEIGHTS:
+        w = df[c].to_numpy(dtype=float)
+        if np.isinf(w).any():
+            raise NoisyFRError(f"{name}: column {c} has infinite values")
+        if (w < 0).any():
+            raise NoisyFRError(f"{name}: negative {c} (expected a gradient magnitude)")
     con.register(name, df)
     floats = {c: f"nullif(CAST({c} AS DOUBLE), 'NaN'::DOUBLE) AS {c}" for c in NAN_AS_NULL}
     keep = [floats.get(c, c) for c in df.columns if c not in ("is_noisy", "manifest_index", "manifest_label")]
@@ -242,24 +248,36 @@ class Parts:
                      self.quantile)
 
 
-def _bin(expr: str, scale: str, nbins: int) -> str:
-    return (f"CASE WHEN isfinite({expr}) THEN least(greatest(floor({expr} * {scale}), 0), {nbins - 1}) "
-            f"ELSE -1 END::INTEGER")
+def _bin(expr: str, scale: str, nbins: int, finite: bool = False) -> str:
+    """SQL of the bin of ``expr``: ``floor(expr * scale)`` clipped to the bins, -1 for a
+    non-finite value. With ``finite`` (the values were checked finite and in range) it is left
+    unclipped, one bin beyond either end at most, for speed: :func:`clip_bins` clips it."""
+    if finite:
+        return f"floor({expr} * {scale})::INTEGER"
+    clipped = f"least(greatest(floor({expr} * {scale}), 0), {nbins - 1})"
+    return f"CASE WHEN isfinite({expr}) THEN {clipped} ELSE -1 END::INTEGER"
+
+
+def clip_bins(values: pd.Series, nbins: int) -> np.ndarray:
+    """Bins of an unclipped :func:`_bin` clipped to ``0 .. nbins - 1``."""
+    return np.clip(values.to_numpy(dtype=np.int64), 0, nbins - 1)
 
 
 def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "grad_norm",
               region_deg: float = 60.0, bins: int = 36, quantile: float = 0.9,
-              raw: str | None = None) -> Parts:
+              raw: str | None = None, manifest: str | None = None, where: str = "angle log") -> Parts:
     """Stream ``source`` (SQL of an angle relation) into :class:`Parts`: one scan for the cells,
-    one for both histograms, then two narrow ones: the rows of the few fine bins that hold the
-    medians and the ``quantile`` threshold (:func:`order_bins`), and a fixed sample of theta_y
-    per epoch for the mixture (:data:`SAMPLE_ROWS`). A fifth, for theta_dominant, runs only where
+    one for both histograms, then one narrow scan for the rows of the few fine bins that hold the
+    medians and the ``quantile`` threshold (:func:`order_bins`) and a fixed sample of theta_y
+    per epoch for the mixture (:data:`SAMPLE_ROWS`). Another, for theta_dominant, runs only where
     it differs from theta_y.
 
-    ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run); ``raw``,
-    where given, the same rows without the manifest (no join) for the mixture's sample. The
-    cells carry the input checks: the range of theta_y and of each weight column, the rows whose
-    sample is missing from the manifest and those it labels differently (:func:`check_parts`)."""
+    ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run). ``raw``,
+    where given, is the same rows without the manifest and ``manifest`` the manifest's table
+    (:func:`manifest_table`): the narrow scan then reads the logs alone and joins only the rows
+    it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of theta_y, the rows whose sample is
+    missing from the manifest and those it labels differently (:func:`check_parts`; the weights'
+    ranges are checked from the files' statistics, :func:`noisyfr.analysis.load.angle_files`)."""
     keys = list(keys or [])
     k = "".join(f"{c}, " for c in keys)
     t = math.radians(region_deg)
@@ -267,11 +285,9 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
     fine = repr(FINE_BINS / math.pi)
     sel = (f"SELECT {k}epoch, sample_index, noise_code, theta_y, theta_nearest, nearest_label, label, "
            f"label_used, orig_label, {weight} AS w, unit_pull AS up, theta_dominant, manifest_index, "
-           f"manifest_label, weight, weight_theta, grad_norm, unit_pull, "
-           f"theta_y <= {t!r} AS own, theta_nearest > {t!r} AS other, "
-           f"{_bin('theta_y', fine, FINE_BINS)} AS yb, "
-           f"{_bin(f'degrees({used})', repr(bins / 180.0), bins)} AS ub FROM ({source})")
-    ranges = ", ".join(f"min({c}) AS min_{c}, max({c}) AS max_{c}" for c in _WEIGHTS)
+           f"manifest_label, theta_y <= {t!r} AS own, theta_nearest > {t!r} AS other, "
+           f"{_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, "
+           f"{_bin(f'degrees({used})', repr(bins / 180.0), bins, finite=True)} AS ub FROM ({source})")
     pred_given = "(NOT theta_y > theta_nearest OR nearest_label = label)"
     pred_orig = ("((NOT theta_y > theta_nearest AND label = orig_label) OR "
                  "(theta_y > theta_nearest AND nearest_label = orig_label))")
@@ -287,39 +303,31 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
           sum(({pair} AND theta_nearest < theta_y)::INTEGER) AS n_disagree,
           sum({pair}::INTEGER) AS n_pair,
           sum((theta_dominant IS DISTINCT FROM theta_y)::INTEGER) AS n_dominant_differs,
-          max(label) AS max_label, min(theta_y) AS min_theta, max(theta_y) AS max_theta, {ranges},
+          max(label) AS max_label, min(theta_y) AS min_theta, max(theta_y) AS max_theta,
           count(manifest_index) AS n_in_manifest,
           sum((manifest_label <> label)::INTEGER) AS n_mislabelled
         FROM sel GROUP BY ALL"""
+    # ub is theta_y's bin but for corrected labels: grouping by both costs about one grouping
     hist_sql = (f"SELECT {k}epoch, noise_code, yb, ub, count(*) AS n, sum(w) AS wsum, count(w) AS wcount "
-                f"FROM sel GROUP BY GROUPING SETS (({k}epoch, noise_code, yb), ({k}epoch, noise_code, ub))")
+                f"FROM sel GROUP BY ALL")
+    names = np.array(NOISE_TYPES, dtype=object)
     con.execute(f"CREATE OR REPLACE TEMP VIEW sel AS {sel}")
     try:
         cells = con.sql(cells_sql).df()
+        check_theta(cells, where)  # the bins below assume finite angles
         both = con.sql(hist_sql).df()
+        both["noise"] = names[both.pop("noise_code").to_numpy(dtype=np.int64)]
+        both["yb"], both["ub"] = clip_bins(both["yb"], FINE_BINS), clip_bins(both["ub"], bins)
         dominant = None
         if len(cells) and int(cells["n_dominant_differs"].sum()) > 0:
             dominant = con.sql(f"SELECT {k}epoch, noise_code, {_bin('theta_dominant', fine, FINE_BINS)} AS yb, "
                                f"count(*) AS n FROM sel GROUP BY ALL").df()
-        names = np.array(NOISE_TYPES, dtype=object)
-        hist = both[both["yb"].notna()].drop(columns=["ub"]).reset_index(drop=True)
-        hist["yb"] = hist["yb"].astype(np.int64)
-        hist.insert(len(keys) + 1, "noise", names[hist["noise_code"].to_numpy(dtype=np.int64)])
-        targets = order_bins(hist, keys, quantile)
-        rows = None
-        if len(targets):
-            con.register("order_targets", targets)
-            on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
-            rows = con.sql(f"SELECT {''.join(f's.{c}, ' for c in keys)}s.epoch, s.yb, s.theta_y, s.noise_code, "
-                           f"s.w FROM sel s SEMI JOIN order_targets t ON {on}").df()
-            con.unregister("order_targets")
-            rows.insert(len(keys) + 2, "noise", names[rows.pop("noise_code").to_numpy(dtype=np.int64)])
+        hist = both.groupby(keys + ["epoch", "noise", "yb"], sort=True, dropna=False)[
+            ["n", "wsum", "wcount"]].sum(min_count=1).reset_index()
+        hist["n"] = hist["n"].astype(np.int64)
         n_epoch = cells.groupby(keys + ["epoch"], dropna=False)["n"].sum()
         take = int(n_epoch.max()) if len(n_epoch) else 0
-        frac = "" if take <= SAMPLE_ROWS else (
-            f"WHERE hash(sample_index) % 1000003 < {int(1000003 * SAMPLE_ROWS / take)}")
-        sample = con.sql(f"SELECT {k}epoch, theta_y FROM ({raw or 'SELECT * FROM sel'}) {frac} "
-                         f"ORDER BY {k}epoch, sample_index").df()
+        rows, sample = _narrow(con, k, keys, order_bins(hist, keys, quantile), take, weight, raw, manifest)
         first = {}
         if len(cells) and (cells["n_in_manifest"].sum() < cells["n"].sum() or cells["n_mislabelled"].sum()):
             first = con.sql("SELECT min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
@@ -327,17 +335,62 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
                             "FROM sel").df().iloc[0].to_dict()
     finally:
         con.execute("DROP VIEW IF EXISTS sel")
-    hist = hist.drop(columns="noise_code")
-    wbins = both[both["ub"].notna()].drop(columns="yb").reset_index(drop=True)
+    wbins = both.groupby(keys + ["epoch", "noise", "ub"], sort=True, dropna=False)[
+        ["n", "wsum", "wcount"]].sum(min_count=1).reset_index()
     wbins["ub"] = wbins["ub"].astype(np.int64)
-    for df in [cells, wbins] + ([dominant] if dominant is not None else []):
+    wbins["n"] = wbins["n"].astype(np.int64)
+    for df in [cells] + ([dominant] if dominant is not None else []):
         df.insert(len(keys) + 1, "noise", names[df.pop("noise_code").to_numpy(dtype=np.int64)])
     return Parts(keys, cells, hist, wbins, dominant, weight, region_deg, bins,
                  first.get("unknown"), first.get("mislabelled"), rows, sample, quantile)
 
 
+def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weight: str,
+            raw: str | None, manifest: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One scan for the order-statistic rows (every row of the ``targets`` bins, with its noise
+    type and weight) and the mixture's sample (theta_y of up to :data:`SAMPLE_ROWS` rows an
+    epoch, by sample_index)."""
+    names = np.array(NOISE_TYPES, dtype=object)
+    fine = repr(FINE_BINS / math.pi)
+    step = max(1, math.ceil(take / SAMPLE_ROWS))
+    sampled = "true" if step == 1 else f"sample_index % {step} = 0"
+    if raw is not None and not keys:  # one run: the targets as a plain predicate on the logs
+        yb = _bin("theta_y", fine, FINE_BINS, finite=True)
+        # the unclipped bins: 0 takes the values just below 0, the last bin those at pi
+        per_epoch = targets.groupby("epoch")["yb"].apply(lambda b: sorted(
+            set(int(x) for x in b) | ({-1} if 0 in set(b) else set())
+            | ({FINE_BINS} if FINE_BINS - 1 in set(b) else set())))
+        target = " OR ".join(f"(epoch = {int(e)} AND {yb} IN ({', '.join(map(str, bs))}))"
+                             for e, bs in per_epoch.items()) or "false"
+        kept = (f"SELECT epoch, sample_index, theta_y, {weight} AS w, {yb} AS yb, ({target}) AS target, "
+                f"{sampled} AS sampled FROM ({raw}) WHERE ({target}) OR {sampled}")
+        if manifest is None:
+            got = con.sql(f"SELECT *, 0 AS code FROM ({kept})").df()
+        else:  # join the manifest to the kept rows only
+            got = con.sql(f"SELECT f.*, coalesce(m.noise_code, 0) AS code FROM ({kept}) f "
+                          f"LEFT JOIN {manifest} m ON f.sample_index = m.manifest_index").df()
+    else:
+        src = (f"SELECT {k}epoch, sample_index, theta_y, w, yb, noise_code AS code FROM sel" if raw is None else
+               f"SELECT {k}epoch, sample_index, theta_y, {weight} AS w, {_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, "
+               f"0 AS code FROM ({raw})")
+        con.register("order_targets", targets.assign(target=True))
+        on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
+        try:
+            got = con.sql(f"SELECT s.*, coalesce(t.target, false) AS target, {sampled} AS sampled "
+                          f"FROM ({src}) s LEFT JOIN order_targets t ON {on} WHERE t.target OR {sampled}").df()
+        finally:
+            con.unregister("order_targets")
+    rows = got[got["target"].astype(bool)]
+    rows = pd.DataFrame({**{c: rows[c].to_numpy() for c in keys}, "epoch": rows["epoch"].to_numpy(),
+                         "yb": clip_bins(rows["yb"], FINE_BINS),
+                         "noise": names[rows["code"].to_numpy(dtype=np.int64)],
+                         "theta_y": rows["theta_y"].to_numpy(), "w": rows["w"].to_numpy(dtype=float)})
+    sample = got[got["sampled"].astype(bool)].sort_values(keys + ["epoch", "sample_index"], kind="stable")
+    return rows, sample[keys + ["epoch", "theta_y"]].reset_index(drop=True)
+
+
 #: theta_y values per epoch the Gaussian-mixture reference is fitted to: every sample up to
-#: this many, else a fixed hash-chosen subset of about this size.
+#: this many, else every k-th sample index (k = samples / this, rounded up).
 SAMPLE_ROWS = 5000
 #: the groups whose order statistics the report needs: (name, noise types or None for all)
 ORDER_GROUPS = (("clean", ("clean",)), ("noisy", None), ("all", None))
@@ -386,21 +439,23 @@ def order_bins(hist: pd.DataFrame, keys: list[str], quantile: float) -> pd.DataF
     return pd.DataFrame(out, columns=keys + ["epoch", "yb"]).drop_duplicates()
 
 
+def check_theta(cells: pd.DataFrame, where: str) -> None:
+    """theta_y finite and inside [0, pi] (from the cells' range), else NoisyFRError naming ``where``."""
+    if cells.empty:
+        return
+    lo, hi = cells["min_theta"].min(), cells["max_theta"].max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
+    if lo < -1e-6 or hi > math.pi + 1e-6:
+        raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
+
+
 def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
     """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
     c = parts.cells
     if c.empty:
         return
-    lo, hi = c["min_theta"].min(), c["max_theta"].max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
-    if lo < -1e-6 or hi > math.pi + 1e-6:
-        raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
-    for col in _WEIGHTS:
-        if np.isinf(c[f"max_{col}"].astype(float)).any():
-            raise NoisyFRError(f"{where}: column {col} has infinite values")
-        if (c[f"min_{col}"].astype(float) < 0).any():
-            raise NoisyFRError(f"{where}: negative {col} (expected a gradient magnitude)")
+    check_theta(c, where)
     if parts.first_unknown is not None and pd.notna(parts.first_unknown):
         raise NoisyFRError(f"{where}: sample_index {int(parts.first_unknown)} is not in manifest {manifest}")
     if parts.first_mislabelled is not None and pd.notna(parts.first_mislabelled):

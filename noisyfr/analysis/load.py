@@ -287,13 +287,35 @@ def _check_log_schema(path: Path, pf) -> set[str]:
             want = "an integer" if c in _INT_COLUMNS else "a number"
             raise NoisyFRError(f"{path}: column {c} has type {typ}, expected {want} (not a noisyfr angle log?)")
     epoch = int(_EPOCH_FILE.match(path.name).group(1))
+    lo, hi = _column_range(pf, "epoch")
+    if lo is not None and (lo != epoch or hi != epoch):
+        raise NoisyFRError(f"{path}: holds rows of epoch {lo}-{hi}, expected only {epoch}")
+    # the weights' range, from the row groups' statistics (which leave NaN out: not logged)
+    for col in WEIGHT_COLUMNS:
+        if col in names:
+            lo, hi = _column_range(pf, col)
+            if hi is not None and math.isinf(hi):
+                raise NoisyFRError(f"{path}: column {col} has infinite values")
+            if lo is not None and lo < 0:
+                raise NoisyFRError(f"{path}: negative {col} (expected a gradient magnitude)")
+    return names
+
+
+def _column_range(pf, column: str):
+    """``(min, max)`` of a column over a Parquet file's row-group statistics (None, None when a
+    row group has none)."""
     meta = pf.metadata
-    j = schema.get_field_index("epoch")
+    j = pf.schema_arrow.get_field_index(column)
+    lo = hi = None
     for i in range(meta.num_row_groups):
         st = meta.row_group(i).column(j).statistics
-        if st is not None and st.has_min_max and (st.min != epoch or st.max != epoch):
-            raise NoisyFRError(f"{path}: holds rows of epoch {st.min}-{st.max}, expected only {epoch}")
-    return names
+        if st is None or not st.has_min_max:
+            if meta.row_group(i).num_rows:
+                return None, None
+            continue
+        lo = st.min if lo is None else min(lo, st.min)
+        hi = st.max if hi is None else max(hi, st.max)
+    return lo, hi
 
 
 #: Angle-log columns that hold indices and labels.

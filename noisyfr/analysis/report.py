@@ -191,7 +191,8 @@ def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
             src = engine.run_source(files, r.columns, table)
             try:
                 parts = engine.aggregate(con, src, [], o.weight, o.region_deg, o.bins, o.quantile,
-                                         raw=engine.run_source(files, r.columns, None))
+                                         raw=engine.run_source(files, r.columns, None), manifest=table,
+                                         where=str(r.path / "angles"))
             except duckdb.Error as exc:
                 raise engine.locate_scan_error(con, files, exc) from None
             engine.check_parts(parts, str(r.path / "angles"), r.manifest_path)

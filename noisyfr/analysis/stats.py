@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from noisyfr import numeric
-from noisyfr.analysis import engine
+from noisyfr.analysis import engine, hist
 from noisyfr.analysis.engine import Parts
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_json
@@ -105,7 +105,7 @@ def check_weight(weight: str) -> str:
     return weight
 
 
-def parts_of(data, weight: str = DEFAULT_WEIGHT, region_deg: float | None = None,
+def parts_of(data, weight: str | None = DEFAULT_WEIGHT, region_deg: float | None = None,
              bins: int | None = None, quantile: float | None = None) -> Parts:
     """:class:`~noisyfr.analysis.engine.Parts` of ``data``: ``data`` itself when it already is
     one (made with the options given here; None = any), else a long angle table streamed
@@ -117,11 +117,11 @@ def parts_of(data, weight: str = DEFAULT_WEIGHT, region_deg: float | None = None
             raise NoisyFRError("aggregates made with " + ", ".join(f"{k}={getattr(data, k)!r}" for k in wrong)
                                + "; asked for " + ", ".join(f"{k}={v!r}" for k, v in wrong.items()))
         return data
-    check_weight(weight)
+    weight = check_weight(weight or DEFAULT_WEIGHT)
     con = engine.connect()
     try:
         src = engine.frame_source(con, data)
-        return engine.aggregate(con, src, _keys(data, []), weight=weight,
+        return engine.aggregate(con, src, _keys(data, []), weight=weight, where="angle table",
                                 region_deg=DEFAULT_REGION_DEG if region_deg is None else region_deg,
                                 bins=DEFAULT_BINS if bins is None else bins,
                                 quantile=DEFAULT_CENTRE_QUANTILE if quantile is None else quantile)
@@ -139,81 +139,6 @@ def _by_epoch(df: pd.DataFrame, keys: list[str]):
 
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den and den > 0 and num == num else float("nan")
-
-
-def _fine(hist: pd.DataFrame, noisy: bool | None = None, kind: str | None = None) -> pd.Series:
-    """Counts per fine bin of one epoch's histogram rows: all, clean/noisy, or one noise type."""
-    if kind is not None:
-        return hist[hist["noise"] == kind].groupby("yb")["n"].sum()
-    return engine.group_counts(hist, "all" if noisy is None else ("noisy" if noisy else "clean"))
-
-
-def _in_group(rows: pd.DataFrame, group: str) -> pd.DataFrame:
-    if group == "clean":
-        return rows[rows["noise"] == "clean"]
-    if group == "noisy":
-        return rows[rows["noise"] != "clean"]
-    return rows
-
-
-def order_quantile(h: pd.DataFrame, rows: pd.DataFrame | None, group: str, q: float) -> float:
-    """The ``q`` quantile (numpy's linear rule) of ``group``'s theta_y (clean, noisy or all) in
-    one epoch, radians: exact, from the order statistics' bins (``rows``, see
-    :func:`noisyfr.analysis.engine.order_bins`); without them, interpolated inside the bin
-    (:func:`hist_quantile`). NaN without samples."""
-    counts = engine.group_counts(h, group)
-    found = engine.rank_bins(counts, q)
-    if not found:
-        return float("nan")
-    if rows is None:
-        return hist_quantile(counts, q)
-    rows = _in_group(rows, group)
-    vals = []
-    for b, j in found:
-        inside = np.sort(rows.loc[rows["yb"] == b, "theta_y"].to_numpy(dtype=np.float64))
-        if j >= len(inside):  # the rows were not fetched (should not happen): interpolate
-            return hist_quantile(counts, q)
-        vals.append(inside[j])
-    pos = q * (int(counts.sum()) - 1)
-    return float(vals[0] + (pos - math.floor(pos)) * (vals[-1] - vals[0]))
-
-
-def hist_quantile(counts: pd.Series, q: float) -> float:
-    """The ``q`` quantile (numpy's linear rule) of the angles counted in fine bins (index = bin,
-    values = counts), in radians: each order statistic placed inside its bin by rank, so within
-    one bin (:data:`~noisyfr.analysis.engine.FINE_DEG`) of the exact one. NaN without samples."""
-    counts = counts[counts > 0].sort_index()
-    n = int(counts.sum())
-    if n == 0:
-        return float("nan")
-    pos = q * (n - 1)
-    ks = np.array([math.floor(pos), math.ceil(pos)])
-    v = _order_stats(counts, ks)
-    return float(v[0] + (pos - ks[0]) * (v[1] - v[0]))
-
-
-def _order_stats(counts: pd.Series, ks: np.ndarray) -> np.ndarray:
-    """Estimated order statistics ``ks`` (0-based) of binned angles, radians."""
-    c = counts.to_numpy(dtype=float)
-    cum = np.cumsum(c)
-    i = np.searchsorted(cum, ks, side="right")
-    before = cum[i] - c[i]
-    b = counts.index.to_numpy(dtype=float)[i]
-    return (b + (ks - before + 0.5) / c[i]) * (math.pi / engine.FINE_BINS)
-
-
-def hist_auc(clean: pd.Series, noisy: pd.Series) -> tuple[float, float]:
-    """``(auc, bound)``: ROC AUC of theta as a score for noisy against clean from fine-bin counts,
-    a pair in one bin counted as a tie, and the most that can differ from the exact AUC (half
-    the share of pairs that share a bin). NaN when a group is empty."""
-    n0, n1 = float(clean.sum()), float(noisy.sum())
-    if n0 == 0 or n1 == 0:
-        return float("nan"), float("nan")
-    both = pd.concat([clean.rename("c0"), noisy.rename("c1")], axis=1).fillna(0.0).sort_index()
-    c0, c1 = both["c0"].to_numpy(), both["c1"].to_numpy()
-    below = np.cumsum(c0) - c0
-    tied = float((c0 * c1).sum())
-    return float((c1 * (below + 0.5 * c0)).sum() / (n0 * n1)), 0.5 * tied / (n0 * n1)
 
 
 def epoch_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
@@ -239,69 +164,65 @@ def epoch_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     """
     check_weight(weight)
     p = parts_of(data, weight)
-    hists = {tuple(k.values()): g for k, g in _by_epoch(p.hist, p.keys)}
-    found = _rows_by_epoch(p)
-    doms = ({tuple(k.values()): g for k, g in _by_epoch(p.dominant, p.keys)}
-            if p.dominant is not None else hists)
-    rows = []
-    for key, c in _by_epoch(p.cells, p.keys):
-        h = hists.get(tuple(key.values()), p.hist.iloc[0:0])
-        by = c.groupby("noise")[["n", "theta_y_sum", "wsum", "upsum", "pred_given", "pred_orig"]].sum(min_count=1)
-        n_of = by["n"].to_dict()
-        n = float(sum(n_of.values()))
-        n_clean = float(n_of.get("clean", 0))
-        n_noisy = n - n_clean
-        noisy_rows = by.index != "clean"
-        clean_fine, noisy_fine = _fine(h, noisy=False), _fine(h, noisy=True)
-        auc, bound = hist_auc(clean_fine, noisy_fine)
-        d = doms.get(tuple(key.values()), h)
-        row = dict(key)
-        th_clean = _ratio(by["theta_y_sum"].get("clean", np.nan), n_clean)
-        th_noisy = _ratio(by.loc[noisy_rows, "theta_y_sum"].sum(), n_noisy)
-        order = found.get(tuple(key.values()))
-        med_clean, med_noisy = order_quantile(h, order, "clean", 0.5), order_quantile(h, order, "noisy", 0.5)
-        n_closed = float(n_of.get("closed", 0))
-        row.update({
-            "n": int(n), "n_noisy": int(n_noisy), "noisy_fraction": _ratio(n_noisy, n),
-            "theta_clean_mean_deg": math.degrees(th_clean), "theta_noisy_mean_deg": math.degrees(th_noisy),
-            "theta_clean_median_deg": math.degrees(med_clean), "theta_noisy_median_deg": math.degrees(med_noisy),
+    d = hist.dense(p)
+    out = d.index.copy()
+    if out.empty:
+        return pd.DataFrame()
+    n_t = d.cell("n")
+    clean = d.mask("clean")
+    noisy = ~clean
+    n = n_t.sum(axis=1)
+    n_clean = n_t[:, clean].sum(axis=1)
+    n_noisy = n - n_clean
+    closed = d.mask("closed")
+    n_closed = n_t[:, closed].sum(axis=1)
+    th = d.cell("theta_y_sum")
+    med_clean, med_noisy = d.quantile("clean", 0.5), d.quantile("noisy", 0.5)
+    auc, bound = d.auc("noisy")
+    dom = hist.dense_dominant(p, d)
+    given, orig = d.cell("pred_given"), d.cell("pred_orig")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cols = {
+            "n": n.astype(int), "n_noisy": n_noisy.astype(int), "noisy_fraction": _div(n_noisy, n),
+            "theta_clean_mean_deg": np.degrees(_div(th[:, clean].sum(axis=1), n_clean)),
+            "theta_noisy_mean_deg": np.degrees(_div(np.nansum(th[:, noisy], axis=1), n_noisy)),
+            "theta_clean_median_deg": np.degrees(med_clean), "theta_noisy_median_deg": np.degrees(med_noisy),
             "auc": auc,
-            **{f"auc_{kind}": (hist_auc(clean_fine, _fine(h, kind=kind))[0] if n_of.get(kind, 0) else float("nan"))
+            **{f"auc_{kind}": (d.auc(kind)[0] if kind in d.types else np.full(len(n), np.nan))
                for kind in NOISE_TYPES if kind != "clean"},
-            "auc_dominant": hist_auc(_fine(d, noisy=False), _fine(d, noisy=True))[0],
+            "auc_dominant": dom.auc("noisy")[0],
             "weight_column": weight,
-            "noisy_weight_share": _share(by["wsum"], noisy_rows),
-            "noisy_unit_pull_share": _share(by["upsum"], noisy_rows),
-            "n_corrected": int(c["n_corrected"].sum()),
-            "clean_true_accuracy": _ratio(by["pred_given"].get("clean", np.nan), n_clean),
-            "noisy_fit_given": _ratio(by["pred_given"].get("closed", np.nan), n_closed),
-            "noisy_fit_true": _ratio(by["pred_orig"].get("closed", np.nan), n_closed),
+            "noisy_weight_share": _share_of(d.cell("wsum"), noisy),
+            "noisy_unit_pull_share": _share_of(d.cell("upsum"), noisy),
+            "n_corrected": np.nansum(d.cell("n_corrected"), axis=1).astype(int),
+            "clean_true_accuracy": _div(given[:, clean].sum(axis=1), n_clean),
+            "noisy_fit_given": _div(given[:, closed].sum(axis=1), n_closed),
+            "noisy_fit_true": _div(orig[:, closed].sum(axis=1), n_closed),
             "theta_clean_median": med_clean, "theta_noisy_median": med_noisy,
-        })
-        row["theta_gap_deg"] = row["theta_noisy_mean_deg"] - row["theta_clean_mean_deg"]
-        row["closed_fraction"] = _ratio(n_closed, n)
-        row["disagreement_rate"] = _ratio(c["n_disagree"].sum(), c["n_pair"].sum())
-        row["disagreement_error"] = row["disagreement_rate"] - row["noisy_fraction"]
-        row["auc_bound"] = bound
-        rows.append(row)
-    return pd.DataFrame(rows)
+        }
+    for name, values in cols.items():
+        out[name] = values
+    out["theta_gap_deg"] = out["theta_noisy_mean_deg"] - out["theta_clean_mean_deg"]
+    out["closed_fraction"] = _div(n_closed, n)
+    out["disagreement_rate"] = _div(np.nansum(d.cell("n_disagree"), axis=1), np.nansum(d.cell("n_pair"), axis=1))
+    out["disagreement_error"] = out["disagreement_rate"] - out["noisy_fraction"]
+    out["auc_bound"] = bound
+    return out
 
 
-def _rows_by_epoch(p: Parts) -> dict[tuple, pd.DataFrame]:
-    """The order-statistic rows of :class:`Parts` per keys + epoch (empty frames where none)."""
-    if p.rows is None:
-        return {}
-    found = {tuple(k.values()): g for k, g in _by_epoch(p.rows, p.keys)}
-    return {k: found.get(k, p.rows.iloc[0:0]) for k in
-            (tuple(k.values()) for k, _ in _by_epoch(p.hist, p.keys))}
+def _div(num, den) -> np.ndarray:
+    """num / den, NaN where den is 0 or num is NaN."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _share(sums: pd.Series, noisy: np.ndarray) -> float:
-    """Noisy samples' share of a total (NaN when not logged or zero)."""
-    if sums.isna().all():
-        return float("nan")
-    total = float(sums.sum())
-    return float(sums[noisy].sum() / total) if total > 0 else float("nan")
+def _share_of(sums: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """[g] noisy types' share of a [g, type] total (NaN when not logged or zero)."""
+    logged = ~np.isnan(sums).all(axis=1)
+    total = np.nansum(sums, axis=1)
+    share = _div(np.nansum(sums[:, noisy], axis=1), total)
+    return np.where(logged, share, np.nan)
 
 
 def noise_type_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
@@ -373,35 +294,6 @@ _REGIONS = {"quantile": ("centre", "periphery"), "fixed": ("centre", "periphery"
             "2d": ("centre", "far_from_all", "near_both", "nearer_other")}
 
 
-def _region_sums(c: pd.DataFrame, h: pd.DataFrame, rows: pd.DataFrame | None, method: str,
-                 quantile: float, threshold_deg: float) -> tuple[float, dict[str, pd.DataFrame]]:
-    """The regions of one run's epoch as ``(threshold in degrees, {region: rows with n, wsum,
-    wcount, noise})`` from its cells (fixed, 2-D) or fine histogram (quantile: the bins below
-    and above the threshold's, and that bin's own rows split at the threshold)."""
-    if method == "quantile":
-        group = "clean" if _fine(h, noisy=False).sum() > 0 else "all"
-        t = order_quantile(h, rows, group, quantile)
-        b = min(max(math.floor(t * engine.FINE_BINS / math.pi), 0), engine.FINE_BINS - 1) if t == t else -1
-        centre, periphery = h[h["yb"] < b], h[h["yb"] > b]
-        own = h[h["yb"] == b]
-        if rows is not None and len(own):
-            r = rows[rows["yb"] == b]
-            r = r.assign(n=1, wsum=r["w"].astype(float), wcount=r["w"].notna().astype(int))
-            inside = r["theta_y"].to_numpy(dtype=np.float64) <= t
-            centre, periphery = pd.concat([centre, r[inside]]), pd.concat([periphery, r[~inside]])
-        elif len(own):  # no rows: the bin goes to the side of its centre
-            side = (b + 0.5) * math.pi / engine.FINE_BINS <= t
-            centre, periphery = (pd.concat([centre, own]), periphery) if side else (centre, pd.concat([periphery, own]))
-        return math.degrees(t), {"centre": centre, "periphery": periphery}
-    own, other = c["own"].astype(bool), c["other"].astype(bool)
-    if method == "fixed":
-        return threshold_deg, {"centre": c[own], "periphery": c[~own]}
-    if method == "2d":
-        return threshold_deg, {"centre": c[own & other], "far_from_all": c[~own & other],
-                               "near_both": c[own & ~other], "nearer_other": c[~own & ~other]}
-    raise NoisyFRError(f"region method {method!r}: choose from {', '.join(REGION_METHODS)}")
-
-
 def region_stats(data, quantile: float = DEFAULT_CENTRE_QUANTILE,
                  method: str = "quantile", threshold_deg: float = DEFAULT_REGION_DEG,
                  weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
@@ -432,30 +324,50 @@ def region_stats(data, quantile: float = DEFAULT_CENTRE_QUANTILE,
     # the fixed and 2-D regions come from the cells, cut at the angle the aggregates were made with
     p = parts_of(data, weight, region_deg=threshold_deg if method != "quantile" else None,
                  quantile=quantile if method == "quantile" else None)
-    hists = {tuple(k.values()): g for k, g in _by_epoch(p.hist, p.keys)}
-    found = _rows_by_epoch(p)
-    rows = []
-    for key, c in _by_epoch(p.cells, p.keys):
-        h = hists.get(tuple(key.values()), p.hist.iloc[0:0])
-        t, regions = _region_sums(c, h, found.get(tuple(key.values())), method, quantile, threshold_deg)
-        noisy_total = float(c.loc[c["noise"] != "clean", "n"].sum())
-        total = float(c["wsum"].sum()) if c["wsum"].notna().any() else float("nan")
-        for region in _REGIONS[method]:
-            r = regions[region]
-            noisy = r["noise"] != "clean"
-            n = float(r["n"].sum())
-            wsum = float(r["wsum"].sum()) if r["wsum"].notna().any() else (0.0 if total == total else float("nan"))
-            row = dict(key)
-            row.update({
-                "method": method, "region": region, "threshold_deg": t, "n": int(n),
-                "noisy_fraction": _ratio(r.loc[noisy, "n"].sum(), n),
-                "share_of_noisy": _ratio(r.loc[noisy, "n"].sum(), noisy_total),
-                "weight_share": _ratio(wsum, total),
-                "noisy_weight_share": _ratio(float(r.loc[noisy, "wsum"].sum()), total),
-                "weight_mean": _ratio(wsum, float(r["wcount"].sum())),
-            })
-            rows.append(row)
-    return pd.DataFrame(rows)
+    d = hist.dense(p)
+    if d.index.empty:
+        return pd.DataFrame()
+    noisy = d.mask("noisy")
+    n_t, w_t, c_t = d.cell("n"), np.nan_to_num(d.cell("wsum")), np.nan_to_num(d.cell("wcount"))
+    logged = ~np.isnan(d.cell("wsum")).all(axis=1)
+    if method == "quantile":
+        group = np.where(d.counts("clean").sum(axis=1) > 0, 0, 1)
+        t = np.where(group == 0, d.quantile("clean", quantile), d.quantile("all", quantile))
+        inside = d.split(t)
+        outside = [a - b for a, b in zip((n_t, w_t, c_t), inside)]
+        regions = {"centre": inside, "periphery": outside}
+        thresholds = np.degrees(t)
+    else:
+        cells = p.cells
+        gi, ti = d.gid(cells), d.tid(cells)
+        own, other = cells["own"].astype(bool).to_numpy(), cells["other"].astype(bool).to_numpy()
+        sel = {"centre": own & other, "far_from_all": ~own & other, "near_both": own & ~other,
+               "nearer_other": ~own & ~other} if method == "2d" else {"centre": own, "periphery": ~own}
+        regions = {}
+        for name, m in sel.items():
+            arrays = []
+            for col in ("n", "wsum", "wcount"):
+                a = np.zeros(n_t.shape)
+                np.add.at(a, (gi[m], ti[m]), np.nan_to_num(cells[col].to_numpy(dtype=float)[m]))
+                arrays.append(a)
+            regions[name] = arrays
+        thresholds = np.full(len(d.index), float(threshold_deg))
+    total = np.where(logged, w_t.sum(axis=1), np.nan)
+    noisy_total = n_t[:, noisy].sum(axis=1)
+    frames = []
+    for name in _REGIONS[method]:
+        rn, rw, rc = regions[name]
+        f = d.index.copy()
+        f["method"], f["region"], f["threshold_deg"] = method, name, thresholds
+        f["n"] = rn.sum(axis=1).astype(int)
+        f["noisy_fraction"] = _div(rn[:, noisy].sum(axis=1), rn.sum(axis=1))
+        f["share_of_noisy"] = _div(rn[:, noisy].sum(axis=1), noisy_total)
+        f["weight_share"] = _div(rw.sum(axis=1), total)
+        f["noisy_weight_share"] = _div(rw[:, noisy].sum(axis=1), total)
+        f["weight_mean"] = _div(np.where(logged, rw.sum(axis=1), np.nan), rc.sum(axis=1))
+        frames.append(f)
+    cols = list(d.index.columns)
+    return (pd.concat(frames, ignore_index=True).sort_values(cols, kind="stable").reset_index(drop=True))
 
 
 def periphery_ratio(regions: pd.DataFrame) -> pd.DataFrame:
@@ -497,63 +409,43 @@ def disagreement_rate(theta_y, theta_nearest) -> float:
     return float(np.mean(near[ok] < th[ok])) if ok.any() else float("nan")
 
 
-#: Most quantile points a Gaussian mixture of :func:`noise_rate_estimates` is fitted to where
-#: the aggregates carry no sample.
-MIXTURE_POINTS = engine.SAMPLE_ROWS
-
-
-def hist_points(counts: pd.Series, k: int = MIXTURE_POINTS) -> np.ndarray:
-    """``min(n, k)`` evenly spaced quantile points (radians) of binned angles: the sample itself,
-    to within a fine bin, when it has at most ``k`` angles."""
-    counts = counts[counts > 0].sort_index()
-    n = int(counts.sum())
-    if n == 0:
-        return np.zeros(0)
-    m = min(n, k)
-    ks = np.floor((np.arange(m) + 0.5) * n / m).astype(np.int64)
-    return _order_stats(counts, ks)
-
-
-def _sample_of(p: Parts, key: dict, h: pd.DataFrame) -> np.ndarray:
-    """The theta_y values the mixture of one epoch is fitted to: the pass's fixed sample
-    (:data:`~noisyfr.analysis.engine.SAMPLE_ROWS`), else quantile points of the histogram."""
-    if p.sample is None:
-        return hist_points(_fine(h))
-    s = p.sample
-    for k, v in key.items():
-        s = s[s[k].isna()] if v != v else s[s[k] == v]
-    return s["theta_y"].to_numpy(dtype=float)
-
-
 def noise_rate_estimates(data, seed: int = 0) -> pd.DataFrame:
     """Per run and epoch, the estimates of the noise rate from the angles alone, against the true
     rate of the run's samples (manifest): the nearest-centre disagreement
     (:func:`disagreement_rate`) and the bimodal mixture of :func:`bimodal_noise_rate` over
     theta_y (``gmm_rate``, fitted to every theta_y of the epoch, or to a fixed subset of
-    about :data:`~noisyfr.analysis.engine.SAMPLE_ROWS` of them in larger runs). Both fail their controls in trained runs (docs/analysis.md) and are
-    kept for reference; the estimate in the summaries is the held-out one
-    (:func:`noisyfr.train.heldout.heldout_noise_rate`). ``data``: a long angle table or its Parts."""
-    p = data if isinstance(data, Parts) else parts_of(data)
-    hists = {tuple(k.values()): g for k, g in _by_epoch(p.hist, p.keys)}
+    about :data:`~noisyfr.analysis.engine.SAMPLE_ROWS` of them in larger runs). Both fail their
+    controls in trained runs (docs/analysis.md) and are kept for reference; the estimate in the
+    summaries is the held-out one (:func:`noisyfr.train.heldout.heldout_noise_rate`). ``data``:
+    a long angle table or its Parts."""
+    p = parts_of(data, None)
+    d = hist.dense(p)
+    if d.index.empty:
+        return pd.DataFrame()
+    sample = p.sample
+    gi = d.gid(sample)
+    order = np.argsort(gi, kind="stable")
+    theta = sample["theta_y"].to_numpy(dtype=float)[order]
+    bounds = np.searchsorted(gi[order], np.arange(len(d.index) + 1))
     rows = []
-    for key, c in _by_epoch(p.cells, p.keys):
-        h = hists.get(tuple(key.values()), p.hist.iloc[0:0])
-        n = float(c["n"].sum())
-        x = _sample_of(p, key, h)
+    n_t = d.cell("n")
+    noisy = d.mask("noisy")
+    for g in range(len(d.index)):
+        x = theta[bounds[g]:bounds[g + 1]]
         if len(x) < 4:
             est = dict.fromkeys(("estimate", "mean_low", "mean_high", "separation"), float("nan"))
             est["bimodal"] = False
         else:
             est = bimodal_noise_rate(x, seed=seed)
-        row = dict(key)
-        row.update({"true_rate": _ratio(c.loc[c["noise"] != "clean", "n"].sum(), n),
-                    "disagreement_rate": _ratio(c["n_disagree"].sum(), c["n_pair"].sum()),
-                    "gmm_rate": est["estimate"], "gmm_bimodal": est["bimodal"],
-                    "mode_low_deg": math.degrees(est["mean_low"]), "mode_high_deg": math.degrees(est["mean_high"]),
-                    "mode_separation_sd": est["separation"]})
-        row["disagreement_error"] = row["disagreement_rate"] - row["true_rate"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+        rows.append({"gmm_rate": est["estimate"], "gmm_bimodal": est["bimodal"],
+                     "mode_low_deg": math.degrees(est["mean_low"]), "mode_high_deg": math.degrees(est["mean_high"]),
+                     "mode_separation_sd": est["separation"]})
+    out = d.index.copy()
+    out["true_rate"] = _div(n_t[:, noisy].sum(axis=1), n_t.sum(axis=1))
+    out["disagreement_rate"] = _div(np.nansum(d.cell("n_disagree"), axis=1), np.nansum(d.cell("n_pair"), axis=1))
+    out = pd.concat([out, pd.DataFrame(rows)], axis=1)
+    out["disagreement_error"] = out["disagreement_rate"] - out["true_rate"]
+    return out
 
 
 def last_epoch(df: pd.DataFrame) -> pd.DataFrame:
