@@ -123,9 +123,9 @@ _READS = ("angles", "metrics.csv", "config.yaml", "manifest.parquet", "trials", 
 _WRITES = ("report.md", "report.html", "tables", "figures")
 
 
-def _check_options(out: Path, o: _Options) -> None:
+def _check_options(out: Path | None, o: _Options) -> None:
     """Every option checked before anything is loaded or written."""
-    if out.exists() and not out.is_dir():
+    if out is not None and out.exists() and not out.is_dir():
         raise NoisyFRError(f"{out}: --out exists and is not a directory")
     o.bins = numeric.integer(o.bins, "bins", lo=2, hi=stats.MAX_BINS)
     o.seed = numeric.integer(o.seed, "seed", lo=0, hi=stats.MAX_MIXTURE_SEED)
@@ -578,6 +578,24 @@ def _doc_accuracy(doc: Document, t, o: _Options) -> None:
               "has no completed trial): the table and plot are empty.")
     doc.table(show, "tables/accuracy.csv")
     doc.img("figures/accuracy.png", "accuracy vs noise rate (learned runs)")
+
+
+def tables(run_or_sweep_dir: str | Path, quantile: float = stats.DEFAULT_CENTRE_QUANTILE,
+           bins: int = stats.DEFAULT_BINS, seed: int = 0, metric: str | None = None,
+           weight: str = stats.DEFAULT_WEIGHT, region_deg: float = stats.DEFAULT_REGION_DEG,
+           learned_threshold: float = DEFAULT_LEARNED_ACCURACY, figures: bool = True) -> dict[str, pd.DataFrame]:
+    """Every table of :func:`write_report` for a run or sweep directory, computed by the
+    streaming engine and returned without writing anything: ``"epoch_stats.csv"``,
+    ``"regions.csv"``, ... (the report's table files) plus ``"_kept"`` (the runs that learned),
+    ``"_theta_hist"`` and ``"_angle_2d"`` (the binned data the distribution figures draw, for
+    one run per loss and condition; empty with ``figures=False``). Options as in write_report."""
+    src = Path(run_or_sweep_dir)
+    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
+    _check_options(None, o)
+    results_path = load.find_results(src)
+    results = load.load_results(results_path) if results_path else None
+    _check_metric(metric, results, results_path, src)
+    return _compute(load.scan_runs(src), results, o, figures)
 
 
 def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: float = stats.DEFAULT_CENTRE_QUANTILE,
