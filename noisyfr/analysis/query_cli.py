@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.numeric import int_arg
 
 #: Command lines shown by ``--help``.
 EXAMPLES = [
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="RUN_OR_SWEEP_DIR", help="a training run directory or a sweep directory")
     parser.add_argument("sql", metavar="SQL", help="one SELECT over the views angles, runs, epochs, results")
     parser.add_argument("--out", metavar="FILE", help="write the result to FILE.csv or FILE.parquet instead of printing it")
-    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, metavar="N",
+    parser.add_argument("--max-rows", type=int_arg(lo=1), default=DEFAULT_MAX_ROWS, metavar="N",
                         help="rows printed at most (default %(default)s; the count of all is printed)")
 
 
@@ -40,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.out).suffix not in _SUFFIXES:
             raise NoisyFRError(f"--out {args.out}: name a .csv or .parquet file")
         check_output(args.out, [src], kind="file")
-    if args.max_rows < 1:
-        raise NoisyFRError(f"--max-rows {args.max_rows}: must be at least 1")
     con = open_views(src)
     try:
         df = run_query(con, args.sql)
