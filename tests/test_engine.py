@@ -227,3 +227,17 @@ def test_query_refuses_what_is_not_a_read_of_the_views(sweep, tmp_path, capsys, 
 def test_query_out_inside_the_input_is_refused(sweep, capsys):
     _cli_fails(["query", str(sweep), "SELECT 1", "--out", str(sweep / "x.csv")], capsys, names="inside the input")
     assert not (sweep / "x.csv").exists()
+
+
+def test_epoch_chunks_give_the_same_tables(tmp_path, monkeypatch):
+    """The report aggregates a run a few epochs at a time; the chunking changes no number."""
+    from noisyfr.analysis import report
+
+    run = make_synthetic_run(tmp_path / "run", epochs=5, rates={"closed": 0.3, "open": 0.1})
+    whole = report.tables(run, figures=False)
+    monkeypatch.setattr(report, "EPOCH_CHUNK", 2)
+    chunked = report.tables(run, figures=False)
+    for name in ("epoch_stats.csv", "regions.csv", "noise_types.csv", "weight_by_theta.csv",
+                 "noise_rate_estimates.csv", "run_values.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(whole[name].reset_index(drop=True), chunked[name].reset_index(drop=True),
+                                      check_dtype=False, obj=name)

@@ -165,12 +165,15 @@ def _figure_runs(runs) -> set[str]:
     return set(first.values())
 
 
-def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
-    """One streaming pass per run (:func:`noisyfr.analysis.engine.aggregate`): its per-run
-    tables, and the binned data of the figures. Sets each run's health, sample count and
-    largest label. Memory: one run's aggregates at a time."""
-    import duckdb
+#: Epochs aggregated in one pass: a run's aggregates in memory are those of this many epochs.
+EPOCH_CHUNK = 8
 
+
+def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
+    """Streaming passes (:func:`noisyfr.analysis.engine.aggregate`) over each run's logs, at most
+    :data:`EPOCH_CHUNK` epochs at a time: the per-run tables, and the binned data of the figures.
+    Sets each run's health, sample count and largest label. Memory: the aggregates of one chunk
+    (about 1 MB an epoch) and DuckDB's own limit, whatever the runs, epochs and samples."""
     from noisyfr.analysis import engine
 
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in (
@@ -187,36 +190,53 @@ def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
                     manifests[r.manifest_path] = f"manifest_{len(manifests)}"
                     engine.manifest_table(con, r.manifest_path, manifests[r.manifest_path])
                 table = manifests[r.manifest_path]
-            files = list(r.files.values())
-            src = engine.run_source(files, r.columns, table)
-            try:
-                parts = engine.aggregate(con, src, [], o.weight, o.region_deg, o.bins, o.quantile,
-                                         raw=engine.run_source(files, r.columns, None), manifest=table,
-                                         where=str(r.path / "angles"))
-            except duckdb.Error as exc:
-                raise engine.locate_scan_error(con, files, exc) from None
-            engine.check_parts(parts, str(r.path / "angles"), r.manifest_path)
-            if len(parts.cells) and parts.cells["wcount"].sum() == 0:
+            epochs = sorted(r.files)
+            health, n_samples, max_label, logged = [], 0, -1, 0
+            for i in range(0, len(epochs), EPOCH_CHUNK):
+                files = [r.files[e] for e in epochs[i:i + EPOCH_CHUNK]]
+                parts = _aggregate_run(con, r, files, table, o)
+                ep = stats.epoch_stats(parts, o.weight)
+                health.append(ep[["epoch", *HEALTH_COLUMNS]])
+                n_samples = max(n_samples, int(ep["n"].max()) if len(ep) else 0)
+                max_label = max(max_label, int(parts.cells["max_label"].max()) if len(parts.cells) else -1)
+                logged += int(parts.cells["wcount"].sum())
+                out["epoch_stats.csv"].append(ep)
+                out["noise_types.csv"].append(stats.noise_type_stats(parts, o.weight))
+                out["regions.csv"] += [stats.region_stats(parts, o.quantile, m, o.region_deg, o.weight)
+                                       for m in stats.REGION_METHODS]
+                if epochs[-1] in epochs[i:i + EPOCH_CHUNK]:  # the chunk with the run's last epoch
+                    out["weight_by_theta.csv"].append(stats.binned_weight(parts, bins=o.bins, weight=o.weight))
+                out["noise_rate_estimates.csv"].append(stats.noise_rate_estimates(parts, seed=o.seed))
+                if r.name in shown:
+                    out["_theta_hist"].append(engine.theta_histogram(parts))
+            if n_samples and not logged:
                 raise NoisyFRError(f"weight {o.weight!r}: not logged in run {r.name} (an older angle "
                                    "log?); choose another with --weight")
-            parts = parts.with_keys(_run_keys(r))
-            ep = stats.epoch_stats(parts, o.weight)
-            r.health = ep[["epoch", *HEALTH_COLUMNS]].reset_index(drop=True)
-            r.n_samples = int(ep["n"].max()) if len(ep) else 0
-            r.max_label = int(parts.cells["max_label"].max()) if len(parts.cells) else -1
-            out["epoch_stats.csv"].append(ep)
-            out["noise_types.csv"].append(stats.noise_type_stats(parts, o.weight))
-            out["regions.csv"] += [stats.region_stats(parts, o.quantile, m, o.region_deg, o.weight)
-                                   for m in stats.REGION_METHODS]
-            out["weight_by_theta.csv"].append(stats.binned_weight(parts, bins=o.bins, weight=o.weight))
-            out["noise_rate_estimates.csv"].append(stats.noise_rate_estimates(parts, seed=o.seed))
+            r.health = pd.concat(health, ignore_index=True)
+            r.n_samples, r.max_label = n_samples, max_label
             if r.name in shown:
-                out["_theta_hist"].append(engine.theta_histogram(parts))
-                last = engine.run_source([r.files[max(r.files)]], r.columns, table)
+                last = engine.run_source([r.files[epochs[-1]]], r.columns, table)
                 out["_angle_2d"].append(engine.angle_plane(con, last).assign(**_run_keys(r)))
     finally:
         con.close()
     return out
+
+
+def _aggregate_run(con, r, files: list[Path], table: str | None, o: _Options):
+    """The aggregates of some of a run's angle logs, checked, with the run's key columns."""
+    import duckdb
+
+    from noisyfr.analysis import engine
+
+    src = engine.run_source(files, r.columns, table)
+    try:
+        parts = engine.aggregate(con, src, [], o.weight, o.region_deg, o.bins, o.quantile,
+                                 raw=engine.run_source(files, r.columns, None), manifest=table,
+                                 where=str(r.path / "angles"))
+    except duckdb.Error as exc:
+        raise engine.locate_scan_error(con, files, exc) from None
+    engine.check_parts(parts, str(r.path / "angles"), r.manifest_path)
+    return parts.with_keys(_run_keys(r))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
