@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("noisyfr.tune.cli", "run a Ray Tune grid of losses x noise settings x seeds"),
     "analyze": ("noisyfr.analysis.cli", "angle/weighting analysis report of a run or sweep"),
     "query": ("noisyfr.analysis.query_cli", "one read-only SQL query on a run or sweep's angle logs"),
+    "clean": ("noisyfr.analysis.clean_cli", "score samples from a run's angles; write a cleaned manifest"),
     "demo": ("noisyfr.demo", "run the main job on the embedded synthetic default"),
 }
 

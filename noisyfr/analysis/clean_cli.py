@@ -1,0 +1,207 @@
+"""``noisyfr clean RUN_DIR --out CLEAN.parquet --score NAME (--max-deg DEG | --fraction F |
+--estimate)``: score every sample of a trained run from its angle logs, flag the suspicious ones
+by one rule and write a manifest of the kept samples that ``noisyfr train`` reads through
+``data.manifest`` (see :mod:`noisyfr.analysis.scores`, docs/cleaning.md).
+
+Beside it: ``CLEAN.scores.parquet`` (every scored sample, its scores and whether it was removed
+or relabelled: the proposed list) and, with ``--sheet``, an HTML contact sheet. Where the run's
+manifest records injected noise, the flags are scored against it (precision, recall, F1 per
+noise type, the noise left, the clean samples lost), printed and kept in the sidecar. The run
+and its manifest are never modified.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from noisyfr.errors import NoisyFRError
+from noisyfr.numeric import real_arg
+
+#: Command lines shown by ``--help``.
+EXAMPLES = [
+    "noisyfr clean runs/demo/trials/RUN --out clean.parquet --score subcentre --max-deg 75",
+    "noisyfr clean RUN --out clean.parquet --score aum --fraction 0.2 --epoch heldout",
+    "noisyfr clean RUN --out clean.parquet --score margin --estimate --relabel",
+]
+#: Default of ``--relabel-margin``: degrees by which the nearest class must win.
+DEFAULT_RELABEL_MARGIN = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``clean`` options."""
+    from noisyfr.analysis.scores import EPOCH_RULES, SCORES
+
+    parser.add_argument("input", metavar="RUN_DIR", help="a trained run directory (config.yaml + angles/)")
+    parser.add_argument("--out", required=True, metavar="CLEAN.parquet",
+                        help="the manifest of the kept samples (+ .json sidecar, + .scores.parquet)")
+    parser.add_argument("--score", required=True, metavar="NAME",
+                        help=f"the noise score: {', '.join(SCORES)}")
+    parser.add_argument("--max-deg", type=real_arg(lo=-180.0, hi=180.0, lo_open=True, hi_open=True),
+                        metavar="DEG", help="remove samples whose angle score exceeds DEG")
+    parser.add_argument("--fraction", type=real_arg(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+                        metavar="F", help="remove the highest-scored fraction F of the samples")
+    parser.add_argument("--estimate", action="store_true",
+                        help="remove the fraction a two-component mixture of the scores estimates")
+    parser.add_argument("--epoch", default="last", metavar="RULE",
+                        help=f"the epoch the scores are read at: {' or '.join(EPOCH_RULES)} (best "
+                             "held-out accuracy; never chosen with the noise labels; default last)")
+    parser.add_argument("--relabel", action="store_true",
+                        help="give a flagged sample its nearest class instead of removing it when that "
+                             "class is nearer by --relabel-margin degrees")
+    parser.add_argument("--relabel-margin", type=real_arg(lo=0.0, hi=180.0, hi_open=True),
+                        default=DEFAULT_RELABEL_MARGIN, metavar="DEG",
+                        help="degrees by which the nearest class must win to relabel (default %(default)s)")
+    parser.add_argument("--seed", type=real_arg(lo=0, hi=2**32 - 1), default=0,
+                        help="seed of the random control score and the mixture (default %(default)s)")
+    parser.add_argument("--sheet", metavar="SHEET.html",
+                        help="also write a contact sheet of the most suspicious images per identity")
+
+
+def _source_manifest(run) -> tuple[pd.DataFrame, dict, bool]:
+    """``(manifest, sidecar, truth known)``: the run's manifest, or for a run trained without
+    one a clean manifest of its dataset (whose noise, unknown, is not scored)."""
+    from noisyfr.noise.manifest import read_manifest
+
+    if run.manifest_path is not None:
+        df, meta = read_manifest(run.manifest_path)
+        return df, dict(meta), True
+    from noisyfr.data import open_index
+    from noisyfr.dotted import get_dotted
+    from noisyfr.noise.inject import inject
+    from noisyfr.noise.spec import NoiseSpec
+
+    train = get_dotted(run.config, "data.train")
+    if not train:
+        raise NoisyFRError(f"{run.path / 'config.yaml'}: names no data.manifest and no data.train to clean")
+    manifest = inject(open_index(str(train)), NoiseSpec(), command="noisyfr clean (no injected noise)")
+    return manifest.frame.copy(), dict(manifest.meta), False
+
+
+def cleaned_manifest(manifest: pd.DataFrame, meta: dict, scores: pd.DataFrame, removed: np.ndarray,
+                     new_labels: np.ndarray, provenance: dict) -> tuple[pd.DataFrame, dict]:
+    """The manifest of the kept rows (``index`` renumbered, ``source_index`` pointing at the
+    dataset's samples, ``relabelled_from`` the label before a relabelling or -1, the noise type
+    of a relabelled row recomputed from its new label) and its sidecar (counts and rates of the
+    kept rows, ``cleaned`` = ``provenance``)."""
+    from noisyfr.noise.spec import NOISE_TYPES
+
+    rows = manifest.copy()
+    if "source_index" not in rows.columns:
+        rows["source"] = "index"
+        rows["source_index"] = rows["index"].to_numpy(dtype=np.int64)
+    drop = np.zeros(len(rows), bool)
+    idx = scores["sample_index"].to_numpy(dtype=np.int64)
+    drop[idx[removed]] = True
+    label = rows["label"].to_numpy(dtype=np.int64).copy()
+    before = np.full(len(rows), -1, dtype=np.int64)
+    changed = scores["label"].to_numpy() != new_labels
+    before[idx[changed]] = label[idx[changed]]
+    label[idx[changed]] = new_labels[changed]
+    noise = rows["noise"].to_numpy(dtype=object).copy()
+    orig = rows["orig_label"].to_numpy(dtype=np.int64)
+    fixed = before >= 0
+    noise[fixed] = np.where(label[fixed] == orig[fixed], "clean", np.where(orig[fixed] < 0, "open", "closed"))
+    rows = rows.assign(label=label, noise=noise, relabelled_from=before)[~drop].reset_index(drop=True)
+    rows["index"] = np.arange(len(rows), dtype=np.int64)
+    m = len(rows)
+    counts = {k: int((rows["noise"] == k).sum()) for k in NOISE_TYPES}
+    out = dict(meta)
+    out.update({"samples": m, "counts": counts, "rates": {k: v / m if m else 0.0 for k, v in counts.items()},
+                "cleaned": provenance, "command": provenance["command"]})
+    return rows, out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, flag, write the cleaned manifest, its scores and (optionally) the contact sheet."""
+    from noisyfr.analysis import load, scores
+    from noisyfr.io import atomic_path
+    from noisyfr.noise.manifest import sidecar_path, write_manifest
+    from noisyfr.outputs import check_output
+
+    score = scores.check_score(args.score)
+    out = Path(args.out)
+    if out.suffix != ".parquet":
+        raise NoisyFRError(f"--out {out}: name a .parquet manifest")
+    run_ = load.scan_run(args.input)
+    inputs = [run_.path] + ([run_.manifest_path, sidecar_path(run_.manifest_path)] if run_.manifest_path else [])
+    scores_path = out.with_name(out.stem + ".scores.parquet")
+    check_output(out, inputs, kind="file")
+    check_output(scores_path, inputs, kind="file", what="--out (scores)")
+    if args.sheet:
+        check_output(args.sheet, inputs, kind="file", what="--sheet")
+    epoch, selected_by = scores.choose_epoch(run_, args.epoch)
+    seed = int(args.seed)
+    table = scores.run_scores(run_, epoch, seed=seed)
+    removed, rule = scores.flag(table, score, max_deg=args.max_deg, fraction=args.fraction,
+                                estimate=args.estimate, seed=seed)
+    labels = table["label"].to_numpy(dtype=np.int64)
+    new_labels = labels.copy()
+    relabelled = np.zeros(len(table), bool)
+    if args.relabel:
+        near = table["nearest_label"].to_numpy(dtype=np.int64)
+        relabelled = removed & (table["margin"].to_numpy(dtype=float) >= args.relabel_margin) & (near >= 0)
+        new_labels[relabelled] = near[relabelled]
+        removed = removed & ~relabelled
+    manifest, meta, truth_known = _source_manifest(run_)
+    _check_identities(manifest, table, removed, new_labels, run_)
+    truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
+    provenance = {"run": str(run_.path.resolve()), "score": score, **rule, "epoch": int(epoch),
+                  "selected_by": selected_by, "relabel": bool(args.relabel),
+                  "relabel_margin_deg": float(args.relabel_margin) if args.relabel else None,
+                  "seed": seed, "scored": int(len(table)), "removed": int(removed.sum()),
+                  "relabelled": int(relabelled.sum()),
+                  "source_manifest": str(run_.manifest_path) if run_.manifest_path else None,
+                  "truth": _records(truth) if truth is not None else None,
+                  "command": shlex.join(["noisyfr", "clean", *sys.argv[2:]]) if sys.argv[1:2] == ["clean"]
+                  else "noisyfr.analysis.clean_cli"}
+    rows, side = cleaned_manifest(manifest, meta, table, removed, new_labels, provenance)
+    sheet = None
+    if args.sheet:
+        from noisyfr.analysis.sheet import contact_sheet
+
+        sheet = contact_sheet(run_, table.assign(removed=removed, relabelled=relabelled), score, manifest)
+    write_manifest(rows, side, out)
+    with atomic_path(scores_path) as tmp:
+        table.assign(removed=removed, relabelled=relabelled, new_label=new_labels).to_parquet(tmp, index=False)
+    if sheet is not None:
+        with atomic_path(args.sheet) as tmp:
+            Path(tmp).write_text(sheet, encoding="utf-8")
+    print(f"{out}: kept {len(rows)} of {len(manifest)} samples ({int(removed.sum())} removed, "
+          f"{int(relabelled.sum())} relabelled; score {score} at epoch {epoch} ({selected_by}), "
+          f"rule {rule['rule']} {rule['threshold']:.4g})")
+    if truth is not None:
+        print(truth.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    else:
+        print("no injected noise recorded: the flags are a proposal to review (scores in "
+              f"{scores_path}{', contact sheet ' + str(args.sheet) if args.sheet else ''})")
+    return 0
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-safe dicts (NaN -> None)."""
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+            for row in df.to_dict(orient="records")]
+
+
+def _check_identities(manifest: pd.DataFrame, table: pd.DataFrame, removed: np.ndarray,
+                      new_labels: np.ndarray, run) -> None:
+    """Every label the run trained on keeps a sample, else a one-line error naming the identity."""
+    label = manifest["label"].to_numpy(dtype=np.int64).copy()
+    idx = table["sample_index"].to_numpy(dtype=np.int64)
+    label[idx] = new_labels
+    keep = np.ones(len(manifest), bool)
+    keep[idx[removed]] = False
+    trained = np.unique(table["label"].to_numpy(dtype=np.int64))
+    left = np.bincount(label[keep], minlength=int(label.max()) + 1 if len(label) else 0)
+    empty = [int(c) for c in trained if c >= len(left) or left[c] == 0]
+    if empty:
+        names = manifest.groupby("label")["identity"].first()
+        who = ", ".join(str(names.get(c, c)) for c in empty[:3])
+        raise NoisyFRError(f"the threshold keeps no sample of {len(empty)} identit"
+                           f"{'y' if len(empty) == 1 else 'ies'} ({who}{', ...' if len(empty) > 3 else ''}); "
+                           "raise the threshold or lower the fraction")
