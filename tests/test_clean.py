@@ -154,3 +154,19 @@ def test_real_faces_without_injected_noise_get_scores_a_proposal_and_a_contact_s
     side = json.loads(Path(str(tmp_path / "lfw_clean.parquet") + ".json").read_text())
     assert side["cleaned"]["truth"] is None and side["cleaned"]["removed"] == round(0.05 * 840)
     assert os.path.getsize(tmp_path / "lfw_clean.scores.parquet") > 0
+
+
+def test_cleanlab_reference_is_scored_like_the_angle_rules(run_dir, tmp_path, capsys):
+    pytest.importorskip("cleanlab") if not os.environ.get("CI") else None
+    out = tmp_path / "cl.parquet"
+    assert main(["clean", str(run_dir), "--out", str(out), "--score", "cleanlab"]) == 0
+    assert "precision" in capsys.readouterr().out
+    side = json.loads(Path(str(out) + ".json").read_text())["cleaned"]
+    assert side["score"] == "cleanlab" and side["rule"] == "cleanlab" and side["threshold"] is None
+    sc = pd.read_parquet(tmp_path / "cl.scores.parquet")
+    assert (sc["removed"] == sc["cleanlab_issue"]).all()
+    assert sc["cleanlab"].between(0, 1).all()
+    # its score ranks like any other: the top fraction
+    assert main(["clean", str(run_dir), "--out", str(tmp_path / "cl2.parquet"), "--score", "cleanlab",
+                 "--fraction", "0.25"]) == 0
+    assert pd.read_parquet(tmp_path / "cl2.scores.parquet")["removed"].sum() == round(0.25 * 72)

@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     epoch, selected_by = scores.choose_epoch(run_, args.epoch)
     seed = int(args.seed)
     table = scores.run_scores(run_, epoch, seed=seed)
+    if score == "cleanlab":
+        table = scores.cleanlab_scores(run_, table, epoch, seed=seed)
     removed, rule = scores.flag(table, score, max_deg=args.max_deg, fraction=args.fraction,
                                 estimate=args.estimate, seed=seed)
     labels = table["label"].to_numpy(dtype=np.int64)
@@ -150,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     manifest, meta, truth_known = _source_manifest(run_)
     _check_identities(manifest, table, removed, new_labels, run_)
     truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
-    provenance = {"run": str(run_.path.resolve()), "score": score, **rule, "epoch": int(epoch),
+    rule_json = {k: (None if isinstance(v, float) and v != v else v) for k, v in rule.items()}
+    provenance = {"run": str(run_.path.resolve()), "score": score, **rule_json, "epoch": int(epoch),
                   "selected_by": selected_by, "relabel": bool(args.relabel),
                   "relabel_margin_deg": float(args.relabel_margin) if args.relabel else None,
                   "seed": seed, "scored": int(len(table)), "removed": int(removed.sum()),
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             Path(tmp).write_text(sheet, encoding="utf-8")
     print(f"{out}: kept {len(rows)} of {len(manifest)} samples ({int(removed.sum())} removed, "
           f"{int(relabelled.sum())} relabelled; score {score} at epoch {epoch} ({selected_by}), "
-          f"rule {rule['rule']} {rule['threshold']:.4g})")
+          f"rule {rule['rule']}" + ("" if rule["threshold"] != rule["threshold"] else f" {rule['threshold']:.4g}") + ")")
     if truth is not None:
         print(truth.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     else:

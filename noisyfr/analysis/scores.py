@@ -32,8 +32,9 @@ from noisyfr.noise.spec import NOISE_TYPES
 
 #: Scores read from the angle logs.
 ANGLE_SCORES = ("theta", "margin", "aum", "subcentre")
-#: Every score :func:`run_scores` gives, controls last.
-SCORES = (*ANGLE_SCORES, "weight", "truth", "random")
+#: Every score :func:`run_scores` gives, controls last; ``cleanlab`` (the reference from a
+#: well-kept library, :func:`cleanlab_scores`) is added on demand.
+SCORES = (*ANGLE_SCORES, "weight", "cleanlab", "truth", "random")
 #: Scores whose threshold is an angle in degrees (``--max-deg``), and its range.
 DEG_RANGE = {"theta": (0.0, 180.0), "subcentre": (0.0, 180.0), "margin": (-180.0, 180.0),
              "aum": (-180.0, 180.0)}
@@ -110,10 +111,13 @@ def flag(scores: pd.DataFrame, score: str, max_deg: float | None = None, fractio
     :data:`DEG_RANGE`), ``fraction`` (flag the highest-scored fraction, in (0, 1)) and
     ``estimate`` (the fraction is the weight of the upper component of a two-component Gaussian
     mixture fitted to the scores, :func:`noisyfr.analysis.stats.bimodal_noise_rate`; 0 when they
-    are not bimodal). One-line NoisyFRError naming the option otherwise."""
+    are not bimodal); for ``cleanlab`` none of them gives cleanlab's own verdict. One-line
+    NoisyFRError naming the option otherwise."""
     check_score(score)
     given = [name for name, v in (("--max-deg", max_deg), ("--fraction", fraction),
                                   ("--estimate", estimate or None)) if v is not None]
+    if score == "cleanlab" and not given:  # confident learning's own verdict
+        return scores["cleanlab_issue"].to_numpy(dtype=bool), {"rule": "cleanlab", "threshold": float("nan")}
     if len(given) != 1:
         raise NoisyFRError("give exactly one threshold: --max-deg DEG, --fraction F or --estimate"
                            + (f" (got {', '.join(given)})" if given else ""))
@@ -174,3 +178,67 @@ def truth_table(scores: pd.DataFrame, removed: np.ndarray, relabelled: np.ndarra
                  "noise_left": float(wrong_after[kept].mean()) if kept.any() else float("nan"),
                  "clean_lost": float((removed & ~noisy).sum() / (~noisy).sum()) if (~noisy).any() else float("nan")})
     return pd.DataFrame(rows)
+
+
+#: Cross-validation folds of the cleanlab reference.
+CLEANLAB_FOLDS = 5
+
+
+def cleanlab_scores(run, table: pd.DataFrame, epoch: int, seed: int = 0) -> pd.DataFrame:
+    """The reference rule of confident learning, from the ``cleanlab`` package used as it is
+    (the optional extra ``noisyfr[clean]``): out-of-sample class probabilities of every scored
+    sample from a logistic regression on the run's embeddings at ``epoch`` (its checkpoint; the
+    backbone as trained, flip-averaged, unit-normalised), cross-validated over
+    :data:`CLEANLAB_FOLDS` stratified folds, fed to ``cleanlab.filter.find_label_issues``.
+    Adds ``cleanlab`` (1 - cleanlab's label quality: larger is more suspicious) and
+    ``cleanlab_issue`` (cleanlab's own verdict) to ``table``."""
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        raise NoisyFRError("--score cleanlab: the cleanlab package is not installed "
+                           "(pip install 'noisyfr[clean]')") from None
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from noisyfr.data import open_index
+    from noisyfr.data.transforms import face_transform
+    from noisyfr.dotted import get_dotted
+    from noisyfr.eval.checkpoint import load_backbone
+    from noisyfr.eval.embed import embed_dataset
+    from noisyfr.noise import NoisyDataset
+
+    ckpt = run.path / "checkpoints" / f"epoch_{epoch}.pt"
+    if not ckpt.is_file():
+        ckpt = run.path / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise NoisyFRError(f"{run.path / 'checkpoints'}: no checkpoint of epoch {epoch} (or last.pt) "
+                           "to embed for --score cleanlab")
+    model, saved = load_backbone(ckpt)
+    size = int(get_dotted(saved["config"], "data.image_size") or 112)
+    crop = float(get_dotted(saved["config"], "data.center_crop") or 1.0)
+    index = open_index(str(get_dotted(run.config, "data.train")))
+    data = (NoisyDataset(index, manifest=str(run.manifest_path), transform=face_transform(size, crop))
+            if run.manifest_path is not None else NoisyDataset(index, transform=face_transform(size, crop)))
+    rows = table["sample_index"].to_numpy(dtype=np.int64)
+
+    class _Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return data[int(rows[i])][0]
+
+    feats, _ = embed_dataset(model, _Images(), desc="embed for cleanlab")
+    classes, y = np.unique(table["label"].to_numpy(dtype=np.int64), return_inverse=True)
+    folds = int(min(CLEANLAB_FOLDS, np.bincount(y).min()))
+    if folds < 2:
+        raise NoisyFRError("--score cleanlab: a class has a single scored sample; cross-validation "
+                           "needs two per class")
+    probs = cross_val_predict(LogisticRegression(max_iter=2000), feats, y, method="predict_proba",
+                              cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    out = table.copy()
+    out["cleanlab"] = 1.0 - get_label_quality_scores(y, probs)
+    out["cleanlab_issue"] = find_label_issues(y, probs)
+    return out
