@@ -170,3 +170,18 @@ def test_cleanlab_reference_is_scored_like_the_angle_rules(run_dir, tmp_path, ca
     assert main(["clean", str(run_dir), "--out", str(tmp_path / "cl2.parquet"), "--score", "cleanlab",
                  "--fraction", "0.25"]) == 0
     assert pd.read_parquet(tmp_path / "cl2.scores.parquet")["removed"].sum() == round(0.25 * 72)
+
+
+def test_report_scores_the_fixed_rules_against_the_truth(run_dir, tmp_path):
+    from noisyfr.analysis.report import tables
+
+    t = tables(run_dir, figures=False)
+    c = t["cleaning.csv"]
+    assert set(c["rule"]) == set(scores.REPORT_RULES)
+    # the report's counts equal the per-sample scores' flags at the last epoch
+    sc = scores.run_scores(scan_run(run_dir), 3)
+    row = c[(c["rule"] == "margin>0") & (c["noise"] == "all")].iloc[0]
+    flags = sc["margin"].to_numpy() > 0
+    want = scores.truth_table(sc, flags).set_index("noise").loc["all"]
+    for col in ("precision", "recall", "noise_left", "clean_lost"):
+        assert row[col] == pytest.approx(want[col], nan_ok=True), col

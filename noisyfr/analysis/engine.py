@@ -506,3 +506,14 @@ def angle_plane(con, source: str, width_deg: float = 1.0) -> pd.DataFrame:
     return pd.DataFrame({"epoch": df["epoch"].to_numpy(), "noise": names[df["noise_code"].to_numpy(dtype=int)],
                          "x_left_deg": df["xb"].to_numpy(dtype=float) * width_deg,
                          "y_left_deg": df["yb"].to_numpy(dtype=float) * width_deg, "n": df["n"].to_numpy()})
+
+
+def rule_counts(con, source: str, rules: dict[str, str]) -> pd.DataFrame:
+    """Per noise type: ``n`` and, per rule (name -> SQL condition on the angle columns), how many
+    samples it flags (columns = rule names) in an angle relation: the counts a rule's precision
+    and recall come from."""
+    flags = ", ".join(f"sum(({cond})::INTEGER) AS {quote(name).replace(chr(39), chr(34))}"
+                      for name, cond in rules.items())
+    df = con.sql(f"SELECT noise_code, count(*) AS n, {flags} FROM ({source}) GROUP BY noise_code").df()
+    df.insert(0, "noise", np.array(NOISE_TYPES, dtype=object)[df.pop("noise_code").to_numpy(dtype=np.int64)])
+    return df
