@@ -110,7 +110,7 @@ def test_ray_data_reads_the_angle_logs_as_duckdb_does(sweep, ray_local):
     from ray.data.aggregate import Count, Mean
 
     files = _angle_files(sweep)
-    ds = ray.data.read_parquet(files)
+    ds = ray.data.read_parquet(files).materialize()  # read once: the count and the aggregate reuse it
     assert ds.count() == _metadata_rows(files) == 2 * 2 * 300
     schema = ds.schema().base_schema
     assert isinstance(schema, pa.Schema)
@@ -208,3 +208,20 @@ def test_pyarrow_dataset_sees_plain_parquet_types_only(sweep):
                 ("INT32", "NONE"), ("INT64", "NONE"), ("FLOAT", "NONE"), ("DOUBLE", "NONE"),
                 ("BOOLEAN", "NONE"), ("BYTE_ARRAY", "STRING")}, (path, col.name, col.physical_type,
                                                                  col.logical_type)
+
+
+def test_spark_benchmark_says_when_pyspark_is_missing():
+    """benchmarks/spark_read_angles.py: pyspark is not a dependency; without it, one clear line and
+    exit status 2 (docs/cluster_analysis.md records a run with it)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("pyspark") is not None:
+        pytest.skip("pyspark is installed here")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "spark_read_angles.py"
+    out = subprocess.run([sys.executable, str(script), "--sweep", "/nonexistent"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("spark_read_angles: pyspark is not installed"), out.stderr
+    assert "pip install --target" in out.stderr
