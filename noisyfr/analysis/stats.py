@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 
 from noisyfr import numeric
 from noisyfr.analysis import engine, hist
@@ -80,7 +81,9 @@ def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> di
     if np.ptp(x) < 1e-9:
         return {"estimate": 0.0, "mean_low": float(x[0, 0]), "mean_high": float(x[0, 0]),
                 "sd_low": 0.0, "sd_high": 0.0, "separation": 0.0, "bimodal": False}
-    with warnings.catch_warnings():
+    # one thread: the k-means initialisation's OpenMP pool spins on a busy machine (12x slower on
+    # 2 shared cores), and 1-D fits of a few thousand angles gain nothing from threads
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm = GaussianMixture(n_components=2, n_init=3, random_state=seed, reg_covar=1e-6).fit(x)
         gm1 = GaussianMixture(n_components=1, random_state=seed, reg_covar=1e-6).fit(x)
