@@ -391,7 +391,7 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weig
 
 #: theta_y values per epoch the Gaussian-mixture reference is fitted to: every sample up to
 #: this many, else every k-th sample index (k = samples / this, rounded up).
-SAMPLE_ROWS = 5000
+SAMPLE_ROWS = 2048
 #: the groups whose order statistics the report needs: (name, noise types or None for all)
 ORDER_GROUPS = (("clean", ("clean",)), ("noisy", None), ("all", None))
 
