@@ -169,57 +169,96 @@ def _figure_runs(runs) -> set[str]:
 EPOCH_CHUNK = 8
 
 
+def _passes(con, runs, o: _Options, shown: set[str]):
+    """The DuckDB side of :func:`_stream`, in order: per run, ``("chunk", run, parts)`` for each
+    chunk of at most :data:`EPOCH_CHUNK` epochs, then ``("end", run, cleaning rows, angle plane)``."""
+    from noisyfr.analysis import engine
+
+    manifests: dict[Path, str] = {}
+    for r in runs:
+        table = None
+        if r.manifest_path is not None:
+            if r.manifest_path not in manifests:
+                manifests[r.manifest_path] = f"manifest_{len(manifests)}"
+                engine.manifest_table(con, r.manifest_path, manifests[r.manifest_path])
+            table = manifests[r.manifest_path]
+        epochs = sorted(r.files)
+        for i in range(0, len(epochs), EPOCH_CHUNK):
+            yield "chunk", r, _aggregate_run(con, r, [r.files[e] for e in epochs[i:i + EPOCH_CHUNK]], table, o)
+        last = engine.run_source([r.files[epochs[-1]]], r.columns, table)
+        cleaning = _cleaning_rows(con, last, r, epochs[-1]) if r.manifest_path is not None else None
+        plane = engine.angle_plane(con, last).assign(**_run_keys(r)) if r.name in shown else None
+        yield "end", r, cleaning, plane
+
+
+def _prefetched(items):
+    """``items`` computed one ahead on a worker thread: DuckDB (which releases the GIL) reads the
+    next chunk while this thread turns the current one into tables. One thread uses the
+    connection; at most two chunks' aggregates are in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    done = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="noisyfr-scan") as pool:
+        ahead = pool.submit(next, it, done)
+        while True:
+            item = ahead.result()
+            if item is done:
+                return
+            ahead = pool.submit(next, it, done)
+            yield item
+
+
 def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
     """Streaming passes (:func:`noisyfr.analysis.engine.aggregate`) over each run's logs, at most
-    :data:`EPOCH_CHUNK` epochs at a time: the per-run tables, and the binned data of the figures.
-    Sets each run's health, sample count and largest label. Memory: the aggregates of one chunk
-    (about 1 MB an epoch) and DuckDB's own limit, whatever the runs, epochs and samples."""
+    :data:`EPOCH_CHUNK` epochs at a time (:func:`_passes`, read one chunk ahead): the per-run
+    tables, and the binned data of the figures. Sets each run's health, sample count and
+    largest label. Memory: the aggregates of two chunks (about 1 MB an epoch) and DuckDB's own
+    limit, whatever the runs, epochs and samples."""
     from noisyfr.analysis import engine
 
     out: dict[str, list[pd.DataFrame]] = {k: [] for k in (
         "epoch_stats.csv", "noise_types.csv", "regions.csv", "weight_by_theta.csv",
         "noise_rate_estimates.csv", "cleaning.csv", "_theta_hist", "_angle_2d")}
     shown = _figure_runs(runs) if figures else set()
-    manifests: dict[Path, str] = {}
+    seen: dict[str, dict] = {}
+    bar = tqdm(total=len(runs), desc="analyze runs", disable=None)
     con = engine.connect()
+    items = _prefetched(_passes(con, runs, o, shown))
     try:
-        for r in tqdm(runs, desc="analyze runs", disable=None):
-            table = None
-            if r.manifest_path is not None:
-                if r.manifest_path not in manifests:
-                    manifests[r.manifest_path] = f"manifest_{len(manifests)}"
-                    engine.manifest_table(con, r.manifest_path, manifests[r.manifest_path])
-                table = manifests[r.manifest_path]
-            epochs = sorted(r.files)
-            health, n_samples, max_label, logged = [], 0, -1, 0
-            for i in range(0, len(epochs), EPOCH_CHUNK):
-                files = [r.files[e] for e in epochs[i:i + EPOCH_CHUNK]]
-                parts = _aggregate_run(con, r, files, table, o)
+        for item in items:
+            r = item[1]
+            acc = seen.setdefault(r.name, {"health": [], "n": 0, "max_label": -1, "logged": 0})
+            if item[0] == "chunk":
+                parts = item[2]
                 ep = stats.epoch_stats(parts, o.weight)
-                health.append(ep[["epoch", *HEALTH_COLUMNS]])
-                n_samples = max(n_samples, int(ep["n"].max()) if len(ep) else 0)
-                max_label = max(max_label, int(parts.cells["max_label"].max()) if len(parts.cells) else -1)
-                logged += int(parts.cells["wcount"].sum())
+                acc["health"].append(ep[["epoch", *HEALTH_COLUMNS]])
+                acc["n"] = max(acc["n"], int(ep["n"].max()) if len(ep) else 0)
+                acc["max_label"] = max(acc["max_label"], int(parts.cells["max_label"].max()) if len(parts.cells) else -1)
+                acc["logged"] += int(parts.cells["wcount"].sum())
                 out["epoch_stats.csv"].append(ep)
                 out["noise_types.csv"].append(stats.noise_type_stats(parts, o.weight))
                 out["regions.csv"] += [stats.region_stats(parts, o.quantile, m, o.region_deg, o.weight)
                                        for m in stats.REGION_METHODS]
-                if epochs[-1] in epochs[i:i + EPOCH_CHUNK]:  # the chunk with the run's last epoch
+                if max(r.files) in set(parts.cells["epoch"]):  # the chunk with the run's last epoch
                     out["weight_by_theta.csv"].append(stats.binned_weight(parts, bins=o.bins, weight=o.weight))
                 out["noise_rate_estimates.csv"].append(stats.noise_rate_estimates(parts, seed=o.seed))
                 if r.name in shown:
                     out["_theta_hist"].append(engine.theta_histogram(parts))
-            if n_samples and not logged:
+                continue
+            if acc["n"] and not acc["logged"]:
                 raise NoisyFRError(f"weight {o.weight!r}: not logged in run {r.name} (an older angle "
                                    "log?); choose another with --weight")
-            r.health = pd.concat(health, ignore_index=True)
-            r.n_samples, r.max_label = n_samples, max_label
-            last = engine.run_source([r.files[epochs[-1]]], r.columns, table)
-            if r.manifest_path is not None:
-                out["cleaning.csv"].append(_cleaning_rows(con, last, r, epochs[-1]))
-            if r.name in shown:
-                out["_angle_2d"].append(engine.angle_plane(con, last).assign(**_run_keys(r)))
+            r.health = pd.concat(acc["health"], ignore_index=True)
+            r.n_samples, r.max_label = acc["n"], acc["max_label"]
+            if item[2] is not None:
+                out["cleaning.csv"].append(item[2])
+            if item[3] is not None:
+                out["_angle_2d"].append(item[3])
+            bar.update()
     finally:
+        items.close()  # waits for the worker's query before the connection closes
+        bar.close()
         con.close()
     return out
 
