@@ -78,7 +78,7 @@ def test_every_number_flag_is_parsed_by_noisyfr_numeric():
     flags = _number_flags()
     # the commands whose options take numbers: all of them parse with real_arg / int_arg
     assert {name for name, _ in flags} == {"curves", "synth", "inject", "eval", "embed", "export",
-                                           "analyze", "query"}
+                                           "analyze", "query", "clean"}
     assert ("curves", "--points") in flags and ("inject", "--closed") in flags
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.numeric import real_arg
+from noisyfr.numeric import int_arg, real_arg
 
 #: Command lines shown by ``--help``.
 EXAMPLES = [
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relabel-margin", type=real_arg(lo=0.0, hi=180.0, hi_open=True),
                         default=DEFAULT_RELABEL_MARGIN, metavar="DEG",
                         help="degrees by which the nearest class must win to relabel (default %(default)s)")
-    parser.add_argument("--seed", type=real_arg(lo=0, hi=2**32 - 1), default=0,
+    parser.add_argument("--seed", type=int_arg(lo=0, hi=2**32 - 1), default=0,
                         help="seed of the random control score and the mixture (default %(default)s)")
     parser.add_argument("--sheet", metavar="SHEET.html",
                         help="also write a contact sheet of the most suspicious images per identity")
