@@ -86,6 +86,11 @@ def ray_local():
 
     had = HTTP_FS in sys.modules
     halt_http_fs_import()
+    import signal
+
+    # ray.init installs its own SIGTERM handler in this process and ray.shutdown leaves it: put
+    # the test process's handlers back afterwards (tests/test_run_safety.py checks them)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     # address="local": a fresh instance even while another process's `ray start` or
     # ray.cluster_utils.Cluster (tests/test_tune_cluster.py) is recorded in
     # /tmp/ray/ray_current_cluster, which ray.init() without an address would join
@@ -101,6 +106,8 @@ def ray_local():
     finally:
         if not had and HTTP_FS in sys.modules and sys.modules[HTTP_FS] is None:
             del sys.modules[HTTP_FS]
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.slow
