@@ -235,10 +235,12 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stop_at, signum", [(1, signal.SIGTERM), (3, signal.SIGINT)])
+@pytest.mark.parametrize("stop_at, signum", [(1, signal.SIGTERM), (3, signal.SIGINT), (3, "request")])
 def test_stop_mid_epoch_then_resume_gives_the_same_tensors(uninterrupted, tmp_path, stop_at, signum):
-    """A signal after optimiser step ``stop_at`` (2 steps per epoch: 1 = inside epoch 1 of a fresh
-    run, 3 = inside epoch 2) writes interrupted.pt; the resumed run equals the uninterrupted one."""
+    """A signal (or the stop request ``RUN/.stop``) after optimiser step ``stop_at`` (2 steps per
+    epoch: 1 = inside epoch 1 of a fresh run, 3 = inside epoch 2) writes interrupted.pt; the
+    resumed run equals the uninterrupted one."""
+    from noisyfr.train.rundir import STOP_NAME, request_stop
     from noisyfr.train.step import Stepper
 
     out = tmp_path / "run"
@@ -248,15 +250,19 @@ def test_stop_mid_epoch_then_resume_gives_the_same_tensors(uninterrupted, tmp_pa
         result = real_step(self, *a, **k)
         count["n"] += 1
         if count["n"] == stop_at:
-            os.kill(os.getpid(), signum)     # arrives during the step; the step still completes
+            if signum == "request":
+                request_stop(out, "test")
+            else:
+                os.kill(os.getpid(), signum)     # arrives during the step; the step still completes
         return result
 
+    by = f"the stop request {out / STOP_NAME}" if signum == "request" else signal.Signals(signum).name
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Stepper, "step", step)
-        with pytest.raises(Stopped, match=f"stopped by {signal.Signals(signum).name} at epoch "
+        with pytest.raises(Stopped, match=f"stopped by {by} at epoch "
                                           f"{(stop_at + 1) // 2} step {stop_at}") as info:
             train(load_config(TINY, [("output_dir", str(out))]))
-    assert info.value.code == 128 + signum
+    assert info.value.code == (143 if signum == "request" else 128 + signum)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL         # handlers given back
     assert (out / "checkpoints" / "interrupted.pt").is_file() and not (out / LOCK_NAME).exists()
     assert not (out / "angles" / f"epoch_{(stop_at + 1) // 2}.parquet").exists()
@@ -297,6 +303,42 @@ def test_sigterm_of_the_train_command_exits_143_and_resumes(config, tmp_path):
                             timeout=180)
     assert second.returncode == 0, second.stderr
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == list(range(1, 31))
+
+
+def test_the_stop_request_alone_stops_a_train_mid_epoch_and_resume_clears_a_stale_one(config, tmp_path):
+    """``RUN/.stop`` written while ``noisyfr train`` runs (no signal) stops it after the current
+    step with interrupted.pt, exit 143 and one line; the request is left behind, and ``--resume``
+    removes it instead of stopping at once."""
+    from noisyfr.train.rundir import STOP_NAME, request_stop
+
+    out = tmp_path / "run"
+    argv = ["train", config, "--out", out, "optim.epochs=3", "optim.batch_size=8",
+            "data.train=synthetic:ids=4,per_id=64,size=32,seed=0"]         # 32 steps an epoch
+    proc = subprocess.Popen(_nf(*argv), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        time.sleep(0.3)                                                     # inside epoch 2
+        request_stop(out, "test")
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143, err
+    assert len(lines) == 1 and lines[0].startswith(f"noisyfr train: stopped by the stop request {out / STOP_NAME} "
+                                                   "at epoch 2 step "), lines
+    assert lines[0].endswith("interrupted.pt holds the run: continue with --resume"), lines
+    assert load_checkpoint(out / "checkpoints" / "interrupted.pt")["partial"]["epoch"] == 2
+    assert (out / STOP_NAME).exists() and not (out / LOCK_NAME).exists()   # stale from here on
+    second = subprocess.run(_nf(*argv, "--resume"), env=_env(), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2, 3]
+    assert not (out / STOP_NAME).exists() and not (out / "checkpoints" / "interrupted.pt").exists()
 
 
 @pytest.mark.slow
