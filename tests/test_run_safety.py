@@ -150,6 +150,33 @@ def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_stale_lock(fin
     assert len(pd.read_csv(run / "metrics.csv")) == 3 and not (run / LOCK_NAME).exists()
 
 
+def test_is_held_sees_a_live_holder_only_and_a_probe_never_refuses_a_writer(tmp_path):
+    """``is_held`` (the sweep driver's question when it stops its trials): True while a live
+    process holds the lock, False without a lock file or after the holder was killed; a writer
+    taking the lock while another process probes it in a tight loop is never refused."""
+    from noisyfr.lock import acquire, check_free, is_held
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    assert not is_held(folder)
+    holder = _holder(folder)
+    try:
+        assert is_held(folder)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert (folder / LOCK_NAME).exists() and not is_held(folder)
+    probe = subprocess.Popen([sys.executable, "-c", "import sys; from noisyfr.lock import is_held\n"
+                              "while True: is_held(sys.argv[1])", str(folder)], env=_env())
+    try:
+        for _ in range(200):
+            check_free(folder, "dir")
+            acquire(folder, "dir").release()
+    finally:
+        probe.kill()
+        probe.wait(10)
+
+
 def test_two_trains_started_into_one_directory(config, tmp_path):
     """The issue's measurement: the second of two trains started 4 s apart is refused; the
     directory holds the first run alone."""
