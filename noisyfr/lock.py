@@ -9,7 +9,10 @@ the next writer. A clean release removes the file.
 
 Readers (``analyze``, ``eval``) take no lock. :func:`check_free` asks without writing anything (a
 command refuses early, before any work); :func:`acquire` takes the lock when the command starts
-to write.
+to write; :func:`is_held` says whether a writer holds it (the sweep driver asks it of its trials'
+run directories when it stops them). Asking takes the lock for a moment, so both retry a
+``LOCK_NB`` refusal for :data:`PROBE_RETRY_S` before they call the directory busy: a probe is
+never taken for another writer.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from noisyfr.errors import NoisyFRError
 
 #: the lock file's name inside the directory it guards (not a run or sweep file)
 LOCK_NAME = ".lock"
+#: how long a refused ``flock(LOCK_NB)`` is retried (another process probing the lock holds it
+#: for microseconds)
+PROBE_RETRY_S = 0.05
 
 
 class DirectoryInUse(NoisyFRError):
@@ -47,6 +53,40 @@ def _busy(folder: Path, what: str, fd: int) -> DirectoryInUse:
                           "wait for it to end or choose another directory")
 
 
+def _flock_nb(fd: int) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, retried for :data:`PROBE_RETRY_S` while refused; raises
+    BlockingIOError when a holder keeps it."""
+    deadline = time.monotonic() + PROBE_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
+def is_held(folder: str | os.PathLike) -> bool:
+    """Whether a live process holds ``folder``'s lock (False without a lock file, or with one
+    left by a killed holder). Creates, opens for writing and changes nothing."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no retry: held is the answer
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def check_free(folder: str | os.PathLike, what: str) -> None:
     """:class:`DirectoryInUse` naming ``folder`` and the holder when a live process holds its
     lock. Creates, opens for writing and changes nothing."""
@@ -57,7 +97,7 @@ def check_free(folder: str | os.PathLike, what: str) -> None:
         return  # no lock file (or an unreadable one: acquire will say)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_nb(fd)
         except BlockingIOError:
             raise _busy(Path(folder), what, fd) from None
         except OSError:
@@ -102,7 +142,7 @@ def acquire(folder: str | os.PathLike, what: str) -> DirLock:
     for _ in range(10):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_nb(fd)
         except BlockingIOError:
             err = _busy(folder, what, fd)
             os.close(fd)

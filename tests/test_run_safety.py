@@ -150,6 +150,33 @@ def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_stale_lock(fin
     assert len(pd.read_csv(run / "metrics.csv")) == 3 and not (run / LOCK_NAME).exists()
 
 
+def test_is_held_sees_a_live_holder_only_and_a_probe_never_refuses_a_writer(tmp_path):
+    """``is_held`` (the sweep driver's question when it stops its trials): True while a live
+    process holds the lock, False without a lock file or after the holder was killed; a writer
+    taking the lock while another process probes it in a tight loop is never refused."""
+    from noisyfr.lock import acquire, check_free, is_held
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    assert not is_held(folder)
+    holder = _holder(folder)
+    try:
+        assert is_held(folder)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert (folder / LOCK_NAME).exists() and not is_held(folder)
+    probe = subprocess.Popen([sys.executable, "-c", "import sys; from noisyfr.lock import is_held\n"
+                              "while True: is_held(sys.argv[1])", str(folder)], env=_env())
+    try:
+        for _ in range(200):
+            check_free(folder, "dir")
+            acquire(folder, "dir").release()
+    finally:
+        probe.kill()
+        probe.wait(10)
+
+
 def test_two_trains_started_into_one_directory(config, tmp_path):
     """The issue's measurement: the second of two trains started 4 s apart is refused; the
     directory holds the first run alone."""
@@ -235,10 +262,12 @@ def uninterrupted(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stop_at, signum", [(1, signal.SIGTERM), (3, signal.SIGINT)])
+@pytest.mark.parametrize("stop_at, signum", [(1, signal.SIGTERM), (3, signal.SIGINT), (3, "request")])
 def test_stop_mid_epoch_then_resume_gives_the_same_tensors(uninterrupted, tmp_path, stop_at, signum):
-    """A signal after optimiser step ``stop_at`` (2 steps per epoch: 1 = inside epoch 1 of a fresh
-    run, 3 = inside epoch 2) writes interrupted.pt; the resumed run equals the uninterrupted one."""
+    """A signal (or the stop request ``RUN/.stop``) after optimiser step ``stop_at`` (2 steps per
+    epoch: 1 = inside epoch 1 of a fresh run, 3 = inside epoch 2) writes interrupted.pt; the
+    resumed run equals the uninterrupted one."""
+    from noisyfr.train.rundir import STOP_NAME, request_stop
     from noisyfr.train.step import Stepper
 
     out = tmp_path / "run"
@@ -248,15 +277,19 @@ def test_stop_mid_epoch_then_resume_gives_the_same_tensors(uninterrupted, tmp_pa
         result = real_step(self, *a, **k)
         count["n"] += 1
         if count["n"] == stop_at:
-            os.kill(os.getpid(), signum)     # arrives during the step; the step still completes
+            if signum == "request":
+                request_stop(out, "test")
+            else:
+                os.kill(os.getpid(), signum)     # arrives during the step; the step still completes
         return result
 
+    by = f"the stop request {out / STOP_NAME}" if signum == "request" else signal.Signals(signum).name
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Stepper, "step", step)
-        with pytest.raises(Stopped, match=f"stopped by {signal.Signals(signum).name} at epoch "
+        with pytest.raises(Stopped, match=f"stopped by {by} at epoch "
                                           f"{(stop_at + 1) // 2} step {stop_at}") as info:
             train(load_config(TINY, [("output_dir", str(out))]))
-    assert info.value.code == 128 + signum
+    assert info.value.code == (143 if signum == "request" else 128 + signum)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL         # handlers given back
     assert (out / "checkpoints" / "interrupted.pt").is_file() and not (out / LOCK_NAME).exists()
     assert not (out / "angles" / f"epoch_{(stop_at + 1) // 2}.parquet").exists()
@@ -299,6 +332,42 @@ def test_sigterm_of_the_train_command_exits_143_and_resumes(config, tmp_path):
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == list(range(1, 31))
 
 
+def test_the_stop_request_alone_stops_a_train_mid_epoch_and_resume_clears_a_stale_one(config, tmp_path):
+    """``RUN/.stop`` written while ``noisyfr train`` runs (no signal) stops it after the current
+    step with interrupted.pt, exit 143 and one line; the request is left behind, and ``--resume``
+    removes it instead of stopping at once."""
+    from noisyfr.train.rundir import STOP_NAME, request_stop
+
+    out = tmp_path / "run"
+    argv = ["train", config, "--out", out, "optim.epochs=3", "optim.batch_size=8",
+            "data.train=synthetic:ids=4,per_id=64,size=32,seed=0"]         # 32 steps an epoch
+    proc = subprocess.Popen(_nf(*argv), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        time.sleep(0.3)                                                     # inside epoch 2
+        request_stop(out, "test")
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143, err
+    assert len(lines) == 1 and lines[0].startswith(f"noisyfr train: stopped by the stop request {out / STOP_NAME} "
+                                                   "at epoch 2 step "), lines
+    assert lines[0].endswith("interrupted.pt holds the run: continue with --resume"), lines
+    assert load_checkpoint(out / "checkpoints" / "interrupted.pt")["partial"]["epoch"] == 2
+    assert (out / STOP_NAME).exists() and not (out / LOCK_NAME).exists()   # stale from here on
+    second = subprocess.run(_nf(*argv, "--resume"), env=_env(), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2, 3]
+    assert not (out / STOP_NAME).exists() and not (out / "checkpoints" / "interrupted.pt").exists()
+
+
 @pytest.mark.slow
 def test_sigterm_of_the_sweep_driver_then_resume_finishes_the_trials(tmp_path):
     """The driver TERMed mid-sweep stops Tune the graceful way (experiment state saved), exits 143
@@ -333,6 +402,80 @@ def test_sigterm_of_the_sweep_driver_then_resume_finishes_the_trials(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert set(df["status"]) == {"completed"} and (df["epochs"] == 4).all(), df
     assert all(json.loads(x)["event"] in ("start", "epoch", "end") for x in log.read_text().splitlines())
+
+
+def _steps(log: Path) -> list[tuple[int, int, int]]:
+    """``(pid, epoch, global step)`` of every logged optimiser step (test_tune_sweep.slow_steps_train)."""
+    out = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        pid, _, epoch, _, step = line.split()
+        out.append((int(pid), int(epoch), int(step)))
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_of_the_sweep_driver_stops_its_trial_mid_epoch_and_resume_equals_an_uninterrupted_run(
+        tmp_path):
+    """The TERMed driver writes the stop request into its training trial's run directory: the trial
+    (a Ray worker thread, where no signal handler can be installed) finishes its step, writes
+    interrupted.pt and waits; the driver stops Tune, exits 143 with one line, and ``sweep --resume``
+    reruns the trial from that step to the tensors of an uninterrupted run."""
+    pytest.importorskip("ray")
+    steps = tmp_path / "steps.log"
+    cfg = {**TINY, "name": "mid", "trainer": "test_tune_sweep:slow_steps_train",
+           "optim": {**TINY["optim"], "epochs": 3, "batch_size": 4},   # 8 steps an epoch
+           "step_sleep": 0.25, "step_log": str(steps),
+           "grid": {"seed": [3]}, "resources": {"cpu": 1}, "max_failures": 0}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "sw"
+    proc = subprocess.Popen(_nf("sweep", path, "--out", out), env=_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not any(e == 2 and s >= 10 for _, e, s in _steps(steps)):   # inside epoch 2
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # Ray's own start-up line (token authentication) aside, the driver prints one line
+    lines = [ln for ln in err.strip().splitlines() if "authentication_token_setup" not in ln]
+    assert proc.returncode == 143, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith(f"noisyfr sweep: sweep dir {out}: stopped by SIGTERM; 1 training trial stopped "
+                               "after the current step"), lines
+    assert lines[0].endswith(f"continue with noisyfr sweep --resume --out {out}"), lines
+    (trial,) = (out / "trials").iterdir()
+    state = load_checkpoint(trial / "checkpoints" / "interrupted.pt")
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and 2 <= state["partial"]["batches"] < 8
+    stopped_at = state["step"]
+    assert max(s for _, _, s in _steps(steps)) == stopped_at          # no step after the saved one
+    assert not (trial / ".stop").exists() and not (trial / LOCK_NAME).exists() and not (out / LOCK_NAME).exists()
+    assert not (out / "results.csv").exists()
+    first_pids = {p for p, _, _ in _steps(steps)}
+
+    second = subprocess.run(_nf("sweep", "--resume", "--out", out), env=_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    df = pd.read_csv(out / "results.csv")
+    assert df["status"].tolist() == ["completed"] and df["epochs"].tolist() == [3], df
+    resumed = [(p, e, s) for p, e, s in _steps(steps) if p not in first_pids]
+    assert resumed[0][1:] == (2, stopped_at + 1) and [s for _, _, s in resumed] == list(range(stopped_at + 1, 25))
+    assert not (trial / "checkpoints" / "interrupted.pt").exists()
+
+    ref_cfg = yaml.safe_load((trial / "config.yaml").read_text())
+    ref = tmp_path / "ref"
+    train(load_config(ref_cfg, [("output_dir", str(ref)), ("resume", False), ("overwrite", False)]))
+    _same_weights(ref / "checkpoints" / "last.pt", trial / "checkpoints" / "last.pt")
+    for epoch in (1, 2, 3):
+        pd.testing.assert_frame_equal(pd.read_parquet(ref / "angles" / f"epoch_{epoch}.parquet"),
+                                      pd.read_parquet(trial / "angles" / f"epoch_{epoch}.parquet"))
+    a, b = pd.read_csv(ref / "metrics.csv"), pd.read_csv(trial / "metrics.csv")
+    for col in ("loss", "train_accuracy", "lr", "step", "clean_true_accuracy"):
+        assert a[col].tolist() == b[col].tolist(), col
 
 
 def test_sweep_overwrite_replaces_only_what_the_sweep_wrote(tmp_path):

@@ -70,7 +70,8 @@ def load_config(config):
     from noisyfr.train import load_config as real
 
     config = dict(config)
-    extra = {k: config.pop(k) for k in ("crash_after_epoch", "crash_trials") if k in config}
+    extra = {k: config.pop(k) for k in ("crash_after_epoch", "crash_trials", "step_sleep", "step_log")
+             if k in config}
     return {**real(config), **extra}
 
 
@@ -95,6 +96,32 @@ def crash_once_train(config, report=None):
             os._exit(3)
 
     return train(config, report=rep)
+
+
+def slow_steps_train(config, report=None):
+    """The real trainer, each optimiser step followed by ``step_sleep`` seconds and a line
+    ``PID epoch E step S`` in the file ``step_log``: a stop lands inside an epoch, and the log
+    shows where a resumed run goes on."""
+    from noisyfr.train import train
+    from noisyfr.train.step import Stepper
+
+    config = dict(config)
+    pause, log = config.pop("step_sleep", 0.0), config.pop("step_log", None)
+    real = Stepper.step
+
+    def step(self, *a, **k):
+        out = real(self, *a, **k)
+        if log:
+            with open(log, "a") as fh:
+                fh.write(f"{os.getpid()} {k.get('where', '')}\n")
+        time.sleep(pause)
+        return out
+
+    Stepper.step = step
+    try:
+        return train(config, report=report)
+    finally:
+        Stepper.step = real
 
 
 @pytest.fixture(scope="module")

@@ -185,6 +185,16 @@ class PartialFCHead(nn.Module):
             self._gen = torch.Generator(device).manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
         return self._gen
 
+    def sampling_state(self) -> torch.Tensor | None:
+        """The negative sampling generator's state within the epoch (None before its first draw):
+        a run stopped mid-epoch saves it, and :meth:`load_sampling_state` puts it back."""
+        return None if self._gen is None else self._gen.get_state()
+
+    def load_sampling_state(self, state: torch.Tensor | None) -> None:
+        """Continue the epoch's negative sampling from ``state`` (after :meth:`set_epoch`)."""
+        if state is not None:
+            self._generator(self.weight.device).set_state(state.cpu())
+
     def sample(self, local: torch.Tensor, own: torch.Tensor) -> torch.Tensor | None:
         """Sorted local class indices to compute this step (None: the whole shard): the positive
         classes ``local[own]`` plus uniformly drawn negatives, ``num_sample`` in all (all the

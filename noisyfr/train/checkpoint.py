@@ -10,11 +10,13 @@ A checkpoint is a dict of tensors and plain Python values only:
 - ``epoch`` (completed epochs, from 1), ``step`` (optimiser steps so far);
 - ``num_classes``, ``embedding_dim``; ``history``: the per-epoch metrics so far (list of dicts).
 
-``checkpoints/interrupted.pt`` is written when a signal stops a run mid-epoch: the same keys
-(``epoch`` = the epochs completed before it) plus ``partial``: the interrupted epoch, the number
-of its batches done, its angle rows so far (tensors), its running loss / correct / seen sums and
-the global torch (and CUDA) RNG states at that step. It is removed once that epoch's own
-checkpoint is written.
+``checkpoints/interrupted.pt`` is written when a signal or a stop request stops a run mid-epoch:
+the same keys (``epoch`` = the epochs completed before it) plus ``partial``: the interrupted
+epoch, the number of its batches done, its angle rows so far (tensors), its running loss /
+correct / seen sums, the global torch (and CUDA) RNG states at that step and a Partial FC head's
+sampling generator state (``head_rng``, None otherwise). A run of several processes keeps the
+per-process entries in ``partial["ranks"]`` (one dict per rank, in rank order), next to ``epoch``
+and ``batches``. It is removed once that epoch's own checkpoint is written.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A run directory's own rules: what it holds, the one rule for a used directory, the newest
-readable checkpoint to resume from, and dropping what lies after it (docs/training.md, "Used
-directories")."""
+readable checkpoint to resume from, dropping what lies after it (docs/training.md, "Used
+directories"), and the stop request (``RUN/.stop``, docs/training.md, "Stopping a run")."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +12,25 @@ import pandas as pd
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_write, load_checkpoint, read_yaml
 from noisyfr.train.checkpoint import INTERRUPTED, REQUIRED_KEYS, epoch_files, resume_candidates
+
+#: The stop request's name in a run directory: while it exists the run stops at the end of its
+#: current optimiser step as on SIGTERM (the sweep driver writes it into its trials' directories).
+STOP_NAME = ".stop"
+
+
+def request_stop(out_dir: str | Path, by: str = "") -> Path:
+    """Ask the run writing ``out_dir`` to stop at the end of its current step (as SIGTERM does):
+    write ``out_dir/.stop`` (one line saying who asked). Returns its path."""
+    path = Path(out_dir) / STOP_NAME
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write((by or "stop requested") + "\n")
+    return path
+
+
+def clear_stop(out_dir: str | Path) -> None:
+    """Remove a stop request left in ``out_dir`` (a run that starts or resumes ignores an earlier
+    request)."""
+    (Path(out_dir) / STOP_NAME).unlink(missing_ok=True)
 
 
 def newest_readable_checkpoint(out_dir: Path) -> tuple[Path, dict, str | None] | None:

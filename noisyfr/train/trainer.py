@@ -18,13 +18,19 @@ torch generator (augmentation, dropout) is re-seeded from (seed, epoch) at the s
 epoch, so a resumed run needs no sampler state and equals the uninterrupted run on CPU.
 
 Distributed: when ``torch.distributed`` is initialised (e.g. inside a Ray Train worker) every
-Distributed: when ``torch.distributed`` is initialised (e.g. inside a Ray Train worker) every
 rank trains on its shard of the data (``optim.batch_size`` is the global batch,
 ``optim.batch_size_per_device`` the batch of each process), the backbone
 runs under DistributedDataParallel (gradients averaged during backward), the head is replicated
 (DDP too) or, with ``loss.sample_rate``, model-parallel (Partial FC: centres sharded over the
 ranks, see :mod:`noisyfr.train.parallel`), angle rows are all-gathered, every rank calls
 ``report`` with the same metrics and only rank 0 writes files.
+
+Stopping: SIGTERM / SIGINT (where a handler can be installed: the main thread, each rank under
+torchrun) or the run directory's stop request ``.stop`` (rank 0 looks for it after every step;
+the sweep driver writes it into its trials' directories) stop the run at the end of the current
+step, every rank at the same one: the ranks agree after each step by an all-reduce of the stop
+flag. ``checkpoints/interrupted.pt`` then holds what a resume needs to go on from the next step
+(each rank's position, sums, angle rows and RNG states).
 """
 from __future__ import annotations
 
@@ -112,7 +118,8 @@ class _Run:
     batches: Any = None
     partial: dict | None = None
     lock: Any = None
-    stop_signal: int | None = None
+    stop_signal: int | None = None     # set by the signal handler of this process
+    stop: tuple[int, bool] | None = None  # agreed by every rank: (signal, by the stop request)
     stopped_saved: bool = False
     resume_note: str | None = None
 
@@ -253,6 +260,13 @@ def _restore(run: _Run) -> None:
     run.start_epoch, run.step = int(state["epoch"]) + 1, int(state["step"])
     run.history = list(state.get("history", []))
     run.partial = state.get("partial") if path.name == INTERRUPTED else None
+    if run.partial is not None:
+        stopped_with = len(run.partial["ranks"]) if "ranks" in run.partial else 1
+        if stopped_with != run.world:
+            raise NoisyFRError(f"resume: {path} was stopped mid-epoch in a run of {stopped_with} "
+                               f"process{'es' if stopped_with != 1 else ''}, this one has {run.world}; "
+                               f"resume it with {stopped_with}, or remove it to resume from the "
+                               "last epoch checkpoint")
     run.resumed_from = path
 
 
@@ -266,6 +280,7 @@ def _prepare_output(run: _Run) -> None:
     run.created_dirs = make_dirs(run.out_dir)
     run.lock = acquire(run.out_dir, "output_dir")
     rundir.check_existing_run(run.out_dir, run.cfg)  # again, holding the lock: another writer may have ended
+    rundir.clear_stop(run.out_dir)  # a request left by an earlier run never stops this one
     if run.pending_manifest is not None:
         run.pending_manifest.write(run.cfg["data"]["manifest"])
     if run.resumed_from is None:
@@ -315,14 +330,17 @@ def _train_epoch(run: _Run, stepper: Stepper, epoch: int) -> tuple[dict, angles_
     loss_sum, correct, seen, done = 0.0, 0, 0, 0
     part, run.partial = run.partial, None
     if part is not None and int(part["epoch"]) == epoch:  # stopped mid-epoch: go on from there
-        done, loss_sum, correct, seen = (int(part["batches"]), float(part["loss_sum"]), int(part["correct"]),
-                                         int(part["seen"]))
-        rows = part["rows"]
+        mine = part["ranks"][run.rank] if "ranks" in part else part
+        done, loss_sum, correct, seen = (int(part["batches"]), float(mine["loss_sum"]), int(mine["correct"]),
+                                         int(mine["seen"]))
+        rows = mine["rows"]
         if len(rows["sample_index"]):
             tracker.add(rows["sample_index"], rows["label"], rows["label_used"], rows["values"])
-        torch.set_rng_state(part["rng"].cpu())
-        if run.device.type == "cuda" and part.get("cuda_rng"):  # manual_seed above reseeded CUDA too
-            torch.cuda.set_rng_state_all([t.cpu() for t in part["cuda_rng"]])
+        torch.set_rng_state(mine["rng"].cpu())
+        if run.device.type == "cuda" and mine.get("cuda_rng"):  # manual_seed above reseeded CUDA too
+            torch.cuda.set_rng_state_all([t.cpu() for t in mine["cuda_rng"]])
+        if mine.get("head_rng") is not None and hasattr(run.head, "load_sampling_state"):
+            run.head.load_sampling_state(mine["head_rng"])
     run.batches.skip = done
     lr_used = run.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
@@ -339,7 +357,7 @@ def _train_epoch(run: _Run, stepper: Stepper, epoch: int) -> tuple[dict, angles_
             run.monitor.step(run.step, loss_val, lr_used, img_s)
             if bar.disable is False and run.step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_used:.4g}", img_s=f"{img_s:.0f}", refresh=False)
-            if run.stop_signal is not None:
+            if _stop_agreed(run):
                 _stop_mid_epoch(run, epoch, done, tracker, loss_sum, correct, seen)
     finally:
         bar.close()
@@ -360,25 +378,62 @@ def _state(run: _Run, epoch: int) -> dict:
             "embedding_dim": run.cfg["model"]["embedding_dim"], "history": run.history}
 
 
+def _stop_agreed(run: _Run) -> bool:
+    """Whether the run stops now, the same answer on every rank: this process's signal, or (rank 0)
+    the run directory's stop request, all-reduced over the ranks after every step. Sets
+    ``run.stop`` once it is agreed."""
+    if run.stop is not None:
+        return True
+    signum = run.stop_signal or 0  # read once: the handler may set it meanwhile (next step then)
+    by_request = False
+    if not signum and run.rank == 0 and os.path.exists(run.out_dir / rundir.STOP_NAME):
+        signum, by_request = int(signal.SIGTERM), True
+    if run.world > 1:  # on the training device: NCCL cannot reduce CPU tensors
+        flags = torch.tensor([signum, int(by_request)], dtype=torch.int64, device=run.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum, by_request = int(flags[0]), bool(flags[1])
+    if signum:
+        run.stop = (signum, by_request)
+    return run.stop is not None
+
+
+def _stopped_by(run: _Run) -> str:
+    signum, by_request = run.stop
+    return f"the stop request {run.out_dir / rundir.STOP_NAME}" if by_request else signal.Signals(signum).name
+
+
 def _stop_mid_epoch(run: _Run, epoch: int, done: int, tracker: angles_mod.AngleTracker, loss_sum: float,
                     correct: int, seen: int) -> None:
-    """A signal arrived: write ``checkpoints/interrupted.pt`` (the epoch's position, angle rows,
-    sums and RNG state with the usual checkpoint), flush the logs and raise :class:`Stopped`."""
+    """A stop was agreed: write ``checkpoints/interrupted.pt`` (the usual checkpoint plus the
+    epoch's position and, for every rank, its angle rows, sums and RNG states), flush the logs and
+    raise :class:`Stopped` (on every rank, once rank 0 has written the file)."""
     rows = {k: torch.cat(getattr(tracker, f"_{a}")) if getattr(tracker, f"_{a}") else torch.zeros(0)
             for k, a in (("sample_index", "index"), ("label", "labels"), ("label_used", "used"),
                          ("values", "values"))}
-    state = _state(run, epoch - 1)
-    state["partial"] = {"epoch": epoch, "batches": done, "loss_sum": loss_sum, "correct": correct,
-                        "seen": seen, "rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
-                        "rows": {k: v.cpu() for k, v in rows.items()}}
-    path = save_interrupted(state, run.out_dir)
+    sampling = getattr(run.head, "sampling_state", None)
+    mine = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+            "head_rng": sampling() if sampling is not None else None,
+            "rows": {k: v.cpu() for k, v in rows.items()}}
+    state = _state(run, epoch - 1)  # every rank: a sharded head is gathered
+    if run.world > 1:
+        ranks: list[Any] | None = [None] * run.world if run.rank == 0 else None
+        dist.gather_object(mine, ranks, dst=0)
+        partial = {"epoch": epoch, "batches": done, "ranks": ranks}
+    else:
+        partial = {"epoch": epoch, "batches": done, **mine}
+    path = run.out_dir / "checkpoints" / INTERRUPTED
+    if run.rank == 0:
+        state["partial"] = partial
+        path = save_interrupted(state, run.out_dir)
+    if run.world > 1:
+        dist.barrier()  # no rank ends (and makes its launcher end the others) before the file is written
     run.stopped_saved = True
-    name = signal.Signals(run.stop_signal).name
-    msg = (f"stopped by {name} at epoch {epoch} step {run.step} ({done} of {len(run.loader)} batches); "
+    msg = (f"stopped by {_stopped_by(run)} at epoch {epoch} step {run.step} ({done} of {len(run.loader)} "
+           f"batches{f', on each of {run.world} processes' if run.world > 1 else ''}); "
            f"{path} holds the run: continue with --resume")
     run.monitor.message(msg)
-    raise Stopped(run.stop_signal, msg)
+    raise Stopped(run.stop[0], msg)
 
 
 def _epoch_totals(run: _Run, epoch: int, loss_sum: float, correct: int, seen: int, train_time: float,
@@ -510,9 +565,12 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises
     NoisyFRError for bad input, a label outside the head's classes, a non-finite loss (naming
     the loss, epoch and step), a fresh start into a directory holding a run without
-    ``overwrite``, or a directory another writer holds. SIGTERM / SIGINT (single process, main
-    thread) stop the run after the current step with ``checkpoints/interrupted.pt`` written and
-    raise :class:`noisyfr.errors.Stopped`.
+    ``overwrite``, or a directory another writer holds. SIGTERM / SIGINT (in the main thread:
+    a single process, or each rank under torchrun) or the stop request ``output_dir/.stop``
+    (:func:`noisyfr.train.rundir.request_stop`; any thread, e.g. a Ray trial) stop the run after
+    the current step, every rank at the same one, with ``checkpoints/interrupted.pt`` written,
+    and raise :class:`noisyfr.errors.Stopped` (exit status 143 for SIGTERM and the stop request,
+    130 for SIGINT).
     """
     run = _setup(config)
     _build_data(run)
@@ -541,11 +599,11 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
                 run.epochs_done += 1
                 if report is not None:
                     report(dict(metrics))
-                if run.stop_signal is not None and epoch < run.cfg["optim"]["epochs"]:
-                    msg = (f"stopped by {signal.Signals(run.stop_signal).name} after epoch {epoch}; "
+                if epoch < run.cfg["optim"]["epochs"] and _stop_agreed(run):
+                    msg = (f"stopped by {_stopped_by(run)} after epoch {epoch}; "
                            f"{run.out_dir / 'checkpoints' / 'last.pt'} holds the run: continue with --resume")
                     run.monitor.message(msg)
-                    raise Stopped(run.stop_signal, msg)
+                    raise Stopped(run.stop[0], msg)
         finally:
             run.monitor.close()
     except BaseException as exc:
@@ -561,9 +619,10 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
 
 def _catch_stop_signals(run: _Run) -> dict:
     """SIGTERM and SIGINT stop the run at the end of the current step, with a checkpoint to
-    resume from (single-process runs in the main thread; a second signal stops at once).
-    Returns the handlers it replaced."""
-    if run.world > 1 or threading.current_thread() is not threading.main_thread():
+    resume from (in the main thread: a single process, or each rank under torchrun, which
+    forwards its SIGTERM to every rank; elsewhere, a Ray worker's thread, the stop request
+    does it). A second signal stops at once. Returns the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
         return {}
 
     def on_signal(signum, frame):

@@ -330,6 +330,81 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: str | None = No
         remove_dirs(created)  # only when empty: a first start that failed
 
 
+class _TrialStopper:
+    """The driver's side of a graceful stop (SIGTERM / SIGINT while the trials run), in a thread of
+    its own: it writes the stop request (``RUN/.stop``) into the run directory of every trial that
+    is training (whose lock is held), again for any that starts meanwhile, waits until none is
+    training (each finishes its step, writes ``checkpoints/interrupted.pt`` and lets its lock go)
+    or ``grace_s`` has passed, then stops Tune the graceful way (SIGUSR1: the experiment state is
+    saved with those trials unfinished, and Ray ends their processes)."""
+
+    POLL_S = 0.2
+
+    def __init__(self, spec: SweepSpec, signum: int):
+        import threading
+
+        self.dirs = {t.name: Path(t.config["output_dir"]) for t in spec.trials if t.config.get("output_dir")}
+        self.signum, self.grace_s = signum, float(spec.stop_grace_s)
+        self.asked: set[str] = set()
+        self.left: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="noisyfr-stop-trials", daemon=True)
+
+    def start(self) -> "_TrialStopper":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        import signal
+        import time
+
+        from noisyfr.lock import is_held
+        from noisyfr.train.rundir import STOP_NAME, request_stop
+
+        name = signal.Signals(self.signum).name
+        deadline = time.monotonic() + self.grace_s
+        while not self.done.is_set():
+            training = [n for n, d in self.dirs.items() if is_held(d)]
+            for n in training:
+                if not (self.dirs[n] / STOP_NAME).exists():
+                    with contextlib.suppress(OSError):
+                        request_stop(self.dirs[n], f"noisyfr sweep (pid {os.getpid()}): {name}")
+                        self.asked.add(n)
+            if not training or time.monotonic() >= deadline:
+                self.left = training
+                break
+            time.sleep(self.POLL_S)
+        while not self.done.is_set() and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            time.sleep(self.POLL_S)  # Tune has not installed its handler yet (fit is starting)
+        if not self.done.is_set():
+            LOG.info(f"{name}: {len(self.asked)} trials asked to stop, "
+                     + (f"{len(self.left)} still training after {self.grace_s:g} s ({', '.join(self.left)})"
+                        if self.left else "none training now") + "; stopping Tune")
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop (its handler, main thread)
+
+    def finish(self) -> None:
+        """Tune has returned: end the thread and remove the stop requests it wrote (the trials'
+        processes are gone with Ray; a run removes a stale request when it starts anyway)."""
+        from noisyfr.train.rundir import clear_stop
+
+        self.done.set()
+        self.thread.join(self.POLL_S * 10)
+        for n in self.asked:
+            with contextlib.suppress(OSError):
+                clear_stop(self.dirs[n])
+
+    def summary(self) -> str:
+        stopped = len(self.asked - set(self.left))
+        if not self.asked:
+            return "no trial was training; the trials keep their last checkpoints"
+        text = (f"{stopped} training trial{'s' if stopped != 1 else ''} stopped after the current step "
+                "and saved it (checkpoints/interrupted.pt)")
+        if self.left:
+            text += (f", {len(self.left)} did not stop within stop_grace_s={self.grace_s:g} s and "
+                     "keep their last epoch checkpoints")
+        return text
+
+
 def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None, progress: bool | None,
                 echo: Callable[[str], Any] | None):
     """:func:`run_sweep` once the sweep directory is checked and locked."""
@@ -344,18 +419,32 @@ def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None,
 
     first = not (spec.sweep_dir / STATE_FILE).exists()
     handler = None
-    stop = {"signal": None, "fitting": False}
+    stop: dict[str, Any] = {"signal": None, "fitting": False, "stopper": None}
 
-    def on_term(signum, frame):
-        stop["signal"] = signum
-        if stop["fitting"]:  # Tune's own graceful stop: trials end, the experiment state is saved
-            signal.raise_signal(signal.SIGUSR1)
+    def on_stop(signum, frame):
+        if stop["fitting"]:
+            if stop["signal"] is None:  # the trials stop at their current step, then Tune stops
+                stop["signal"] = signum
+                stop["stopper"] = _TrialStopper(spec, signum).start()
+                # Tune's own lines about the stop (SIGINT, Tuner.restore) would contradict the one
+                # line this driver prints
+                tune_log.setLevel(logging.ERROR)
+            elif signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+                # asked twice: Tune's graceful stop now (the trials keep their last checkpoints)
+                signal.raise_signal(signal.SIGUSR1)
         else:
-            raise Stopped(signum, f"sweep dir {spec.sweep_dir}: stopped by SIGTERM before its trials ran"
-                          + ("" if first else "; continue with noisyfr sweep --resume"))
+            stop["signal"] = signum
+            raise Stopped(signum, f"sweep dir {spec.sweep_dir}: stopped by {signal.Signals(signum).name} "
+                          "before its trials ran" + ("" if first else "; continue with noisyfr sweep --resume"))
 
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_level = tune_log.level
     main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, on_term) if main else None
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    old_handlers = {s: signal.signal(s, on_stop) for s in stop_signals} if main else {}
+    old_sigint_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    if main:  # SIGINT is this driver's too: Tune's own handler would end the trials at once
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         with local_ray(lambda: ray.init(address=address, include_dashboard=False, log_to_driver=False,
                                         logging_level="WARNING"), address):
@@ -363,7 +452,8 @@ def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None,
             # (the directory too when it made it); from then on the directory holds a sweep that
             # --resume finishes.
             if main:  # again: ray.init installs its own SIGTERM handler (it ends the driver, status 1)
-                signal.signal(signal.SIGTERM, on_term)
+                for s in stop_signals:
+                    signal.signal(s, on_stop)
             with output_folder(spec.sweep_dir) if first else contextlib.nullcontext():
                 handler = _sweep_log(spec.sweep_dir)
                 LOG.info(f"sweep {spec.name}: {len(spec.trials)} trials -> {spec.sweep_dir}"
@@ -374,17 +464,31 @@ def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None,
                     write_state(spec, state)
             tuner = _tuner(spec, resume, progress)
             stop["fitting"] = True
-            grid = tuner.fit()
-            stop["fitting"] = False
+            try:
+                grid = tuner.fit()
+            finally:
+                stop["fitting"] = False
+                if stop["stopper"] is not None:
+                    stop["stopper"].done.set()
             if stop["signal"] is not None:
-                msg = (f"sweep dir {spec.sweep_dir}: stopped by SIGTERM; its trials keep their last "
-                       f"checkpoints: continue with noisyfr sweep --resume --out {spec.sweep_dir}")
+                stopper = stop["stopper"]
+                msg = (f"sweep dir {spec.sweep_dir}: stopped by {signal.Signals(stop['signal']).name}; "
+                       f"{stopper.summary() if stopper is not None else 'its trials keep their last checkpoints'}: "
+                       f"continue with noisyfr sweep --resume --out {spec.sweep_dir}")
                 LOG.info(msg)
                 raise Stopped(stop["signal"], msg)
             histories = trial_histories(grid)
     finally:
+        if stop["stopper"] is not None:  # Ray is shut down: the trials' processes are gone
+            stop["stopper"].finish()
+            tune_log.setLevel(tune_level)
         if main:
-            signal.signal(signal.SIGTERM, old_term)
+            for s, old in old_handlers.items():
+                signal.signal(s, old)
+            if old_sigint_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_sigint_env
         if handler is not None:
             LOG.removeHandler(handler)
             handler.close()

@@ -10,6 +10,8 @@ A sweep YAML is a training config (see docs/training.md) plus sweep-only keys:
 - ``workers_per_trial`` (1): > 1 runs each trial as a Ray Train ``TorchTrainer`` (DDP; gloo on CPU, nccl on GPU).
 - ``max_failures`` (1): retries of a crashed trial (Tune ``FailureConfig``), from its last checkpoint.
 - ``max_concurrent_trials`` (0 = as many as the resources allow).
+- ``stop_grace_s`` (120): how long a TERMed driver waits for its training trials to stop after their
+  current step (``checkpoints/interrupted.pt``) before it ends them (they keep their last epoch checkpoint).
 - ``name`` / ``output_dir``: the sweep's name and directory (``runs/<name>``).
 - ``trainer`` (``noisyfr.train:train``): import path of the ``train(config, report)`` callable.
 
@@ -38,7 +40,7 @@ from noisyfr.names import label_value, slug
 from noisyfr.noise.spec import NoiseSpec
 
 SWEEP_KEYS = ("grid", "resources", "workers_per_trial", "max_failures", "max_concurrent_trials",
-              "trainer", "name", "output_dir")
+              "trainer", "name", "output_dir", "stop_grace_s")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_TRAINER = "noisyfr.train:train"
 STATE_FILE = "sweep.json"
@@ -81,6 +83,7 @@ class SweepSpec:
     workers_per_trial: int = 1
     max_failures: int = 1
     max_concurrent_trials: int = 0
+    stop_grace_s: int = 120
     trainer: str = DEFAULT_TRAINER
     raw: dict = field(default_factory=dict)
     base_dir: str = "."
@@ -321,6 +324,7 @@ def load_sweep(path_or_dict: str | os.PathLike | Mapping, overrides: Iterable[st
                      workers_per_trial=_int_key(raw, "workers_per_trial", 1, 1),
                      max_failures=_int_key(raw, "max_failures", 1, 0),
                      max_concurrent_trials=_int_key(raw, "max_concurrent_trials", 0, 0),
+                     stop_grace_s=_int_key(raw, "stop_grace_s", 120, 0),
                      trainer=trainer, raw=raw, base_dir=str(base))
     if validate:
         validate_sweep(spec)

@@ -1,5 +1,10 @@
 """The Ray side of a sweep: one trial = one training run, in a Tune function trainable or as a
-Ray Train ``TorchTrainer`` of DDP workers. Runs inside Ray worker processes."""
+Ray Train ``TorchTrainer`` of DDP workers. Runs inside Ray worker processes.
+
+A trial stopped by its run directory's stop request (the sweep driver writes ``RUN/.stop`` when it
+is TERMed, see :mod:`noisyfr.tune.run`) has written ``checkpoints/interrupted.pt``; it does not
+return (Tune would count it finished) but waits for the driver to end Tune's experiment, which
+saves it as unfinished: ``sweep --resume`` runs it again and it continues from that file."""
 from __future__ import annotations
 
 import copy
@@ -11,8 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from noisyfr.dotted import get_dotted
-from noisyfr.errors import NoisyFRError
+from noisyfr.errors import NoisyFRError, Stopped
 from noisyfr.tune.spec import import_callable, validator_for
+
+#: How long a stopped trial waits for the sweep driver to end it before it fails instead (Tune then
+#: retries it, from its interrupted.pt, within max_failures).
+STOPPED_WAIT_S = 600.0
 
 
 def _scalar(v: Any) -> Any:
@@ -172,9 +181,11 @@ def trial_fn(tune_config: dict) -> None:
     rows = _run_dir_epochs(cfg)
     run_epoch = int(rows[-1]["epoch"]) if rows and "epoch" in rows[-1] else 0
     done_epoch = _restore_checkpoint(cfg, ckpt, run_epoch)
-    if ckpt is None and run_epoch and (Path(cfg["output_dir"]) / "checkpoints" / "last.pt").is_file():
+    ckpts = Path(cfg["output_dir"]) / "checkpoints"
+    if ckpt is None and ((run_epoch and (ckpts / "last.pt").is_file()) or (ckpts / "interrupted.pt").is_file()):
         # Tune's experiment state predates the trial's first checkpoint (the driver is killed
-        # between its periodic state saves): continue from the run directory instead of epoch 1.
+        # between its periodic state saves, or stopped the trial inside its first epoch):
+        # continue from the run directory instead of epoch 1.
         cfg["resume"] = True
     _own_run_dir(t, cfg)
     if t["workers"] > 1:
@@ -193,10 +204,36 @@ def trial_fn(tune_config: dict) -> None:
                     tune.report({**clean_metrics(row), **info})
             return
         train(cfg, report=_reporter(info, tune.report, tune.Checkpoint))
+    except Stopped as exc:
+        _wait_for_the_driver(str(exc))
     except NoisyFRError as exc:
         # Deterministic failures (divergence: non-finite loss, bad data) are not retried: the trial
         # ends with status "failed" and its reason in the results; other trials go on.
         tune.report({**info, "failed": True, "error": one_line(exc)})
+
+
+def _wait_for_the_driver(why: str, wait_s: float | None = None) -> None:
+    """A trial stopped by its stop request stays running for Tune until the sweep driver, which
+    asked, ends Tune's experiment (saved with this trial unfinished) and this process with it.
+    When nothing ends it within ``wait_s`` (:data:`STOPPED_WAIT_S`; a request no driver made),
+    the trial fails with a one-line error and Tune retries it (within ``max_failures``), from its
+    ``interrupted.pt``."""
+    import time
+
+    wait_s = STOPPED_WAIT_S if wait_s is None else wait_s
+    time.sleep(wait_s)
+    raise RuntimeError(f"trial {why.split(';')[0]}; no sweep driver ended it within {wait_s:g} s")
+
+
+def _stopped_unfinished(cfg: dict) -> bool:
+    """The run directory holds a run stopped before its last epoch, with its stop request."""
+    from noisyfr.train.rundir import STOP_NAME
+
+    out = Path(cfg["output_dir"])
+    rows = _run_dir_epochs(cfg)
+    done = int(rows[-1]["epoch"]) if rows and "epoch" in rows[-1] else 0
+    epochs = get_dotted(cfg, "optim.epochs")
+    return (out / STOP_NAME).is_file() and isinstance(epochs, int) and done < epochs
 
 
 def _own_run_dir(t: dict, cfg: dict) -> None:
@@ -228,7 +265,10 @@ def _worker_loop(loop_config: dict) -> None:
             cfg["device"] = f"cuda:{device.index or 0}"
     train, cfg = _load(t, cfg)
     info = {**_node_info(t["name"]), "world_size": ray.train.get_context().get_world_size()}
-    train(cfg, report=_reporter(info, ray.train.report, ray.train.Checkpoint, with_checkpoint=rank == 0))
+    try:
+        train(cfg, report=_reporter(info, ray.train.report, ray.train.Checkpoint, with_checkpoint=rank == 0))
+    except Stopped:
+        return  # every rank stopped at the same step; rank 0 wrote interrupted.pt (the trial waits)
 
 
 def _run_distributed(t: dict, cfg: dict) -> None:
@@ -256,6 +296,8 @@ def _run_distributed(t: dict, cfg: dict) -> None:
     )
     try:
         trainer.fit()
+        if _stopped_unfinished(cfg):
+            _wait_for_the_driver(f"{t['name']} stopped by the stop request in {cfg['output_dir']}")
     except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
         text = f"{exc!r} {exc.__cause__!r}"
         if "NoisyFRError" not in text:
