@@ -587,8 +587,8 @@ def recovered(table: pd.DataFrame) -> pd.DataFrame:
         denom = top - base
         with np.errstate(divide="ignore", invalid="ignore"):
             rec = np.where(np.abs(denom) > 0, gain / denom, np.nan)
-        table[f"gain_{short}"] = gain
-        table[f"recovered_{short}"] = rec
+        table[f"gain_{short}"] = gain + 0.0          # + 0.0: no -0.0 in the table
+        table[f"recovered_{short}"] = rec + 0.0
     return table
 
 
