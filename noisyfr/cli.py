@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("noisyfr.analysis.cli", "angle/weighting analysis report of a run or sweep"),
     "query": ("noisyfr.analysis.query_cli", "one read-only SQL query on a run or sweep's angle logs"),
     "clean": ("noisyfr.analysis.clean_cli", "score samples from a run's angles; write a cleaned manifest"),
+    "loop": ("noisyfr.analysis.loop_cli", "train noisy, clean with each rule, retrain; compare with the oracle"),
     "demo": ("noisyfr.demo", "run the main job on the embedded synthetic default"),
 }
 

@@ -8,8 +8,8 @@ import pytest
 
 from noisyfr.cli import SUBCOMMANDS, build_parser, main
 
-WRITERS = ("inject", "pack", "synth", "curves", "analyze", "eval", "train", "sweep", "demo")
-SHARED = {"--out": WRITERS, "--resume": ("train", "sweep"), "--device": ("train", "eval", "sweep")}
+WRITERS = ("inject", "pack", "synth", "curves", "analyze", "eval", "train", "sweep", "demo", "loop")
+SHARED = {"--out": WRITERS, "--resume": ("train", "sweep", "loop"), "--device": ("train", "eval", "sweep")}
 VARIANTS = ("--output", "--out-dir", "--outdir", "--output-dir", "--output_dir", "--resume-from",
             "--gpu", "--cuda", "--dev", "--outfile")
 

@@ -83,17 +83,23 @@ def _source_manifest(run) -> tuple[pd.DataFrame, dict, bool]:
 
 
 def cleaned_manifest(manifest: pd.DataFrame, meta: dict, scores: pd.DataFrame, removed: np.ndarray,
-                     new_labels: np.ndarray, provenance: dict) -> tuple[pd.DataFrame, dict]:
+                     new_labels: np.ndarray, provenance: dict,
+                     heldout: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
     """The manifest of the kept rows (``index`` renumbered, ``source_index`` pointing at the
     dataset's samples, ``relabelled_from`` the label before a relabelling or -1, the noise type
-    of a relabelled row recomputed from its new label) and its sidecar (counts and rates of the
-    kept rows, ``cleaned`` = ``provenance``)."""
+    of a relabelled row recomputed from its new label, and with ``heldout`` (a boolean per row of
+    ``manifest``: the rows the cleaned run held out) the column
+    :data:`noisyfr.train.data.HELDOUT_COLUMN`, so a run trained on it holds out the same images)
+    and its sidecar (counts and rates of the kept rows, ``cleaned`` = ``provenance``)."""
     from noisyfr.noise.spec import NOISE_TYPES
+    from noisyfr.train.data import HELDOUT_COLUMN
 
     rows = manifest.copy()
     if "source_index" not in rows.columns:
         rows["source"] = "index"
         rows["source_index"] = rows["index"].to_numpy(dtype=np.int64)
+    if heldout is not None:
+        rows[HELDOUT_COLUMN] = np.asarray(heldout, dtype=bool)
     drop = np.zeros(len(rows), bool)
     idx = scores["sample_index"].to_numpy(dtype=np.int64)
     drop[idx[removed]] = True
@@ -116,72 +122,114 @@ def cleaned_manifest(manifest: pd.DataFrame, meta: dict, scores: pd.DataFrame, r
     return rows, out
 
 
-def run(args: argparse.Namespace) -> int:
-    """Score, flag, write the cleaned manifest, its scores and (optionally) the contact sheet."""
+def heldout_rows(run, manifest: pd.DataFrame) -> np.ndarray | None:
+    """A boolean per row of ``manifest`` (the run's manifest): the images ``run`` held out, by
+    the trainer's own rule (:func:`noisyfr.train.data.split_rows` with the run's ``data.holdout``,
+    ``data.max_per_id`` and ``seed``); None when it held none out."""
+    from noisyfr.dotted import get_dotted
+    from noisyfr.train.data import split_rows
+
+    holdout = float(get_dotted(run.config, "data.holdout") or 0.0)
+    if holdout <= 0:
+        return None
+    max_per_id = get_dotted(run.config, "data.max_per_id")
+    _, held = split_rows(manifest, manifest["orig_label"].to_numpy(dtype=np.int64),
+                         None if max_per_id is None else int(max_per_id), holdout,
+                         int(run.config.get("seed", 0)))
+    out = np.zeros(len(manifest), bool)
+    out[held] = True
+    return out
+
+
+def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: float | None = None,
+          estimate: bool = False, epoch: str = "last", relabel: bool = False,
+          relabel_margin: float = DEFAULT_RELABEL_MARGIN, seed: int = 0, sheet=None,
+          command: str | None = None, verbose: bool = True) -> dict:
+    """What ``noisyfr clean`` does, as a library call: score the run's samples, flag them by one
+    rule, write the cleaned manifest (+ sidecar), ``OUT.scores.parquet`` and optionally the contact
+    sheet; return the provenance written to the sidecar's ``cleaned`` key (its ``truth``: the
+    truth table's rows, None when the run's noise is unknown). ``command`` is recorded as the
+    command line (default: this process's ``noisyfr clean`` arguments). ``verbose`` prints what
+    the command prints."""
     from noisyfr.analysis import load, scores
     from noisyfr.io import atomic_path
     from noisyfr.noise.manifest import sidecar_path, write_manifest
     from noisyfr.outputs import check_output
 
-    score = scores.check_score(args.score)
-    out = Path(args.out)
+    score = scores.check_score(score)
+    out = Path(out)
     if out.suffix != ".parquet":
         raise NoisyFRError(f"--out {out}: name a .parquet manifest")
-    run_ = load.scan_run(args.input)
+    run_ = load.scan_run(run_dir)
     inputs = [run_.path] + ([run_.manifest_path, sidecar_path(run_.manifest_path)] if run_.manifest_path else [])
     scores_path = out.with_name(out.stem + ".scores.parquet")
     check_output(out, inputs, kind="file")
     check_output(scores_path, inputs, kind="file", what="--out (scores)")
-    if args.sheet:
-        check_output(args.sheet, inputs, kind="file", what="--sheet")
-    epoch, selected_by = scores.choose_epoch(run_, args.epoch)
-    seed = int(args.seed)
-    table = scores.run_scores(run_, epoch, seed=seed)
+    if sheet:
+        check_output(sheet, inputs, kind="file", what="--sheet")
+    chosen, selected_by = scores.choose_epoch(run_, epoch)
+    seed = int(seed)
+    table = scores.run_scores(run_, chosen, seed=seed)
     if score == "cleanlab":
-        table = scores.cleanlab_scores(run_, table, epoch, seed=seed)
-    removed, rule = scores.flag(table, score, max_deg=args.max_deg, fraction=args.fraction,
-                                estimate=args.estimate, seed=seed)
+        table = scores.cleanlab_scores(run_, table, chosen, seed=seed)
+    removed, rule = scores.flag(table, score, max_deg=max_deg, fraction=fraction,
+                                estimate=estimate, seed=seed)
     labels = table["label"].to_numpy(dtype=np.int64)
     new_labels = labels.copy()
     relabelled = np.zeros(len(table), bool)
-    if args.relabel:
+    if relabel:
         near = table["nearest_label"].to_numpy(dtype=np.int64)
-        relabelled = removed & (table["margin"].to_numpy(dtype=float) >= args.relabel_margin) & (near >= 0)
+        relabelled = removed & (table["margin"].to_numpy(dtype=float) >= relabel_margin) & (near >= 0)
         new_labels[relabelled] = near[relabelled]
         removed = removed & ~relabelled
     manifest, meta, truth_known = _source_manifest(run_)
     _check_identities(manifest, table, removed, new_labels, run_)
     truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
-    rule_json = {k: (None if isinstance(v, float) and v != v else v) for k, v in rule.items()}
-    provenance = {"run": str(run_.path.resolve()), "score": score, **rule_json, "epoch": int(epoch),
-                  "selected_by": selected_by, "relabel": bool(args.relabel),
-                  "relabel_margin_deg": float(args.relabel_margin) if args.relabel else None,
+    held = heldout_rows(run_, manifest)
+    if command is None:
+        command = (shlex.join(["noisyfr", "clean", *sys.argv[2:]]) if sys.argv[1:2] == ["clean"]
+                   else "noisyfr.analysis.clean_cli")
+    rule_json = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in rule.items()}
+    provenance = {"run": str(run_.path.resolve()), "score": score, **rule_json, "epoch": int(chosen),
+                  "selected_by": selected_by, "relabel": bool(relabel),
+                  "relabel_margin_deg": float(relabel_margin) if relabel else None,
                   "seed": seed, "scored": int(len(table)), "removed": int(removed.sum()),
                   "relabelled": int(relabelled.sum()),
+                  "heldout": int(held.sum()) if held is not None else 0,
                   "source_manifest": str(run_.manifest_path) if run_.manifest_path else None,
                   "truth": _records(truth) if truth is not None else None,
-                  "command": shlex.join(["noisyfr", "clean", *sys.argv[2:]]) if sys.argv[1:2] == ["clean"]
-                  else "noisyfr.analysis.clean_cli"}
-    rows, side = cleaned_manifest(manifest, meta, table, removed, new_labels, provenance)
-    sheet = None
-    if args.sheet:
+                  "command": command}
+    # a fraction that flags nothing (inf) or cleanlab's own verdict (NaN) has no threshold: null
+    rows, side = cleaned_manifest(manifest, meta, table, removed, new_labels, provenance, held)
+    sheet_text = None
+    if sheet:
         from noisyfr.analysis.sheet import contact_sheet
 
-        sheet = contact_sheet(run_, table.assign(removed=removed, relabelled=relabelled), score, manifest)
+        sheet_text = contact_sheet(run_, table.assign(removed=removed, relabelled=relabelled), score, manifest)
     write_manifest(rows, side, out)
     with atomic_path(scores_path) as tmp:
         table.assign(removed=removed, relabelled=relabelled, new_label=new_labels).to_parquet(tmp, index=False)
-    if sheet is not None:
-        with atomic_path(args.sheet) as tmp:
-            Path(tmp).write_text(sheet, encoding="utf-8")
-    print(f"{out}: kept {len(rows)} of {len(manifest)} samples ({int(removed.sum())} removed, "
-          f"{int(relabelled.sum())} relabelled; score {score} at epoch {epoch} ({selected_by}), "
-          f"rule {rule['rule']}" + ("" if rule["threshold"] != rule["threshold"] else f" {rule['threshold']:.4g}") + ")")
-    if truth is not None:
-        print(truth.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    else:
-        print("no injected noise recorded: the flags are a proposal to review (scores in "
-              f"{scores_path}{', contact sheet ' + str(args.sheet) if args.sheet else ''})")
+    if sheet_text is not None:
+        with atomic_path(sheet) as tmp:
+            Path(tmp).write_text(sheet_text, encoding="utf-8")
+    if verbose:
+        thr = provenance["threshold"]
+        print(f"{out}: kept {len(rows)} of {len(manifest)} samples ({int(removed.sum())} removed, "
+              f"{int(relabelled.sum())} relabelled; score {score} at epoch {chosen} ({selected_by}), "
+              f"rule {rule['rule']}{'' if thr is None else f' {thr:.4g}'})")
+        if truth is not None:
+            print(truth.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        else:
+            print("no injected noise recorded: the flags are a proposal to review (scores in "
+                  f"{scores_path}{', contact sheet ' + str(sheet) if sheet else ''})")
+    return provenance
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, flag, write the cleaned manifest, its scores and (optionally) the contact sheet."""
+    clean(args.input, args.out, args.score, max_deg=args.max_deg, fraction=args.fraction,
+          estimate=args.estimate, epoch=args.epoch, relabel=args.relabel,
+          relabel_margin=args.relabel_margin, seed=int(args.seed), sheet=args.sheet)
     return 0
 
 

@@ -7,6 +7,7 @@ parsed and validated here by the same helper as the training spec's.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from collections import OrderedDict
 
@@ -159,6 +160,47 @@ def parse_pairs_spec(spec: str) -> dict:
     return check_pairs_params(**params, where=where)
 
 
+#: The process-wide cache of :func:`shared_renders` while one is open: ``[images, max images]``.
+_SHARED: list | None = None
+
+
+@contextlib.contextmanager
+def shared_renders(cache_mb: float = 256.0):
+    """Within the block every synthetic set of this process (training indexes and verification
+    pairs alike) shares one bounded LRU cache of rendered images, keyed by what
+    :func:`~noisyfr.data.render.render_image` is a pure function of (seed, identity, image, size).
+    Runs trained one after another in one process (``noisyfr loop``) then render each image once
+    instead of once per run. Outside such a block nothing is shared (each set has its own cache);
+    the images are the same either way. Blocks do not nest: an inner one uses the outer cache."""
+    global _SHARED
+    if _SHARED is not None:
+        yield
+        return
+    _SHARED = [OrderedDict(), max(0, int(cache_mb * 2**20))]
+    try:
+        yield
+    finally:
+        _SHARED = None
+
+
+def _shared_get(key):
+    if _SHARED is None:
+        return None
+    img = _SHARED[0].get(key)
+    if img is not None:
+        _SHARED[0].move_to_end(key)
+    return img
+
+
+def _shared_put(key, img: torch.Tensor) -> None:
+    if _SHARED is None:
+        return
+    cache, limit = _SHARED
+    cache[key] = img
+    while cache and len(cache) * img.numel() > limit:
+        cache.popitem(last=False)
+
+
 class RenderedImages:
     """Images of a synthetic set, shared by :class:`SyntheticIndex` and
     :class:`~noisyfr.data.synthetic_pairs.SyntheticPairs`: image ``i`` is
@@ -191,13 +233,17 @@ class RenderedImages:
             self._cache.move_to_end(i)
             return img.clone()
         j, k = divmod(i, self.per_id)
-        img = render_image(self.seed, self.first_label + j, k, self.size)
+        key = (self.seed, self.first_label + j, k, self.size)
+        img = _shared_get(key)
+        if img is None:
+            img = render_image(self.seed, self.first_label + j, k, self.size)
+            _shared_put(key, img)
         if self._cache_max:
             self._cache[i] = img
             if len(self._cache) > self._cache_max:
                 self._cache.popitem(last=False)
             return img.clone()
-        return img
+        return img.clone() if _SHARED is not None else img   # never hand out a cached tensor
 
     def read_bytes(self, i: int) -> bytes:
         """PNG bytes of image ``i`` (decode them to get exactly :meth:`load_image`)."""

@@ -88,6 +88,49 @@ def split_identities(orig_labels, max_per_id: int | None, holdout: float, seed: 
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(held or [np.zeros(0, np.int64)]))
 
 
+#: Optional manifest column: True on the rows a run trained on it holds out. ``noisyfr clean``
+#: writes it (the held-out images of the run it cleaned), so a run retrained on a cleaned manifest
+#: is judged on the same held-out images and never trains on one of them.
+HELDOUT_COLUMN = "heldout"
+
+
+def recorded_heldout(manifest) -> np.ndarray | None:
+    """The manifest's :data:`HELDOUT_COLUMN` as a boolean array, or None when it has none (or
+    is None). Booleans, 0/1 integers and ``true``/``false`` text (a CSV manifest) are read;
+    anything else is a NoisyFRError naming the column."""
+    if manifest is None or HELDOUT_COLUMN not in getattr(manifest, "columns", ()):
+        return None
+    col = manifest[HELDOUT_COLUMN]
+    if col.isna().any():
+        raise NoisyFRError(f"manifest column {HELDOUT_COLUMN!r}: has missing values")
+    if col.dtype == bool:
+        return col.to_numpy(dtype=bool)
+    values = col.to_numpy()
+    if np.issubdtype(values.dtype, np.integer) and np.isin(values, (0, 1)).all():
+        return values.astype(bool)
+    text = col.astype(str).str.strip().str.lower()
+    if text.isin(("true", "false", "1", "0")).all():
+        return text.isin(("true", "1")).to_numpy()
+    raise NoisyFRError(f"manifest column {HELDOUT_COLUMN!r}: must hold booleans (true/false)")
+
+
+def split_rows(manifest, orig_labels, max_per_id: int | None, holdout: float, seed: int,
+               names=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, heldout)`` sample indices of a run: :func:`split_identities`, unless the run
+    holds images out (``holdout`` > 0) and its manifest records which (:data:`HELDOUT_COLUMN`):
+    then exactly those rows are held out, whatever the value of ``holdout``, and the others are
+    trained on (``max_per_id`` capping them as it caps a drawn split)."""
+    fixed = recorded_heldout(manifest) if holdout > 0 else None
+    if fixed is None:
+        return split_identities(orig_labels, max_per_id, holdout, seed, names)
+    orig = np.asarray(orig_labels, dtype=np.int64)
+    if len(fixed) != len(orig):
+        raise NoisyFRError(f"manifest column {HELDOUT_COLUMN!r}: {len(fixed)} values for {len(orig)} rows")
+    rest = np.flatnonzero(~fixed)
+    train, _ = split_identities(orig[rest], max_per_id, 0.0, seed, names)
+    return np.sort(rest[train]), np.flatnonzero(fixed)
+
+
 def training_subset(dataset, max_samples: int | None, seed: int, rows=None):
     """``dataset`` restricted to ``rows`` (None: every sample), then to a seeded random subset of
     ``max_samples`` of those (in index order)."""

@@ -62,7 +62,7 @@ from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_
 from noisyfr.train import angles as angles_mod
 from noisyfr.train.checkpoint import INTERRUPTED, prune_checkpoints, save_checkpoint, save_interrupted
 from noisyfr.train.config import dump_config, load_config, run_inputs
-from noisyfr.train.data import check_labels, open_dataset, split_identities, training_subset, verification_sets
+from noisyfr.train.data import check_labels, open_dataset, split_rows, training_subset, verification_sets
 from noisyfr.train import heldout as heldout_mod
 from noisyfr.train import parallel, rundir
 from noisyfr.train.monitor import Monitor
@@ -175,8 +175,8 @@ def _build_data(run: _Run) -> None:
     run.noise_types = np.asarray(run.dataset.noise, dtype=object)
     run.orig_labels = np.array(run.dataset.orig_labels, dtype=np.int64)
     names = getattr(getattr(run.dataset, "index", None), "identities", None)
-    rows, held = split_identities(run.orig_labels, data["max_per_id"], data["holdout"], run.cfg["seed"],
-                                  names)
+    rows, held = split_rows(getattr(run.dataset, "manifest", None), run.orig_labels, data["max_per_id"],
+                            data["holdout"], run.cfg["seed"], names)
     run.train_set = training_subset(run.dataset, data["max_samples"], run.cfg["seed"], rows)
     trained = run.train_set.indices if isinstance(run.train_set, Subset) else np.arange(len(run.dataset))
     run.logged_samples = angles_mod.logged_samples(trained, run.cfg["track"]["angles_fraction"],
