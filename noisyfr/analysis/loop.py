@@ -521,9 +521,9 @@ def _run(plan: Plan, out: Path, resume: bool, stream, log, plan_path: Path, text
 class _stop_between_stages:
     """SIGTERM / SIGINT between two stages stop the loop before the next one (Stopped, exit
     143 / 130; every finished stage is kept and ``--resume`` continues). During a training the
-    trainer's own handler applies: it stops the run at the end of the step with a checkpoint
-    (a signal in a run's last epoch lets that run finish, and the loop then goes on: signal
-    again). A second signal stops at once."""
+    trainer's own handler applies: it stops the run after the current step, in any epoch, with
+    ``checkpoints/interrupted.pt``, and the loop stops with it; ``--resume`` resumes that run
+    from there (``_train``). A second signal stops at once."""
 
     def __init__(self, out: Path):
         import signal
