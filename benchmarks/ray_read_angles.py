@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     import ray
     import ray.data
 
-    from spark_read_angles import _sweep, duckdb_counts
+    from spark_read_angles import _sweep, agreement, duckdb_counts
 
     sweep = _sweep(args)
     files = sorted(glob.glob(str(sweep / "trials" / "*" / "angles" / "epoch_*.parquet")))
@@ -127,14 +127,9 @@ def main(argv=None) -> int:
     duck_total, want = duckdb_counts(sweep)
     t_duck = time.perf_counter() - t1
 
-    keys_ok = [g[:4] for g in got] == [tuple(w[:4]) for w in want]
-    diff = max((abs(g[4] - w[4]) for g, w in zip(got, want)), default=float("nan"))
-    ok = keys_ok and total == meta_rows == duck_total and diff <= 1e-6
     print(f"ray {ray.__version__}; {kw}; aiohttp {'present' if importlib.util.find_spec('aiohttp') else 'absent'}")
-    print("Ray's schema of the angle logs: " + ", ".join(f"{n} {t}" for n, t in schema))
-    print(f"rows: Ray {total:,}, Parquet metadata {meta_rows:,}, DuckDB {duck_total:,}")
-    print(f"groups (run x epoch x noise): Ray {len(got)}, DuckDB {len(want)}; keys and counts "
-          f"{'equal' if keys_ok else 'DIFFER'}; largest |mean theta_y difference| {diff:.2e}")
+    ok, diff, lines = agreement("Ray", schema, got, want, total, meta_rows, duck_total)
+    print("\n".join(lines))
     print(f"wall s: Ray start {t_start:.1f}; Ray read+join+aggregate {t_ray:.1f} (again: {t_ray2:.1f}); "
           f"DuckDB views.open + query {t_duck:.1f}")
     if args.json:

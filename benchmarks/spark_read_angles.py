@@ -113,6 +113,19 @@ def duckdb_counts(sweep: Path):
     return total, rows
 
 
+def agreement(engine: str, schema, got, want, total: int, meta_rows: int, duck_total: int):
+    """``(ok, largest mean difference, printed lines)``: another engine's per run x epoch x noise
+    counts and mean theta_y (``got``) against DuckDB's (``want``), and the row counts."""
+    keys_ok = [g[:4] for g in got] == [tuple(w[:4]) for w in want]
+    diff = max((abs(g[4] - w[4]) for g, w in zip(got, want)), default=float("nan"))
+    ok = keys_ok and total == meta_rows == duck_total and diff <= 1e-6
+    return ok, diff, [
+        f"{engine}'s schema of the angle logs: " + ", ".join(f"{n} {t}" for n, t in schema),
+        f"rows: {engine} {total:,}, Parquet metadata {meta_rows:,}, DuckDB {duck_total:,}",
+        f"groups (run x epoch x noise): {engine} {len(got)}, DuckDB {len(want)}; keys and counts "
+        f"{'equal' if keys_ok else 'DIFFER'}; largest |mean theta_y difference| {diff:.2e}"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", help="an existing sweep directory (default: fabricate one)")
@@ -158,14 +171,9 @@ def main(argv=None) -> int:
     duck_total, want = duckdb_counts(sweep)
     t_duck = time.perf_counter() - t1
 
-    keys_ok = [g[:4] for g in got] == [tuple(w[:4]) for w in want]
-    diff = max((abs(g[4] - w[4]) for g, w in zip(got, want)), default=float("nan"))
-    ok = keys_ok and total == meta_rows == duck_total and diff <= 1e-6
     print(f"pyspark {pyspark.__version__}; Spark local[{args.cores}]; {java}; JVM java.version {jvm}")
-    print("Spark's schema of the angle logs: " + ", ".join(f"{n} {t}" for n, t in schema))
-    print(f"rows: Spark {total:,}, Parquet metadata {meta_rows:,}, DuckDB {duck_total:,}")
-    print(f"groups (run x epoch x noise): Spark {len(got)}, DuckDB {len(want)}; keys and counts "
-          f"{'equal' if keys_ok else 'DIFFER'}; largest |mean theta_y difference| {diff:.2e}")
+    ok, diff, lines = agreement("Spark", schema, got, want, total, meta_rows, duck_total)
+    print("\n".join(lines))
     for g in got[:6]:
         print("  ", g)
     print(f"wall s: Spark session start {t_start:.1f}; Spark read+join+aggregate {t_spark:.1f} "
