@@ -44,6 +44,24 @@ def _env() -> dict:
                 OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
 
 
+def _start_sweep(tmp_path: Path, cfg: dict):
+    """``noisyfr sweep`` of ``cfg`` started in its own session: ``(process, sweep dir)``."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "sw"
+    proc = subprocess.Popen(_nf("sweep", path, "--out", out), env=_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, out
+
+
+def _wait_for(proc, done, timeout: float, poll: float) -> None:
+    """Wait until ``done()`` while ``proc`` runs (its stderr in the failure when it ends first)."""
+    deadline = time.time() + timeout
+    while not done():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(poll)
+
+
 def _nf(*argv) -> list[str]:
     return [sys.executable, "-m", "noisyfr", *map(str, argv)]
 
@@ -377,16 +395,9 @@ def test_sigterm_of_the_sweep_driver_then_resume_finishes_the_trials(tmp_path):
     cfg = {"name": "term", "trainer": "test_tune_sweep:fake_train", "loss": {"name": "arcface"},
            "optim": {"epochs": 4}, "fake": {"log": str(log), "sleep": 0.5},
            "grid": {"loss.name": ["arcface", "cosface"]}, "resources": {"cpu": 1}, "max_failures": 0}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "sw"
-    proc = subprocess.Popen(_nf("sweep", path, "--out", out), env=_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc, out = _start_sweep(tmp_path, cfg)
     try:
-        deadline = time.time() + 120
-        while not (log.exists() and '"event": "epoch"' in log.read_text()):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
-            time.sleep(0.2)
+        _wait_for(proc, lambda: log.exists() and '"event": "epoch"' in log.read_text(), 120, 0.2)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=90)[1]
     finally:
@@ -426,16 +437,9 @@ def test_sigterm_of_the_sweep_driver_stops_its_trial_mid_epoch_and_resume_equals
            "optim": {**TINY["optim"], "epochs": 3, "batch_size": 4},   # 8 steps an epoch
            "step_sleep": 0.25, "step_log": str(steps),
            "grid": {"seed": [3]}, "resources": {"cpu": 1}, "max_failures": 0}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "sw"
-    proc = subprocess.Popen(_nf("sweep", path, "--out", out), env=_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc, out = _start_sweep(tmp_path, cfg)
     try:
-        deadline = time.time() + 180
-        while not any(e == 2 and s >= 10 for _, e, s in _steps(steps)):   # inside epoch 2
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
-            time.sleep(0.05)
+        _wait_for(proc, lambda: any(e == 2 and s >= 10 for _, e, s in _steps(steps)), 180, 0.05)  # in epoch 2
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=120)[1]
     finally:
