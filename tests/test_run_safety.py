@@ -328,10 +328,7 @@ def test_sigterm_of_the_train_command_exits_143_and_resumes(config, tmp_path):
     proc = subprocess.Popen(_nf(*argv), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        while not (out / "checkpoints" / "epoch_1.pt").exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+        _wait_for(proc, lambda: (out / "checkpoints" / "epoch_1.pt").exists(), 60, 0.05)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1]
     finally:
@@ -362,10 +359,7 @@ def test_the_stop_request_alone_stops_a_train_mid_epoch_and_resume_clears_a_stal
     proc = subprocess.Popen(_nf(*argv), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while not (out / "metrics.csv").exists():
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "slow"
-            time.sleep(0.05)
+        _wait_for(proc, lambda: (out / "metrics.csv").exists(), 120, 0.05)
         time.sleep(0.3)                                                     # inside epoch 2
         request_stop(out, "test")
         err = proc.communicate(timeout=60)[1]

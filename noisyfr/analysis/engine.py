@@ -34,13 +34,12 @@ import pandas as pd
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
+from noisyfr.train.angles import WEIGHT_COLUMNS
 
 #: theta bins over [0, pi] of the fine histogram (medians, quantile thresholds, AUC).
 FINE_BINS = 16384
 #: Width of a fine bin in degrees: the accuracy of medians and quantile thresholds.
 FINE_DEG = 180.0 / FINE_BINS
-#: The weight columns whose range the pass checks.
-_WEIGHTS = ("weight", "weight_theta", "grad_norm", "unit_pull")
 #: DuckDB's memory limit for the analysis: past it DuckDB spills to a temporary directory.
 DEFAULT_MEMORY_LIMIT = os.environ.get("NOISYFR_ANALYSIS_MEMORY", "1GB")
 
@@ -192,7 +191,7 @@ def frame_source(con, df: pd.DataFrame, name: str = "long_angles") -> str:
                      "weight_theta": df["weight"] * np.sin(df["theta_y"].astype(float))}.get(c, np.nan)
     if "theta_used" not in df.columns:
         df["theta_used"] = np.where(df["label_used"] == df["label"], df["theta_y"], np.nan)
-    for c in _WEIGHTS:
+    for c in WEIGHT_COLUMNS:
         w = df[c].to_numpy(dtype=float)
         if np.isinf(w).any():
             raise NoisyFRError(f"{name}: column {c} has infinite values")
@@ -452,10 +451,7 @@ def check_theta(cells: pd.DataFrame, where: str) -> None:
 
 def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
     """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
-    c = parts.cells
-    if c.empty:
-        return
-    check_theta(c, where)
+    # theta_y's range was checked by the pass itself (aggregate -> check_theta)
     if parts.first_unknown is not None and pd.notna(parts.first_unknown):
         raise NoisyFRError(f"{where}: sample_index {int(parts.first_unknown)} is not in manifest {manifest}")
     if parts.first_mislabelled is not None and pd.notna(parts.first_mislabelled):

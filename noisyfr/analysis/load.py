@@ -19,6 +19,7 @@ from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
 from noisyfr.noise.spec import NOISE_TYPES
+from noisyfr.train.angles import ANGLE_SCHEMA
 from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
 from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
@@ -319,7 +320,7 @@ def _column_range(pf, column: str):
 
 
 #: Angle-log columns that hold indices and labels.
-_INT_COLUMNS = ("sample_index", "epoch", "label", "label_used", "nearest_label")
+_INT_COLUMNS = tuple(c for c, t in ANGLE_SCHEMA.items() if t.startswith("int"))
 
 
 def expected_epochs(cfg: dict, metrics: pd.DataFrame, found: list[int]) -> list[int]:

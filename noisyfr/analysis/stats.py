@@ -132,18 +132,6 @@ def parts_of(data, weight: str | None = DEFAULT_WEIGHT, region_deg: float | None
         con.close()
 
 
-def _by_epoch(df: pd.DataFrame, keys: list[str]):
-    """``(key dict, group)`` per keys + epoch of an aggregate table, in sorted order."""
-    cols = keys + ["epoch"]
-    for key, g in df.groupby(cols, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        yield dict(zip(cols, key)), g
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den and den > 0 and num == num else float("nan")
-
-
 def epoch_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     """Per run and epoch: training health, how far apart clean and noisy samples sit and the noisy
     share of the weight.
