@@ -61,11 +61,12 @@ def conclusions(tables: Path) -> list[str]:
                          f"runs (learned) {r['runs (learned)']}")
     n_seeds = int(runs["seed"].nunique()) if "seed" in runs else 1
     if len(paired):
-        p = paired[(paired["epoch_rule"] == "heldout") & (paired["metric"] == "noisy_weight_share")
+        # pairs are read at one epoch for both runs (the last, or the config's analysis.epoch)
+        p = paired[paired["epoch_rule"].isin(("last", "fixed")) & (paired["metric"] == "noisy_weight_share")
                    & (paired["condition"] != "clean")]
         for _, r in p.iterrows():
             built = " (equal by construction: both detached)" if r["equal_by_construction"] else ""
-            lines.append(f"  paired {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
+            lines.append(f"  paired ({r['epoch_rule']} epoch) {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
                          f"{r['diff_mean']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}] "
                          f"n={int(r['n_pairs'])}: {r['verdict']}{built}")
     lines += [
