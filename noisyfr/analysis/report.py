@@ -8,7 +8,7 @@ the figures of :mod:`noisyfr.analysis.plots` and writes ``out_dir/report.md``, `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,7 @@ class _Options:
     metric: str | None
     learned_threshold: float
     #: the sweep's ``analysis`` section (the epoch pairs are read at, the primary comparison)
-    plan: comparisons.AnalysisPlan = comparisons.AnalysisPlan()
+    plan: comparisons.AnalysisPlan = field(default_factory=comparisons.AnalysisPlan)
 
 
 #: what the report reads in a run or sweep directory, and what it writes in its output folder
