@@ -76,7 +76,7 @@ def conclusions(tables: Path) -> list[str]:
         f"cannot conclude: which loss gives noisy samples less pull. All its losses use grad_mode "
         "detached, whose target weight is s (1 - p) for every loss, so their weight shares are equal "
         f"by construction; and {n_seeds} seed(s) give wide intervals. For that question run "
-        "experiments/configs/science.yaml (exact and detached gradients, 3 seeds; docs/science.md)."]
+        "experiments/configs/science.yaml (exact and detached gradients, 10 seeds; docs/science.md)."]
     return lines
 
 

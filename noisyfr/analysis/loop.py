@@ -602,7 +602,7 @@ MD_METRICS = (("removed", "removed"), ("precision", "precision"), ("recall", "re
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per loss x condition x rule: n runs, the runs that learned, and mean / lo / hi over
     seeds of every :data:`MD_METRICS` column (rules in the loop's order, references first)."""
-    from noisyfr.analysis.seeds import interval
+    from noisyfr.analysis.seeds import metric_interval
 
     order = list(dict.fromkeys([NOISY, ORACLE, *table["rule"]]))
     out = []
@@ -614,7 +614,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
                                    "learned": int(g["learned"].fillna(False).astype(bool).sum())
                                    if "learned" in g else 0}
             for metric, _ in MD_METRICS:
-                iv = interval(pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float))
+                iv = metric_interval(metric, pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float))
                 rec.update({f"{metric}_mean": iv["mean"], f"{metric}_lo": iv["lo"],
                             f"{metric}_hi": iv["hi"], f"{metric}_n": iv["n"]})
             out.append(rec)
