@@ -49,8 +49,8 @@ def conclusions(tables: Path) -> list[str]:
     runs = pd.read_csv(tables / "runs.csv")
     from noisyfr.analysis.seeds import cell_text
 
-    lines = ["", "== what the demo shows (runs read at their best held-out epoch; mean [95 % interval "
-             "over seeds] n)"]
+    lines = ["", "== what the demo shows (cells: runs at their best held-out epoch; pairs: both runs at "
+             "one epoch; mean [95 % interval over seeds] n)"]
     ev = runs["learned_on"].value_counts().to_dict() if "learned_on" in runs else {}
     lines.append(f"learned: {int(runs['learned'].sum())} of {len(runs)} runs (evidence: "
                  + ", ".join(f"{k} {n}" for k, n in sorted(ev.items())) + ")")
