@@ -11,10 +11,14 @@ the estimate is 0 by identity. These are:
   would miss it;
 - **injected rates never used while the estimator was built** (it was developed at 0, 0.2 and
   0.4): closed-set noise at 0.1 and 0.3 in real training runs, each estimate against the true
-  noisy fraction of that run's held-out images, within the estimator's sampling error.
+  noisy fraction of that run's held-out images, within the estimator's sampling error;
+- **a shuffled-label training run** (symmetric flips at (C - 1) / C: every label uniform over
+  the C classes, true rate about 1 - 1/C): the model learns nothing about identity, so the
+  held-out images carry no evidence and the estimate must be undefined (NaN) or near the true
+  rate, never a confident wrong one.
 
 Small synthetic runs (8 identities x 48 images, half held out, 5 epochs): about 15 s each on one
-busy core.
+busy core, four runs.
 """
 from __future__ import annotations
 
@@ -79,10 +83,21 @@ def _tolerance(a: float, n_noisy: float, n: int) -> float:
     return 4.0 * np.sqrt(max(n_noisy, 1.0) * (a * (1 - a) + (1 - a) / (C - 1))) / n / denom
 
 
+class _Runs(dict):
+    """Each run trained the first time a test asks for it (one run per test, about 15 s)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, rate: float) -> Path:
+        self[rate] = _run(self.root / f"r{rate:g}", rate)
+        return self[rate]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("heldout_controls")
-    return {rate: _run(root / f"r{rate:g}", rate) for rate in (0.0, 0.1, 0.3)}
+    return _Runs(tmp_path_factory.mktemp("heldout_controls"))
 
 
 def test_shuffled_held_out_labels_give_about_one_minus_one_over_c(runs):
@@ -136,3 +151,11 @@ def test_the_estimate_tells_the_two_unseen_rates_apart(runs):
     low, _, _ = _estimate(runs[0.1])
     high, _, _ = _estimate(runs[0.3])
     assert high - low > 0.1
+
+
+def test_a_shuffled_label_run_gives_no_confident_wrong_rate(runs):
+    est, a, true = _estimate(runs[(C - 1) / C])
+    assert abs(true - (1 - 1 / C)) < 0.06
+    assert a < 2 / C                                   # at chance: nothing learned about identity
+    held, _ = _held_rows(runs[(C - 1) / C])
+    assert np.isnan(est) or abs(est - true) <= _tolerance(max(a, 0.5), true * len(held), len(held))
