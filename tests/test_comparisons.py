@@ -156,3 +156,28 @@ def test_the_plan_is_read_from_the_stored_sweep(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"source": {"raw": {"analysis": {"epoch": "x"}}}}))
     with pytest.raises(NoisyFRError, match="sweep.json: analysis.epoch"):
         comparisons.read_plan(tmp_path)
+
+
+def test_the_report_names_the_primary_and_reads_pairs_at_the_fixed_epoch(tmp_path):
+    from noisyfr.analysis.report import write_report
+    from noisyfr.analysis.synthetic import make_synthetic_sweep
+
+    src = make_synthetic_sweep(tmp_path / "sweep", closed_rates=(0.2,), seeds=(0, 1, 2), epochs=3)
+    primary = {"metric": "noisy_weight_share", "condition": "closed=0.2",
+               "a": "expface s=64 m=0.7 exact", "b": "arcface s=64 m=0.5 exact"}
+    (src / "sweep.json").write_text(json.dumps({"source": {"raw": {"analysis": {"epoch": 2, "primary": primary}}}}))
+    md = write_report(src, tmp_path / "report", figures=False).read_text()
+    paired = pd.read_csv(tmp_path / "report" / "tables" / "paired.csv")
+    assert set(paired["epoch_rule"]) == {"fixed"}
+    values = pd.read_csv(tmp_path / "report" / "tables" / "run_values.csv")
+    assert set(values.loc[values["epoch_rule"] == "fixed", "epoch"]) == {2}
+    prim = paired[paired["role"] == "primary"]
+    assert len(prim) == 1 and prim.iloc[0]["metric"] == "noisy_weight_share"
+    assert (paired.loc[paired["role"] == "secondary", "family_size"] == len(paired) - 1).all()
+    assert "**Primary** (named in the sweep config before the run)" in md
+    assert "both runs read at epoch 2 (`analysis.epoch`)" in md
+    # a primary that names no loss of the sweep is said to be missing, not silently dropped
+    primary["a"] = "sphereface"
+    (src / "sweep.json").write_text(json.dumps({"source": {"raw": {"analysis": {"primary": primary}}}}))
+    md = write_report(src, tmp_path / "report2", figures=False).read_text()
+    assert "is not among these runs" in md
