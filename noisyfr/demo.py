@@ -49,8 +49,8 @@ def conclusions(tables: Path) -> list[str]:
     runs = pd.read_csv(tables / "runs.csv")
     from noisyfr.analysis.seeds import cell_text
 
-    lines = ["", "== what the demo shows (runs read at their best held-out epoch; mean [95 % interval "
-             "over seeds] n)"]
+    lines = ["", "== what the demo shows (cells: runs at their best held-out epoch; pairs: both runs at "
+             "one epoch; mean [95 % interval over seeds] n)"]
     ev = runs["learned_on"].value_counts().to_dict() if "learned_on" in runs else {}
     lines.append(f"learned: {int(runs['learned'].sum())} of {len(runs)} runs (evidence: "
                  + ", ".join(f"{k} {n}" for k, n in sorted(ev.items())) + ")")
@@ -61,11 +61,12 @@ def conclusions(tables: Path) -> list[str]:
                          f"runs (learned) {r['runs (learned)']}")
     n_seeds = int(runs["seed"].nunique()) if "seed" in runs else 1
     if len(paired):
-        p = paired[(paired["epoch_rule"] == "heldout") & (paired["metric"] == "noisy_weight_share")
+        # pairs are read at one epoch for both runs (the last, or the config's analysis.epoch)
+        p = paired[paired["epoch_rule"].isin(("last", "fixed")) & (paired["metric"] == "noisy_weight_share")
                    & (paired["condition"] != "clean")]
         for _, r in p.iterrows():
             built = " (equal by construction: both detached)" if r["equal_by_construction"] else ""
-            lines.append(f"  paired {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
+            lines.append(f"  paired ({r['epoch_rule']} epoch) {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
                          f"{r['diff_mean']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}] "
                          f"n={int(r['n_pairs'])}: {r['verdict']}{built}")
     lines += [
@@ -75,7 +76,7 @@ def conclusions(tables: Path) -> list[str]:
         f"cannot conclude: which loss gives noisy samples less pull. All its losses use grad_mode "
         "detached, whose target weight is s (1 - p) for every loss, so their weight shares are equal "
         f"by construction; and {n_seeds} seed(s) give wide intervals. For that question run "
-        "experiments/configs/science.yaml (exact and detached gradients, 3 seeds; docs/science.md)."]
+        "experiments/configs/science.yaml (exact and detached gradients, 10 seeds; docs/science.md)."]
     return lines
 
 

@@ -1,6 +1,6 @@
 """``noisyfr loop`` end to end on a tiny loop (6 identities x 12 images, 2 epochs, 1 loss, 1
 condition, 2 seeds, 2 rules): the files, the references (the oracle removes exactly the noisy
-samples; the noisy rows), the recovered fraction recomputed from the table, the held-out images
+samples; the noisy rows), the paired gains in percentage points recomputed from the table, the held-out images
 shared by every run of a seed, resume, and bad configs; plus the pieces it rests on (a
 manifest's recorded held-out rows, the shared render cache)."""
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_files_and_reference_rows(done):
     assert "recovered" in md
 
 
-def test_recovered_fraction_is_paired_by_seed(done):
+def test_gains_are_paired_by_seed_in_percentage_points(done):
     _, out = done
     t = pd.read_csv(out / "loop.csv")
     for acc, short in (("heldout_accuracy", "heldout"), ("val_accuracy", "val")):
@@ -88,18 +88,19 @@ def test_recovered_fraction_is_paired_by_seed(done):
             base = float(g.loc[g["rule"] == "noisy", acc].iloc[0])
             top = float(g.loc[g["rule"] == "oracle", acc].iloc[0])
             for _, r in g.iterrows():
-                assert r[f"gain_{short}"] == pytest.approx(r[acc] - base)
-                if top != base:
-                    assert r[f"recovered_{short}"] == pytest.approx((r[acc] - base) / (top - base))
-                else:
-                    assert np.isnan(r[f"recovered_{short}"])
-    # the summary's mean is the mean of the per-seed fractions, not a ratio of means
-    s = loop.summary(t)
-    row = s[s["rule"] == "theta fraction=0.2"].iloc[0]
-    vals = t.loc[t["rule"] == "theta fraction=0.2", "recovered_heldout"].dropna()
-    assert row["recovered_heldout_n"] == len(vals)
-    if len(vals):
-        assert row["recovered_heldout_mean"] == pytest.approx(vals.mean())
+                assert r[f"gain_{short}_pp"] == pytest.approx(100 * (r[acc] - base))
+                assert r[f"to_oracle_{short}_pp"] == pytest.approx(100 * (top - r[acc]))
+    # loop.md: the pp table per rule and accuracy, a recovered fraction only where identified
+    from noisyfr.analysis import recovery
+
+    tab = recovery.recovery_table(t)
+    assert len(tab) == 2 * 2                   # 2 rules x 2 accuracies
+    md = (out / "loop.md").read_text()
+    assert "What each rule recovers, in percentage points" in md
+    for _, r in tab.iterrows():
+        line = next(ln for ln in md.splitlines()
+                    if ln.startswith(f"| {r['loss']} | {r['condition']} | {r['rule']} | {r['accuracy']} |"))
+        assert (recovery.NOT_IDENTIFIED in line) == (not r["identified"])
 
 
 def test_every_run_of_a_seed_holds_out_the_noisy_runs_images(done):

@@ -254,15 +254,18 @@ def test_results_table_and_summary_statistics(tmp_path):
     # recompute one cell independently: cosface at closed=0.4 over the completed seeds
     sel = [t for t in spec.trials if t.config["loss"]["name"] == "cosface" and t.noise.closed == 0.4
            and t.name not in (bad, unlearned)]
-    vals = [finals[t.name] * 100 for t in sel]
-    if len(vals) > 1:
+    vals = [finals[t.name] for t in sel]
+    if len(vals) > 1:  # an accuracy: the t-interval on the logit scale, shown in %
+        import math
+
         from scipy.stats import t as student
 
         m = statistics.mean(vals)
-        half = student.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5
-        expect = f"learned {m:.2f} [{m - half:.2f}, {m + half:.2f}] n={len(vals)}"
+        half = student.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5 / (m * (1 - m))
+        lo, hi = (100 / (1 + math.exp(-(math.log(m / (1 - m)) + k * half))) for k in (-1, 1))
+        expect = f"learned {100 * m:.2f} [{lo:.2f}, {hi:.2f}] n={len(vals)}"
     else:
-        expect = f"learned {vals[0]:.2f} n=1"
+        expect = f"learned {100 * vals[0]:.2f} n=1"
     line = next(ln for ln in md.split("## Verification accuracy, last epoch")[1].splitlines()
                 if ln.startswith("| cosface"))
     assert expect in line
@@ -362,7 +365,16 @@ def test_science_grid_pairs_every_loss_in_both_gradient_modes():
     spec = sweep_spec.load_sweep(CONFIGS / "science.yaml", base_dir=REPO)
     combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"]) for t in spec.trials}
     assert combos == {(n, g) for n in ("arcface", "cosface", "expface") for g in ("exact", "detached")}
-    assert len(spec.trials) == 36 and {t.config["seed"] for t in spec.trials} == {0, 1, 2}
+    assert len(spec.trials) == 120 and {t.config["seed"] for t in spec.trials} == set(range(10))
+    # the primary comparison names two losses and a condition of the grid
+    from noisyfr.analysis.comparisons import parse_analysis
+    from noisyfr.analysis.load import condition_label
+    from noisyfr.losses import loss_label
+
+    primary = parse_analysis(spec.raw["analysis"]).primary
+    labels = {loss_label(t.config["loss"]) for t in spec.trials}
+    assert {primary["a"], primary["b"]} <= labels
+    assert primary["condition"] in {condition_label({"closed": t.noise.closed}) for t in spec.trials}
     exact = {t.config["loss"]["name"]: t.config["loss"] for t in spec.trials
              if t.config["loss"]["grad_mode"] == "exact"}
     assert exact["arcface"]["easy_margin"] is True and exact["expface"]["grad_floor"] == 1.0

@@ -8,7 +8,7 @@ the figures of :mod:`noisyfr.analysis.plots` and writes ``out_dir/report.md``, `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from noisyfr import numeric
-from noisyfr.analysis import load, plots, seeds, stats
+from noisyfr.analysis import comparisons, load, plots, seeds, stats
 from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
@@ -115,6 +115,8 @@ class _Options:
     seed: int
     metric: str | None
     learned_threshold: float
+    #: the sweep's ``analysis`` section (the epoch pairs are read at, the primary comparison)
+    plan: comparisons.AnalysisPlan = field(default_factory=comparisons.AnalysisPlan)
 
 
 #: what the report reads in a run or sweep directory, and what it writes in its output folder
@@ -336,10 +338,10 @@ def _compute(runs, results, o: _Options, figures: bool = True) -> dict[str, pd.D
     else:
         t["summary.csv"] = counts.copy()
     t["grad_mode.csv"] = grad_mode_table(rtab, ep_all, t)
-    t["run_values.csv"] = seeds.run_values(runs, ep_all, rtab)
+    t["run_values.csv"] = seeds.run_values(runs, ep_all, rtab, epoch=o.plan.epoch)
     t["cells.csv"] = seeds.cell_table(t["run_values.csv"])
-    t["paired.csv"] = seeds.paired_table(t["run_values.csv"])
-    t["convention.csv"] = seeds.convention_table(t["run_values.csv"])
+    t["paired.csv"] = seeds.paired_table(t["run_values.csv"], o.plan)
+    t["convention.csv"] = seeds.convention_table(t["run_values.csv"], o.plan.paired_rule)
     t["_kept"] = rtab[rtab["run"].isin(ok)]
     t["_theta_hist"] = kept("_theta_hist")
     t["_angle_2d"] = kept("_angle_2d")
@@ -455,28 +457,18 @@ def _doc_conclusions(doc: Document, t, o: _Options) -> None:
     by = values[values["epoch_rule"] == rule]["selected_by"].value_counts().to_dict()
     doc.p("Each run is read at the epoch of its best held-out accuracy (no ground truth: "
           f"{', '.join(f'{n} run(s) by {k}' for k, n in sorted(by.items()))}; `last` where no held-out "
-          "or verification accuracy was recorded); the same tables at the last epoch are in "
-          "`tables/cells.csv` and `tables/paired.csv` (`epoch_rule`). Every cell is shown over "
-          "all runs and over the runs that learned: mean [95 % t-interval over seeds] n. With "
-          "n = 3 the interval is mean +- 4.30 sd/sqrt(3). A cell whose runs did not learn is a "
+          "or verification accuracy was recorded); the same cells at the last epoch are in "
+          "`tables/cells.csv` (`epoch_rule`). Every cell is shown over all runs and over the runs "
+          "that learned: mean [95 % interval over seeds] n; for a quantity in [0, 1] (accuracy, "
+          "AUC, share, rate) a t-interval on the logit scale, which stays inside [0, 1], else a "
+          "t-interval (with n = 3: mean +- 4.30 sd/sqrt(3)). A cell whose runs did not learn is a "
           f"result. Weight column for shares: `{o.weight}`.")
     metrics = [m for m in _CONCLUSION_METRICS if m in set(cells.get("metric", []))]
     doc.table(seeds.cell_text(cells, metrics, rule), "tables/cells.csv")
     if paired.empty:
-        doc.p("No two losses share a condition and a seed: no paired comparison.")
+        doc.p("No two losses share a condition, a seed and an epoch: no paired comparison.")
         return
-    p = paired[(paired["epoch_rule"] == rule) & paired["metric"].isin(metrics)].copy()
-    p["difference A - B"] = seeds.interval_texts(p, "diff_mean", "diff_lo", "diff_hi", "n_pairs")
-    p["learned pairs"] = seeds.interval_texts(p, "learned_diff_mean", "learned_diff_lo",
-                                              "learned_diff_hi", "n_pairs_learned")
-    doc.p("Paired differences A - B between two losses over runs of the same seed (same noise "
-          "draw, same held-out split); `verdict` is `A > B` or `A < B` when the 95 % interval of "
-          "all pairs excludes 0. `equal_by_construction`: both losses use `grad_mode: detached`, "
-          "whose target weight is s (1 - p) for every loss, so their weight shares can differ only "
-          "through p (about 0 for samples far from their centre): an equal share there is built "
-          "in, not found.")
-    doc.table(p[["condition", "loss_a", "loss_b", "metric", "difference A - B", "verdict",
-                 "learned pairs", "equal_by_construction"]], "tables/paired.csv")
+    comparisons.doc_paired(doc, paired, metrics, o.plan)
 
 
 def _doc_health(doc: Document, t) -> None:
@@ -618,7 +610,7 @@ def cleaning_table(cleaning: pd.DataFrame, learned: set[str]) -> pd.DataFrame:
     for (loss, cond, rule), g in c.groupby(["loss", "condition", "rule"], sort=True):
         row = {"loss": loss, "condition": cond, "rule": rule}
         for col in ("precision", "recall", "noise_left", "clean_lost"):
-            iv = seeds.interval(g[col])
+            iv = seeds.metric_interval(col, g[col])
             row[col] = seeds.format_interval(iv["mean"], iv["lo"], iv["hi"], iv["n"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -700,7 +692,8 @@ def tables(run_or_sweep_dir: str | Path, quantile: float = stats.DEFAULT_CENTRE_
     ``"_theta_hist"`` and ``"_angle_2d"`` (the binned data the distribution figures draw, for
     one run per loss and condition; empty with ``figures=False``). Options as in write_report."""
     src = Path(run_or_sweep_dir)
-    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
+    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold,
+                 comparisons.read_plan(src))
     _check_options(None, o)
     results_path = load.find_results(src)
     results = load.load_results(results_path) if results_path else None
@@ -725,7 +718,8 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     report.md.
     """
     src, out = Path(run_or_sweep_dir), Path(out_dir)
-    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
+    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold,
+                 comparisons.read_plan(src))
     _check_options(out, o)
     check_output(out, [src / n for n in _READS], kind="dir", writes=_WRITES)
     results_path = load.find_results(src)
