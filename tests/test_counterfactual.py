@@ -182,3 +182,20 @@ def test_shares_on_a_fabricated_sweep_and_older_logs(tmp_path):
     t = cf.table(old)
     assert not t["available"].any() and t["note"].str.contains("not logged").all()
     assert t["noisy_share"].isna().all()
+
+
+def test_report_section_and_demo_lines(tmp_path):
+    from noisyfr.analysis.report import write_report
+    from noisyfr.analysis.synthetic import fabricate_sweep
+    from noisyfr.demo import conclusions
+
+    sweep = fabricate_sweep(tmp_path / "sw", trials=6, epochs=2, samples=400, classes=20, noise=0.4)
+    md = write_report(sweep, tmp_path / "rep", figures=False).read_text()
+    assert "Counterfactual weights" in md and "by construction" not in md
+    table = pd.read_csv(tmp_path / "rep" / "tables" / "counterfactual.csv")
+    assert table["available"].all() and set(table["counterfactual"]) == set(table["loss"])
+    s = cf.summary(table)
+    assert len(s) == 9 and (s["runs"] == 2).all()
+    np.testing.assert_allclose(s.loc[s["loss"] == s["counterfactual"], "vs_trained"], 0.0, atol=1e-12)
+    text = "\n".join(conclusions(tmp_path / "rep" / "tables"))
+    assert "counterfactual noisy share" in text and "by construction" not in text

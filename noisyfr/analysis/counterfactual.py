@@ -224,3 +224,68 @@ def table(runs, extra: list[dict] | None = None) -> pd.DataFrame:
         con.close()
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+
+
+#: Shares summarised by :func:`summary`, in order.
+SHARES = ("noisy_share", "p_channel_share", "slope_channel_share", "unit_pull_share")
+
+
+def summary(cf: pd.DataFrame) -> pd.DataFrame:
+    """At each run's last logged epoch, per condition, trained loss (the geometry) and
+    counterfactual loss: the runs (seeds), and for each share of :data:`SHARES` and for the
+    difference ``noisy_share`` minus the trained loss's own (``vs_trained``, within each run:
+    same seed, noise draw and epoch) the mean and the range over the runs (``*_min``,
+    ``*_max``), with ``mean_p_clean``. Only available rows."""
+    if cf.empty or not cf["available"].astype(bool).any():
+        return pd.DataFrame()
+    last = cf.groupby("run")["epoch"].transform("max")
+    d = cf[(cf["epoch"] == last) & cf["available"].astype(bool)].copy()
+    own = d[d["same_loss"].astype(bool)].set_index("run")["noisy_share"]
+    d["vs_trained"] = d["noisy_share"] - d["run"].map(own)
+    rows = []
+    for (cond, loss, other), g in d.groupby(["condition", "loss", "counterfactual"], sort=True):
+        row = {"condition": cond, "loss": loss, "counterfactual": other, "runs": len(g),
+               "epoch": ",".join(str(int(e)) for e in sorted(set(g["epoch"])))}
+        for c in (*SHARES, "vs_trained", "mean_p_clean"):
+            v = pd.to_numeric(g[c], errors="coerce")
+            row.update({c: v.mean(), f"{c}_min": v.min(), f"{c}_max": v.max()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _text(row, col: str) -> str:
+    if not math.isfinite(row[col]):
+        return "-"
+    if row["runs"] < 2:
+        return f"{row[col]:.4f}"
+    return f"{row[col]:.4f} [{row[col + '_min']:.4f}, {row[col + '_max']:.4f}]"
+
+
+def document(doc, t: dict) -> None:
+    """The report's section on counterfactual weights (``tables/counterfactual.csv``)."""
+    cf = t.get("counterfactual.csv", pd.DataFrame())
+    doc.h(2, "Counterfactual weights: every loss on the same geometry")
+    if cf.empty:
+        doc.p("No angle log to read.")
+        return
+    s = summary(cf)
+    if s.empty:
+        notes = sorted(set(cf["note"].dropna().astype(str)) - {""})
+        doc.p("Not available: " + ("; ".join(notes) or "no run logged lse_neg") + ".")
+        return
+    doc.p("Each run's logged geometry (its angles and the log-sum-exp of the non-target logits, "
+          "`lse_neg`) weighted by every loss setting of the analysis: p_L = sigmoid(s T_L(theta) - "
+          "lse_neg), pull = s (1 - p_L) dT_L/dcos with the loss's gradient mode. Held fixed: the "
+          "geometry, the scale s and the run's non-target logits; a real run of another loss also "
+          "shapes its own geometry, so these are not the shares it would reach (those are the "
+          "paired differences above). `noisy share`: of the pull; `p channel`: with every slope at "
+          "1 (the detached gradient); `slope channel`: with every p at 0 (the most the shape of "
+          "dT/dcos can do); `vs trained`: noisy share minus the trained loss's own, within each run. "
+          "At each run's last epoch: mean [min, max] over the runs (seeds); no seed variance enters "
+          "a single run's value. A null where the clean p is near 0 (`mean p clean`) is saturated, "
+          "not negative.")
+    shown = pd.DataFrame({"condition": s["condition"], "geometry of": s["loss"],
+                          "weighted as": s["counterfactual"], "runs": s["runs"],
+                          **{c.replace("_", " ").replace(" share", ""): [_text(r, c) for _, r in s.iterrows()]
+                             for c in (*SHARES, "vs_trained", "mean_p_clean")}})
+    doc.table(shown, "tables/counterfactual.csv")

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from noisyfr import numeric
-from noisyfr.analysis import load, plots, seeds, stats
+from noisyfr.analysis import counterfactual, load, plots, seeds, stats
 from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
@@ -340,6 +340,7 @@ def _compute(runs, results, o: _Options, figures: bool = True) -> dict[str, pd.D
     t["cells.csv"] = seeds.cell_table(t["run_values.csv"])
     t["paired.csv"] = seeds.paired_table(t["run_values.csv"])
     t["convention.csv"] = seeds.convention_table(t["run_values.csv"])
+    t["counterfactual.csv"] = counterfactual.table(runs)
     t["_kept"] = rtab[rtab["run"].isin(ok)]
     t["_theta_hist"] = kept("_theta_hist")
     t["_angle_2d"] = kept("_angle_2d")
@@ -471,12 +472,11 @@ def _doc_conclusions(doc: Document, t, o: _Options) -> None:
                                               "learned_diff_hi", "n_pairs_learned")
     doc.p("Paired differences A - B between two losses over runs of the same seed (same noise "
           "draw, same held-out split); `verdict` is `A > B` or `A < B` when the 95 % interval of "
-          "all pairs excludes 0. `equal_by_construction`: both losses use `grad_mode: detached`, "
-          "whose target weight is s (1 - p) for every loss, so their weight shares can differ only "
-          "through p (about 0 for samples far from their centre): an equal share there is built "
-          "in, not found.")
+          "all pairs excludes 0. Each loss shaped its own geometry here; the counterfactual "
+          "section below weights one geometry by every loss and splits the difference into its "
+          "p channel and its slope channel.")
     doc.table(p[["condition", "loss_a", "loss_b", "metric", "difference A - B", "verdict",
-                 "learned pairs", "equal_by_construction"]], "tables/paired.csv")
+                 "learned pairs"]], "tables/paired.csv")
 
 
 def _doc_health(doc: Document, t) -> None:
@@ -758,6 +758,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
             _doc_weighting(doc, t, curves, o)
             _doc_separability(doc, t, o)
         _doc_grad_mode(doc, t, o)
+        counterfactual.document(doc, t)
         _doc_accuracy(doc, t, o)
         doc.h(2, "Files")
         doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))

@@ -9,9 +9,9 @@ tied to the outcome biases the mean.
 Two losses are compared through *paired* differences: the runs of one condition and one seed
 share the noise draw (the sweep's manifest of that seed) and the held-out split, so the
 difference of a metric within each pair cancels the variance they share; its mean and 95 %
-interval over the pairs say whether A differs from B. In ``detached`` grad mode every loss's
-target weight is ``s (1 - p)``, so a weight comparison between two detached losses differs only
-through p: such rows are flagged ``equal_by_construction``.
+interval over the pairs say whether A differs from B. How much of a weight difference comes
+from p and how much from the slope dT/dcos is not read here: the counterfactual p- and
+slope-channel shares on one logged geometry are (:mod:`noisyfr.analysis.counterfactual`).
 
 No epoch is chosen with the ground truth: each run is read at its last epoch and at the epoch of
 its best held-out accuracy (:func:`run_values`). A maximum over epochs taken with the noise
@@ -33,8 +33,6 @@ METRICS = ("heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit
            "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
            "weight_share_per_fraction",
            "theta_gap_deg", "estimated_rate", "estimate_error", "disagreement_error")
-#: Metrics whose comparison between two detached losses is equal by construction up to p.
-WEIGHT_METRICS = ("noisy_weight_share", "noisy_unit_pull_share", "weight_share_per_fraction")
 #: Epoch rules of :func:`run_values`.
 EPOCH_RULES = ("last", "heldout")
 LEVEL = 0.95
@@ -137,7 +135,7 @@ def paired_table(values: pd.DataFrame) -> pd.DataFrame:
     within runs of the same seed (same noise draw and split), their mean and 95 % interval
     (``n_pairs``), over all pairs and over pairs where both runs learned; ``verdict`` says
     ``A > B``, ``A < B`` or ``no difference`` (the interval of all pairs contains 0 or is
-    undefined); ``equal_by_construction`` marks weight metrics of two detached losses."""
+    undefined)."""
     rows = []
     if values.empty or "seed" not in values.columns:
         return pd.DataFrame()
@@ -150,7 +148,6 @@ def paired_table(values: pd.DataFrame) -> pd.DataFrame:
             if not seeds:
                 continue
             both = [s for s in seeds if bool(ga.loc[s, "learned"]) and bool(gb.loc[s, "learned"])]
-            detached = (set(ga["grad_mode"]) == {"detached"} and set(gb["grad_mode"]) == {"detached"})
             for m in _metrics(values):
                 d = pd.to_numeric(ga.loc[seeds, m], errors="coerce") - pd.to_numeric(gb.loc[seeds, m], errors="coerce")
                 x = interval(d.to_numpy())
@@ -164,8 +161,7 @@ def paired_table(values: pd.DataFrame) -> pd.DataFrame:
                              "metric": m, "n_pairs": x["n"], "diff_mean": x["mean"],
                              "diff_lo": x["lo"], "diff_hi": x["hi"], "verdict": verdict,
                              "n_pairs_learned": y["n"], "learned_diff_mean": y["mean"],
-                             "learned_diff_lo": y["lo"], "learned_diff_hi": y["hi"],
-                             "equal_by_construction": bool(detached and m in WEIGHT_METRICS)})
+                             "learned_diff_lo": y["lo"], "learned_diff_hi": y["hi"]})
     return pd.DataFrame(rows)
 
 
