@@ -199,3 +199,24 @@ def test_report_section_and_demo_lines(tmp_path):
     np.testing.assert_allclose(s.loc[s["loss"] == s["counterfactual"], "vs_trained"], 0.0, atol=1e-12)
     text = "\n".join(conclusions(tmp_path / "rep" / "tables"))
     assert "counterfactual noisy share" in text and "by construction" not in text
+
+
+def test_analyze_counterfactual_option(tmp_path, capsys):
+    from conftest import exit_status
+    from noisyfr.analysis.synthetic import fabricate_sweep
+
+    sweep = fabricate_sweep(tmp_path / "sw", trials=3, epochs=1, samples=300, classes=20, noise=0.4)
+    out = tmp_path / "rep"
+    assert exit_status(["analyze", str(sweep), "--out", str(out), "--no-figures",
+                        "--counterfactual", "arcface:m=0.405", "--counterfactual", "expface:s=32"]) == 0
+    t = pd.read_csv(out / "tables" / "counterfactual.csv")
+    matched = t[t["counterfactual"] == "arcface s=64 m=0.405 exact"]   # s taken from the runs
+    assert len(matched) == 3 and matched["available"].all()
+    other_s = t[t["counterfactual"] == "expface s=32 m=0.7 exact"]
+    assert len(other_s) == 3 and not other_s["available"].any()
+    assert other_s["note"].str.contains("differs from the run's s=64").all()
+    capsys.readouterr()
+    assert exit_status(["analyze", str(sweep), "--out", str(tmp_path / "r2"),
+                        "--counterfactual", "arcface:q=1"]) == 2
+    assert "--counterfactual 'arcface:q=1'" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
