@@ -159,6 +159,7 @@ def test_blockers():
     assert cf.blocker(arc, {"name": "expface", "s": 32.0}) is None
     assert "differs" in cf.blocker(arc, {"name": "expface", "s": 64.0})
     assert "softmax" in cf.blocker({"name": "softmax"}, arc)
+    assert "not a registered loss" in cf.blocker({"name": "mystery", "s": 32.0}, arc)
     with pytest.raises(NoisyFRError, match="not s"):
         cf.sample_weights(build_loss("softmax"), [0.5], [0.0])
 

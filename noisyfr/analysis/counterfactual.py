@@ -109,8 +109,12 @@ def sample_weights(loss, theta, lse_neg, feat_norm=None) -> dict[str, np.ndarray
 def blocker(run_section: dict, cf_section: dict) -> str | None:
     """Why loss ``cf_section`` has no counterfactual on the logs of a run of ``run_section``
     (None when it has one)."""
+    from noisyfr.losses import LOSSES
+
     run, cf = _settings(run_section), _settings(cf_section)
     for what, s in (("the run's loss", run), ("the counterfactual", cf)):
+        if not isinstance(s["name"], str) or s["name"] not in LOSSES:
+            return f"{what} {s['name']!r} is not a registered loss"
         if s["name"] == "softmax":
             return f"{what} is plain softmax (logits not s * T)"
     s_run, s_cf = run.get("s"), cf.get("s")
