@@ -46,7 +46,8 @@ class Stepper:
     head itself; a replicated head under DDP is wrapped, a Partial FC head is not). When
     ``self.tracker`` is an :class:`~noisyfr.train.angles.AngleTracker`, the batch's angles are
     added to it from this same forward pass, and with ``self.track_grads`` the per-sample
-    weights (``weight``, ``weight_theta``, ``grad_norm``, ``unit_pull``) from its backward pass. With
+    weights (``weight``, ``weight_theta``, ``grad_norm``, ``unit_pull``) from its backward pass, and
+    ``lse_neg`` from the logits the cross-entropy saw. With
     ``channels_last`` the images are passed in channels-last memory format. Returns ``(loss
     value, number of correct argmax predictions, lr used)``.
     """
