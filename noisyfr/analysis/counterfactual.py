@@ -127,17 +127,17 @@ def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.Data
     """:data:`COLUMNS` for one run (:class:`noisyfr.analysis.load.Run`) and each loss section of
     ``sections``: per logged epoch, the noisy shares that loss would give on the run's logged
     geometry. ``table``: the run's manifest table in ``con`` (:func:`~noisyfr.analysis.engine.
-    manifest_table`; None: every sample clean). A section without ``s`` takes the run's. A
-    run without ``lse_neg`` (an older log) gives
-    ``available = False`` rows saying so."""
+    manifest_table`; None: every sample clean). A section without ``s`` takes the run's. A run
+    without ``lse_neg`` (an older log) gives ``available = False`` rows saying so."""
     from noisyfr.analysis import engine
 
     keys = {"run": r.name, "loss": r.loss, "condition": r.condition,
             "seed": r.seed if r.seed is not None else -1}
     run_s = r.loss_settings.get("s")
     sections = [c if "s" in c or run_s is None else {**c, "s": run_s} for c in sections]
-    blocked = {label(c): blocker(r.loss_settings, c) for c in sections}
-    built = {k: build(c) for c, k in zip(sections, blocked) if blocked[k] is None}
+    by_label = {label(c): c for c in sections}  # a setting given twice is weighted once
+    blocked = {k: blocker(r.loss_settings, c) for k, c in by_label.items()}
+    built = {k: build(c) for k, c in by_label.items() if blocked[k] is None}
     files = [r.files[e] for e in sorted(r.files)]
     src = engine.run_source(files, r.columns, table)
     sql = (f"SELECT epoch, is_noisy, coalesce(theta_used, theta_y) AS theta, lse_neg, feat_norm, "
