@@ -147,24 +147,31 @@ def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.Data
     reader = con.sql(sql).to_arrow_reader(CHUNK_ROWS)
     for batch in reader:
         df = batch.to_pandas()
-        for epoch, g in df.groupby("epoch", sort=True):
-            e = int(epoch)
-            noisy = g["is_noisy"].to_numpy(dtype=bool)
-            _add(acc, (e, "n"), len(g), noisy.sum())
-            w = g["weight"].to_numpy(dtype=float)
-            _add(acc, (e, "weight"), np.nansum(w), np.nansum(w[noisy]))
-            lse = g["lse_neg"].to_numpy(dtype=float)
-            ok = np.isfinite(lse)
-            logged[e] = logged.get(e, 0) + int(ok.sum())
-            if not ok.any():
-                continue
-            theta, fn = g["theta"].to_numpy(dtype=float)[ok], g["feat_norm"].to_numpy(dtype=float)[ok]
+        epochs, code = np.unique(df["epoch"].to_numpy(dtype=np.int64), return_inverse=True)
+        noisy = df["is_noisy"].to_numpy(dtype=bool)
+        lse = df["lse_neg"].to_numpy(dtype=float)
+        ok = np.isfinite(lse)
+        w = np.nan_to_num(df["weight"].to_numpy(dtype=float))
+
+        def sums(v, where):  # per epoch of the batch: the sum over all rows and over noisy ones
+            k = len(epochs)
+            return (np.bincount(code[where], v, minlength=k),
+                    np.bincount(code[where & noisy], v[noisy[where]], minlength=k))
+
+        every = np.ones(len(df), dtype=bool)
+        per = {"n": sums(np.ones(len(df)), every), "weight": sums(w, every),
+               "logged": sums(np.ones(int(ok.sum())), ok)}
+        if ok.any():
+            theta, fn = df["theta"].to_numpy(dtype=float)[ok], df["feat_norm"].to_numpy(dtype=float)[ok]
             for name, loss in built.items():
                 ws = sample_weights(loss, theta, lse[ok], fn)
                 for k in _SUMS:
-                    v = ws[k]
-                    _add(acc, (e, name, k), v.sum(), v[noisy[ok]].sum())
-                _add(acc, (e, name, "clean_n"), float((~noisy[ok]).sum()), float(noisy[ok].sum()))
+                    per[(name, k)] = sums(ws[k], ok)
+                per[(name, "n_ok")] = sums(np.ones(int(ok.sum())), ok)
+        for i, e in enumerate(int(x) for x in epochs):
+            for key, (total, part) in per.items():
+                _add(acc, (e, *key) if isinstance(key, tuple) else (e, key), total[i], part[i])
+            logged[e] = logged.get(e, 0) + int(per["logged"][0][i])
     rows = []
     for e in sorted(logged):
         n, n_noisy = acc[(e, "n")]
@@ -180,7 +187,8 @@ def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.Data
                 rows.append({**row, "available": False, "note": why})
                 continue
             share = {k: _ratio(acc[(e, name, k)]) for k in _SUMS}
-            n_clean, n_noisy_ok = acc[(e, name, "clean_n")]
+            n_ok, n_noisy_ok = acc[(e, name, "n_ok")]
+            n_clean = n_ok - n_noisy_ok
             p_all, p_noisy = acc[(e, name, "p")]
             rows.append({**row, "available": True, "note": "",
                          "noisy_share": share["pull"], "p_channel_share": share["p_channel"],
