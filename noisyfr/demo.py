@@ -65,18 +65,44 @@ def conclusions(tables: Path) -> list[str]:
         p = paired[paired["epoch_rule"].isin(("last", "fixed")) & (paired["metric"] == "noisy_weight_share")
                    & (paired["condition"] != "clean")]
         for _, r in p.iterrows():
-            built = " (equal by construction: both detached)" if r["equal_by_construction"] else ""
             lines.append(f"  paired ({r['epoch_rule']} epoch) {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
                          f"{r['diff_mean']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}] "
-                         f"n={int(r['n_pairs'])}: {r['verdict']}{built}")
+                         f"n={int(r['n_pairs'])}: {r['verdict']}")
+    lines += counterfactual_lines(tables)
     lines += [
         "can conclude: whether each loss learns under 40 % closed-set noise on held-out images, and "
         "how well theta_y separates noisy from clean samples, with intervals over "
         f"{n_seeds} seed(s).",
-        f"cannot conclude: which loss gives noisy samples less pull. All its losses use grad_mode "
-        "detached, whose target weight is s (1 - p) for every loss, so their weight shares are equal "
-        f"by construction; and {n_seeds} seed(s) give wide intervals. For that question run "
-        "experiments/configs/science.yaml (exact and detached gradients, 10 seeds; docs/science.md)."]
+        "cannot conclude: which loss gives noisy samples less pull in the published regime. The "
+        "counterfactual shares above hold one run's geometry fixed (no seed variance, but not what "
+        "a run of the other loss reaches), and where the clean p is near 0 no loss can differ "
+        f"through p; {n_seeds} seed(s) give wide intervals to the paired differences. For that "
+        "question run experiments/configs/science.yaml (docs/science.md)."]
+    return lines
+
+
+def counterfactual_lines(tables: Path) -> list[str]:
+    """The counterfactual noisy shares at the noisiest condition (tables/counterfactual.csv):
+    per geometry (the trained loss) and loss weighting it, mean [min, max] over the runs."""
+    import pandas as pd
+
+    from noisyfr.analysis.counterfactual import summary
+
+    path = tables / "counterfactual.csv"
+    try:
+        s = summary(pd.read_csv(path))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return []
+    s = s[s["condition"] != "clean"]
+    if s.empty:
+        return ["  counterfactual shares: not available (no lse_neg in the angle logs)"]
+    lines = ["  counterfactual noisy share on each run's own geometry (last epoch; p channel, slope "
+             "channel; mean p of clean samples):"]
+    for _, r in s.iterrows():
+        lines.append(f"    {r['condition']:<10} geometry {r['loss']:<28} as {r['counterfactual']:<28} "
+                     f"{r['noisy_share']:.4f} [{r['noisy_share_min']:.4f}, {r['noisy_share_max']:.4f}] "
+                     f"(p {r['p_channel_share']:.4f}, slope {r['slope_channel_share']:.4f}; "
+                     f"p clean {r['mean_p_clean']:.3f})")
     return lines
 
 

@@ -365,7 +365,7 @@ def test_science_grid_pairs_every_loss_in_both_gradient_modes():
     spec = sweep_spec.load_sweep(CONFIGS / "science.yaml", base_dir=REPO)
     combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"]) for t in spec.trials}
     assert combos == {(n, g) for n in ("arcface", "cosface", "expface") for g in ("exact", "detached")}
-    assert len(spec.trials) == 120 and {t.config["seed"] for t in spec.trials} == set(range(10))
+    assert len(spec.trials) == 160 and {t.config["seed"] for t in spec.trials} == set(range(10))
     # the primary comparison names two losses and a condition of the grid
     from noisyfr.analysis.comparisons import parse_analysis
     from noisyfr.analysis.load import condition_label
@@ -375,9 +375,17 @@ def test_science_grid_pairs_every_loss_in_both_gradient_modes():
     labels = {loss_label(t.config["loss"]) for t in spec.trials}
     assert {primary["a"], primary["b"]} <= labels
     assert primary["condition"] in {condition_label({"closed": t.noise.closed}) for t in spec.trials}
-    exact = {t.config["loss"]["name"]: t.config["loss"] for t in spec.trials
+    exact = {(t.config["loss"]["name"], t.config["loss"].get("m")): t.config["loss"] for t in spec.trials
              if t.config["loss"]["grad_mode"] == "exact"}
-    assert exact["arcface"]["easy_margin"] is True and exact["expface"]["grad_floor"] == 1.0
+    assert exact[("arcface", 0.5)]["easy_margin"] is True and exact[("expface", 0.7)]["grad_floor"] == 1.0
+    # the matched ArcFace: its m is the library's match to ExpFace 0.7 at 45 degrees
+    import math
+
+    from noisyfr.losses.matching import matched_margin
+
+    arc_m = {t.config["loss"]["m"] for t in spec.trials if t.config["loss"]["name"] == "arcface"}
+    matched = matched_margin("expface", math.radians(45), "arcface", {"m": 0.7})
+    assert len(arc_m) == 2 and min(arc_m) == pytest.approx(matched, abs=5e-4)
 
 
 @pytest.mark.parametrize("kind, axis", [("closed", "closed"), ("open", "open")])

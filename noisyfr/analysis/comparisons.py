@@ -201,9 +201,8 @@ def doc_paired(doc, paired: pd.DataFrame, metrics: list[str],
           "*secondary*: one family (every metric, condition and pair of `tables/paired.csv`, "
           f"{family} tests) with Holm-adjusted p-values of the paired t-test (`p (Holm)`); its "
           "verdict is `A > B` or `A < B` when the adjusted p is below 0.05. "
-          "`equal_by_construction`: both losses use `grad_mode: detached`, "
-          "whose target weight is s (1 - p) for every loss, so their weight shares can differ only "
-          "through p (about 0 for samples far from their centre): an equal share there is built "
-          "in, not found.")
+          "Each loss shaped its own geometry here; the counterfactual section below weights one "
+          "geometry by every loss and splits the difference into its p channel and its slope "
+          "channel.")
     doc.table(p[["role", "condition", "loss_a", "loss_b", "metric", "difference A - B", "p (Holm)",
-                 "verdict", "learned pairs", "equal_by_construction"]], "tables/paired.csv")
+                 "verdict", "learned pairs"]], "tables/paired.csv")

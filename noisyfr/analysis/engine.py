@@ -50,10 +50,11 @@ FILL = {
     "theta_dominant": "theta_y",
     "weight_theta": "weight * sin(theta_y)",
     "grad_norm": "NULL::FLOAT", "unit_pull": "NULL::FLOAT", "feat_norm": "NULL::FLOAT",
+    "lse_neg": "NULL::FLOAT",
 }
 #: Float columns whose NaN means "not logged": read as NULL, so sums and means skip them.
 NAN_AS_NULL = ("theta_orig", "weight", "weight_theta", "grad_norm", "unit_pull", "feat_norm",
-               "theta_used")
+               "theta_used", "lse_neg")
 
 
 def quote(text: str) -> str:

@@ -390,16 +390,16 @@ def load_angles(run_dir: Path) -> pd.DataFrame:
 def _complete_angle_log(df: pd.DataFrame) -> pd.DataFrame:
     """The log's :data:`~noisyfr.train.angles.COLUMNS` in order; columns older logs lack are filled:
     ``label_used`` = ``label``, ``theta_dominant`` = ``theta_y``, ``weight_theta`` = ``weight *
-    sin(theta_y)``, ``grad_norm``, ``unit_pull``, ``feat_norm`` = NaN (not logged), ``theta_used``
-    = ``theta_y`` where ``label_used`` = ``label``, NaN elsewhere (the angle at a corrected label
-    was not logged)."""
+    sin(theta_y)``, ``grad_norm``, ``unit_pull``, ``feat_norm``, ``lse_neg`` = NaN (not logged),
+    ``theta_used`` = ``theta_y`` where ``label_used`` = ``label``, NaN elsewhere (the angle at a
+    corrected label was not logged)."""
     def nan(d):
         return np.full(len(d), np.nan)
 
     fill = {"label_used": lambda d: d["label"],
             "theta_dominant": lambda d: d["theta_y"],
             "weight_theta": lambda d: d["weight"] * np.sin(d["theta_y"].astype(float)),
-            "grad_norm": nan, "unit_pull": nan, "feat_norm": nan}
+            "grad_norm": nan, "unit_pull": nan, "feat_norm": nan, "lse_neg": nan}
     missing = {c: f(df) for c, f in fill.items() if c not in df.columns}
     df = df.assign(**missing)
     if "theta_used" not in df.columns:

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from noisyfr import numeric
-from noisyfr.analysis import comparisons, load, plots, seeds, stats
+from noisyfr.analysis import comparisons, counterfactual, load, plots, seeds, stats
 from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
@@ -117,6 +117,7 @@ class _Options:
     learned_threshold: float
     #: the sweep's ``analysis`` section (the epoch pairs are read at, the primary comparison)
     plan: comparisons.AnalysisPlan = field(default_factory=comparisons.AnalysisPlan)
+    extra_losses: tuple = ()  #: loss sections the counterfactual weights add to the runs' own
 
 
 #: what the report reads in a run or sweep directory, and what it writes in its output folder
@@ -342,6 +343,7 @@ def _compute(runs, results, o: _Options, figures: bool = True) -> dict[str, pd.D
     t["cells.csv"] = seeds.cell_table(t["run_values.csv"])
     t["paired.csv"] = seeds.paired_table(t["run_values.csv"], o.plan)
     t["convention.csv"] = seeds.convention_table(t["run_values.csv"], o.plan.paired_rule)
+    t["counterfactual.csv"] = counterfactual.table(runs, o.extra_losses)
     t["_kept"] = rtab[rtab["run"].isin(ok)]
     t["_theta_hist"] = kept("_theta_hist")
     t["_angle_2d"] = kept("_angle_2d")
@@ -705,7 +707,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
                  bins: int = stats.DEFAULT_BINS, seed: int = 0, metric: str | None = None,
                  figures: bool = True, weight: str = stats.DEFAULT_WEIGHT,
                  region_deg: float = stats.DEFAULT_REGION_DEG,
-                 learned_threshold: float = DEFAULT_LEARNED_ACCURACY) -> Path:
+                 learned_threshold: float = DEFAULT_LEARNED_ACCURACY, extra_losses=()) -> Path:
     """Analyse a run or sweep directory and write ``out_dir/report.md`` (+ html, figures, tables).
 
     ``weight`` is the per-sample weight column used for shares (``grad_norm``, ``unit_pull``,
@@ -713,13 +715,14 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     fixed-angle and 2-D regions; ``bins`` the number of theta_y bins over [0, 180] degrees;
     ``seed`` the Gaussian-mixture seed; ``metric`` the sweep results' accuracy column (it must
     be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
-    (comparisons use learned runs only). ``figures=False`` skips drawing the PNGs (tables and
+    (comparisons use learned runs only); ``extra_losses`` loss sections whose counterfactual
+    weights are computed beside those of the runs' own losses. ``figures=False`` skips drawing the PNGs (tables and
     report text only). Every option is checked before anything is written. Returns the path of
     report.md.
     """
     src, out = Path(run_or_sweep_dir), Path(out_dir)
     o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold,
-                 comparisons.read_plan(src))
+                 comparisons.read_plan(src), tuple(extra_losses))
     _check_options(out, o)
     check_output(out, [src / n for n in _READS], kind="dir", writes=_WRITES)
     results_path = load.find_results(src)
@@ -752,6 +755,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
             _doc_weighting(doc, t, curves, o)
             _doc_separability(doc, t, o)
         _doc_grad_mode(doc, t, o)
+        counterfactual.document(doc, t)
         _doc_accuracy(doc, t, o)
         doc.h(2, "Files")
         doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))

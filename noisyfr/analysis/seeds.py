@@ -15,9 +15,10 @@ difference of a metric within each pair cancels the variance they share; its mea
 interval over the pairs say whether A differs from B. Both runs of a pair are read at the same
 epoch: the last (``epoch_rule = last``) or the one the sweep's ``analysis.epoch`` fixes
 (``fixed``), never each run's own best held-out epoch. One comparison may be named primary
-before the run; every other one carries a Holm correction (:mod:`noisyfr.analysis.comparisons`). In ``detached`` grad mode every loss's
-target weight is ``s (1 - p)``, so a weight comparison between two detached losses differs only
-through p: such rows are flagged ``equal_by_construction``.
+before the run; every other one carries a Holm correction (:mod:`noisyfr.analysis.comparisons`).
+How much of a weight difference comes from p and how much from the slope dT/dcos is not read
+here: the counterfactual p- and slope-channel shares on one logged geometry are
+(:mod:`noisyfr.analysis.counterfactual`).
 
 No epoch is chosen with the ground truth: each run is read at its last epoch and at the epoch of
 its best held-out accuracy (:func:`run_values`). A maximum over epochs taken with the noise
@@ -40,8 +41,6 @@ METRICS = ("heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit
            "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
            "weight_share_per_fraction",
            "theta_gap_deg", "estimated_rate", "estimate_error", "disagreement_error")
-#: Metrics whose comparison between two detached losses is equal by construction up to p.
-WEIGHT_METRICS = ("noisy_weight_share", "noisy_unit_pull_share", "weight_share_per_fraction")
 #: Metrics bounded by [0, 1]: their intervals over seeds are taken on the logit scale.
 BOUNDED = frozenset({"heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit_given",
                      "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
@@ -184,8 +183,7 @@ def paired_table(values: pd.DataFrame, plan: comparisons.AnalysisPlan | None = N
     and counted in ``n_unpaired``. ``role``, ``p_value``, ``p_holm``, ``family_size`` and
     ``verdict`` (``A > B``, ``A < B`` or ``no difference``) come from
     :func:`noisyfr.analysis.comparisons.mark`: the primary comparison reads its own interval,
-    every other one its Holm-adjusted p-value. ``equal_by_construction`` marks weight metrics of
-    two detached losses."""
+    every other one its Holm-adjusted p-value."""
     plan = plan or comparisons.AnalysisPlan()
     rows = []
     if values.empty or "seed" not in values.columns:
@@ -201,7 +199,6 @@ def paired_table(values: pd.DataFrame, plan: comparisons.AnalysisPlan | None = N
             if not seeds:
                 continue
             both = [s for s in seeds if bool(ga.loc[s, "learned"]) and bool(gb.loc[s, "learned"])]
-            detached = (set(ga["grad_mode"]) == {"detached"} and set(gb["grad_mode"]) == {"detached"})
             for m in _metrics(values):
                 d = pd.to_numeric(ga.loc[seeds, m], errors="coerce") - pd.to_numeric(gb.loc[seeds, m], errors="coerce")
                 x = interval(d.to_numpy())
@@ -211,7 +208,6 @@ def paired_table(values: pd.DataFrame, plan: comparisons.AnalysisPlan | None = N
                              "diff_lo": x["lo"], "diff_hi": x["hi"], "verdict": "",
                              "n_pairs_learned": y["n"], "learned_diff_mean": y["mean"],
                              "learned_diff_lo": y["lo"], "learned_diff_hi": y["hi"],
-                             "equal_by_construction": bool(detached and m in WEIGHT_METRICS),
                              "n_unpaired": len(shared) - len(seeds), "_diffs": d.to_numpy()})
     if not rows:
         return pd.DataFrame()

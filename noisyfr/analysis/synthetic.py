@@ -234,7 +234,8 @@ def _fabricated_arrays(rng: np.random.Generator, loss: dict, label: np.ndarray, 
     values = {"theta_y": theta_y, "theta_nearest": theta_near, "nearest_label": nearest,
               "theta_orig": theta_orig, "theta_dominant": theta_y, "weight": weight,
               "weight_theta": weight_theta, "grad_norm": unit_pull / feat_norm,
-              "unit_pull": unit_pull, "feat_norm": feat_norm, "theta_used": theta_y}
+              "unit_pull": unit_pull, "feat_norm": feat_norm, "theta_used": theta_y,
+              "lse_neg": log_others}
     arrays = {"sample_index": np.arange(m, dtype=np.int64), "label": label, "label_used": label,
               "values": np.stack([values[k] for k in _FLOATS], axis=1).astype(np.float32)}
     return arrays, np.logaddexp(0.0, z)  # -log p
