@@ -321,3 +321,39 @@ def atomic_folder(out: str | os.PathLike, what: str = "--out") -> Iterator[Path]
         if is_write_error(exc):
             raise write_error(exc, out) from None
         raise
+
+
+# --------------------------------------------------------------------------- CSV text cells
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(value):
+    """A text cell as a spreadsheet shows it without running it: a string starting with one of
+    :data:`FORMULA_STARTS` gets a leading single quote (OWASP's advice for CSV injection);
+    anything else, numbers included, is returned unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_safe(df):
+    """``df`` (a pandas DataFrame) with :func:`escape_cell` applied to its text columns (object,
+    string and categorical columns of strings); numeric and boolean columns are left as they
+    are. The one step every CSV writer takes before ``to_csv``; Parquet outputs keep the raw text."""
+    import pandas as pd
+
+    out = None
+    for col in df.columns:
+        s = df[col]
+        if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)
+                or isinstance(s.dtype, pd.CategoricalDtype)):
+            continue
+        values = s.astype(object) if isinstance(s.dtype, pd.CategoricalDtype) else s
+        risky = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        if bool(risky.any()):
+            out = df.copy() if out is None else out
+            out[col] = values.map(escape_cell)
+    out = df if out is None else out
+    cols = [escape_cell(c) for c in out.columns]
+    return out.set_axis(cols, axis=1) if cols != list(out.columns) else out

@@ -63,14 +63,25 @@ def quote(text: str) -> str:
 
 def connect(memory_limit: str | None = None, threads: int | None = None):
     """An in-memory DuckDB connection set up for the analysis (all cores, a memory limit,
-    spilling to a private temporary directory)."""
+    spilling to a private temporary directory). The directory is removed with its contents
+    when the connection is closed and dropped, or at the latest when the process exits: no
+    ``noisyfr-duckdb-*`` folder is left behind."""
+    import shutil
+    import weakref
+
     import duckdb
 
     tmp = tempfile.mkdtemp(prefix="noisyfr-duckdb-")
-    return duckdb.connect(":memory:", config={
-        "threads": int(threads or os.cpu_count() or 1),
-        "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
-        "preserve_insertion_order": False, "temp_directory": tmp})
+    try:
+        con = duckdb.connect(":memory:", config={
+            "threads": int(threads or os.cpu_count() or 1),
+            "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
+            "preserve_insertion_order": False, "temp_directory": tmp})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(con, shutil.rmtree, tmp, True)
+    return con
 
 
 def first_sentence(exc: BaseException) -> str:

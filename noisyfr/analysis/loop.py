@@ -48,6 +48,7 @@ import pandas as pd
 from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.names import label_value, slug
+from noisyfr.outputs import csv_safe
 
 #: Keys of a loop config that are not training config keys.
 LOOP_KEY = "loop"
@@ -510,7 +511,7 @@ def _run(plan: Plan, out: Path, resume: bool, stream, log, plan_path: Path, text
         table = table.reindex(columns=list(COLUMNS))
         wall = time.perf_counter() - t_start
         with atomic_write(out / "loop.csv", "w", newline="") as fh:
-            table.to_csv(fh, index=False)
+            csv_safe(table).to_csv(fh, index=False)
         with atomic_write(out / "loop.md", "w") as fh:
             fh.write(markdown(table, plan, wall=wall, trained=trained))
     print(f"loop: {trained} training run(s) in {wall:.0f} s; {out / 'loop.csv'}, {out / 'loop.md'}",
