@@ -357,3 +357,38 @@ def csv_safe(df):
     out = df if out is None else out
     cols = [escape_cell(c) for c in out.columns]
     return out.set_axis(cols, axis=1) if cols != list(out.columns) else out
+
+
+# --------------------------------------------------------------------------- several outputs
+@contextlib.contextmanager
+def all_or_nothing(paths: Iterable) -> Iterator[None]:
+    """Several output files written (each atomically) inside the block are kept all or not at
+    all: when the block raises, the files it created are removed and those it replaced get their
+    earlier content back (kept meanwhile as a hard link beside them, no copy). A command with
+    several outputs (a manifest, its sidecar, its scores, a sheet) never leaves the first ones
+    of a failed call."""
+    import secrets
+
+    paths = [Path(p) for p in paths]
+    existed = {p: os.path.lexists(p) for p in paths}
+    kept: dict[Path, Path] = {}
+    for p in paths:
+        if existed[p] and p.is_file() and not p.is_symlink():
+            backup = p.with_name(f".{p.name}.{secrets.token_hex(4)}.keep")
+            with contextlib.suppress(OSError):
+                os.link(p, backup)
+                kept[p] = backup
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            with contextlib.suppress(OSError):
+                if p in kept:
+                    os.replace(kept.pop(p), p)
+                elif not existed[p]:
+                    p.unlink()
+        raise
+    finally:
+        for backup in kept.values():
+            with contextlib.suppress(OSError):
+                backup.unlink()

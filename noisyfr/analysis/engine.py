@@ -463,11 +463,35 @@ def check_theta(cells: pd.DataFrame, where: str) -> None:
 def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
     """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
     # theta_y's range was checked by the pass itself (aggregate -> check_theta)
-    if parts.first_unknown is not None and pd.notna(parts.first_unknown):
-        raise NoisyFRError(f"{where}: sample_index {int(parts.first_unknown)} is not in manifest {manifest}")
-    if parts.first_mislabelled is not None and pd.notna(parts.first_mislabelled):
-        raise NoisyFRError(f"{where}: label of sample_index {int(parts.first_mislabelled)} differs "
+    _check_join(where, parts.first_unknown, parts.first_mislabelled, manifest)
+
+
+def _check_join(where: str, unknown, mislabelled, manifest: Path | None) -> None:
+    if unknown is not None and pd.notna(unknown):
+        raise NoisyFRError(f"{where}: sample_index {int(unknown)} is not in manifest {manifest}")
+    if mislabelled is not None and pd.notna(mislabelled):
+        raise NoisyFRError(f"{where}: label of sample_index {int(mislabelled)} differs "
                            f"from manifest {manifest} (wrong manifest?)")
+
+
+def check_source(con, source: str, files: list[Path], where: str, manifest: Path | None = None) -> None:
+    """The checks :func:`aggregate` makes of an angle relation (:func:`run_source` of ``files``),
+    as one narrow pass for a command that reads the logs another way (``noisyfr clean``):
+    theta_y finite and in [0, pi] (:func:`check_theta`), every sample in the manifest and labelled
+    as it says; a file DuckDB cannot read is named (:func:`locate_scan_error`). One line naming
+    ``where`` otherwise: the same input gets the same answer from every command."""
+    import duckdb
+
+    try:
+        got = con.sql(f"SELECT min(theta_y) AS min_theta, max(theta_y) AS max_theta, "
+                      "min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
+                      "min(sample_index) FILTER (WHERE manifest_label <> label) AS mislabelled "
+                      f"FROM ({source})").df()
+    except duckdb.Error as exc:
+        raise locate_scan_error(con, files, exc) from None
+    check_theta(got, where)
+    row = got.iloc[0]
+    _check_join(where, row["unknown"], row["mislabelled"], manifest)
 
 
 def noise_order(names) -> list[str]:
