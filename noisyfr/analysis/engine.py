@@ -262,8 +262,8 @@ def _bin(expr: str, scale: str, nbins: int, finite: bool = False) -> str:
     """SQL of the bin of ``expr``: ``floor(expr * scale)`` clipped to the bins, -1 for a
     non-finite value. With ``finite`` (the values were checked finite and in range) it is left
     unclipped, one bin beyond either end at most, for speed: :func:`clip_bins` clips it."""
-    if finite:
-        return f"floor({expr} * {scale})::INTEGER"
+    if finite:  # TRY_CAST: a NaN that slipped through is NULL here, and check_theta names it
+        return f"TRY_CAST(floor({expr} * {scale}) AS INTEGER)"
     clipped = f"least(greatest(floor({expr} * {scale}), 0), {nbins - 1})"
     return f"CASE WHEN isfinite({expr}) THEN {clipped} ELSE -1 END::INTEGER"
 
@@ -314,6 +314,7 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
           sum({pair}::INTEGER) AS n_pair,
           sum((theta_dominant IS DISTINCT FROM theta_y)::INTEGER) AS n_dominant_differs,
           max(label) AS max_label, min(theta_y) AS min_theta, max(theta_y) AS max_theta,
+          sum((theta_y IS NULL)::INTEGER) AS n_null_theta,
           count(manifest_index) AS n_in_manifest,
           sum((manifest_label <> label)::INTEGER) AS n_mislabelled
         FROM sel GROUP BY ALL"""
@@ -453,8 +454,12 @@ def check_theta(cells: pd.DataFrame, where: str) -> None:
     """theta_y finite and inside [0, pi] (from the cells' range), else NoisyFRError naming ``where``."""
     if cells.empty:
         return
-    lo, hi = cells["min_theta"].min(), cells["max_theta"].max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if "n_null_theta" in cells.columns and cells["n_null_theta"].fillna(0).sum() > 0:
+        raise NoisyFRError(f"{where}: column theta_y has missing (null) values")
+    # numpy, not pandas: a pandas max skips the NaN it must find
+    both = np.concatenate([cells["min_theta"].to_numpy(dtype=float), cells["max_theta"].to_numpy(dtype=float)])
+    lo, hi = both.min(), both.max()
+    if not np.isfinite(both).all():
         raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
     if lo < -1e-6 or hi > math.pi + 1e-6:
         raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
@@ -484,6 +489,7 @@ def check_source(con, source: str, files: list[Path], where: str, manifest: Path
 
     try:
         got = con.sql(f"SELECT min(theta_y) AS min_theta, max(theta_y) AS max_theta, "
+                      "sum((theta_y IS NULL)::INTEGER) AS n_null_theta, "
                       "min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
                       "min(sample_index) FILTER (WHERE manifest_label <> label) AS mislabelled "
                       f"FROM ({source})").df()
