@@ -343,7 +343,7 @@ def test_query_streams_and_stops_at_max_rows(world, tmp_path):
     done = proc(["query", world / "sweep", "SELECT * FROM range(200000000)", "--max-rows", "5"],
                 env={"TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = lines(done.stdout)
+    rows = [r.strip() for r in lines(done.stdout)]
     assert rows[1:6] == ["0", "1", "2", "3", "4"] and rows[-1].startswith("... more than 5 rows"), rows
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert peak_mb < 2048, f"peak {peak_mb:.0f} MB for 5 rows (the whole result was 1.6 GB)"

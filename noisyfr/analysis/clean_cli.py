@@ -166,8 +166,12 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     check_output(out, inputs, kind="file")
     check_output(scores_path, inputs, kind="file", what="--out (scores)")
     if sheet:
-        # nor may the sheet replace another output of this command
-        check_output(sheet, [*inputs, out, sidecar_path(out), scores_path], kind="file", what="--sheet")
+        check_output(sheet, inputs, kind="file", what="--sheet")
+        own = [out, sidecar_path(out), scores_path]  # nor may the sheet replace another output
+        hit = [p for p in own if Path(p).resolve() == Path(sheet).resolve()]
+        if hit:
+            raise NoisyFRError(f"--sheet {sheet}: is {hit[0]}, another output of this command; "
+                               "choose another path")
     chosen, selected_by = scores.choose_epoch(run_, epoch)
     seed = int(seed)
     table = scores.run_scores(run_, chosen, seed=seed)

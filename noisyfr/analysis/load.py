@@ -299,7 +299,7 @@ def _check_log_schema(path: Path, pf) -> set[str]:
     if meta.num_rows == 0:
         raise NoisyFRError(f"{path}: holds no rows (an empty angle log: epoch {epoch}'s angles and "
                            "health are unknown)")
-    for c in REQUIRED_ANGLE_COLUMNS:  # a null (not NaN) where every row needs a value
+    for c in ("epoch", "sample_index", "label", "theta_y"):  # a null where every row needs a value
         j = pf.schema_arrow.get_field_index(c)
         if any((st := meta.row_group(i).column(j).statistics) is not None and st.has_null_count
                and st.null_count > 0 for i in range(meta.num_row_groups)):
