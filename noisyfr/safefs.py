@@ -82,3 +82,13 @@ def check_folder(path: str | os.PathLike, what: str = "") -> Path:
         raise NoisyFRError(f"{name}: is {_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else 'a file'}, "
                            "expected a folder (refusing to follow it)")
     return Path(path)
+
+
+def check_no_links(folder: str | os.PathLike, names, what: str = "") -> None:
+    """None of ``folder``'s entries ``names`` (what a command writes there) is a symbolic link:
+    writing through a planted ``checkpoints -> /elsewhere`` would replace and prune files there.
+    NoisyFRError naming the first link found."""
+    for name in names:
+        p = Path(folder) / name
+        if p.is_symlink():
+            raise refusal(p, stat.S_IFLNK, what)

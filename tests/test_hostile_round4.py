@@ -168,6 +168,17 @@ def test_a_lock_link_is_refused_and_its_target_untouched(world, tmp_path, capsys
     assert target.exists() is (not dangling)
 
 
+def test_train_never_writes_through_a_planted_checkpoints_link(world, tmp_path, capsys):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "last.pt").write_bytes(b"another user's file")
+    (out / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump(TRAIN))
+    refused(["train", cfg, "--out", out], "checkpoints", [tmp_path, world], capsys)
+
+
 def test_acquire_never_follows_a_lock_link(tmp_path):
     from noisyfr.errors import NoisyFRError
     from noisyfr.lock import acquire
