@@ -129,7 +129,8 @@ def split_rows(manifest, orig_labels, max_per_id: int | None, holdout: float, se
     rest = np.flatnonzero(~fixed)
     train, _ = split_identities(orig[rest], max_per_id, 0.0, seed, names)
     train, held = np.sort(rest[train]), np.flatnonzero(fixed)
-    check_trained_identities(manifest["label"].to_numpy(dtype=np.int64)[train], orig[held], names)
+    given = manifest["label"].to_numpy(dtype=np.int64) if "label" in manifest.columns else orig
+    check_trained_identities(given[train], orig[held], names)
     return train, held
 
 
