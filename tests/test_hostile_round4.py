@@ -202,6 +202,19 @@ def test_a_lock_fifo_does_not_hang_train(world, tmp_path):
     assert ".lock" in msg
 
 
+def test_a_stop_request_replaces_a_planted_link_and_never_writes_its_target(tmp_path):
+    from noisyfr.train.rundir import STOP_NAME, clear_stop, request_stop
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / STOP_NAME).symlink_to(victim)
+    path = request_stop(tmp_path / "run", by="test")
+    assert not path.is_symlink() and path.read_text() == "test\n"
+    clear_stop(tmp_path / "run")
+    assert victim.read_text() == "keep me\n" and not path.exists()
+
+
 def test_a_planted_checkpoint_link_is_never_a_resume_candidate(tmp_path):
     from noisyfr.train.checkpoint import resume_candidates
 
