@@ -88,6 +88,10 @@ def test_gains_are_paired_by_seed_in_percentage_points(done):
             base = float(g.loc[g["rule"] == "noisy", acc].iloc[0])
             top = float(g.loc[g["rule"] == "oracle", acc].iloc[0])
             for _, r in g.iterrows():
+                if np.isnan(r[acc]):  # a rule that could not clean (it would leave an identity only
+                    # held-out images): a row saying why, no run and no gain
+                    assert r["status"].startswith("clean failed") and np.isnan(r[f"gain_{short}_pp"])
+                    continue
                 assert r[f"gain_{short}_pp"] == pytest.approx(100 * (r[acc] - base))
                 assert r[f"to_oracle_{short}_pp"] == pytest.approx(100 * (top - r[acc]))
     # loop.md: the pp table per rule and accuracy, a recovered fraction only where identified
@@ -194,16 +198,20 @@ def test_the_shipped_configs_validate(capsys):
     assert plan.base["model"]["backbone"] == "iresnet50"
 
 
-@pytest.mark.parametrize("column", [[True, False, True], [1, 0, 1], ["true", "False", "TRUE"]])
+@pytest.mark.parametrize("column", [[True, False, True, False], [1, 0, 1, 0], ["true", "False", "TRUE", "false"]])
 def test_a_recorded_heldout_column_fixes_the_split(column):
+    from noisyfr.errors import NoisyFRError
     from noisyfr.train.data import split_rows
 
-    man = pd.DataFrame({"heldout": column})
-    train, held = split_rows(man, [0, 0, 1], None, 0.25, seed=3)
-    assert list(held) == [0, 2] and list(train) == [1]
+    man = pd.DataFrame({"heldout": column, "label": [0, 0, 1, 1]})
+    train, held = split_rows(man, [0, 0, 1, 1], None, 0.25, seed=3)
+    assert list(held) == [0, 2] and list(train) == [1, 3]
     # without held-out images the column is not used
-    train, held = split_rows(man, [0, 0, 1], None, 0.0, seed=3)
-    assert list(train) == [0, 1, 2] and len(held) == 0
+    train, held = split_rows(man, [0, 0, 1, 1], None, 0.0, seed=3)
+    assert list(train) == [0, 1, 2, 3] and len(held) == 0
+    # an identity whose every image is held out would have no training image: refused
+    with pytest.raises(NoisyFRError, match="identity 'b'"):
+        split_rows(man.iloc[:3], [0, 0, 1], None, 0.25, seed=3, names=["a", "b"])
 
 
 def test_a_bad_heldout_column_is_one_line():

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Compute the curves, write the CSV and the PNG (both atomically); with ``--match``, print
     the matched margins instead."""
-    from noisyfr.outputs import check_output
+    from noisyfr.outputs import check_output, csv_safe
 
     if args.match:
         return print_matches(args.match, args.at, args.tol)
@@ -76,7 +76,7 @@ def run(args) -> int:
     df = curves(names, points=args.points, num_classes=args.classes, neg_cos=args.neg_cos)
     csv = out.with_suffix(".csv")
     with atomic_path(csv) as tmp:  # the PNG is drawn inside: if it fails, no CSV either
-        df.to_csv(tmp, index=False, float_format="%.10g")
+        csv_safe(df).to_csv(tmp, index=False, float_format="%.10g")
         plot_curves(df, out)
     print(f"wrote {out} and {csv} ({len(names)} losses x {args.points} points)")
     return 0

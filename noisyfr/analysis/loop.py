@@ -50,6 +50,7 @@ from noisyfr import numeric
 from noisyfr.analysis.recovery import markdown_lines, paired_gains
 from noisyfr.errors import NoisyFRError
 from noisyfr.names import label_value, slug
+from noisyfr.outputs import csv_safe
 
 #: Keys of a loop config that are not training config keys.
 LOOP_KEY = "loop"
@@ -153,8 +154,6 @@ def _rule(i: int, item: Any) -> Rule:
                  f"{score} fraction={HELDOUT}" if fraction_from else f"{score} estimate")
     if not isinstance(label, str) or not label.strip():
         raise _err(f"{key}.label", "must be a non-empty string")
-    if label in (NOISY, ORACLE):
-        raise _err(f"{key}.label", f"{label!r} is reserved for the reference runs")
     return Rule(label=label, score=score, max_deg=max_deg, fraction=fraction, estimate=estimate,
                 fraction_from=fraction_from)
 
@@ -213,10 +212,7 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
     if not isinstance(rules_raw, list) or not rules_raw:
         raise _err("loop.rules", "must be a non-empty list of rules ({score: aum, estimate: true})")
     rules = [_rule(i, r) for i, r in enumerate(rules_raw)]
-    labels = [r.label for r in rules]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup or len({slug(x) for x in labels}) != len(labels):
-        raise _err("loop.rules", f"two rules share the label {dup[0] if dup else 'file name'}; give one a 'label'")
+    check_names([r.label for r in rules], "loop.rules", "label", RESERVED)
     epoch = section.get("epoch", "last")
     if epoch not in EPOCH_RULES:
         raise _err("loop.epoch", f"{epoch!r}: choose from {', '.join(EPOCH_RULES)}")
@@ -226,12 +222,38 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
     loss_slugs = [_loss_slug(x) for x in plan.losses]
     if len(set(loss_slugs)) != len(loss_slugs):
         raise _err("loop.losses", "lists one loss setting twice")
-    if len({slug(c) for c in conds}) != len(conds):
-        raise _err("loop.conditions", "two labels give the same file name")
+    check_names(list(conds), "loop.conditions", "", ())
     for loss, cond, noise, seed in plan.cells():  # every training config, validated before any work
         load_config(_noisy_config(plan, loss, noise, seed, Path("loop")))
         load_config(_retrain_config(plan, loss, seed, Path("loop"), Path("clean.parquet")))
     return plan
+
+
+#: File names a rule's label may not slug to (case-insensitively): the reference runs' and the
+#: cleaned manifests' folder in each cell.
+RESERVED = (NOISY, ORACLE, "clean")
+
+
+def check_names(labels: list[str], key: str, field: str, reserved) -> None:
+    """Labels that become file names (:func:`noisyfr.names.slug`) are checked after slugging,
+    case-insensitively (a macOS filesystem does not tell ``Oracle`` from ``oracle``): none may
+    be ``reserved``, start with a dot (``..`` would leave the loop's folder) or end in
+    ``.scores`` (a cleaning's scores file), and no two may meet. One-line error naming the key."""
+    seen: dict[str, str] = {}
+    for i, label in enumerate(labels):
+        name = slug(label)
+        folded = name.casefold()
+        where = f"{key}[{i}].{field}" if field else f"{key}.{label}"
+        if folded in {r.casefold() for r in reserved}:
+            raise _err(where, f"{label!r} gives the file name {name!r}, reserved for the reference runs "
+                       f"({', '.join(reserved)}); choose another")
+        if name.startswith(".") or folded.endswith(".scores"):
+            raise _err(where, f"{label!r} gives the file name {name!r}, which cannot be one (a leading dot "
+                       "or a trailing .scores); choose another")
+        if folded in seen:
+            raise _err(key, f"{seen[folded]!r} and {label!r} give the same file name {name!r} (compared "
+                       "case-insensitively); give one another label")
+        seen[folded] = label
 
 
 def _loss_slug(loss: Mapping) -> str:
@@ -512,7 +534,7 @@ def _run(plan: Plan, out: Path, resume: bool, stream, log, plan_path: Path, text
         table = table.reindex(columns=list(COLUMNS))
         wall = time.perf_counter() - t_start
         with atomic_write(out / "loop.csv", "w", newline="") as fh:
-            table.to_csv(fh, index=False)
+            csv_safe(table).to_csv(fh, index=False)
         with atomic_write(out / "loop.md", "w") as fh:
             fh.write(markdown(table, plan, wall=wall, trained=trained))
     print(f"loop: {trained} training run(s) in {wall:.0f} s; {out / 'loop.csv'}, {out / 'loop.md'}",

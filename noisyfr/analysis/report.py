@@ -21,7 +21,7 @@ from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
 from noisyfr.names import slug
-from noisyfr.outputs import check_output, output_folder
+from noisyfr.outputs import check_output, csv_safe, output_folder
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, HEALTH_COLUMNS, check_learned_threshold
 
 
@@ -67,7 +67,7 @@ def run_curves(runs) -> pd.DataFrame | None:
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        csv_safe(df).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def summary_table(ep: pd.DataFrame, reg: pd.DataFrame, acc: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
@@ -729,6 +729,8 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     results = load.load_results(results_path) if results_path else None
     _check_metric(metric, results, results_path, src)
     runs = load.scan_runs(src)
+    # every input found, at any depth and outside the directory (manifests) too
+    check_output(out, load.run_inputs(runs), kind="dir", writes=_WRITES)
 
     steps = tqdm(total=4, desc="analyze", disable=None)
     with output_folder(out):  # a failure removes what this call added

@@ -20,6 +20,7 @@ import yaml
 
 from noisyfr.noise.manifest import write_manifest
 from noisyfr.io import atomic_path, atomic_write
+from noisyfr.outputs import csv_safe
 
 
 def _weights(theta_y: np.ndarray, theta_nearest: np.ndarray, num_classes: int, scale: float = 16.0,
@@ -43,7 +44,7 @@ def _write_results(sweep_dir: Path, rows: list[dict]) -> None:
     with atomic_path(sweep_dir / "results.parquet") as tmp:
         results.to_parquet(tmp, index=False)
     with atomic_path(sweep_dir / "results.csv") as tmp:
-        results.to_csv(tmp, index=False)
+        csv_safe(results).to_csv(tmp, index=False)
 
 
 def make_synthetic_run(out_dir: str | Path, num_ids: int = 10, per_id: int = 20, epochs: int = 3,

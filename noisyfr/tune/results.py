@@ -254,11 +254,12 @@ def summary_markdown(df, spec: SweepSpec) -> str:
 def write_results(df, sweep_dir: str | os.PathLike, spec: SweepSpec) -> None:
     """Write ``results.parquet``, ``results.csv`` and ``summary.md`` atomically."""
     from noisyfr.io import atomic_path, atomic_write
+    from noisyfr.outputs import csv_safe
 
     sdir = Path(sweep_dir)
     with atomic_path(sdir / "results.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     with atomic_path(sdir / "results.csv") as tmp:
-        df.to_csv(tmp, index=False)
+        csv_safe(df).to_csv(tmp, index=False)  # text cells escaped (CSV injection)
     with atomic_write(sdir / "summary.md", "w", encoding="utf-8") as fh:
         fh.write(summary_markdown(df, spec))
