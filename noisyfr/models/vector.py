@@ -1,0 +1,64 @@
+"""Backbones over vectors: a trained head on top of a frozen model's embeddings.
+
+For datasets of features (``features:PATH``, ``synthetic-features:...``; see
+:mod:`noisyfr.data.features`) the "backbone" maps a pretrained model's embedding [B, D] to the
+embedding the margin head trains on [B, d]. Its input is L2-normalised first (a face model's
+embedding direction is what it means; its norm is left to the feature file's ``norm`` column).
+
+- ``linear``: one bias-free linear map D -> d (``depth`` 1): a projection, too small to memorise
+  many wrong labels at C/d of 7 or more;
+- ``mlp``: ``depth`` linear layers (default 2) with ``round(width * D)`` hidden units, each
+  hidden layer followed by BatchNorm1d and ReLU, ``dropout`` before the last layer. Large enough
+  (``width`` 4 on dlib's 128-d features: 512 units) to fit every wrong label.
+
+``D`` comes from the dataset (``model.input_dim``, filled in by the trainer from the feature file).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Default ``depth`` of each vector backbone.
+DEFAULT_DEPTH = {"linear": 1, "mlp": 2}
+
+
+class LinearHead(nn.Module):
+    """x / |x| -> W x (bias-free, [B, D] -> [B, d]), dropout on the input."""
+
+    def __init__(self, input_dim: int, embedding_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(input_dim, embedding_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(nn.functional.normalize(x.float(), dim=1)))
+
+
+class MLPHead(nn.Module):
+    """x / |x| -> (Linear - BN - ReLU) x (depth - 1) -> Dropout -> Linear: [B, D] -> [B, d]."""
+
+    def __init__(self, input_dim: int, embedding_dim: int, depth: int = 2, hidden: int = 512,
+                 dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = input_dim
+        for _ in range(depth - 1):
+            layers += [nn.Linear(cin, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+            cin = hidden
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(cin, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.body(nn.functional.normalize(x.float(), dim=1))))
+
+
+def build_linear(embedding_dim: int, input_dim: int, dropout: float, width: float,
+                 depth: int) -> nn.Module:
+    return LinearHead(input_dim, embedding_dim, dropout)
+
+
+def build_mlp(embedding_dim: int, input_dim: int, dropout: float, width: float,
+              depth: int) -> nn.Module:
+    return MLPHead(input_dim, embedding_dim, depth=depth, hidden=max(1, round(width * input_dim)),
+                   dropout=dropout)
