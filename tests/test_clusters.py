@@ -171,3 +171,29 @@ def test_open_ids_are_more_clusters_drawn_like_the_rest():
     means, labels, x = clusters.draw_clusters(params)
     assert (np.argmax(x @ means.T, axis=1)[labels >= 6] == labels[labels >= 6]).mean() > 0.9
     assert base.embeddings.shape == (30, 8)
+
+
+def test_open_ids_become_open_set_noise_through_inject_unchanged():
+    """``open_ids=K`` with ``holdout_ids=K``: the label set keeps ``ids`` identities and every open
+    row is an image of a cluster outside it, keeping an in-set label."""
+    from noisyfr.data import open_index
+    from noisyfr.noise import NoiseSpec
+    from noisyfr.noise.inject import inject
+
+    spec = "synthetic-features:ids=8,dim=8,kappa=200,per_id=5,seed=9,open_ids=3"
+    index = open_index(spec)
+    assert len(index) == 55 and len(index.identities) == 11
+    np.testing.assert_array_equal(index.embeddings, from_spec(spec).embeddings)
+    manifest = inject(index, NoiseSpec(open=0.2, holdout_ids=3, seed=0))
+    frame, meta = manifest.frame, manifest.meta
+    assert meta["num_classes"] == 8 and len(frame) == 40
+    held = set(meta["holdout"]["identities"])
+    assert len(held) == 3
+    in_set = set(meta["classes"])
+    assert not held & in_set
+    open_rows = frame[frame["noise"] == "open"]
+    assert len(open_rows) == 8  # round(0.2 * 40)
+    assert set(open_rows["identity"].astype(str)) <= held
+    assert (open_rows["orig_label"] == -1).all() and open_rows["label"].between(0, 7).all()
+    clean = frame[frame["noise"] == "clean"]
+    assert not set(clean["identity"].astype(str)) & held
