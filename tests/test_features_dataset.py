@@ -47,13 +47,13 @@ def feats(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory) -> Path:
-    """Four same pairs of identical vectors and four different pairs of orthogonal ones: the
-    frozen model alone verifies all eight (closed form: cosine 1 vs 0)."""
+    """Ten same pairs of identical vectors and ten different pairs of orthogonal ones: the
+    frozen model alone verifies all twenty (closed form: cosine 1 vs 0)."""
     path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
     eye = np.eye(DIM, dtype=np.float32)
-    emb = np.stack([eye[0], eye[0], eye[1], eye[1], eye[2], eye[2], eye[3], eye[3]])
-    names = ["a", "a", "b", "b", "c", "c", "d", "d"]
-    pairs = [[0, 1, 1], [2, 3, 1], [4, 5, 1], [6, 7, 1], [0, 2, 0], [2, 4, 0], [4, 6, 0], [6, 0, 0]]
+    emb = np.repeat(eye[:10], 2, axis=0)
+    names = [f"p{i}" for i in range(10) for _ in range(2)]
+    pairs = [[2 * i, 2 * i + 1, 1] for i in range(10)] + [[2 * i, 2 * ((i + 1) % 10), 0] for i in range(10)]
     write_features(table_of([f"{n}/{i}.jpg" for i, n in enumerate(names)], names, emb,
                             meta={**META, "pairs": pairs}), path)
     return path
