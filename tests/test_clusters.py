@@ -39,6 +39,7 @@ def test_spec_defaults_and_spellings():
     ("synthetic-features:kappa=0", "kappa: must be in (0"),
     ("synthetic-features:kappa=big", "kappa: expected a number"),
     ("synthetic-features:dim=1", "dim: must be in [2"),
+    ("synthetic-features:dim=4096", "dim: must be in [2, 2048]"),
     ("synthetic-features:ids=1.5", "ids: expected an integer"),
     ("synthetic-features:ids=1", "ids: must be in [2"),
     ("synthetic-features:seed=-1", "seed: must be in [0"),
@@ -101,10 +102,17 @@ def test_generation_is_vectorised_thousands_of_ids_in_seconds():
 # ---------------------------------------------------------------- the law of the samples
 
 def _mean_cosine_by_quadrature(kappa: float, dim: int) -> float:
-    """E[t], t = cos(sample, mean), from the marginal density t -> exp(kappa (t - 1)) (1 - t^2)^((d-3)/2)
-    on [-1, 1]: an independent reference for the Bessel-function ratio."""
-    weight = lambda t: math.exp(kappa * (t - 1.0)) * (1.0 - t * t) ** ((dim - 3) / 2.0)  # noqa: E731
-    opts = dict(limit=400, epsabs=0.0, epsrel=1e-11, points=[1.0 - 1.0 / max(kappa, 1.0)])
+    """E[t], t = cos(sample, mean), from the marginal density exp(kappa t) (1 - t^2)^((d-3)/2) on
+    [-1, 1] (divided by its value at the mode t*, so high dimensions do not underflow): an
+    independent reference for the Bessel-function ratio."""
+    a = (dim - 3) / 2.0
+    mode = (math.sqrt(a * a + kappa * kappa) - a) / kappa
+    log_top = kappa * mode + (a * math.log1p(-mode * mode) if a else 0.0)
+
+    def weight(t):
+        return math.exp(kappa * t + (a * math.log1p(-t * t) if a else 0.0) - log_top) if abs(t) < 1 else 0.0
+
+    opts = dict(limit=400, epsabs=0.0, epsrel=1e-11, points=[mode])
     norm = integrate.quad(weight, -1.0, 1.0, **opts)[0]
     return integrate.quad(lambda t: t * weight(t), -1.0, 1.0, **opts)[0] / norm
 
@@ -113,6 +121,19 @@ def _mean_cosine_by_quadrature(kappa: float, dim: int) -> float:
 def test_mean_cosine_closed_form_against_quadrature(kappa, dim):
     assert float(mean_cosine(kappa, dim)) == pytest.approx(_mean_cosine_by_quadrature(kappa, dim),
                                                            rel=1e-6, abs=1e-9)
+
+
+def test_mean_cosine_where_the_bessel_functions_underflow(tmp_path):
+    """High dimension, small kappa: ``ive`` underflows to 0/0 there; the continued fraction takes
+    over. Checked against quadrature and the small-kappa limit A_d(kappa) ~ kappa / d."""
+    assert float(mean_cosine(1000.0, 4096)) == pytest.approx(_mean_cosine_by_quadrature(1000.0, 4096),
+                                                             rel=1e-6)
+    assert float(mean_cosine(1e-3, 512)) == pytest.approx(1e-3 / 512, rel=1e-6)
+    both = mean_cosine(np.array([1e-3, 100.0]), 512)
+    assert np.isfinite(both).all() and both[1] == pytest.approx(float(mean_cosine(100.0, 512)))
+    table = from_spec("synthetic-features:ids=2,dim=1024,kappa=0.01,per_id=3,seed=0")
+    assert math.isfinite(table.meta["mean_cosine"])
+    write_features(table, tmp_path / "f.parquet")  # the sidecar takes no NaN
 
 
 @pytest.mark.parametrize("kappa, dim", [(8.0, 4), (40.0, 16), (100.0, 64), (300.0, 64)])
