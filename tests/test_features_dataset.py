@@ -311,3 +311,23 @@ def test_clean_reads_a_features_run_and_train_reads_its_manifest(sweep_dir, feat
     m = train(config(feats, tmp_path / "retrain", **{"data.manifest": str(out), "data.noise": None,
                                                      "optim.epochs": 1}))
     assert math.isfinite(m["heldout_accuracy"]) and math.isfinite(m["reference_heldout_accuracy"])
+
+
+def test_loop_trains_cleans_and_retrains_over_features(feats, tmp_path):
+    import yaml
+
+    from noisyfr.cli import main
+
+    cfg = config(feats, "unused", **{"optim.epochs": 2})
+    cfg.pop("output_dir")
+    cfg["data"].pop("noise")
+    cfg.update(name="floop", loop={"losses": [{"name": "arcface", "s": 16, "m": 0.3, "grad_mode": "detached"}],
+                                   "conditions": {"closed=0.25": {"closed": 0.25}}, "seeds": [0],
+                                   "rules": [{"score": "aum", "fraction": "heldout"}], "epoch": "last",
+                                   "threads": 1})
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["loop", str(path), "--out", str(tmp_path / "loop")]) == 0
+    table = pd.read_csv(tmp_path / "loop" / "loop.csv")
+    assert set(table["rule"]) == {"noisy", "oracle", "aum fraction=heldout"} or len(table) == 3
+    assert (table["status"] == "ok").all() and table["heldout_accuracy"].between(0, 1).all()
