@@ -331,3 +331,31 @@ def test_loop_trains_cleans_and_retrains_over_features(feats, tmp_path):
     table = pd.read_csv(tmp_path / "loop" / "loop.csv")
     assert list(table["rule"]) == ["noisy", "oracle", "aum fraction=heldout"]
     assert (table["status"] == "ok").all() and table["heldout_accuracy"].between(0, 1).all()
+
+
+def test_bounded_intervals_stay_inside_a_proportions_range_and_match_scipy():
+    import scipy.stats as sps
+
+    from noisyfr.analysis.regime_table import bounded_interval
+
+    values = [0.99, 0.995, 0.97, 1.0, 0.985]
+    mean, lo, hi, n = bounded_interval(values, "p")
+    assert n == 5 and mean == pytest.approx(np.mean(values)) and 0 < lo < mean < hi < 1
+    z = np.log(np.clip(values, 1e-3, 1 - 1e-3) / (1 - np.clip(values, 1e-3, 1 - 1e-3)))
+    zlo, zhi = sps.t.interval(0.95, 4, loc=z.mean(), scale=sps.sem(z))
+    assert lo == pytest.approx(1 / (1 + np.exp(-zlo))) and hi == pytest.approx(1 / (1 + np.exp(-zhi)))
+    angles = [40.0, 44.0, 47.0, 41.0, 43.0]
+    _, alo, ahi, _ = bounded_interval(angles, "deg")
+    assert (alo, ahi) == pytest.approx(sps.t.interval(0.95, 4, loc=np.mean(angles), scale=sps.sem(angles)))
+    assert math.isnan(bounded_interval([0.5], "p")[1])
+
+
+def test_the_regime_table_of_a_features_sweep(sweep_dir, tmp_path):
+    from noisyfr.analysis.regime_table import regime_table
+    from noisyfr.cli import main
+
+    out = tmp_path / "report"
+    assert main(["analyze", str(sweep_dir), "--out", str(out)]) == 0
+    table = regime_table(out)
+    assert len(table) == 2 and (table["n"] == 2).all()
+    assert table["class-means reference"].str.match(r"^\d\.\d{3}( \[|$)").all()
