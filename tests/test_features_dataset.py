@@ -359,3 +359,20 @@ def test_the_regime_table_of_a_features_sweep(sweep_dir, tmp_path):
     table = regime_table(out)
     assert len(table) == 2 and (table["n"] == 2).all()
     assert table["class-means reference"].str.match(r"^\d\.\d{3}( \[|$)").all()
+
+
+def test_inject_over_a_features_dataset_and_never_onto_it(feats, tmp_path):
+    import hashlib
+
+    from noisyfr.noise.manifest import read_manifest
+
+    digest = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+    before = (digest(feats), digest(sidecar_path(feats)))
+    for out in (feats, sidecar_path(feats)):
+        assert exit_status(["inject", f"features:{feats}", "--out", str(out), "--closed", "0.3"]) == 2
+    assert (digest(feats), digest(sidecar_path(feats))) == before
+    out = tmp_path / "m.parquet"
+    assert exit_status(["inject", f"features:{feats}", "--out", str(out), "--closed", "0.3"]) == 0
+    df, meta = read_manifest(out)
+    assert len(df) == C * PER and (df["noise"] == "closed").mean() == pytest.approx(0.3, abs=0.02)
+    assert meta["fingerprint"]["content"]  # the vectors' hash, as a folder's records its pixels
