@@ -376,3 +376,16 @@ def test_inject_over_a_features_dataset_and_never_onto_it(feats, tmp_path):
     df, meta = read_manifest(out)
     assert len(df) == C * PER and (df["noise"] == "closed").mean() == pytest.approx(0.3, abs=0.02)
     assert meta["fingerprint"]["content"]  # the vectors' hash, as a folder's records its pixels
+
+
+def test_eval_loads_a_features_checkpoint_and_verifies_features(run_dir, pairs_file, capsys):
+    from noisyfr.eval.checkpoint import load_backbone
+
+    model, _ = load_backbone(run_dir / "checkpoints" / "last.pt")
+    assert model.fc.in_features == DIM and model.fc.out_features == 8
+    assert exit_status(["eval", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
+                        "--val", f"features:{pairs_file}"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pairs ")]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    acc = 100 * metrics["val/pairs/accuracy"].dropna().iloc[-1]  # the trainer's own evaluation
+    assert row and f"{acc:.2f} +-" in row[0]
