@@ -134,11 +134,17 @@ def test_linear_is_a_projection_of_the_unit_input():
 
     torch.manual_seed(0)
     model = create_backbone("linear", embedding_dim=5, input_dim=7)
-    x = torch.randn(4, 7) * 3
+    x = torch.randn(6, 7) * 3 + 2
     w = model.fc.weight.detach()
-    expected = (x / x.norm(dim=1, keepdim=True)) @ w.t()
-    assert torch.allclose(model(x), expected, atol=1e-6)
-    assert sum(p.numel() for p in model.parameters()) == 35
+    unit = x / x.norm(dim=1, keepdim=True)
+    # training: each dimension standardised with the batch's mean and (biased) variance
+    z = (unit - unit.mean(0)) / torch.sqrt(unit.var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(model(x), z @ w.t(), atol=1e-5)
+    # evaluation: with the running statistics (one momentum-0.1 step from mean 0, var 1)
+    model.eval()
+    mean, var = 0.1 * unit.mean(0), 0.9 + 0.1 * unit.var(0, unbiased=True)
+    assert torch.allclose(model(x), ((unit - mean) / torch.sqrt(var + 1e-5)) @ w.t(), atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == 35  # W only: the standardisation learns nothing
 
 
 def test_mlp_depth_and_width_set_its_layers():
