@@ -395,3 +395,14 @@ def test_eval_loads_a_features_checkpoint_and_verifies_features(run_dir, pairs_f
     metrics = pd.read_csv(run_dir / "metrics.csv")
     acc = 100 * metrics["val/pairs/accuracy"].dropna().iloc[-1]  # the trainer's own evaluation
     assert row and f"{acc:.2f} +-" in row[0]
+
+
+def test_a_pairs_file_of_another_dimension_than_the_model_is_one_line(run_dir, tmp_path):
+    other = tmp_path / "p7.parquet"
+    emb = np.repeat(np.eye(7, dtype=np.float32), 2, axis=0)[:12]
+    names = [f"q{i // 2}" for i in range(12)]
+    pairs = [[2 * i, 2 * i + 1, 1] for i in range(6)] + [[2 * i, 2 * ((i + 1) % 6), 0] for i in range(6)]
+    write_features(table_of([f"{n}/{i}.jpg" for i, n in enumerate(names)], names, emb,
+                            meta={**META, "pairs": pairs}), other)
+    assert exit_status(["eval", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
+                        "--val", f"features:{other}"]) == 2

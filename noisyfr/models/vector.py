@@ -33,6 +33,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, input_dim: int, embedding_dim: int, dropout: float = 0.0):
         super().__init__()
+        self.input_dim = input_dim
         self.norm = nn.BatchNorm1d(input_dim, affine=False)
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(input_dim, embedding_dim, bias=False)
@@ -47,6 +48,7 @@ class MLPHead(nn.Module):
     def __init__(self, input_dim: int, embedding_dim: int, depth: int = 2, hidden: int = 512,
                  dropout: float = 0.0):
         super().__init__()
+        self.input_dim = input_dim
         layers: list[nn.Module] = []
         cin = input_dim
         for _ in range(depth - 1):
