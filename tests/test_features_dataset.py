@@ -406,3 +406,17 @@ def test_a_pairs_file_of_another_dimension_than_the_model_is_one_line(run_dir, t
                             meta={**META, "pairs": pairs}), other)
     assert exit_status(["eval", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
                         "--val", f"features:{other}"]) == 2
+
+
+def test_head_capacity_is_a_grid_axis(feats, tmp_path):
+    from noisyfr.tune import load_sweep
+
+    cfg = config(feats, "unused", **{"model.backbone": "mlp"})
+    cfg.pop("output_dir")
+    cfg.update(name="cap", grid={"model.depth": [2, 3], "model.width": [1.0, 4.0], "seed": [0]})
+    spec = load_sweep(cfg, sweep_dir=tmp_path / "cap")
+    assert sorted((t.config["model"]["depth"], t.config["model"]["width"]) for t in spec.trials) == \
+        [(2, 1.0), (2, 4.0), (3, 1.0), (3, 4.0)]
+    cfg["grid"] = {"model.depth": [2, 9]}
+    with pytest.raises(NoisyFRError, match=r"model.depth.*mlp takes 2..8 layers, got 9"):
+        load_sweep(cfg, sweep_dir=tmp_path / "cap2")
