@@ -134,11 +134,17 @@ def test_linear_is_a_projection_of_the_unit_input():
 
     torch.manual_seed(0)
     model = create_backbone("linear", embedding_dim=5, input_dim=7)
-    x = torch.randn(4, 7) * 3
+    x = torch.randn(6, 7) * 3 + 2
     w = model.fc.weight.detach()
-    expected = (x / x.norm(dim=1, keepdim=True)) @ w.t()
-    assert torch.allclose(model(x), expected, atol=1e-6)
-    assert sum(p.numel() for p in model.parameters()) == 35
+    unit = x / x.norm(dim=1, keepdim=True)
+    # training: each dimension standardised with the batch's mean and (biased) variance
+    z = (unit - unit.mean(0)) / torch.sqrt(unit.var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(model(x), z @ w.t(), atol=1e-5)
+    # evaluation: with the running statistics (one momentum-0.1 step from mean 0, var 1)
+    model.eval()
+    mean, var = 0.1 * unit.mean(0), 0.9 + 0.1 * unit.var(0, unbiased=True)
+    assert torch.allclose(model(x), ((unit - mean) / torch.sqrt(var + 1e-5)) @ w.t(), atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == 35  # W only: the standardisation learns nothing
 
 
 def test_mlp_depth_and_width_set_its_layers():
@@ -311,3 +317,106 @@ def test_clean_reads_a_features_run_and_train_reads_its_manifest(sweep_dir, feat
     m = train(config(feats, tmp_path / "retrain", **{"data.manifest": str(out), "data.noise": None,
                                                      "optim.epochs": 1}))
     assert math.isfinite(m["heldout_accuracy"]) and math.isfinite(m["reference_heldout_accuracy"])
+
+
+def test_loop_trains_cleans_and_retrains_over_features(feats, tmp_path):
+    import yaml
+
+    from noisyfr.cli import main
+
+    cfg = config(feats, "unused", **{"optim.epochs": 2})
+    cfg.pop("output_dir")
+    cfg["data"].pop("noise")
+    cfg.update(name="floop", loop={"losses": [{"name": "arcface", "s": 16, "m": 0.3, "grad_mode": "detached"}],
+                                   "conditions": {"closed=0.25": {"closed": 0.25}}, "seeds": [0],
+                                   "rules": [{"score": "aum", "fraction": "heldout"}], "epoch": "last",
+                                   "threads": 1})
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["loop", str(path), "--out", str(tmp_path / "loop")]) == 0
+    table = pd.read_csv(tmp_path / "loop" / "loop.csv")
+    assert list(table["rule"]) == ["noisy", "oracle", "aum fraction=heldout"]
+    assert (table["status"] == "ok").all() and table["heldout_accuracy"].between(0, 1).all()
+
+
+def test_bounded_intervals_stay_inside_a_proportions_range_and_match_scipy():
+    import scipy.stats as sps
+
+    from noisyfr.analysis.regime_table import bounded_interval
+
+    values = [0.99, 0.995, 0.97, 1.0, 0.985]
+    mean, lo, hi, n = bounded_interval(values, "p")
+    assert n == 5 and mean == pytest.approx(np.mean(values)) and 0 < lo < mean < hi < 1
+    z = np.log(np.clip(values, 1e-3, 1 - 1e-3) / (1 - np.clip(values, 1e-3, 1 - 1e-3)))
+    zlo, zhi = sps.t.interval(0.95, 4, loc=z.mean(), scale=sps.sem(z))
+    assert lo == pytest.approx(1 / (1 + np.exp(-zlo))) and hi == pytest.approx(1 / (1 + np.exp(-zhi)))
+    angles = [40.0, 44.0, 47.0, 41.0, 43.0]
+    _, alo, ahi, _ = bounded_interval(angles, "deg")
+    assert (alo, ahi) == pytest.approx(sps.t.interval(0.95, 4, loc=np.mean(angles), scale=sps.sem(angles)))
+    assert math.isnan(bounded_interval([0.5], "p")[1])
+
+
+def test_the_regime_table_of_a_features_sweep(sweep_dir, tmp_path):
+    from noisyfr.analysis.regime_table import regime_table
+    from noisyfr.cli import main
+
+    out = tmp_path / "report"
+    assert main(["analyze", str(sweep_dir), "--out", str(out)]) == 0
+    table = regime_table(out)
+    assert len(table) == 2 and (table["n"] == 2).all()
+    assert table["class-means reference"].str.match(r"^\d\.\d{3}( \[|$)").all()
+
+
+def test_inject_over_a_features_dataset_and_never_onto_it(feats, tmp_path):
+    import hashlib
+
+    from noisyfr.noise.manifest import read_manifest
+
+    digest = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+    before = (digest(feats), digest(sidecar_path(feats)))
+    for out in (feats, sidecar_path(feats)):
+        assert exit_status(["inject", f"features:{feats}", "--out", str(out), "--closed", "0.3"]) == 2
+    assert (digest(feats), digest(sidecar_path(feats))) == before
+    out = tmp_path / "m.parquet"
+    assert exit_status(["inject", f"features:{feats}", "--out", str(out), "--closed", "0.3"]) == 0
+    df, meta = read_manifest(out)
+    assert len(df) == C * PER and (df["noise"] == "closed").mean() == pytest.approx(0.3, abs=0.02)
+    assert meta["fingerprint"]["content"]  # the vectors' hash, as a folder's records its pixels
+
+
+def test_eval_loads_a_features_checkpoint_and_verifies_features(run_dir, pairs_file, capsys):
+    from noisyfr.eval.checkpoint import load_backbone
+
+    model, _ = load_backbone(run_dir / "checkpoints" / "last.pt")
+    assert model.fc.in_features == DIM and model.fc.out_features == 8
+    assert exit_status(["eval", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
+                        "--val", f"features:{pairs_file}"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pairs ")]
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    acc = 100 * metrics["val/pairs/accuracy"].dropna().iloc[-1]  # the trainer's own evaluation
+    assert row and f"{acc:.2f} +-" in row[0]
+
+
+def test_a_pairs_file_of_another_dimension_than_the_model_is_one_line(run_dir, tmp_path):
+    other = tmp_path / "p7.parquet"
+    emb = np.repeat(np.eye(7, dtype=np.float32), 2, axis=0)[:12]
+    names = [f"q{i // 2}" for i in range(12)]
+    pairs = [[2 * i, 2 * i + 1, 1] for i in range(6)] + [[2 * i, 2 * ((i + 1) % 6), 0] for i in range(6)]
+    write_features(table_of([f"{n}/{i}.jpg" for i, n in enumerate(names)], names, emb,
+                            meta={**META, "pairs": pairs}), other)
+    assert exit_status(["eval", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
+                        "--val", f"features:{other}"]) == 2
+
+
+def test_head_capacity_is_a_grid_axis(feats, tmp_path):
+    from noisyfr.tune import load_sweep
+
+    cfg = config(feats, "unused", **{"model.backbone": "mlp"})
+    cfg.pop("output_dir")
+    cfg.update(name="cap", grid={"model.depth": [2, 3], "model.width": [1.0, 4.0], "seed": [0]})
+    spec = load_sweep(cfg, sweep_dir=tmp_path / "cap")
+    assert sorted((t.config["model"]["depth"], t.config["model"]["width"]) for t in spec.trials) == \
+        [(2, 1.0), (2, 4.0), (3, 1.0), (3, 4.0)]
+    cfg["grid"] = {"model.depth": [2, 9]}
+    with pytest.raises(NoisyFRError, match=r"model.depth.*mlp takes 2..8 layers, got 9"):
+        load_sweep(cfg, sweep_dir=tmp_path / "cap2")

@@ -211,6 +211,10 @@ def embed_images(model: torch.nn.Module, vset, image_size: int = 112, center_cro
 
     check_batch_size(batch_size)
     vectors = bool(getattr(vset, "vectors", False))
+    want = getattr(model, "input_dim", None)
+    if vectors and want is not None and want != getattr(vset, "dim", want):
+        raise NoisyFRError(f"{vset.source}: embeddings have dimension {vset.dim}, the model takes "
+                           f"{want}")
     images = TransformedImages(vset.load_image, vset.num_images,
                                _as_is if vectors else face_transform(image_size, center_crop))
     flip = flip and not vectors
