@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo lfw-features bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,20 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/noisyfr demo
+
+# Real faces at the papers' geometry (docs/feature_regimes.md): dlib features of ../shared/data/lfw_ge3
+# and of the LFW fold-1 pairs (extracted once, cached in runs/features/), then the lfw_features grid
+# and its report. LFW_DATA=DIR points at another copy of the shared data folder.
+LFW_DATA ?= ../shared/data
+FEATS := runs/features
+
+lfw-features: $(STAMP)
+	test -f $(FEATS)/lfw_ge3_dlib.parquet || \
+		$(BIN)/noisyfr features $(LFW_DATA)/lfw_ge3/images --model dlib --out $(FEATS)/lfw_ge3_dlib.parquet
+	test -f $(FEATS)/lfw_pairs_fold1_dlib.parquet || \
+		$(BIN)/noisyfr features $(LFW_DATA)/lfw_pairs_fold1 --model dlib --out $(FEATS)/lfw_pairs_fold1_dlib.parquet
+	$(BIN)/noisyfr sweep experiments/configs/lfw_features.yaml --resume
+	$(BIN)/noisyfr analyze runs/lfw_features
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -64,7 +64,7 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 def input_paths(*items) -> list[Path]:
     """Resolved paths of a command's inputs. ``items`` are paths, None, ``synthetic:`` specs (no
-    file: skipped) or lists of those. A ``.rec`` brings its ``.idx`` and the ``property`` beside
+    file: skipped), ``features:PATH`` specs (the feature file PATH) or lists of those. A ``.rec`` brings its ``.idx`` and the ``property`` beside
     it, an ``.idx`` its ``.rec``, and any file its ``<file>.json`` sidecar when that exists."""
     out: list[Path] = []
     stack = list(items)
@@ -78,6 +78,8 @@ def input_paths(*items) -> list[Path]:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"input_paths: expected a path, got {type(item).__name__}")
         text = os.fspath(item)
+        if text.startswith("features:"):  # a dataset of features: its file (and sidecar) are the input
+            text = text[len("features:"):]
         if not text or text.startswith("synthetic"):
             continue
         p = _resolve(text)

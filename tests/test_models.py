@@ -162,7 +162,7 @@ def test_registered_backbone_builds_by_name(restore_backbones):
     assert isinstance(m, _Flat) and m(torch.randn(2, 3, 8, 8)).shape == (2, 4)
     with pytest.raises(NoisyFRError, match=r"^image_size: test_flat needs 8x8 or 16x16 input, got 32$"):
         create_backbone("test_flat", 4, image_size=32)
-    with pytest.raises(NoisyFRError, match=r"^width: only small_cnn has a width multiplier; test_flat"):
+    with pytest.raises(NoisyFRError, match=r"^width: only small_cnn, mlp have a width multiplier; test_flat"):
         check_backbone_args("test_flat", 4, image_size=8, width=0.5)
     with pytest.raises(NoisyFRError, match="test_flat") as exc:
         create_backbone("test_flt", 4, image_size=8)
@@ -185,7 +185,7 @@ def test_registered_backbone_by_decorator_with_a_size_rule(restore_backbones):
         with pytest.raises(NoisyFRError, match=r"^image_size: test_scaled needs a multiple of 8 "
                                                r"that is >= 24, got"):
             check_backbone_args("test_scaled", 8, image_size=bad)
-    with pytest.raises(NoisyFRError, match="only small_cnn, test_scaled have a width multiplier"):
+    with pytest.raises(NoisyFRError, match="only small_cnn, mlp, test_scaled have a width multiplier"):
         check_backbone_args("iresnet18", 8, width=0.5)
 
 

@@ -483,6 +483,10 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
             condition = condition_label(rates)
         else:
             condition, rates = found
+    from noisyfr.models.vector import head_label
+
+    head = head_label(cfg.get("model"))  # runs over features: the trained head is part of the condition
+    condition = condition if head is None else f"{condition} {head}"
     name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
     if name in ("", "."):
         name = run_dir.resolve().name

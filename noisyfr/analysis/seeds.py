@@ -37,7 +37,8 @@ from noisyfr.analysis import comparisons
 from noisyfr.train.heldout import heldout_noise_rate
 
 #: Metrics of a run that the cell and paired tables summarise (those present are used).
-METRICS = ("heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit_given",
+METRICS = ("heldout_accuracy", "reference_heldout_accuracy", "val_accuracy", "val_reference_accuracy",
+           "clean_true_accuracy", "noisy_fit_given",
            "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
            "weight_share_per_fraction",
            "theta_gap_deg", "estimated_rate", "estimate_error", "disagreement_error")
@@ -132,7 +133,8 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame,
         for name, at in reads:
             row = ep[ep["epoch"] == at].iloc[0].to_dict()
             m = r.metrics[r.metrics["epoch"] == at] if "epoch" in r.metrics.columns else r.metrics.iloc[0:0]
-            for col in ("heldout_accuracy", "heldout_given_accuracy", "val_accuracy"):
+            for col in ("heldout_accuracy", "heldout_given_accuracy", "val_accuracy",
+                        "reference_heldout_accuracy", "val_reference_accuracy"):  # the last two: features runs
                 row[col] = float(pd.to_numeric(m[col], errors="coerce").iloc[-1]) \
                     if col in m.columns and len(m) else math.nan
             # the noise-rate estimate of the summaries: from the held-out images

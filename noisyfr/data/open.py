@@ -15,6 +15,9 @@ def open_index(spec: str | os.PathLike, skip_corrupt: bool = False) -> FaceIndex
     ``spec`` is one of:
 
     - ``synthetic:ids=100,per_id=20,size=112,seed=0`` -> ``SyntheticIndex.from_spec(spec)``;
+    - ``features:FEATS.parquet`` (a feature file) or ``synthetic-features:ids=C,dim=d,kappa=K,...``
+      (von Mises-Fisher clusters, :func:`noisyfr.data.clusters.from_spec`) -> ``FeatureIndex``,
+      whose samples are embeddings (:mod:`noisyfr.data.features`);
     - a folder holding ``train.rec`` and ``train.idx`` (an insightface dataset folder) or a path
       ending in ``.rec``/``.idx``, or a prefix with ``<prefix>.rec`` beside it -> ``RecordIOIndex``;
     - any other folder -> ``ImageFolderIndex`` (``root/<identity>/<image>``).
@@ -25,6 +28,9 @@ def open_index(spec: str | os.PathLike, skip_corrupt: bool = False) -> FaceIndex
     if isinstance(spec, str) and spec.startswith("synthetic:"):
         synthetic = importlib.import_module("noisyfr.data.synthetic")
         return synthetic.SyntheticIndex.from_spec(spec)
+    if isinstance(spec, str) and spec.startswith(("features:", "synthetic-features:")):
+        features = importlib.import_module("noisyfr.data.features")
+        return features.FeatureIndex.from_spec(spec)
     if not isinstance(spec, (str, os.PathLike)) or str(spec) == "":
         raise NoisyFRError(f"{spec!r}: not a dataset path or synthetic: spec")
     path = Path(spec)

@@ -206,11 +206,18 @@ def load_pairs(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     ``synthetic-pairs:ids=100,per_id=10,first_id=100000,pairs=600,size=112,seed=0`` (keys
     optional) builds a :class:`~noisyfr.data.synthetic_pairs.SyntheticPairs` set over synthetic
     identities never seen by a ``synthetic:`` training set with ``ids <= first_id``.
+
+    ``features:FEATS.parquet`` (a verification set's feature file, pairs in its sidecar) builds a
+    :class:`~noisyfr.data.features.FeatureVerificationSet`, whose images are embeddings.
     """
     if isinstance(path, str) and (path == "synthetic-pairs" or path.startswith("synthetic-pairs:")):
         from noisyfr.data.synthetic_pairs import SyntheticPairs
 
         return SyntheticPairs.from_spec(path)
+    if isinstance(path, str) and path.startswith("features:"):
+        from noisyfr.data.features import FeatureVerificationSet
+
+        return FeatureVerificationSet.from_spec(path)
     p = Path(path)
     if p.is_dir() and (p / "pairs.txt").is_file():
         p = p / "pairs.txt"

@@ -107,10 +107,22 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu",
     dim, image_size, width = _checked_sizes(config, path)
     if embedding_dim is not None and embedding_dim != dim:
         raise NoisyFRError(f"checkpoint {path}: its config has embedding_dim {dim}, not {embedding_dim}")
-    model = create_backbone(name, embedding_dim=dim, image_size=image_size, width=width)
+    model = create_backbone(name, embedding_dim=dim, image_size=image_size, width=width,
+                            **_vector_args(config))
     load_fitted(model, ckpt["model"], f"checkpoint {path}: weights do not fit {name} "
                                       f"(d={dim}, size={image_size})")
     return model.to(dev).eval(), ckpt
+
+
+def _vector_args(config) -> dict:
+    """``depth`` and ``input_dim`` of a vector backbone's checkpoint config (a features run);
+    nothing for an image backbone."""
+    from noisyfr.models import BACKBONE_SPECS
+
+    spec = BACKBONE_SPECS.get(get_dotted(config, "model.backbone"))
+    if spec is None or not spec.vectors:
+        return {}
+    return {"depth": get_dotted(config, "model.depth"), "input_dim": get_dotted(config, "model.input_dim")}
 
 
 def init_backbone(model: torch.nn.Module, path: str | os.PathLike, what: str = "model.init") -> None:

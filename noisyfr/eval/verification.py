@@ -191,6 +191,10 @@ def noisy_detection_auc(theta_y: Any, is_noisy: Any) -> float:
     return float(roc_auc_score(noisy, theta))
 
 
+def _as_is(x):
+    return x
+
+
 def embed_images(model: torch.nn.Module, vset, image_size: int = 112, center_crop: float = 1.0,
                  batch_size: int = 64, device: str | torch.device = "cpu",
                  num_workers: int = 0, flip: bool = True) -> np.ndarray:
@@ -198,14 +202,22 @@ def embed_images(model: torch.nn.Module, vset, image_size: int = 112, center_cro
 
     Each image is preprocessed with ``face_transform(image_size, center_crop)``; its embedding is
     ``model(x) + model(flip(x))`` (horizontal flip; ``model(x)`` alone with ``flip=False``),
-    L2-normalised (:func:`noisyfr.eval.embed.embed_dataset`). Runs in ``model.eval()`` under
+    L2-normalised (:func:`noisyfr.eval.embed.embed_dataset`). A set of embeddings (``vectors``,
+    a ``features:`` file) is fed to the model as it is: no transform, no flip. Runs in ``model.eval()`` under
     ``torch.no_grad()`` and restores the model's training mode afterwards. The model must already
     live on ``device`` (it is not moved).
     """
     from noisyfr.data.transforms import face_transform
 
     check_batch_size(batch_size)
-    images = TransformedImages(vset.load_image, vset.num_images, face_transform(image_size, center_crop))
+    vectors = bool(getattr(vset, "vectors", False))
+    want = getattr(model, "input_dim", None)
+    if vectors and want is not None and want != getattr(vset, "dim", want):
+        raise NoisyFRError(f"{vset.source}: embeddings have dimension {vset.dim}, the model takes "
+                           f"{want}")
+    images = TransformedImages(vset.load_image, vset.num_images,
+                               _as_is if vectors else face_transform(image_size, center_crop))
+    flip = flip and not vectors
     if len(images) == 0:
         raise NoisyFRError(f"{getattr(vset, 'name', 'verification set')}: has no images")
     emb, _ = embed_dataset(model, images, flip=flip, batch_size=batch_size, device=device,

@@ -4,7 +4,9 @@
 ``nn.Module`` mapping a float batch [B, 3, S, S] (values in [-1, 1]) to embeddings [B, d].
 Built-in names: ``iresnet18``, ``iresnet34``, ``iresnet50``, ``iresnet100`` and ``mobilefacenet``
 (112x112 input only) and ``small_cnn`` (any S that is a multiple of 16 and at least 32; its
-channel counts scale with ``width``). :func:`register_backbone` adds more; ``BACKBONE_SPECS``
+channel counts scale with ``width``). ``linear`` and ``mlp`` take vectors instead of images
+(a frozen model's embeddings [B, input_dim], :mod:`noisyfr.models.vector`): they are built with
+``input_dim`` and ``depth`` and refuse image sizes. :func:`register_backbone` adds more; ``BACKBONE_SPECS``
 maps each registered name to its :class:`BackboneSpec` and ``BACKBONES`` lists the names (a live
 view of it, in registration order).
 """
@@ -28,7 +30,9 @@ class BackboneSpec:
 
     ``build(embedding_dim=, image_size=, dropout=)`` (plus ``width=`` when ``width`` is True)
     returns the module. Accepted image sizes: the sizes in ``image_sizes``, or, when
-    ``multiple_of`` is set, every multiple of it that is at least ``min_image_size``.
+    ``multiple_of`` is set, every multiple of it that is at least ``min_image_size``. A backbone
+    with ``vectors`` takes embeddings [B, input_dim] instead: it is built with ``input_dim=`` and
+    ``depth=`` (in ``depths``, inclusive bounds; default ``default_depth``), not ``image_size=``.
     """
 
     name: str
@@ -37,6 +41,9 @@ class BackboneSpec:
     multiple_of: int | None = None
     min_image_size: int = 1
     width: bool = False
+    vectors: bool = False
+    depths: tuple[int, int] = (1, 1)
+    default_depth: int = 1
 
     def check_image_size(self, image_size: int) -> None:
         """NoisyFRError naming ``image_size`` when this backbone cannot take it."""
@@ -64,15 +71,20 @@ def _positive_int(what: str, value) -> int:
 
 def register_backbone(name: str, build: Callable[..., nn.Module] | None = None, *,
                       image_sizes: Sequence[int] | None = None, multiple_of: int | None = None,
-                      min_image_size: int | None = None, width: bool = False):
+                      min_image_size: int | None = None, width: bool = False,
+                      vectors: bool = False, depths: tuple[int, int] = (1, 1),
+                      default_depth: int | None = None):
     """Register the backbone builder ``build`` under ``name``; returns ``build``.
 
     Without ``build`` it is a decorator: ``@register_backbone("mynet", image_sizes=(64,))``.
     The builder is called with ``embedding_dim``, ``image_size`` and ``dropout`` keywords, plus
     ``width`` when ``width=True`` (else only width 1 is accepted). Accepted image sizes: the
     sequence ``image_sizes`` (default 112 alone), or with ``multiple_of=k`` every multiple of k
-    that is at least ``min_image_size`` (default k); give one of the two. A later registration
-    under the same name replaces the earlier one.
+    that is at least ``min_image_size`` (default k); give one of the two. ``vectors=True``
+    declares a backbone over vectors (embeddings of a ``features:`` dataset): its builder takes
+    ``embedding_dim``, ``input_dim``, ``dropout``, ``width`` and ``depth`` (``depths``: the
+    accepted range, ``default_depth`` its default, the lower bound unless given). A later
+    registration under the same name replaces the earlier one.
     """
     if not isinstance(name, str) or not name:
         raise NoisyFRError(f"register_backbone: name must be a non-empty string, got {name!r}")
@@ -91,7 +103,9 @@ def register_backbone(name: str, build: Callable[..., nn.Module] | None = None, 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not callable(fn):
             raise NoisyFRError(f"register_backbone: {name}: builder must be callable, got {fn!r}")
-        BACKBONE_SPECS[name] = BackboneSpec(name, fn, sizes, step, least, bool(width))
+        lo, hi = (_positive_int("depths", d) for d in depths)
+        BACKBONE_SPECS[name] = BackboneSpec(name, fn, sizes, step, least, bool(width), bool(vectors),
+                                            (lo, hi), lo if default_depth is None else default_depth)
         return fn
 
     return deco if build is None else deco(build)
@@ -103,10 +117,32 @@ def _spec(name: str) -> BackboneSpec:
     return BACKBONE_SPECS[name]
 
 
+def input_kind(vectors: bool) -> str:
+    return "vectors (a features: dataset)" if vectors else "images"
+
+
 def check_backbone_args(name: str, embedding_dim: int = 512, image_size: int = 112,
-                        dropout: float = 0.0, width: float = 1.0) -> None:
-    """Validate backbone arguments without building anything; NoisyFRError naming the bad one."""
+                        dropout: float = 0.0, width: float = 1.0, *, depth: int | None = None,
+                        input_dim: int | None = None, vectors: bool | None = None) -> None:
+    """Validate backbone arguments without building anything; NoisyFRError naming the bad one.
+    ``vectors``: whether the data are vectors (None: not checked); ``depth`` and ``input_dim``
+    belong to vector backbones."""
     spec = _spec(name)
+    if vectors is not None and bool(vectors) != spec.vectors:
+        takers = [s.name for s in BACKBONE_SPECS.values() if s.vectors == bool(vectors)]
+        raise NoisyFRError(f"backbone: {name} takes {input_kind(spec.vectors)}, the data are "
+                           f"{input_kind(bool(vectors))}: use {', '.join(takers) or 'another'}")
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise NoisyFRError(f"depth: must be an integer, got {depth!r}")
+        lo, hi = spec.depths
+        if not spec.vectors:
+            raise NoisyFRError(f"depth: only the vector backbones take a depth; {name} has none")
+        if not lo <= depth <= hi:
+            raise NoisyFRError(f"depth: {name} takes {lo}..{hi} layers, got {depth}")
+    if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, int)
+                                  or input_dim < 1):
+        raise NoisyFRError(f"input_dim: must be a positive integer, got {input_dim!r}")
     if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise NoisyFRError(f"embedding_dim: must be a positive integer, got {embedding_dim!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int):
@@ -120,21 +156,30 @@ def check_backbone_args(name: str, embedding_dim: int = 512, image_size: int = 1
         have = "has" if len(takers) == 1 else "have"
         raise NoisyFRError(f"width: only {', '.join(takers) or 'no backbone'} {have} a width "
                            f"multiplier; {name} needs 1, got {width!r}")
-    spec.check_image_size(image_size)
+    if not spec.vectors:
+        spec.check_image_size(image_size)
 
 
 def create_backbone(name: str, embedding_dim: int = 512, image_size: int = 112,
-                    dropout: float = 0.0, width: float = 1.0) -> nn.Module:
+                    dropout: float = 0.0, width: float = 1.0, *, depth: int | None = None,
+                    input_dim: int | None = None) -> nn.Module:
     """Build the registered backbone ``name``: [B, 3, image_size, image_size] -> [B, embedding_dim].
 
     ``dropout`` is the dropout probability before the embedding layer. Raises NoisyFRError (see
     :func:`check_backbone_args`) for an unknown name, a non-positive ``embedding_dim`` or an
     image size the backbone cannot take (iresnet*/mobilefacenet: 112 only; small_cnn: multiples
     of 16 from 32). Weights are drawn from torch's global generator: call ``torch.manual_seed``
-    first for reproducible initialisation.
+    first for reproducible initialisation. A vector backbone (``linear``, ``mlp``) needs
+    ``input_dim`` (the dimension of the vectors it takes) and takes ``depth``.
     """
-    check_backbone_args(name, embedding_dim, image_size, dropout, width)
+    check_backbone_args(name, embedding_dim, image_size, dropout, width, depth=depth,
+                        input_dim=input_dim)
     spec = BACKBONE_SPECS[name]
+    if spec.vectors:
+        if input_dim is None:
+            raise NoisyFRError(f"input_dim: {name} takes vectors and needs their dimension")
+        return spec.build(embedding_dim=embedding_dim, input_dim=input_dim, dropout=dropout,
+                          width=float(width), depth=spec.default_depth if depth is None else depth)
     kwargs = {"embedding_dim": embedding_dim, "image_size": image_size, "dropout": dropout}
     if spec.width:
         kwargs["width"] = float(width)
@@ -161,8 +206,16 @@ def _small_cnn(embedding_dim: int, image_size: int, dropout: float, width: float
                     width=width)
 
 
+def _vector(kind: str, **kwargs) -> nn.Module:
+    from noisyfr.models import vector
+
+    return getattr(vector, f"build_{kind}")(**kwargs)
+
+
 for _depth in (18, 34, 50, 100):
     register_backbone(f"iresnet{_depth}", partial(_iresnet, _depth), image_sizes=(112,))
 register_backbone("mobilefacenet", _mobilefacenet, image_sizes=(112,))
 register_backbone("small_cnn", _small_cnn, multiple_of=16, min_image_size=32, width=True)
+register_backbone("linear", partial(_vector, "linear"), vectors=True, depths=(1, 1))
+register_backbone("mlp", partial(_vector, "mlp"), vectors=True, depths=(2, 8), width=True)
 del _depth

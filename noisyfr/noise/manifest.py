@@ -105,6 +105,8 @@ def content_fingerprint(index, samples: int = CONTENT_SAMPLES) -> str | None:
     """
     from noisyfr.data.index import decode_array
 
+    if callable(getattr(index, "content_digest", None)):  # a dataset of features: its vectors
+        return index.content_digest()
     n = len(index.labels)
     h = hashlib.sha256(b"noisyfr-content-v1\0")
     for i in np.unique(np.linspace(0, n - 1, min(n, samples)).round().astype(np.int64)).tolist():

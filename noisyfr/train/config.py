@@ -156,6 +156,8 @@ SCHEMA: dict[str, Any] = {
         "embedding_dim": (512, int_(lo=1, hi=numeric.MAX_EMBEDDING_DIM)),
         "dropout": (0.0, float_(lo=0.0, hi=1.0, hi_open=True)),
         "width": (1.0, float_(lo=0.0, lo_open=True, hi=4.0)),
+        "depth": (None, int_(lo=1, optional=True, hi=64)),
+        "input_dim": (None, int_(lo=1, optional=True, hi=numeric.MAX_EMBEDDING_DIM)),
         "init": (None, str_(optional=True)),
         "sync_bn": (False, bool_),
         "channels_last": (False, bool_),
@@ -294,16 +296,19 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 _BACKBONE_KEYS = {"backbone": "model.backbone", "embedding_dim": "model.embedding_dim",
                   "image_size": "data.image_size", "dropout": "model.dropout",
-                  "width": "model.width"}
+                  "width": "model.width", "depth": "model.depth", "input_dim": "model.input_dim"}
 
 
 def _check_model(cfg: dict[str, Any]) -> None:
+    from noisyfr.data.features import is_features_spec
     from noisyfr.models import check_backbone_args
 
     try:
         check_backbone_args(cfg["model"]["backbone"], cfg["model"]["embedding_dim"],
                             cfg["data"]["image_size"], cfg["model"]["dropout"],
-                            cfg["model"]["width"])
+                            cfg["model"]["width"], depth=cfg["model"]["depth"],
+                            input_dim=cfg["model"]["input_dim"],
+                            vectors=is_features_spec(cfg["data"]["train"]))
     except NoisyFRError as exc:
         msg = str(exc)
         head, _, rest = msg.partition(":")
@@ -448,4 +453,5 @@ def run_inputs(cfg: Mapping[str, Any]) -> list:
              *val,
              *(noise.get(k) for k in ("outliers", "embeddings") if isinstance(noise, dict)),
              get_dotted(cfg, "model.init")]
-    return [p for p in paths if isinstance(p, (str, os.PathLike))]
+    return [p[len("features:"):] if isinstance(p, str) and p.startswith("features:") else p
+            for p in paths if isinstance(p, (str, os.PathLike))]

@@ -19,7 +19,8 @@ def open_dataset(cfg: dict[str, Any], transform) -> tuple[Any, Any]:
     draws the same one from the spec's seed) and ``data.manifest`` is set to
     ``output_dir/manifest.parquet``, which the run writes once every input has been checked (an
     existing one is used as is when resuming); with both, the manifest's sidecar must record that
-    noise spec (a sweep's shared manifests).
+    noise spec (a sweep's shared manifests). A dataset of features (``features:``) drops
+    ``transform``: its samples are vectors.
     """
     from noisyfr.data import open_index
     from noisyfr.noise import NoiseSpec, NoisyDataset, read_meta
@@ -28,6 +29,8 @@ def open_dataset(cfg: dict[str, Any], transform) -> tuple[Any, Any]:
 
     data = cfg["data"]
     index = open_index(data["train"])
+    if getattr(index, "vectors", False):  # a dataset of features: vectors take no image transform
+        transform = None
     if hasattr(index, "check_files"):  # a folder: every image is opened before anything is written
         index.check_files()
     pending = None

@@ -34,8 +34,9 @@ DEFAULT_LEARNED_HELDOUT = 0.5
 class _Images(torch.utils.data.Dataset):
     """The images of a dataset of ``(image, label, index)`` triples, for the embedding loop."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, vectors: bool = False):
         self.dataset = dataset
+        self.vectors = vectors  # embeddings of a features: dataset: embedded without flip
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -50,8 +51,9 @@ def heldout_set(dataset, rows: np.ndarray, transform):
     if len(rows) == 0:
         return None
     view = copy.copy(dataset)  # the same manifest and index, another transform
-    view.transform = transform
-    return (_Images(Subset(view, [int(i) for i in rows])),
+    vectors = bool(getattr(getattr(dataset, "index", None), "vectors", False))
+    view.transform = None if vectors else transform
+    return (_Images(Subset(view, [int(i) for i in rows]), vectors),
             np.asarray(dataset.orig_labels, dtype=np.int64)[rows],
             np.asarray(dataset.labels, dtype=np.int64)[rows])
 
@@ -82,7 +84,7 @@ def heldout_accuracy(model, head, held, device, batch_size: int = 256) -> dict[s
         return {"heldout_accuracy": math.nan, "heldout_given_accuracy": math.nan}
     images, true, given = held
     feats, _ = embed_dataset(model, images, batch_size=batch_size, device=device,
-                             desc="held-out")
+                             desc="held-out", flip=not getattr(images, "vectors", False))
     pred = nearest_centre(head, torch.from_numpy(feats).to(device)).cpu().numpy()
     return {"heldout_accuracy": float(np.mean(pred == true)),
             "heldout_given_accuracy": float(np.mean(pred == given))}

@@ -123,6 +123,7 @@ class _Run:
     stop: tuple[int, bool] | None = None  # agreed by every rank: (signal, by the stop request)
     stopped_saved: bool = False
     resume_note: str | None = None
+    reference: dict = field(default_factory=dict)  # a features run's references (train/reference.py)
 
 
 #: what a run writes in its output directory
@@ -185,7 +186,16 @@ def _build_data(run: _Run) -> None:
                                                    run.cfg["seed"])
     run.heldout = heldout_mod.heldout_set(
         run.dataset, held, face_transform(data["image_size"], data["center_crop"], train=False))
-    run.vsets = verification_sets(data["val"]) if run.rank == 0 and data["val"] else []
+    vectors = getattr(run.dataset.index, "vectors", False)
+    vsets = verification_sets(data["val"]) if (run.rank == 0 or vectors) and data["val"] else []
+    if vectors:
+        from noisyfr.train import reference
+
+        reference.check_dims(run.cfg, run.dataset, vsets)
+        run.reference = reference.class_means_reference(run.dataset, trained, held)
+        if run.rank == 0:
+            run.reference.update(reference.reference_verification(vsets, run.cfg["eval"]["batch_size"]))
+    run.vsets = vsets if run.rank == 0 else []
 
 
 def _build_model_and_head(run: _Run) -> None:
@@ -199,7 +209,8 @@ def _build_model_and_head(run: _Run) -> None:
     torch.manual_seed(cfg["seed"])
     model = create_backbone(cfg["model"]["backbone"], embedding_dim=cfg["model"]["embedding_dim"],
                             image_size=cfg["data"]["image_size"], dropout=cfg["model"]["dropout"],
-                            width=cfg["model"]["width"])
+                            width=cfg["model"]["width"], depth=cfg["model"]["depth"],
+                            input_dim=cfg["model"]["input_dim"])
     if cfg["model"]["init"] is not None:
         from noisyfr.eval.checkpoint import init_backbone
 
@@ -482,7 +493,8 @@ def _evaluate(run: _Run, epoch: int) -> dict:
     cfg, ev = run.cfg, run.cfg["eval"]
     due = epoch in ev["epochs"] if ev["epochs"] is not None else (
         epoch == cfg["optim"]["epochs"] or (ev["every"] > 0 and epoch % ev["every"] == 0))
-    val = {"val_accuracy": math.nan, **{f"val/{n}/accuracy": math.nan for n, _ in run.vsets}}
+    val = {"val_accuracy": math.nan, **{f"val/{n}/accuracy": math.nan for n, _ in run.vsets},
+           **run.reference}
     sharded = getattr(run.head, "sharded", False)
     if run.rank == 0 or sharded:  # every epoch: the held-out images of the training identities
         val.update(heldout_mod.heldout_accuracy(run.model, run.head, run.heldout, run.device,

@@ -16,7 +16,7 @@ from noisyfr.tune.spec import SweepSpec, Trial, flatten
 
 METRICS = ("loss", "val_accuracy", "heldout_accuracy", "noisy_auc", "theta_clean_mean", "theta_noisy_mean",
            "clean_true_accuracy", "noisy_fit_given", "noisy_fit_true", "theta_clean_median",
-           "theta_noisy_median")
+           "theta_noisy_median", "reference_heldout_accuracy", "val_reference_accuracy")
 
 
 def _config_columns(t: Trial) -> dict:
@@ -153,6 +153,9 @@ def _group_labels(df, spec: SweepSpec):
 SUMMARY_METRICS = (
     ("final_heldout_accuracy", "Held-out identification accuracy (unseen images of the training "
      "identities, nearest class centre), last epoch", 1.0, 3),
+    ("final_reference_heldout_accuracy", "Reference beside it (features runs): the same held-out "
+     "images identified by the nearest class mean of the raw features under the same noisy labels, "
+     "no training", 1.0, 3),
     ("final_clean_true_accuracy", "Clean-sample accuracy on their labels (training pass), last epoch",
      1.0, 3),
     ("final_noisy_auc", "Noisy-sample detection AUC from theta_y, last epoch", 1.0, 3),
@@ -163,6 +166,8 @@ SUMMARY_METRICS = (
     ("final_theta_clean_median_deg", "Median theta_y of clean samples, last epoch (degrees)", 1.0, 1),
     ("final_theta_noisy_median_deg", "Median theta_y of noisy samples, last epoch (degrees)", 1.0, 1),
     ("final_val_accuracy", "Verification accuracy, last epoch (%)", 100.0, 2),
+    ("final_val_reference_accuracy", "Reference beside it (features runs): verification through the "
+     "frozen model alone (%)", 100.0, 2),
     ("final_loss", "Training loss, last epoch", 1.0, 3),
 )
 

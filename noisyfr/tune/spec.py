@@ -171,14 +171,25 @@ def _int_key(raw: Mapping, key: str, default: int, lo: int) -> int:
 
 
 def _abs(path: str, base: Path) -> str:
+    if isinstance(path, str) and path.startswith(FEATURES):  # features:PATH -> features:/abs/PATH
+        return FEATURES + _abs(path[len(FEATURES):], base)
     p = Path(os.path.expanduser(str(path)))
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+#: The prefix of a feature-file dataset (noisyfr.data.features): the path after it is resolved.
+FEATURES = "features:"
+
+
+def _path_of(value: str) -> str:
+    return value[len(FEATURES):] if value.startswith(FEATURES) else value
+
+
 def is_generated(value: Any) -> bool:
-    """A generated-data spec (``synthetic:...`` training set, ``synthetic-pairs...`` val set), not a path."""
-    return isinstance(value, str) and (value.startswith("synthetic:") or value == "synthetic-pairs"
-                                       or value.startswith("synthetic-pairs:"))
+    """A generated-data spec (``synthetic:...`` / ``synthetic-features:...`` training set,
+    ``synthetic-pairs...`` val set), not a path."""
+    return isinstance(value, str) and (value.startswith(("synthetic:", "synthetic-features:"))
+                                       or value == "synthetic-pairs" or value.startswith("synthetic-pairs:"))
 
 
 def _resolve_paths(cfg: dict, base: Path) -> None:
@@ -405,6 +416,7 @@ def validate_sweep(spec: SweepSpec) -> None:
         for key, p in paths:
             if not isinstance(p, str) or is_generated(p) or is_set_name(p) or p in checked:
                 continue
+            p = _path_of(p)
             if not os.path.exists(p):
                 raise NoisyFRError(f"{key} {p}: dataset path does not exist")
             if key == "data.train" and os.path.isdir(p) and not any(os.scandir(p)):
