@@ -313,7 +313,8 @@ def test_dlib_misses_fall_back_to_the_centre_box_and_are_counted(dlib, tmp_path,
 def test_dlib_verification_on_lfw_fold1_is_near_the_published_accuracy(dlib, lfw_pairs_file, tmp_path,
                                                                      capsys):
     """The frozen dlib model on the 600 pairs of LFW fold 1 (807 images, about 1.5 min): dlib
-    reports 99.38 % on LFW's 10 folds; this pipeline must come within about a point."""
+    reports 99.38 % on LFW's 10 folds; this pipeline must come within about a point (measured:
+    98.33 % at 0.6, 98.50 % 10-fold, 99.33 % at the best threshold; docs/features.md)."""
     from noisyfr.features.verify import pair_accuracy
 
     out = tmp_path / "fold1.parquet"
@@ -321,6 +322,15 @@ def test_dlib_verification_on_lfw_fold1_is_near_the_published_accuracy(dlib, lfw
     table = read_features(out)
     assert len(table) == 807 and len(table.pairs) == 600 and table.pairs[:, 2].sum() == 300
     result = pair_accuracy(table)
-    assert result["fixed"]["accuracy"] >= 0.983, result
-    assert result["cv"]["accuracy"] >= 0.983, result
+    published = 0.9938
+    assert result["best"]["accuracy"] >= published - 0.01, result
+    assert result["fixed"]["accuracy"] >= published - 0.015, result
+    assert result["cv"]["accuracy"] >= published - 0.015, result
+    # a control that could fail: shuffling which image is which breaks verification to chance
+    from noisyfr.data.feature_store import table_of
+
+    rng = np.random.default_rng(0)
+    shuffled = table_of(table.paths, table.identities, table.embeddings[rng.permutation(len(table))],
+                        table.misses, table.meta)
+    assert pair_accuracy(shuffled)["best"]["accuracy"] < 0.65
     assert "fixed threshold (Euclidean < 0.6)" in capsys.readouterr().out
