@@ -334,3 +334,23 @@ def test_dlib_verification_on_lfw_fold1_is_near_the_published_accuracy(dlib, lfw
                         table.misses, table.meta)
     assert pair_accuracy(shuffled)["best"]["accuracy"] < 0.65
     assert "fixed threshold (Euclidean < 0.6)" in capsys.readouterr().out
+
+
+def test_a_bare_state_dict_needs_and_takes_its_backbone(tmp_path, capsys):
+    """insightface weights load as a bare state dict named by --backbone (112 px, d = 512)."""
+    from noisyfr.models import create_backbone
+
+    torch.manual_seed(1)
+    model = create_backbone("small_cnn", 512, image_size=112).eval()
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    out = tmp_path / "f.parquet"
+    args = ["features", SYNTH, "--model", str(tmp_path / "backbone.pth"), "--out", str(out)]
+    assert exit_status(args) == 2 and "--backbone" in one_line_error(capsys) and not out.exists()
+    assert exit_status(args + ["--backbone", "small_cnn"]) == 0
+    table = read_features(out, expect_dim=512)
+    from noisyfr.data import open_index
+
+    index = open_index(SYNTH)
+    want = by_hand(model, [index.load_image(i) for i in range(3)], crop=1.0, size=112)
+    np.testing.assert_allclose(table.embeddings[:3], want, atol=1e-4, rtol=0)
+    assert table.meta["model"]["backbone"] == "small_cnn" and "epoch" not in table.meta["model"]
