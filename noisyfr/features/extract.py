@@ -99,8 +99,9 @@ def _pairs_source(data: str) -> Source:
     if isinstance(vset, PairsTxtSet):  # "<identity>/<file>", as in an ImageFolder
         paths = [f"{f.parent.name}/{f.name}" for f in vset.files]
         identities = [vset.image_identity(i) for i in range(n)]
-    else:  # a .bin records no identities
-        paths, identities = [f"{i:06d}" for i in range(n)], [""] * n
+    else:  # a .bin records no identities ("" then); a synthetic-pairs: set does
+        paths = [f"{i:06d}" for i in range(n)]
+        identities = [str(vset.image_identity(i) or "") for i in range(n)]
     pairs = np.column_stack([np.asarray(vset.pairs, dtype=np.int64).reshape(-1, 2),
                              np.asarray(vset.issame, dtype=np.int64)])
     return Source("pairs", data, paths, identities, vset.read_bytes, [data], pairs=pairs,
