@@ -2,5 +2,5 @@
 
 ``models.py`` the models (dlib, noisyfr checkpoints and insightface weights, ONNX) with their
 preprocessing; ``extract.py`` the sources, the cache of finished chunks and the feature file;
-``cli.py`` the command.
+``verify.py`` a pairs set's own verification; ``cli.py`` the command.
 """
