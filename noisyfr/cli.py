@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("noisyfr.train.cli", "train a backbone + margin head from a YAML config"),
     "eval": ("noisyfr.eval.cli", "verification of a checkpoint: pairs/.bin sets, IJB-B/IJB-C"),
     "embed": ("noisyfr.eval.embed_cli", "embeddings of a face index or pairs set (.npy + Parquet)"),
+    "features": ("noisyfr.features.cli", "embeddings of a dataset or pairs set from a pretrained face model"),
     "export": ("noisyfr.eval.export", "export a backbone to ONNX (dynamic batch axis)"),
     "sweep": ("noisyfr.tune.cli", "run a Ray Tune grid of losses x noise settings x seeds"),
     "analyze": ("noisyfr.analysis.cli", "angle/weighting analysis report of a run or sweep"),
