@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("noisyfr.analysis.clean_cli", "score samples from a run's angles; write a cleaned manifest"),
     "loop": ("noisyfr.analysis.loop_cli", "train noisy, clean with each rule, retrain; compare with the oracle"),
     "demo": ("noisyfr.demo", "run the main job on the embedded synthetic default"),
+    "configs": ("noisyfr.shipped", "list the shipped experiment configs and notebooks; copy one out"),
 }
 
 
