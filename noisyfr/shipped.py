@@ -68,8 +68,7 @@ def config_path(arg: str | os.PathLike, what: str = "config") -> Path:
 
 # --------------------------------------------------------------------------- noisyfr configs
 #: Command lines shown by ``--help``.
-EXAMPLES = ["noisyfr configs", "noisyfr configs demo --out my_demo.yaml",
-            "noisyfr configs 02_angle_analysis --out angles.ipynb"]
+EXAMPLES = ["noisyfr configs demo --out my_demo.yaml", "noisyfr configs 02_angle_analysis --out angles.ipynb"]
 
 
 def describe(kind: str, path: Path) -> str:
@@ -94,7 +93,8 @@ def describe(kind: str, path: Path) -> str:
 def add_arguments(parser) -> None:
     """Arguments of ``noisyfr configs``."""
     parser.add_argument("name", nargs="?", metavar="NAME",
-                        help="a shipped config or notebook: print it, or copy it to --out")
+                        help="a shipped config or notebook: print it, or copy it to --out "
+                             "(without NAME: list them, one line each)")
     parser.add_argument("--out", metavar="FILE", help="copy NAME to FILE (a new file) to edit it")
 
 

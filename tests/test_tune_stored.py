@@ -103,7 +103,7 @@ def test_sweep_resume_dry_run_from_the_directory_lists_the_config_files_trials(t
                                                                                monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "demo"
-    spec = sweep_spec.load_sweep(DEFAULT_CONFIG, sweep_dir=out)
+    spec = sweep_spec.load_sweep(config_path(DEFAULT_CONFIG), sweep_dir=out)
     sweep_spec.plan_manifests(spec)
     run.write_state(spec)
     assert cli.main(["sweep", DEFAULT_CONFIG, "--out", str(out), "--dry-run"]) == 0
