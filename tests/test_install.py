@@ -229,3 +229,20 @@ def test_the_read_audit_would_see_a_read_of_the_source_tree(installed):
         assert log.exists() and str(REPO / "pyproject.toml") in log.read_text()
     finally:
         log.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- parallel runs
+
+
+def test_every_module_that_starts_ray_or_process_groups_is_in_an_xdist_group():
+    """A module that starts Ray, spawns a process group or runs a sweep for real must be listed in
+    conftest.XDIST_GROUPS, so that ``-n 2 --dist loadgroup`` never runs two of them at once."""
+    from conftest import XDIST_GROUPS
+
+    grouped = {m for mods in XDIST_GROUPS.values() for m in mods}
+    starts = re.compile(r"^\s*(import ray|from ray)|ray\.init\(|run_sweep\(|mp\.spawn\(|init_process_group\(|torchrun",
+                        re.M)
+    found = {p.stem for p in (REPO / "tests").glob("test_*.py")
+             if p.name != Path(__file__).name and starts.search(p.read_text(encoding="utf-8"))}
+    assert found, "the pattern finds nothing: it is broken"
+    assert found <= grouped, f"not in an xdist group: {sorted(found - grouped)}"
