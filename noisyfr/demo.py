@@ -1,8 +1,9 @@
 """``noisyfr demo`` (what ``make demo`` runs): the main job on the embedded synthetic default.
 
-Sweeps the shipped config ``demo`` (``experiments/configs/demo.yaml``: arcface, cosface, expface x closed-set noise {0, 0.4} on synthetic
-identities, CPU, no download) into ``runs/demo``; then writes its analysis report to ``runs/demo/report``. Running it again finishes an interrupted demo, or just rewrites the
-results of a finished one.
+Sweeps the shipped config ``demo`` (``experiments/configs/demo.yaml``: arcface, cosface, expface x
+closed-set noise {0, 0.4} on synthetic identities, CPU, no download) into ``runs/demo``; then writes
+its analysis report to ``runs/demo/report``. Running it again finishes an interrupted demo, or just
+rewrites the results of a finished one.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def conclusions(tables: Path) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr demo`` (all optional)."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"sweep YAML or a shipped config's name (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"sweep YAML or a shipped config's name (default {DEFAULT_CONFIG})")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="skip the analysis report")
     parser.add_argument("--address", help="run on an existing Ray cluster ('auto' or HOST:PORT)")

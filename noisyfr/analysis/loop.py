@@ -226,7 +226,7 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
         raise _err("loop.losses", "lists one loss setting twice")
     if len({slug(c) for c in conds}) != len(conds):
         raise _err("loop.conditions", "two labels give the same file name")
-    for loss, cond, noise, seed in plan.cells():  # every training config, validated before any work
+    for loss, _cond, noise, seed in plan.cells():  # every training config, validated before any work
         load_config(_noisy_config(plan, loss, noise, seed, Path("loop")))
         load_config(_retrain_config(plan, loss, seed, Path("loop"), Path("clean.parquet")))
     return plan

@@ -25,8 +25,9 @@ EXAMPLES = ['noisyfr sweep experiments/configs/demo.yaml --out runs/demo', 'nois
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr sweep``."""
     parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE",
-                        help="sweep YAML or a shipped config's name (training config + grid/noise/resources; optional with "
-                             "--resume --out DIR), then dotted-key overrides, e.g. optim.epochs=3 grid.seed=[0,1]")
+                        help="sweep YAML or a shipped config's name (training config + grid/noise/resources; "
+                             "optional with --resume --out DIR), then dotted-key overrides, "
+                             "e.g. optim.epochs=3 grid.seed=[0,1]")
     parser.add_argument("--out", help="sweep directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted sweep in the sweep directory: only unfinished trials run")
