@@ -90,6 +90,16 @@ def test_sweep_and_train_take_a_shipped_name_from_any_folder(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # dry runs write nothing
 
 
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path):
+    """``noisyfr configs | head -1``: the closed pipe ends the command quietly, status 141."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "noisyfr.cli", "configs"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    proc.stdout.close()  # before the interpreter has started: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
 def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
