@@ -9,7 +9,7 @@ import pytest
 from noisyfr.cli import SUBCOMMANDS, build_parser, main
 
 WRITERS = ("inject", "pack", "synth", "curves", "analyze", "eval", "train", "sweep", "demo", "loop",
-           "features")
+           "features", "configs")
 SHARED = {"--out": WRITERS, "--resume": ("train", "sweep", "loop"), "--device": ("train", "eval", "sweep")}
 VARIANTS = ("--output", "--out-dir", "--outdir", "--output-dir", "--output_dir", "--resume-from",
             "--gpu", "--cuda", "--dev", "--outfile")

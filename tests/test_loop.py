@@ -84,7 +84,7 @@ def test_gains_are_paired_by_seed_in_percentage_points(done):
     _, out = done
     t = pd.read_csv(out / "loop.csv")
     for acc, short in (("heldout_accuracy", "heldout"), ("val_accuracy", "val")):
-        for seed, g in t.groupby("seed"):
+        for _seed, g in t.groupby("seed"):
             base = float(g.loc[g["rule"] == "noisy", acc].iloc[0])
             top = float(g.loc[g["rule"] == "oracle", acc].iloc[0])
             for _, r in g.iterrows():

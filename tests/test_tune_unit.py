@@ -38,7 +38,7 @@ def test_grid_is_the_cartesian_product(tmp_path):
     spec = sweep_spec.load_sweep(base(), sweep_dir=tmp_path)
     assert len(spec.trials) == 2 * 2 * 3
     combos = {(t.config["loss"]["name"], t.noise.closed, t.config["seed"]) for t in spec.trials}
-    assert combos == {(l, c, s) for l in ("arcface", "cosface") for c in (0.0, 0.4) for s in (0, 1, 2)}
+    assert combos == {(loss, c, s) for loss in ("arcface", "cosface") for c in (0.0, 0.4) for s in (0, 1, 2)}
     names = [t.name for t in spec.trials]
     assert len(set(names)) == len(names)
     for t in spec.trials:
@@ -170,7 +170,7 @@ def test_manifests_are_shared_by_noise_setting_and_seed(tmp_path):
     groups = sweep_spec.plan_manifests(spec)
     # 2 noise rates x 3 seeds; the two losses share each manifest
     assert len(groups) == 6
-    for _, (_, noise, trials) in groups.items():
+    for _, (_, _noise, trials) in groups.items():
         assert {t.config["loss"]["name"] for t in trials} == {"arcface", "cosface"}
         assert len({t.manifest for t in trials}) == 1
         assert all(t.config["data"]["manifest"] == t.manifest for t in trials)

@@ -286,9 +286,10 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
     ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run). ``raw``,
     where given, is the same rows without the manifest and ``manifest`` the manifest's table
     (:func:`manifest_table`): the narrow scan then reads the logs alone and joins only the rows
-    it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of theta_y, the rows whose sample is
-    missing from the manifest and those it labels differently (:func:`check_parts`; the weights'
-    ranges are checked from the files' statistics, :func:`noisyfr.analysis.load.angle_files`)."""
+    it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of
+    theta_y, the rows whose sample is missing from the manifest and those it labels differently
+    (:func:`check_parts`; the weights' ranges are checked from the files' statistics,
+    :func:`noisyfr.analysis.load.angle_files`)."""
     keys = list(keys or [])
     k = "".join(f"{c}, " for c in keys)
     t = math.radians(region_deg)
@@ -383,8 +384,8 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weig
                           f"LEFT JOIN {manifest} m ON f.sample_index = m.manifest_index").df()
     else:
         src = (f"SELECT {k}epoch, sample_index, theta_y, w, yb, noise_code AS code FROM sel" if raw is None else
-               f"SELECT {k}epoch, sample_index, theta_y, {weight} AS w, {_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, "
-               f"0 AS code FROM ({raw})")
+               f"SELECT {k}epoch, sample_index, theta_y, {weight} AS w, "
+               f"{_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, 0 AS code FROM ({raw})")
         con.register("order_targets", targets.assign(target=True))
         on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
         try:

@@ -192,7 +192,8 @@ def _seed(cfg: dict) -> int | None:
 
 
 def resolve_manifest(value: str, run_dir: Path) -> Path:
-    """Path of a config's ``data.manifest``: absolute, or relative to the run dir, the cwd or a parent of the run dir."""
+    """Path of a config's ``data.manifest``: absolute, or relative to the run dir, the cwd or a parent of
+    the run dir."""
     cand = Path(value)
     if cand.is_absolute():
         if cand.is_file():

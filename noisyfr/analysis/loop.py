@@ -223,7 +223,7 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
     if len(set(loss_slugs)) != len(loss_slugs):
         raise _err("loop.losses", "lists one loss setting twice")
     check_names(list(conds), "loop.conditions", "", ())
-    for loss, cond, noise, seed in plan.cells():  # every training config, validated before any work
+    for loss, _cond, noise, seed in plan.cells():  # every training config, validated before any work
         load_config(_noisy_config(plan, loss, noise, seed, Path("loop")))
         load_config(_retrain_config(plan, loss, seed, Path("loop"), Path("clean.parquet")))
     return plan

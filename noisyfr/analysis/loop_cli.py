@@ -21,8 +21,9 @@ EXAMPLES = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr loop``."""
     parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE",
-                        help="loop YAML (a training config plus a 'loop' section; optional with --resume "
-                             "--out DIR), then dotted-key overrides, e.g. optim.epochs=3 loop.seeds=[0]")
+                        help="loop YAML or a shipped config's name (a training config plus a 'loop' section; "
+                             "optional with --resume --out DIR), then dotted-key overrides, "
+                             "e.g. optim.epochs=3 loop.seeds=[0]")
     parser.add_argument("--out", help="loop directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue a loop in --out: finished trainings and cleanings are skipped")
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         config = stored
         plan = load_plan(stored)
     else:
+        from noisyfr.shipped import config_path
+
+        config = config_path(config, "loop config")
         plan = load_plan(config, items)
     out = Path(args.out or plan.base.get("output_dir") or Path("runs") / str(plan.base.get("name") or "loop"))
     from noisyfr.train.config import run_inputs

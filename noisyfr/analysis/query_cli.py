@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``query`` options."""
     parser.add_argument("input", metavar="RUN_OR_SWEEP_DIR", help="a training run directory or a sweep directory")
     parser.add_argument("sql", metavar="SQL", help="one SELECT over the views angles, runs, epochs, results")
-    parser.add_argument("--out", metavar="FILE", help="write the result to FILE.csv or FILE.parquet instead of printing it")
+    parser.add_argument("--out", metavar="FILE",
+                        help="write the result to FILE.csv or FILE.parquet instead of printing it")
     parser.add_argument("--max-rows", type=int_arg(lo=1), default=DEFAULT_MAX_ROWS, metavar="N",
                         help="rows printed at most (default %(default)s); the query stops reading there")
     parser.add_argument("--max-bytes", type=int_arg(lo=1), default=DEFAULT_MAX_BYTES, metavar="B",

@@ -237,7 +237,8 @@ def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
                 ep = stats.epoch_stats(parts, o.weight)
                 acc["health"].append(ep[["epoch", *HEALTH_COLUMNS]])
                 acc["n"] = max(acc["n"], int(ep["n"].max()) if len(ep) else 0)
-                acc["max_label"] = max(acc["max_label"], int(parts.cells["max_label"].max()) if len(parts.cells) else -1)
+                top = int(parts.cells["max_label"].max()) if len(parts.cells) else -1
+                acc["max_label"] = max(acc["max_label"], top)
                 acc["logged"] += int(parts.cells["wcount"].sum())
                 out["epoch_stats.csv"].append(ep)
                 out["noise_types.csv"].append(stats.noise_type_stats(parts, o.weight))
@@ -714,11 +715,11 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
     ``weight`` or ``weight_theta``); ``quantile`` defines the quantile centre region and ``region_deg`` the
     fixed-angle and 2-D regions; ``bins`` the number of theta_y bins over [0, 180] degrees;
     ``seed`` the Gaussian-mixture seed; ``metric`` the sweep results' accuracy column (it must
-    be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
-    (comparisons use learned runs only); ``extra_losses`` loss sections whose counterfactual
-    weights are computed beside those of the runs' own losses. ``figures=False`` skips drawing the PNGs (tables and
-    report text only). Every option is checked before anything is written. Returns the path of
-    report.md.
+    be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy
+    a run needs to count as learned (comparisons use learned runs only); ``extra_losses`` loss
+    sections whose counterfactual weights are computed beside those of the runs' own losses.
+    ``figures=False`` skips drawing the PNGs (tables and report text only). Every option is
+    checked before anything is written. Returns the path of report.md.
     """
     src, out = Path(run_or_sweep_dir), Path(out_dir)
     o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold,

@@ -282,8 +282,8 @@ def fabricate_sweep(out_dir: str | Path, trials: int, epochs: int, samples: int,
     identity's centre (``theta_orig``). Weights from the loss's target logit in a softmax over the
     label, the nearest class and C - 2 classes at 90 degrees; ``grad_norm = unit_pull /
     feat_norm`` (a normalised loss). The held-out accuracies follow symmetric flips, so the
-    report's held-out noise-rate estimate finds ``noise``. Same arguments -> same bytes (the files naming paths, config.yaml and results.*,
-    name ``out_dir``'s absolute path).
+    report's held-out noise-rate estimate finds ``noise``. Same arguments -> same bytes (the files
+    naming paths, config.yaml and results.*, name ``out_dir``'s absolute path).
     """
     from noisyfr import numeric
     from noisyfr.losses import loss_label, loss_settings

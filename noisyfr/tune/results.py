@@ -212,8 +212,10 @@ def _metric_tables(done, spec: SweepSpec) -> list[str]:
         if metric not in done.columns or done[metric].isna().all():
             continue
         lines += [f"## {title}", ""]
-        lines += _grid_table(rows, cols, row_order, col_order, lambda m: _cell(
-            done.loc[m, metric].astype(float), learned[m], scale, digits, metric in BOUNDED_SUMMARY))
+        lines += _grid_table(rows, cols, row_order, col_order,
+                             lambda m, metric=metric, scale=scale, digits=digits: _cell(
+                                 done.loc[m, metric].astype(float), learned[m], scale, digits,
+                                 metric in BOUNDED_SUMMARY))
     return lines
 
 
