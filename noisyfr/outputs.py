@@ -64,8 +64,9 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 def input_paths(*items) -> list[Path]:
     """Resolved paths of a command's inputs. ``items`` are paths, None, ``synthetic:`` specs (no
-    file: skipped), ``features:PATH`` specs (the feature file PATH) or lists of those. A ``.rec`` brings its ``.idx`` and the ``property`` beside
-    it, an ``.idx`` its ``.rec``, and any file its ``<file>.json`` sidecar when that exists."""
+    file: skipped), ``features:PATH`` specs (the feature file PATH) or lists of those. A ``.rec``
+    brings its ``.idx`` and the ``property`` beside it, an ``.idx`` its ``.rec``, and any file its
+    ``<file>.json`` sidecar when that exists."""
     out: list[Path] = []
     stack = list(items)
     while stack:

@@ -12,11 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import exit_status
 
 from noisyfr.data.feature_store import sidecar_path, table_of, write_features
 from noisyfr.errors import NoisyFRError
-
-from conftest import exit_status
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -68,13 +68,13 @@ class FeatureIndex(FaceIndex):
         self.embeddings = np.ascontiguousarray(table.embeddings, dtype=np.float32)
 
     @classmethod
-    def from_table(cls, table: FeatureTable, source: str) -> "FeatureIndex":
+    def from_table(cls, table: FeatureTable, source: str) -> FeatureIndex:
         if len(table) == 0:
             raise NoisyFRError(f"{source}: holds no features")
         return cls(table, source)
 
     @classmethod
-    def from_spec(cls, spec: str) -> "FeatureIndex":
+    def from_spec(cls, spec: str) -> FeatureIndex:
         """``features:PATH`` (a feature file) or ``synthetic-features:...`` (seeded clusters)."""
         if spec.startswith(SYNTHETIC_PREFIX):
             from noisyfr.data import clusters  # written beside this module (issue 25, item 3)
@@ -123,7 +123,7 @@ class FeatureVerificationSet(VerificationSet):
         self.embeddings = np.ascontiguousarray(table.embeddings, dtype=np.float32)
 
     @classmethod
-    def from_spec(cls, spec: str) -> "FeatureVerificationSet":
+    def from_spec(cls, spec: str) -> FeatureVerificationSet:
         path = feature_path(spec)
         if not os.path.isfile(path):
             raise NoisyFRError(f"{spec}: no such feature file")

@@ -574,6 +574,8 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     label corrections this epoch), ``heldout_accuracy`` (identification of the held-out images
     of the training identities by their nearest class centre, NaN without ``data.holdout``),
     ``heldout_given_accuracy`` (their agreement with their given, possibly noisy labels),
+    on a dataset of features, the references of :mod:`noisyfr.train.reference`
+    (``reference_heldout_accuracy``, ``val/<name>/reference_accuracy``, ``val_reference_accuracy``),
     ``learned`` and ``learned_on`` (the rule of :mod:`noisyfr.train.heldout`: held-out accuracy
     >= ``health.learned_heldout_accuracy``, or without held-out images ``clean_true_accuracy >=
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises
