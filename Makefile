@@ -3,7 +3,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lfw-features bench clean
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-n 2 --dist loadgroup' (pytest-xdist: tests
+# that must not share the machine with each other carry one xdist_group and run on one worker).
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo lfw-features bench clean
 
 install: $(STAMP)
 
@@ -13,7 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 demo: $(STAMP)
 	$(BIN)/noisyfr demo

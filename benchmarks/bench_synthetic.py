@@ -40,7 +40,7 @@ def main() -> None:
     render_image_array(0, 0, 0, 64)  # warm up imports and caches
     print(f"{'what':34s} {'wall img/s':>11s} {'cpu img/s':>10s} {'cpu/target':>10s}")
     for size in (32, 64, 112):
-        wall, cpu = rate(lambda i: render_image_array(0, i % 100, i, size), args.n, args.repeats)
+        wall, cpu = rate(lambda i, size=size: render_image_array(0, i % 100, i, size), args.n, args.repeats)
         target = TARGETS.get(size)
         ratio = f"{cpu / target:10.2f}" if target else f"{'-':>10s}"
         print(f"{f'render size {size}':34s} {wall:11.0f} {cpu:10.0f} {ratio}")

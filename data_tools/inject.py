@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split N identities over two labels each (Type-II noise)")
     parser.add_argument("--merge", type=int_arg(lo=0), default=0, metavar="N",
                         help="merge N pairs of identities into one label each")
-    parser.add_argument("--seed", type=int_arg(lo=0, hi=MAX_SEED), default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--seed", type=int_arg(lo=0, hi=MAX_SEED), default=0, metavar="S",
+                        help="random seed (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("noisyfr.train.cli", "train a backbone + margin head from a YAML config"),
     "eval": ("noisyfr.eval.cli", "verification of a checkpoint: pairs/.bin sets, IJB-B/IJB-C"),
     "embed": ("noisyfr.eval.embed_cli", "embeddings of a face index or pairs set (.npy + Parquet)"),
+    "features": ("noisyfr.features.cli", "embeddings of a dataset or pairs set from a pretrained face model"),
     "export": ("noisyfr.eval.export", "export a backbone to ONNX (dynamic batch axis)"),
     "sweep": ("noisyfr.tune.cli", "run a Ray Tune grid of losses x noise settings x seeds"),
     "analyze": ("noisyfr.analysis.cli", "angle/weighting analysis report of a run or sweep"),
@@ -36,6 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("noisyfr.analysis.clean_cli", "score samples from a run's angles; write a cleaned manifest"),
     "loop": ("noisyfr.analysis.loop_cli", "train noisy, clean with each rule, retrain; compare with the oracle"),
     "demo": ("noisyfr.demo", "run the main job on the embedded synthetic default"),
+    "configs": ("noisyfr.shipped", "list the shipped experiment configs and notebooks; copy one out"),
 }
 
 
@@ -93,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(module.run(args) or 0)
+    except BrokenPipeError:  # whoever read the printed output stopped early (noisyfr configs | head)
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command ended by a closed pipe
     except (NoisyFRError, ValueError, OSError) as exc:
         if isinstance(exc, OSError) and outputs.is_write_error(exc):
             exc = outputs.write_error(exc, exc.filename or "output")

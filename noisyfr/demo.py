@@ -1,8 +1,9 @@
 """``noisyfr demo`` (what ``make demo`` runs): the main job on the embedded synthetic default.
 
-Sweeps ``experiments/configs/demo.yaml`` (arcface, cosface, expface x closed-set noise {0, 0.4} on synthetic
-identities, CPU, no download) into ``runs/demo``; then writes its analysis report to ``runs/demo/report``. Running it again finishes an interrupted demo, or just rewrites the
-results of a finished one.
+Sweeps the shipped config ``demo`` (``experiments/configs/demo.yaml``: arcface, cosface, expface x
+closed-set noise {0, 0.4} on synthetic identities, CPU, no download) into ``runs/demo``; then writes
+its analysis report to ``runs/demo/report``. Running it again finishes an interrupted demo, or just
+rewrites the results of a finished one.
 """
 from __future__ import annotations
 
@@ -12,17 +13,9 @@ from pathlib import Path
 
 from noisyfr.errors import NoisyFRError
 
-DEFAULT_CONFIG = "experiments/configs/demo.yaml"
+#: a shipped config's name (noisyfr.shipped) or a path
+DEFAULT_CONFIG = "demo"
 DEFAULT_OUT = "runs/demo"
-
-
-def _find_config(path: str) -> Path:
-    p = Path(path)
-    if p.exists() or p.is_absolute():
-        return p
-    # Run from outside the repository: fall back to the checkout this package lives in.
-    repo = Path(__file__).resolve().parents[1]
-    return repo / path if (repo / path).exists() else p
 
 #: Command lines shown by ``--help``.
 EXAMPLES = ['noisyfr demo --out runs/demo']
@@ -49,8 +42,8 @@ def conclusions(tables: Path) -> list[str]:
     runs = pd.read_csv(tables / "runs.csv")
     from noisyfr.analysis.seeds import cell_text
 
-    lines = ["", "== what the demo shows (runs read at their best held-out epoch; mean [95 % interval "
-             "over seeds] n)"]
+    lines = ["", "== what the demo shows (cells: runs at their best held-out epoch; pairs: both runs at "
+             "one epoch; mean [95 % interval over seeds] n)"]
     ev = runs["learned_on"].value_counts().to_dict() if "learned_on" in runs else {}
     lines.append(f"learned: {int(runs['learned'].sum())} of {len(runs)} runs (evidence: "
                  + ", ".join(f"{k} {n}" for k, n in sorted(ev.items())) + ")")
@@ -61,27 +54,55 @@ def conclusions(tables: Path) -> list[str]:
                          f"runs (learned) {r['runs (learned)']}")
     n_seeds = int(runs["seed"].nunique()) if "seed" in runs else 1
     if len(paired):
-        p = paired[(paired["epoch_rule"] == "heldout") & (paired["metric"] == "noisy_weight_share")
+        # pairs are read at one epoch for both runs (the last, or the config's analysis.epoch)
+        p = paired[paired["epoch_rule"].isin(("last", "fixed")) & (paired["metric"] == "noisy_weight_share")
                    & (paired["condition"] != "clean")]
         for _, r in p.iterrows():
-            built = " (equal by construction: both detached)" if r["equal_by_construction"] else ""
-            lines.append(f"  paired {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
+            lines.append(f"  paired ({r['epoch_rule']} epoch) {r['loss_a']} - {r['loss_b']} at {r['condition']}: "
                          f"{r['diff_mean']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}] "
-                         f"n={int(r['n_pairs'])}: {r['verdict']}{built}")
+                         f"n={int(r['n_pairs'])}: {r['verdict']}")
+    lines += counterfactual_lines(tables)
     lines += [
         "can conclude: whether each loss learns under 40 % closed-set noise on held-out images, and "
         "how well theta_y separates noisy from clean samples, with intervals over "
         f"{n_seeds} seed(s).",
-        f"cannot conclude: which loss gives noisy samples less pull. All its losses use grad_mode "
-        "detached, whose target weight is s (1 - p) for every loss, so their weight shares are equal "
-        f"by construction; and {n_seeds} seed(s) give wide intervals. For that question run "
-        "experiments/configs/science.yaml (exact and detached gradients, 3 seeds; docs/science.md)."]
+        "cannot conclude: which loss gives noisy samples less pull in the published regime. The "
+        "counterfactual shares above hold one run's geometry fixed (no seed variance, but not what "
+        "a run of the other loss reaches), and where the clean p is near 0 no loss can differ "
+        f"through p; {n_seeds} seed(s) give wide intervals to the paired differences. For that "
+        "question run experiments/configs/science.yaml (docs/science.md)."]
+    return lines
+
+
+def counterfactual_lines(tables: Path) -> list[str]:
+    """The counterfactual noisy shares at the noisiest condition (tables/counterfactual.csv):
+    per geometry (the trained loss) and loss weighting it, mean [min, max] over the runs."""
+    import pandas as pd
+
+    from noisyfr.analysis.counterfactual import summary
+
+    path = tables / "counterfactual.csv"
+    try:
+        s = summary(pd.read_csv(path))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return []
+    s = s[s["condition"] != "clean"]
+    if s.empty:
+        return ["  counterfactual shares: not available (no lse_neg in the angle logs)"]
+    lines = ["  counterfactual noisy share on each run's own geometry (last epoch; p channel, slope "
+             "channel; mean p of clean samples):"]
+    for _, r in s.iterrows():
+        lines.append(f"    {r['condition']:<10} geometry {r['loss']:<28} as {r['counterfactual']:<28} "
+                     f"{r['noisy_share']:.4f} [{r['noisy_share_min']:.4f}, {r['noisy_share_max']:.4f}] "
+                     f"(p {r['p_channel_share']:.4f}, slope {r['slope_channel_share']:.4f}; "
+                     f"p clean {r['mean_p_clean']:.3f})")
     return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr demo`` (all optional)."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"sweep YAML (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"sweep YAML or a shipped config's name (default {DEFAULT_CONFIG})")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="skip the analysis report")
     parser.add_argument("--address", help="run on an existing Ray cluster ('auto' or HOST:PORT)")
@@ -90,13 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo sweep, then its analysis report."""
     from noisyfr.analysis import write_report
+    from noisyfr.shipped import config_path
     from noisyfr.tune import load_sweep, run_sweep
     from noisyfr.tune.spec import STATE_FILE
 
     t0 = time.time()
-    config = _find_config(args.config)
-    if not config.is_file():
-        raise NoisyFRError(f"demo config {config}: no such file")
+    config = config_path(args.config, "demo config")
     spec = load_sweep(config, sweep_dir=args.out)
     resume = (spec.sweep_dir / STATE_FILE).exists()
     if resume:

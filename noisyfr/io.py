@@ -150,8 +150,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: tuple
     path = Path(path)
     if not path.is_file():
         raise NoisyFRError(f"checkpoint {path}: no such file")
+    import warnings
+
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        # torch warns about what it is about to refuse (a pickle protocol, ...): the refusal is
+        # the one line; a checkpoint that loads gets its warnings back
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except Exception as exc:  # corrupt file, non-weights pickle, ...
         msg = first_sentence(str(exc)) or type(exc).__name__
         raise NoisyFRError(f"checkpoint {path}: not a readable checkpoint "

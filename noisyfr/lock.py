@@ -7,7 +7,9 @@ the lock when the holder dies, however it dies (``kill -9`` included), so a lock
 and nothing ever needs deleting by hand; the file left behind by a killed holder is taken over by
 the next writer. A clean release removes the file.
 
-Readers (``analyze``, ``eval``) take no lock. :func:`check_free` asks without writing anything (a
+The lock file is opened with :func:`noisyfr.safefs.open_regular`: a symbolic link or a named
+pipe planted at ``DIR/.lock`` is refused with one line (nothing it names is created, truncated or
+written, and nothing blocks). Readers (``analyze``, ``eval``) take no lock. :func:`check_free` asks without writing anything (a
 command refuses early, before any work); :func:`acquire` takes the lock when the command starts
 to write; :func:`is_held` says whether a writer holds it (the sweep driver asks it of its trials'
 run directories when it stops them). Asking takes the lock for a moment, so both retry a
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.safefs import open_regular
 
 #: the lock file's name inside the directory it guards (not a run or sweep file)
 LOCK_NAME = ".lock"
@@ -71,8 +74,8 @@ def is_held(folder: str | os.PathLike) -> bool:
     """Whether a live process holds ``folder``'s lock (False without a lock file, or with one
     left by a killed holder). Creates, opens for writing and changes nothing."""
     try:
-        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        fd = open_regular(Path(folder) / LOCK_NAME, os.O_RDONLY)
+    except (OSError, NoisyFRError):
         return False
     try:
         try:
@@ -89,10 +92,11 @@ def is_held(folder: str | os.PathLike) -> bool:
 
 def check_free(folder: str | os.PathLike, what: str) -> None:
     """:class:`DirectoryInUse` naming ``folder`` and the holder when a live process holds its
-    lock. Creates, opens for writing and changes nothing."""
+    lock, NoisyFRError when ``DIR/.lock`` is a link, a FIFO or anything but a regular file.
+    Creates, opens for writing and changes nothing."""
     path = Path(folder) / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_regular(path, os.O_RDONLY, what="lock file")
     except OSError:
         return  # no lock file (or an unreadable one: acquire will say)
     try:
@@ -119,7 +123,7 @@ class DirLock:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+            if os.lstat(self.path).st_ino == os.fstat(self.fd).st_ino:
                 self.path.unlink()
         os.close(self.fd)
         self.fd = None
@@ -140,7 +144,7 @@ def acquire(folder: str | os.PathLike, what: str) -> DirLock:
     from noisyfr.outputs import file_mode
 
     for _ in range(10):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode())
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, file_mode(), what="lock file")
         try:
             _flock_nb(fd)
         except BlockingIOError:
@@ -153,7 +157,7 @@ def acquire(folder: str | os.PathLike, what: str) -> DirLock:
         # A holder releasing at this moment unlinks the file it locked: then this descriptor is
         # an orphan and the lock must be taken on the file now at the path.
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            same = os.lstat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if not same:

@@ -323,3 +323,74 @@ def atomic_folder(out: str | os.PathLike, what: str = "--out") -> Iterator[Path]
         if is_write_error(exc):
             raise write_error(exc, out) from None
         raise
+
+
+# --------------------------------------------------------------------------- CSV text cells
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(value):
+    """A text cell as a spreadsheet shows it without running it: a string starting with one of
+    :data:`FORMULA_STARTS` gets a leading single quote (OWASP's advice for CSV injection);
+    anything else, numbers included, is returned unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_safe(df):
+    """``df`` (a pandas DataFrame) with :func:`escape_cell` applied to its text columns (object,
+    string and categorical columns of strings); numeric and boolean columns are left as they
+    are. The one step every CSV writer takes before ``to_csv``; Parquet outputs keep the raw text."""
+    import pandas as pd
+
+    out = None
+    for col in df.columns:
+        s = df[col]
+        if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)
+                or isinstance(s.dtype, pd.CategoricalDtype)):
+            continue
+        values = s.astype(object) if isinstance(s.dtype, pd.CategoricalDtype) else s
+        risky = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        if bool(risky.any()):
+            out = df.copy() if out is None else out
+            out[col] = values.map(escape_cell)
+    out = df if out is None else out
+    cols = [escape_cell(c) for c in out.columns]
+    return out.set_axis(cols, axis=1) if cols != list(out.columns) else out
+
+
+# --------------------------------------------------------------------------- several outputs
+@contextlib.contextmanager
+def all_or_nothing(paths: Iterable) -> Iterator[None]:
+    """Several output files written (each atomically) inside the block are kept all or not at
+    all: when the block raises, the files it created are removed and those it replaced get their
+    earlier content back (kept meanwhile as a hard link beside them, no copy). A command with
+    several outputs (a manifest, its sidecar, its scores, a sheet) never leaves the first ones
+    of a failed call."""
+    import secrets
+
+    paths = [Path(p) for p in paths]
+    existed = {p: os.path.lexists(p) for p in paths}
+    kept: dict[Path, Path] = {}
+    for p in paths:
+        if existed[p] and p.is_file() and not p.is_symlink():
+            backup = p.with_name(f".{p.name}.{secrets.token_hex(4)}.keep")
+            with contextlib.suppress(OSError):
+                os.link(p, backup)
+                kept[p] = backup
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            with contextlib.suppress(OSError):
+                if p in kept:
+                    os.replace(kept.pop(p), p)
+                elif not existed[p]:
+                    p.unlink()
+        raise
+    finally:
+        for backup in kept.values():
+            with contextlib.suppress(OSError):
+                backup.unlink()

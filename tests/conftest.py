@@ -14,6 +14,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+#: Test modules that must not run beside each other under pytest-xdist (``make test
+#: PYTEST_ARGS='-n 2 --dist loadgroup'``): each group runs on one worker, one test at a time. ray:
+#: local Ray clusters (one per machine is what ray.init expects), the sweep driver's signals and
+#: its watchdog; distributed: gloo process groups on local ports; timing: wall-clock bounds.
+#: tests/test_install.py checks that every module starting Ray or process groups is listed.
+XDIST_GROUPS = {
+    "ray": ("test_tune_sweep", "test_tune_resume", "test_tune_cluster", "test_tune_reaper",
+            "test_parquet_readers", "test_run_safety"),
+    "distributed": ("test_train_parallel", "test_train_dist"),
+    "timing": ("test_config",),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the markers
+def pytest_collection_modifyitems(config, items):
+    module_group = {m: g for g, mods in XDIST_GROUPS.items() for m in mods}
+    for item in items:
+        group = module_group.get(item.path.stem)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch uses its share of the cores (not all of them)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and int(workers) > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
 
 def _require(sub: str) -> Path:
     path = SHARED_DATA / sub

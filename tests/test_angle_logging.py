@@ -85,7 +85,7 @@ def test_written_log_has_the_schema_and_row_groups_of_at_most_131072_rows(tmp_pa
 
 def test_tracker_arrays_and_rows_frame_are_int32_and_nearest_label_minus_one_without_another_class():
     tracker = AngleTracker()
-    values = torch.tensor([[0.5, float("nan"), float("nan")] + [0.1] * 8] * 2)
+    values = torch.tensor([[0.5, float("nan"), float("nan")] + [0.1] * (len(_FLOATS) - 3)] * 2)
     tracker.add(torch.tensor([3, 1]), torch.tensor([0, 0]), torch.tensor([0, 0]), values)
     tracker.add(torch.tensor([1]), torch.tensor([0]), torch.tensor([0]), values[:1] + 1)  # repeat
     arrays = tracker.arrays()

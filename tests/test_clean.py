@@ -51,7 +51,8 @@ def test_scores_match_a_pandas_rederivation(run_dir):
     last = a[a["epoch"] == epoch].set_index("sample_index")
     assert len(got) == len(last) == 72
     np.testing.assert_allclose(got["theta"], np.degrees(last["theta_y"].astype(float)), rtol=1e-6)
-    np.testing.assert_allclose(got["margin"], np.degrees(last["theta_y"].astype(float) - last["theta_nearest"]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got["margin"], np.degrees(last["theta_y"].astype(float) - last["theta_nearest"]),
+                               rtol=1e-5, atol=1e-4)
     aum = np.degrees(a["theta_y"].astype(float) - a["theta_nearest"].astype(float)).groupby(a["sample_index"]).mean()
     np.testing.assert_allclose(got["aum"], aum.loc[got.index], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(got["subcentre"], np.degrees(last["theta_dominant"].astype(float)), rtol=1e-6)

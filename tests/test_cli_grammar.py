@@ -8,7 +8,8 @@ import pytest
 
 from noisyfr.cli import SUBCOMMANDS, build_parser, main
 
-WRITERS = ("inject", "pack", "synth", "curves", "analyze", "eval", "train", "sweep", "demo", "loop")
+WRITERS = ("inject", "pack", "synth", "curves", "analyze", "eval", "train", "sweep", "demo", "loop",
+           "features", "configs")
 SHARED = {"--out": WRITERS, "--resume": ("train", "sweep", "loop"), "--device": ("train", "eval", "sweep")}
 VARIANTS = ("--output", "--out-dir", "--outdir", "--output-dir", "--output_dir", "--resume-from",
             "--gpu", "--cuda", "--dev", "--outfile")
@@ -78,7 +79,7 @@ def test_every_number_flag_is_parsed_by_noisyfr_numeric():
     flags = _number_flags()
     # the commands whose options take numbers: all of them parse with real_arg / int_arg
     assert {name for name, _ in flags} == {"curves", "synth", "inject", "eval", "embed", "export",
-                                           "analyze", "query", "clean"}
+                                           "analyze", "query", "clean", "features"}
     assert ("curves", "--points") in flags and ("inject", "--closed") in flags
 
 

@@ -384,7 +384,8 @@ def test_pack_cli_ok_and_bad_input(tiny_folder: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
     assert cli_main(["pack", str(tiny_folder), "--out", str(out / "train")]) == 0
     assert len(open_index(out / "train.rec")) == 4
-    assert cli_main(["pack", str(tiny_folder), str(out / "again")]) == 0  # deprecated positional form; deterministic bytes
+    # the deprecated positional form; deterministic bytes
+    assert cli_main(["pack", str(tiny_folder), str(out / "again")]) == 0
     for ext in (".rec", ".idx"):
         assert (out / f"again{ext}").read_bytes() == (out / f"train{ext}").read_bytes()
     # bad inputs: exit status 2, one-line error naming the input, no output file at all

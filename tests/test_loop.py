@@ -1,6 +1,6 @@
 """``noisyfr loop`` end to end on a tiny loop (6 identities x 12 images, 2 epochs, 1 loss, 1
 condition, 2 seeds, 2 rules): the files, the references (the oracle removes exactly the noisy
-samples; the noisy rows), the recovered fraction recomputed from the table, the held-out images
+samples; the noisy rows), the paired gains in percentage points recomputed from the table, the held-out images
 shared by every run of a seed, resume, and bad configs; plus the pieces it rests on (a
 manifest's recorded held-out rows, the shared render cache)."""
 from __future__ import annotations
@@ -80,26 +80,31 @@ def test_files_and_reference_rows(done):
     assert "recovered" in md
 
 
-def test_recovered_fraction_is_paired_by_seed(done):
+def test_gains_are_paired_by_seed_in_percentage_points(done):
     _, out = done
     t = pd.read_csv(out / "loop.csv")
     for acc, short in (("heldout_accuracy", "heldout"), ("val_accuracy", "val")):
-        for seed, g in t.groupby("seed"):
+        for _seed, g in t.groupby("seed"):
             base = float(g.loc[g["rule"] == "noisy", acc].iloc[0])
             top = float(g.loc[g["rule"] == "oracle", acc].iloc[0])
             for _, r in g.iterrows():
-                assert r[f"gain_{short}"] == pytest.approx(r[acc] - base)
-                if top != base:
-                    assert r[f"recovered_{short}"] == pytest.approx((r[acc] - base) / (top - base))
-                else:
-                    assert np.isnan(r[f"recovered_{short}"])
-    # the summary's mean is the mean of the per-seed fractions, not a ratio of means
-    s = loop.summary(t)
-    row = s[s["rule"] == "theta fraction=0.2"].iloc[0]
-    vals = t.loc[t["rule"] == "theta fraction=0.2", "recovered_heldout"].dropna()
-    assert row["recovered_heldout_n"] == len(vals)
-    if len(vals):
-        assert row["recovered_heldout_mean"] == pytest.approx(vals.mean())
+                if np.isnan(r[acc]):  # a rule that could not clean (it would leave an identity only
+                    # held-out images): a row saying why, no run and no gain
+                    assert r["status"].startswith("clean failed") and np.isnan(r[f"gain_{short}_pp"])
+                    continue
+                assert r[f"gain_{short}_pp"] == pytest.approx(100 * (r[acc] - base))
+                assert r[f"to_oracle_{short}_pp"] == pytest.approx(100 * (top - r[acc]))
+    # loop.md: the pp table per rule and accuracy, a recovered fraction only where identified
+    from noisyfr.analysis import recovery
+
+    tab = recovery.recovery_table(t)
+    assert len(tab) == 2 * 2                   # 2 rules x 2 accuracies
+    md = (out / "loop.md").read_text()
+    assert "What each rule recovers, in percentage points" in md
+    for _, r in tab.iterrows():
+        line = next(ln for ln in md.splitlines()
+                    if ln.startswith(f"| {r['loss']} | {r['condition']} | {r['rule']} | {r['accuracy']} |"))
+        assert (recovery.NOT_IDENTIFIED in line) == (not r["identified"])
 
 
 def test_every_run_of_a_seed_holds_out_the_noisy_runs_images(done):
@@ -193,16 +198,20 @@ def test_the_shipped_configs_validate(capsys):
     assert plan.base["model"]["backbone"] == "iresnet50"
 
 
-@pytest.mark.parametrize("column", [[True, False, True], [1, 0, 1], ["true", "False", "TRUE"]])
+@pytest.mark.parametrize("column", [[True, False, True, False], [1, 0, 1, 0], ["true", "False", "TRUE", "false"]])
 def test_a_recorded_heldout_column_fixes_the_split(column):
+    from noisyfr.errors import NoisyFRError
     from noisyfr.train.data import split_rows
 
-    man = pd.DataFrame({"heldout": column})
-    train, held = split_rows(man, [0, 0, 1], None, 0.25, seed=3)
-    assert list(held) == [0, 2] and list(train) == [1]
+    man = pd.DataFrame({"heldout": column, "label": [0, 0, 1, 1]})
+    train, held = split_rows(man, [0, 0, 1, 1], None, 0.25, seed=3)
+    assert list(held) == [0, 2] and list(train) == [1, 3]
     # without held-out images the column is not used
-    train, held = split_rows(man, [0, 0, 1], None, 0.0, seed=3)
-    assert list(train) == [0, 1, 2] and len(held) == 0
+    train, held = split_rows(man, [0, 0, 1, 1], None, 0.0, seed=3)
+    assert list(train) == [0, 1, 2, 3] and len(held) == 0
+    # an identity whose every image is held out would have no training image: refused
+    with pytest.raises(NoisyFRError, match="identity 'b'"):
+        split_rows(man.iloc[:3], [0, 0, 1], None, 0.25, seed=3, names=["a", "b"])
 
 
 def test_a_bad_heldout_column_is_one_line():

@@ -1,6 +1,7 @@
 """Pure noise functions (noisyfr.noise.draw): exact stratified counts, flips, partners, draws."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -166,5 +167,5 @@ def test_noise_spec_one_spelling_and_seed():
         NoiseSpec(closed=0.6, open=0.6, holdout_ids=2)
     with pytest.raises(NoisyFRError, match="outlier source"):
         NoiseSpec(open=0.1)
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.closed = 0.1

@@ -190,7 +190,13 @@ def test_train_synthetic_end_to_end(full_run):
         assert list(frame["sample_index"]) == list(range(32))
         assert (frame["epoch"] == epoch).all()
         np.testing.assert_array_equal(frame["label"], np.repeat(np.arange(4), 8))
-        assert frame[["theta_y", "theta_nearest", "weight"]].notna().all().all()
+        assert frame[["theta_y", "theta_nearest", "weight", "lse_neg"]].notna().all().all()
+        # lse_neg is the geometry the weight came from: the trained loss's pull recomputed from it
+        from noisyfr.analysis.counterfactual import build, sample_weights
+
+        section = yaml.safe_load((out / "config.yaml").read_text())["loss"]
+        pull = sample_weights(build(section), frame["theta_used"], frame["lse_neg"])["pull"]
+        np.testing.assert_allclose(pull, frame["weight"], rtol=2e-3, atol=1e-5)
         assert ((frame["theta_y"] >= 0) & (frame["theta_y"] <= math.pi)).all()
         assert (frame["nearest_label"] != frame["label"]).all()
         np.testing.assert_array_equal(frame["theta_orig"], frame["theta_y"])   # all clean

@@ -11,6 +11,7 @@ from noisyfr import cli
 from noisyfr.demo import DEFAULT_CONFIG
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
+from noisyfr.shipped import config_path
 from noisyfr.tune import run, spec as sweep_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def test_every_shipped_sweep_config_is_found():
     names = {p.name for p in SWEEP_CONFIGS}
     assert {"demo.yaml", "lfw_demo.yaml", "grad_mode.yaml", "casia_closed.yaml", "casia_open.yaml",
             "casia_expface.yaml", "casia_arcface_torch.yaml", "science.yaml", "lfw_all.yaml"} <= names
-    assert (REPO / DEFAULT_CONFIG) in SWEEP_CONFIGS   # what `noisyfr demo` sweeps
+    assert config_path(DEFAULT_CONFIG) in SWEEP_CONFIGS   # what `noisyfr demo` sweeps
 
 
 @pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=lambda p: p.stem)
@@ -55,7 +56,7 @@ def test_shipped_sweep_rebuilds_from_its_directory(tmp_path, path):
 
 
 def test_demo_trial_names_are_those_of_the_config_file(tmp_path):
-    _, again = _stored_and_fresh(REPO / DEFAULT_CONFIG, tmp_path / "out")
+    _, again = _stored_and_fresh(config_path(DEFAULT_CONFIG), tmp_path / "out")
     assert [t.name for t in again.trials][:2] == ["000_loss=arcface-s32-m0.5-detached_closed=0_seed=0",
                                                   "001_loss=arcface-s32-m0.5-detached_closed=0_seed=1"]
     raw = json.loads((tmp_path / "out" / sweep_spec.STATE_FILE).read_text())["source"]["raw"]
@@ -102,7 +103,7 @@ def test_sweep_resume_dry_run_from_the_directory_lists_the_config_files_trials(t
                                                                                monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "demo"
-    spec = sweep_spec.load_sweep(DEFAULT_CONFIG, sweep_dir=out)
+    spec = sweep_spec.load_sweep(config_path(DEFAULT_CONFIG), sweep_dir=out)
     sweep_spec.plan_manifests(spec)
     run.write_state(spec)
     assert cli.main(["sweep", DEFAULT_CONFIG, "--out", str(out), "--dry-run"]) == 0

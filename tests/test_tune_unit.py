@@ -38,7 +38,7 @@ def test_grid_is_the_cartesian_product(tmp_path):
     spec = sweep_spec.load_sweep(base(), sweep_dir=tmp_path)
     assert len(spec.trials) == 2 * 2 * 3
     combos = {(t.config["loss"]["name"], t.noise.closed, t.config["seed"]) for t in spec.trials}
-    assert combos == {(l, c, s) for l in ("arcface", "cosface") for c in (0.0, 0.4) for s in (0, 1, 2)}
+    assert combos == {(loss, c, s) for loss in ("arcface", "cosface") for c in (0.0, 0.4) for s in (0, 1, 2)}
     names = [t.name for t in spec.trials]
     assert len(set(names)) == len(names)
     for t in spec.trials:
@@ -170,7 +170,7 @@ def test_manifests_are_shared_by_noise_setting_and_seed(tmp_path):
     groups = sweep_spec.plan_manifests(spec)
     # 2 noise rates x 3 seeds; the two losses share each manifest
     assert len(groups) == 6
-    for _, (_, noise, trials) in groups.items():
+    for _, (_, _noise, trials) in groups.items():
         assert {t.config["loss"]["name"] for t in trials} == {"arcface", "cosface"}
         assert len({t.manifest for t in trials}) == 1
         assert all(t.config["data"]["manifest"] == t.manifest for t in trials)
@@ -254,15 +254,18 @@ def test_results_table_and_summary_statistics(tmp_path):
     # recompute one cell independently: cosface at closed=0.4 over the completed seeds
     sel = [t for t in spec.trials if t.config["loss"]["name"] == "cosface" and t.noise.closed == 0.4
            and t.name not in (bad, unlearned)]
-    vals = [finals[t.name] * 100 for t in sel]
-    if len(vals) > 1:
+    vals = [finals[t.name] for t in sel]
+    if len(vals) > 1:  # an accuracy: the t-interval on the logit scale, shown in %
+        import math
+
         from scipy.stats import t as student
 
         m = statistics.mean(vals)
-        half = student.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5
-        expect = f"learned {m:.2f} [{m - half:.2f}, {m + half:.2f}] n={len(vals)}"
+        half = student.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5 / (m * (1 - m))
+        lo, hi = (100 / (1 + math.exp(-(math.log(m / (1 - m)) + k * half))) for k in (-1, 1))
+        expect = f"learned {100 * m:.2f} [{lo:.2f}, {hi:.2f}] n={len(vals)}"
     else:
-        expect = f"learned {vals[0]:.2f} n=1"
+        expect = f"learned {100 * vals[0]:.2f} n=1"
     line = next(ln for ln in md.split("## Verification accuracy, last epoch")[1].splitlines()
                 if ln.startswith("| cosface"))
     assert expect in line
@@ -362,10 +365,27 @@ def test_science_grid_pairs_every_loss_in_both_gradient_modes():
     spec = sweep_spec.load_sweep(CONFIGS / "science.yaml", base_dir=REPO)
     combos = {(t.config["loss"]["name"], t.config["loss"]["grad_mode"]) for t in spec.trials}
     assert combos == {(n, g) for n in ("arcface", "cosface", "expface") for g in ("exact", "detached")}
-    assert len(spec.trials) == 36 and {t.config["seed"] for t in spec.trials} == {0, 1, 2}
-    exact = {t.config["loss"]["name"]: t.config["loss"] for t in spec.trials
+    assert len(spec.trials) == 160 and {t.config["seed"] for t in spec.trials} == set(range(10))
+    # the primary comparison names two losses and a condition of the grid
+    from noisyfr.analysis.comparisons import parse_analysis
+    from noisyfr.analysis.load import condition_label
+    from noisyfr.losses import loss_label
+
+    primary = parse_analysis(spec.raw["analysis"]).primary
+    labels = {loss_label(t.config["loss"]) for t in spec.trials}
+    assert {primary["a"], primary["b"]} <= labels
+    assert primary["condition"] in {condition_label({"closed": t.noise.closed}) for t in spec.trials}
+    exact = {(t.config["loss"]["name"], t.config["loss"].get("m")): t.config["loss"] for t in spec.trials
              if t.config["loss"]["grad_mode"] == "exact"}
-    assert exact["arcface"]["easy_margin"] is True and exact["expface"]["grad_floor"] == 1.0
+    assert exact[("arcface", 0.5)]["easy_margin"] is True and exact[("expface", 0.7)]["grad_floor"] == 1.0
+    # the matched ArcFace: its m is the library's match to ExpFace 0.7 at 45 degrees
+    import math
+
+    from noisyfr.losses.matching import matched_margin
+
+    arc_m = {t.config["loss"]["m"] for t in spec.trials if t.config["loss"]["name"] == "arcface"}
+    matched = matched_margin("expface", math.radians(45), "arcface", {"m": 0.7})
+    assert len(arc_m) == 2 and min(arc_m) == pytest.approx(matched, abs=5e-4)
 
 
 @pytest.mark.parametrize("kind, axis", [("closed", "closed"), ("open", "open")])

@@ -154,7 +154,7 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     from noisyfr.analysis import load, scores
     from noisyfr.io import atomic_path
     from noisyfr.noise.manifest import sidecar_path, write_manifest
-    from noisyfr.outputs import check_output
+    from noisyfr.outputs import all_or_nothing, check_output
 
     score = scores.check_score(score)
     out = Path(out)
@@ -167,6 +167,11 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     check_output(scores_path, inputs, kind="file", what="--out (scores)")
     if sheet:
         check_output(sheet, inputs, kind="file", what="--sheet")
+        own = [out, sidecar_path(out), scores_path]  # nor may the sheet replace another output
+        hit = [p for p in own if Path(p).resolve() == Path(sheet).resolve()]
+        if hit:
+            raise NoisyFRError(f"--sheet {sheet}: is {hit[0]}, another output of this command; "
+                               "choose another path")
     chosen, selected_by = scores.choose_epoch(run_, epoch)
     seed = int(seed)
     table = scores.run_scores(run_, chosen, seed=seed)
@@ -183,9 +188,10 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
         new_labels[relabelled] = near[relabelled]
         removed = removed & ~relabelled
     manifest, meta, truth_known = _source_manifest(run_)
-    _check_identities(manifest, table, removed, new_labels, run_)
-    truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
+    _check_indices(manifest, table, run_)
     held = heldout_rows(run_, manifest)
+    _check_identities(manifest, table, removed, new_labels, run_, held)
+    truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
     if command is None:
         command = (shlex.join(["noisyfr", "clean", *sys.argv[2:]]) if sys.argv[1:2] == ["clean"]
                    else "noisyfr.analysis.clean_cli")
@@ -206,12 +212,14 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
         from noisyfr.analysis.sheet import contact_sheet
 
         sheet_text = contact_sheet(run_, table.assign(removed=removed, relabelled=relabelled), score, manifest)
-    write_manifest(rows, side, out)
-    with atomic_path(scores_path) as tmp:
-        table.assign(removed=removed, relabelled=relabelled, new_label=new_labels).to_parquet(tmp, index=False)
-    if sheet_text is not None:
-        with atomic_path(sheet) as tmp:
-            Path(tmp).write_text(sheet_text, encoding="utf-8")
+    written = [out, sidecar_path(out), scores_path] + ([Path(sheet)] if sheet_text is not None else [])
+    with all_or_nothing(written):  # a failed third write takes the first two back
+        write_manifest(rows, side, out)
+        with atomic_path(scores_path) as tmp:
+            table.assign(removed=removed, relabelled=relabelled, new_label=new_labels).to_parquet(tmp, index=False)
+        if sheet_text is not None:
+            with atomic_path(sheet) as tmp:
+                Path(tmp).write_text(sheet_text, encoding="utf-8")
     if verbose:
         thr = provenance["threshold"]
         print(f"{out}: kept {len(rows)} of {len(manifest)} samples ({int(removed.sum())} removed, "
@@ -239,19 +247,33 @@ def _records(df: pd.DataFrame) -> list[dict]:
             for row in df.to_dict(orient="records")]
 
 
+def _check_indices(manifest: pd.DataFrame, table: pd.DataFrame, run) -> None:
+    """Every scored sample is a row of the manifest it is cleaned from, else one line naming it."""
+    idx = table["sample_index"].to_numpy(dtype=np.int64)
+    bad = idx[(idx < 0) | (idx >= len(manifest))]
+    if len(bad):
+        where = run.manifest_path or f"the dataset {run.config.get('data', {}).get('train')}"
+        raise NoisyFRError(f"{run.path / 'angles'}: sample_index {int(bad[0])} is not in manifest {where} "
+                           f"({len(manifest)} rows)")
+
+
 def _check_identities(manifest: pd.DataFrame, table: pd.DataFrame, removed: np.ndarray,
-                      new_labels: np.ndarray, run) -> None:
-    """Every label the run trained on keeps a sample, else a one-line error naming the identity."""
+                      new_labels: np.ndarray, run, held: np.ndarray | None = None) -> None:
+    """Every label the run trained on keeps a training sample (held-out rows do not count: a
+    run on the cleaned manifest would have none to learn it from, :func:`noisyfr.train.data.
+    check_trained_identities`), else a one-line error naming the identity."""
     label = manifest["label"].to_numpy(dtype=np.int64).copy()
     idx = table["sample_index"].to_numpy(dtype=np.int64)
     label[idx] = new_labels
-    keep = np.ones(len(manifest), bool)
+    keep = np.ones(len(manifest), bool) if held is None else ~np.asarray(held, bool)
     keep[idx[removed]] = False
     trained = np.unique(table["label"].to_numpy(dtype=np.int64))
     left = np.bincount(label[keep], minlength=int(label.max()) + 1 if len(label) else 0)
     empty = [int(c) for c in trained if c >= len(left) or left[c] == 0]
     if empty:
-        names = manifest.groupby("label")["identity"].first()
+        from noisyfr.analysis.sheet import class_names
+
+        names = class_names(manifest)
         who = ", ".join(str(names.get(c, c)) for c in empty[:3])
         raise NoisyFRError(f"the threshold keeps no sample of {len(empty)} identit"
                            f"{'y' if len(empty) == 1 else 'ies'} ({who}{', ...' if len(empty) > 3 else ''}); "

@@ -9,7 +9,8 @@ from noisyfr.numeric import int_arg, real_arg
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 
 #: Command lines shown by ``--help``.
-EXAMPLES = ['noisyfr analyze runs/demo --weight grad_norm']
+EXAMPLES = ['noisyfr analyze runs/demo --weight grad_norm',
+            'noisyfr analyze runs/demo --counterfactual arcface:m=0.405,grad_mode=detached']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learned-threshold", type=real_arg(lo=0.0, hi=1.0), default=DEFAULT_LEARNED_ACCURACY,
                         metavar="ACC", help="a run learned when its last epoch's clean-sample accuracy "
                                             "reaches this, in [0, 1] (default %(default)s)")
+    parser.add_argument("--counterfactual", action="append", default=[], metavar="LOSS[:KEY=VALUE,...]",
+                        help="also weight every run's logged geometry by this loss setting (repeatable; "
+                             "s defaults to the run's), beside the runs' own losses: "
+                             "tables/counterfactual.csv, e.g. arcface:m=0.405,grad_mode=detached")
     parser.add_argument("--no-figures", action="store_true", help="write tables and report text only (no PNGs)")
 
 
@@ -51,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
+    from noisyfr.losses.matching import parse_loss_spec
+
+    extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]
     out = args.out if args.out is not None else Path(args.input) / "report"
     path = write_report(args.input, out, quantile=args.quantile, bins=args.bins, seed=args.seed,
                         metric=args.metric, figures=not args.no_figures, weight=args.weight,
-                        region_deg=args.region_deg, learned_threshold=args.learned_threshold)
+                        region_deg=args.region_deg, learned_threshold=args.learned_threshold,
+                        extra_losses=extra)
     print(path)
     return 0

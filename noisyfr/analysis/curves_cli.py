@@ -12,8 +12,10 @@ import pandas as pd
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
+from noisyfr.losses.matching import DEFAULT_TOL, matching_table, parse_loss_spec
 from noisyfr.losses.curves import (DEFAULT_LOSSES, MAX_CELLS, MAX_CLASSES, MAX_POINTS, check_settings,
                                    curves)
+from noisyfr import numeric
 from noisyfr.numeric import int_arg, real_arg
 
 DPI = 120
@@ -26,7 +28,8 @@ def plot_curves(df: pd.DataFrame, path) -> Path:
     return save_figure(loss_curves_figure(df), path, dpi=DPI)
 
 #: Command lines shown by ``--help``.
-EXAMPLES = ['noisyfr curves --losses arcface,cosface,expface --out curves.png']
+EXAMPLES = ['noisyfr curves --losses arcface,cosface,expface --out curves.png',
+            'noisyfr curves --match expface:m=0.7 --at 30,45,60,80']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"points x classes at most {MAX_CELLS} (default: %(default)s)")
     parser.add_argument("--neg-cos", type=real_arg(lo=-1.0, hi=1.0), default=0.0,
                         help="non-target cosine in the reference setting, in [-1, 1] (default: %(default)s)")
+    parser.add_argument("--match", metavar="LOSS[:KEY=VALUE,...]", action="append",
+                        help="print the ArcFace and CosFace margins whose target logit equals this "
+                             "loss's at each --at angle, and the angle bands where they differ by "
+                             "more than --tol; writes no file (repeatable)")
+    parser.add_argument("--at", default="45", metavar="DEG[,DEG...]",
+                        help="matching angles in degrees, in [0, 180] (default: %(default)s)")
+    parser.add_argument("--tol", type=real_arg(lo=0.0, lo_open=True), default=DEFAULT_TOL,
+                        help="target-logit difference (before s) that counts as differing "
+                             "(default: %(default)s)")
 
 
 def run(args) -> int:
-    """Compute the curves, write the CSV and the PNG (both atomically)."""
-    from noisyfr.outputs import check_output
+    """Compute the curves, write the CSV and the PNG (both atomically); with ``--match``, print
+    the matched margins instead."""
+    from noisyfr.outputs import check_output, csv_safe
+
+    if args.match:
+        return print_matches(args.match, args.at, args.tol)
 
     names = [n.strip() for n in str(args.losses).split(",") if n.strip()]
     out = Path(args.out)
@@ -60,7 +76,22 @@ def run(args) -> int:
     df = curves(names, points=args.points, num_classes=args.classes, neg_cos=args.neg_cos)
     csv = out.with_suffix(".csv")
     with atomic_path(csv) as tmp:  # the PNG is drawn inside: if it fails, no CSV either
-        df.to_csv(tmp, index=False, float_format="%.10g")
+        csv_safe(df).to_csv(tmp, index=False, float_format="%.10g")
         plot_curves(df, out)
     print(f"wrote {out} and {csv} ({len(names)} losses x {args.points} points)")
+    return 0
+
+
+def print_matches(specs: list[str], at: str, tol: float) -> int:
+    """Print :func:`noisyfr.losses.matching.matching_table` for the ``--match`` specs."""
+    losses = [parse_loss_spec(t) for t in specs]
+    angles = [numeric.real(item.strip(), f"--at {item.strip()!r}", lo=0.0, hi=180.0)
+              for item in str(at).split(",")]
+    df = matching_table(losses, angles, tol)
+    print(f"matched margins (target logit equal at theta0; bands: |T_L - T_matched| > {tol:g})")
+    for r in df.itertuples():
+        arc = "no match" if r.arcface_m != r.arcface_m else f"{r.arcface_m:.4f} rad"
+        cos = "no match" if r.cosface_m != r.cosface_m else f"{r.cosface_m:.4f}"
+        print(f"{r.loss} at {r.theta0_deg:g} deg: T = {r.T:.4f}; arcface m = {arc} "
+              f"(differs at {r.arcface_band}); cosface m = {cos} (differs at {r.cosface_band})")
     return 0

@@ -50,10 +50,11 @@ FILL = {
     "theta_dominant": "theta_y",
     "weight_theta": "weight * sin(theta_y)",
     "grad_norm": "NULL::FLOAT", "unit_pull": "NULL::FLOAT", "feat_norm": "NULL::FLOAT",
+    "lse_neg": "NULL::FLOAT",
 }
 #: Float columns whose NaN means "not logged": read as NULL, so sums and means skip them.
 NAN_AS_NULL = ("theta_orig", "weight", "weight_theta", "grad_norm", "unit_pull", "feat_norm",
-               "theta_used")
+               "theta_used", "lse_neg")
 
 
 def quote(text: str) -> str:
@@ -63,14 +64,25 @@ def quote(text: str) -> str:
 
 def connect(memory_limit: str | None = None, threads: int | None = None):
     """An in-memory DuckDB connection set up for the analysis (all cores, a memory limit,
-    spilling to a private temporary directory)."""
+    spilling to a private temporary directory). The directory is removed with its contents
+    when the connection is closed and dropped, or at the latest when the process exits: no
+    ``noisyfr-duckdb-*`` folder is left behind."""
+    import shutil
+    import weakref
+
     import duckdb
 
     tmp = tempfile.mkdtemp(prefix="noisyfr-duckdb-")
-    return duckdb.connect(":memory:", config={
-        "threads": int(threads or os.cpu_count() or 1),
-        "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
-        "preserve_insertion_order": False, "temp_directory": tmp})
+    try:
+        con = duckdb.connect(":memory:", config={
+            "threads": int(threads or os.cpu_count() or 1),
+            "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
+            "preserve_insertion_order": False, "temp_directory": tmp})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(con, shutil.rmtree, tmp, True)
+    return con
 
 
 def first_sentence(exc: BaseException) -> str:
@@ -251,8 +263,8 @@ def _bin(expr: str, scale: str, nbins: int, finite: bool = False) -> str:
     """SQL of the bin of ``expr``: ``floor(expr * scale)`` clipped to the bins, -1 for a
     non-finite value. With ``finite`` (the values were checked finite and in range) it is left
     unclipped, one bin beyond either end at most, for speed: :func:`clip_bins` clips it."""
-    if finite:
-        return f"floor({expr} * {scale})::INTEGER"
+    if finite:  # TRY_CAST: a NaN that slipped through is NULL here, and check_theta names it
+        return f"TRY_CAST(floor({expr} * {scale}) AS INTEGER)"
     clipped = f"least(greatest(floor({expr} * {scale}), 0), {nbins - 1})"
     return f"CASE WHEN isfinite({expr}) THEN {clipped} ELSE -1 END::INTEGER"
 
@@ -274,9 +286,10 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
     ``keys`` are grouping columns of ``source`` before ``epoch`` (``[]`` for one run). ``raw``,
     where given, is the same rows without the manifest and ``manifest`` the manifest's table
     (:func:`manifest_table`): the narrow scan then reads the logs alone and joins only the rows
-    it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of theta_y, the rows whose sample is
-    missing from the manifest and those it labels differently (:func:`check_parts`; the weights'
-    ranges are checked from the files' statistics, :func:`noisyfr.analysis.load.angle_files`)."""
+    it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of
+    theta_y, the rows whose sample is missing from the manifest and those it labels differently
+    (:func:`check_parts`; the weights' ranges are checked from the files' statistics,
+    :func:`noisyfr.analysis.load.angle_files`)."""
     keys = list(keys or [])
     k = "".join(f"{c}, " for c in keys)
     t = math.radians(region_deg)
@@ -303,6 +316,7 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
           sum({pair}::INTEGER) AS n_pair,
           sum((theta_dominant IS DISTINCT FROM theta_y)::INTEGER) AS n_dominant_differs,
           max(label) AS max_label, min(theta_y) AS min_theta, max(theta_y) AS max_theta,
+          sum((theta_y IS NULL)::INTEGER) AS n_null_theta,
           count(manifest_index) AS n_in_manifest,
           sum((manifest_label <> label)::INTEGER) AS n_mislabelled
         FROM sel GROUP BY ALL"""
@@ -370,8 +384,8 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weig
                           f"LEFT JOIN {manifest} m ON f.sample_index = m.manifest_index").df()
     else:
         src = (f"SELECT {k}epoch, sample_index, theta_y, w, yb, noise_code AS code FROM sel" if raw is None else
-               f"SELECT {k}epoch, sample_index, theta_y, {weight} AS w, {_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, "
-               f"0 AS code FROM ({raw})")
+               f"SELECT {k}epoch, sample_index, theta_y, {weight} AS w, "
+               f"{_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, 0 AS code FROM ({raw})")
         con.register("order_targets", targets.assign(target=True))
         on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
         try:
@@ -442,8 +456,12 @@ def check_theta(cells: pd.DataFrame, where: str) -> None:
     """theta_y finite and inside [0, pi] (from the cells' range), else NoisyFRError naming ``where``."""
     if cells.empty:
         return
-    lo, hi = cells["min_theta"].min(), cells["max_theta"].max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if "n_null_theta" in cells.columns and cells["n_null_theta"].fillna(0).sum() > 0:
+        raise NoisyFRError(f"{where}: column theta_y has missing (null) values")
+    # numpy, not pandas: a pandas max skips the NaN it must find
+    both = np.concatenate([cells["min_theta"].to_numpy(dtype=float), cells["max_theta"].to_numpy(dtype=float)])
+    lo, hi = both.min(), both.max()
+    if not np.isfinite(both).all():
         raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
     if lo < -1e-6 or hi > math.pi + 1e-6:
         raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
@@ -452,11 +470,36 @@ def check_theta(cells: pd.DataFrame, where: str) -> None:
 def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
     """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
     # theta_y's range was checked by the pass itself (aggregate -> check_theta)
-    if parts.first_unknown is not None and pd.notna(parts.first_unknown):
-        raise NoisyFRError(f"{where}: sample_index {int(parts.first_unknown)} is not in manifest {manifest}")
-    if parts.first_mislabelled is not None and pd.notna(parts.first_mislabelled):
-        raise NoisyFRError(f"{where}: label of sample_index {int(parts.first_mislabelled)} differs "
+    _check_join(where, parts.first_unknown, parts.first_mislabelled, manifest)
+
+
+def _check_join(where: str, unknown, mislabelled, manifest: Path | None) -> None:
+    if unknown is not None and pd.notna(unknown):
+        raise NoisyFRError(f"{where}: sample_index {int(unknown)} is not in manifest {manifest}")
+    if mislabelled is not None and pd.notna(mislabelled):
+        raise NoisyFRError(f"{where}: label of sample_index {int(mislabelled)} differs "
                            f"from manifest {manifest} (wrong manifest?)")
+
+
+def check_source(con, source: str, files: list[Path], where: str, manifest: Path | None = None) -> None:
+    """The checks :func:`aggregate` makes of an angle relation (:func:`run_source` of ``files``),
+    as one narrow pass for a command that reads the logs another way (``noisyfr clean``):
+    theta_y finite and in [0, pi] (:func:`check_theta`), every sample in the manifest and labelled
+    as it says; a file DuckDB cannot read is named (:func:`locate_scan_error`). One line naming
+    ``where`` otherwise: the same input gets the same answer from every command."""
+    import duckdb
+
+    try:
+        got = con.sql(f"SELECT min(theta_y) AS min_theta, max(theta_y) AS max_theta, "
+                      "sum((theta_y IS NULL)::INTEGER) AS n_null_theta, "
+                      "min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
+                      "min(sample_index) FILTER (WHERE manifest_label <> label) AS mislabelled "
+                      f"FROM ({source})").df()
+    except duckdb.Error as exc:
+        raise locate_scan_error(con, files, exc) from None
+    check_theta(got, where)
+    row = got.iloc[0]
+    _check_join(where, row["unknown"], row["mislabelled"], manifest)
 
 
 def noise_order(names) -> list[str]:

@@ -19,6 +19,7 @@ from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
 from noisyfr.noise.spec import NOISE_TYPES
+from noisyfr.safefs import check_folder, check_regular
 from noisyfr.train.angles import ANGLE_SCHEMA
 from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
 from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
@@ -133,6 +134,8 @@ def discover_runs(root: str | Path) -> list[Path]:
         nxt = []
         for d in frontier:
             for child in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if child.is_symlink():  # a link would open its target to every reader (query's sandbox)
+                    check_folder(child, "run or sweep entry")
                 (found if is_run_dir(child) else nxt).append(child)
         frontier = nxt
     if not found:
@@ -189,7 +192,8 @@ def _seed(cfg: dict) -> int | None:
 
 
 def resolve_manifest(value: str, run_dir: Path) -> Path:
-    """Path of a config's ``data.manifest``: absolute, or relative to the run dir, the cwd or a parent of the run dir."""
+    """Path of a config's ``data.manifest``: absolute, or relative to the run dir, the cwd or a parent of
+    the run dir."""
     cand = Path(value)
     if cand.is_absolute():
         if cand.is_file():
@@ -259,6 +263,7 @@ def _schema(path: Path):
     """The Parquet schema and row-group statistics of an angle log, or a one-line error naming it."""
     import pyarrow.parquet as pq
 
+    check_regular(path, "angle log")  # no link, no FIFO (opening one would block)
     try:
         return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own types on truncated or corrupt files
@@ -288,6 +293,18 @@ def _check_log_schema(path: Path, pf) -> set[str]:
             want = "an integer" if c in _INT_COLUMNS else "a number"
             raise NoisyFRError(f"{path}: column {c} has type {typ}, expected {want} (not a noisyfr angle log?)")
     epoch = int(_EPOCH_FILE.match(path.name).group(1))
+    meta = pf.metadata
+    if meta.num_rows != sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)):
+        raise NoisyFRError(f"{path}: its footer declares {meta.num_rows} rows but its row groups hold "
+                           "another number (a corrupt or forged angle log)")
+    if meta.num_rows == 0:
+        raise NoisyFRError(f"{path}: holds no rows (an empty angle log: epoch {epoch}'s angles and "
+                           "health are unknown)")
+    for c in ("epoch", "sample_index", "label", "theta_y"):  # a null where every row needs a value
+        j = pf.schema_arrow.get_field_index(c)
+        if any((st := meta.row_group(i).column(j).statistics) is not None and st.has_null_count
+               and st.null_count > 0 for i in range(meta.num_row_groups)):
+            raise NoisyFRError(f"{path}: column {c} has missing (null) values")
     lo, hi = _column_range(pf, "epoch")
     if lo is not None and (lo != epoch or hi != epoch):
         raise NoisyFRError(f"{path}: holds rows of epoch {lo}-{hi}, expected only {epoch}")
@@ -347,7 +364,7 @@ def angle_files(run_dir: Path, cfg: dict | None = None, metrics: pd.DataFrame | 
     """The run's angle logs ``{epoch: path}`` and the union of their columns, each file's schema
     checked (:func:`_check_log_schema`) and every expected epoch (:func:`expected_epochs`)
     present; one-line NoisyFRError naming the file otherwise. Reads only the files' footers."""
-    adir = run_dir / "angles"
+    adir = check_folder(run_dir / "angles", "angle logs")
     files = {int(_EPOCH_FILE.match(p.name).group(1)): p for p in adir.iterdir() if _EPOCH_FILE.match(p.name)}
     if not files:
         raise NoisyFRError(f"{adir}: no angle logs (angles/epoch_<E>.parquet)")
@@ -390,16 +407,16 @@ def load_angles(run_dir: Path) -> pd.DataFrame:
 def _complete_angle_log(df: pd.DataFrame) -> pd.DataFrame:
     """The log's :data:`~noisyfr.train.angles.COLUMNS` in order; columns older logs lack are filled:
     ``label_used`` = ``label``, ``theta_dominant`` = ``theta_y``, ``weight_theta`` = ``weight *
-    sin(theta_y)``, ``grad_norm``, ``unit_pull``, ``feat_norm`` = NaN (not logged), ``theta_used``
-    = ``theta_y`` where ``label_used`` = ``label``, NaN elsewhere (the angle at a corrected label
-    was not logged)."""
+    sin(theta_y)``, ``grad_norm``, ``unit_pull``, ``feat_norm``, ``lse_neg`` = NaN (not logged),
+    ``theta_used`` = ``theta_y`` where ``label_used`` = ``label``, NaN elsewhere (the angle at a
+    corrected label was not logged)."""
     def nan(d):
         return np.full(len(d), np.nan)
 
     fill = {"label_used": lambda d: d["label"],
             "theta_dominant": lambda d: d["theta_y"],
             "weight_theta": lambda d: d["weight"] * np.sin(d["theta_y"].astype(float)),
-            "grad_norm": nan, "unit_pull": nan, "feat_norm": nan}
+            "grad_norm": nan, "unit_pull": nan, "feat_norm": nan, "lse_neg": nan}
     missing = {c: f(df) for c, f in fill.items() if c not in df.columns}
     df = df.assign(**missing)
     if "theta_used" not in df.columns:
@@ -431,13 +448,13 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise NoisyFRError(f"{run_dir}: not a run directory (needs config.yaml and angles/)")
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = check_regular(run_dir / "config.yaml", "run config")
     cfg = read_yaml(cfg_path, "run config") or {}
     if not isinstance(cfg, dict):
         raise NoisyFRError(f"{cfg_path}: expected a mapping at the top level")
     metrics = pd.DataFrame()
     if (run_dir / "metrics.csv").is_file():
-        metrics = read_table(run_dir / "metrics.csv")
+        metrics = read_table(check_regular(run_dir / "metrics.csv", "run metrics"))
     files, columns = angle_files(run_dir, cfg, metrics)
 
     manifest_value = get_dotted(cfg, "data.manifest")
@@ -449,6 +466,7 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
         from noisyfr.noise.manifest import sidecar_path
 
         manifest_path = resolve_manifest(str(manifest_value), run_dir)
+        check_regular(Path(manifest_path).resolve(), "manifest")
         side = sidecar_path(manifest_path)
         if side.is_file():
             from noisyfr.io import read_json
@@ -481,6 +499,19 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
                condition=condition, noise_rate=true_rate, rates=rates, angles=None,
                metrics=metrics, manifest_path=manifest_path, manifest_meta=meta,
                files=files, columns=columns)
+
+
+def run_inputs(runs: list[Run]) -> list[Path]:
+    """Every path the analysis of ``runs`` reads, wherever it lies: each run's ``angles/``,
+    ``config.yaml`` and ``metrics.csv`` and its manifest (a manifest's sidecar is added by
+    :func:`noisyfr.outputs.input_paths`). An output is checked against these
+    (:func:`noisyfr.outputs.check_output`): a report may go beside a run, never into what it reads."""
+    out: list[Path] = []
+    for r in runs:
+        out += [Path(r.path) / "angles", Path(r.path) / "config.yaml", Path(r.path) / "metrics.csv"]
+        if r.manifest_path is not None:
+            out.append(Path(r.manifest_path))
+    return out
 
 
 def load_run(run_dir: str | Path, root: str | Path | None = None) -> Run:

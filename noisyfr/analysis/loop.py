@@ -25,9 +25,10 @@ that removes nothing reuses the noisy run (the retrained run would be the same r
 fails (it would empty an identity) is a row saying so.
 
 Outputs: ``DIR/loop.csv`` (one row per run, :data:`COLUMNS`) and ``DIR/loop.md`` (per loss x
-condition x rule: mean [95 % interval over seeds] of the cleaning's score against the truth,
-of the accuracies, and of the recovered fraction of the oracle's gain, paired by seed:
-``(acc_rule - acc_noisy) / (acc_oracle - acc_noisy)``). Each stage is skipped when its output
+condition x rule: mean [95 % interval over seeds] of the cleaning's score against the truth and
+of the accuracies; then, paired by seed, in percentage points: rule minus noisy, oracle minus
+rule, oracle minus noisy, and a recovered fraction only where the oracle's gain is identified,
+as a ratio of mean gains with its Fieller interval: :mod:`noisyfr.analysis.recovery`). Each stage is skipped when its output
 exists and finished (``--resume``); everything runs one after another in this process.
 """
 from __future__ import annotations
@@ -46,8 +47,10 @@ import numpy as np
 import pandas as pd
 
 from noisyfr import numeric
+from noisyfr.analysis.recovery import markdown_lines, paired_gains
 from noisyfr.errors import NoisyFRError
 from noisyfr.names import label_value, slug
+from noisyfr.outputs import csv_safe
 
 #: Keys of a loop config that are not training config keys.
 LOOP_KEY = "loop"
@@ -62,7 +65,7 @@ PLAN_FILE = "loop.yaml"
 #: Columns of ``loop.csv``.
 COLUMNS = ("loss", "condition", "seed", "rule", "status", "fraction", "removed", "trained", "precision", "recall",
            "f1", "noise_left", "clean_lost", "heldout_accuracy", "val_accuracy", "learned",
-           "recovered_heldout", "recovered_val", "gain_heldout", "gain_val", "run")
+           "gain_heldout_pp", "gain_val_pp", "to_oracle_heldout_pp", "to_oracle_val_pp", "run")
 #: ``fraction: heldout`` in a rule: remove the noisy run's held-out estimate of its noise rate.
 HELDOUT = "heldout"
 #: The accuracies compared with the references.
@@ -151,8 +154,6 @@ def _rule(i: int, item: Any) -> Rule:
                  f"{score} fraction={HELDOUT}" if fraction_from else f"{score} estimate")
     if not isinstance(label, str) or not label.strip():
         raise _err(f"{key}.label", "must be a non-empty string")
-    if label in (NOISY, ORACLE):
-        raise _err(f"{key}.label", f"{label!r} is reserved for the reference runs")
     return Rule(label=label, score=score, max_deg=max_deg, fraction=fraction, estimate=estimate,
                 fraction_from=fraction_from)
 
@@ -211,10 +212,7 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
     if not isinstance(rules_raw, list) or not rules_raw:
         raise _err("loop.rules", "must be a non-empty list of rules ({score: aum, estimate: true})")
     rules = [_rule(i, r) for i, r in enumerate(rules_raw)]
-    labels = [r.label for r in rules]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup or len({slug(x) for x in labels}) != len(labels):
-        raise _err("loop.rules", f"two rules share the label {dup[0] if dup else 'file name'}; give one a 'label'")
+    check_names([r.label for r in rules], "loop.rules", "label", RESERVED)
     epoch = section.get("epoch", "last")
     if epoch not in EPOCH_RULES:
         raise _err("loop.epoch", f"{epoch!r}: choose from {', '.join(EPOCH_RULES)}")
@@ -224,12 +222,38 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
     loss_slugs = [_loss_slug(x) for x in plan.losses]
     if len(set(loss_slugs)) != len(loss_slugs):
         raise _err("loop.losses", "lists one loss setting twice")
-    if len({slug(c) for c in conds}) != len(conds):
-        raise _err("loop.conditions", "two labels give the same file name")
-    for loss, cond, noise, seed in plan.cells():  # every training config, validated before any work
+    check_names(list(conds), "loop.conditions", "", ())
+    for loss, _cond, noise, seed in plan.cells():  # every training config, validated before any work
         load_config(_noisy_config(plan, loss, noise, seed, Path("loop")))
         load_config(_retrain_config(plan, loss, seed, Path("loop"), Path("clean.parquet")))
     return plan
+
+
+#: File names a rule's label may not slug to (case-insensitively): the reference runs' and the
+#: cleaned manifests' folder in each cell.
+RESERVED = (NOISY, ORACLE, "clean")
+
+
+def check_names(labels: list[str], key: str, field: str, reserved) -> None:
+    """Labels that become file names (:func:`noisyfr.names.slug`) are checked after slugging,
+    case-insensitively (a macOS filesystem does not tell ``Oracle`` from ``oracle``): none may
+    be ``reserved``, start with a dot (``..`` would leave the loop's folder) or end in
+    ``.scores`` (a cleaning's scores file), and no two may meet. One-line error naming the key."""
+    seen: dict[str, str] = {}
+    for i, label in enumerate(labels):
+        name = slug(label)
+        folded = name.casefold()
+        where = f"{key}[{i}].{field}" if field else f"{key}.{label}"
+        if folded in {r.casefold() for r in reserved}:
+            raise _err(where, f"{label!r} gives the file name {name!r}, reserved for the reference runs "
+                       f"({', '.join(reserved)}); choose another")
+        if name.startswith(".") or folded.endswith(".scores"):
+            raise _err(where, f"{label!r} gives the file name {name!r}, which cannot be one (a leading dot "
+                       "or a trailing .scores); choose another")
+        if folded in seen:
+            raise _err(key, f"{seen[folded]!r} and {label!r} give the same file name {name!r} (compared "
+                       "case-insensitively); give one another label")
+        seen[folded] = label
 
 
 def _loss_slug(loss: Mapping) -> str:
@@ -506,11 +530,11 @@ def _run(plan: Plan, out: Path, resume: bool, stream, log, plan_path: Path, text
         finally:
             bar.close()
             bar.check.restore()
-        table = recovered(pd.DataFrame(rows))
+        table = paired_gains(pd.DataFrame(rows))
         table = table.reindex(columns=list(COLUMNS))
         wall = time.perf_counter() - t_start
         with atomic_write(out / "loop.csv", "w", newline="") as fh:
-            table.to_csv(fh, index=False)
+            csv_safe(table).to_csv(fh, index=False)
         with atomic_write(out / "loop.md", "w") as fh:
             fh.write(markdown(table, plan, wall=wall, trained=trained))
     print(f"loop: {trained} training run(s) in {wall:.0f} s; {out / 'loop.csv'}, {out / 'loop.md'}",
@@ -567,42 +591,16 @@ def _trained(run_dir: Path) -> int:
 
 # --------------------------------------------------------------------------- the table
 
-def recovered(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with, per row, ``gain_<acc>`` = acc - acc of the noisy run of its loss,
-    condition and seed, and ``recovered_<acc>`` = that gain / the oracle's gain (NaN where the
-    oracle gained nothing or a reference is missing) for the held-out and the verification
-    accuracy."""
-    table = table.copy()
-    keys = ["loss", "condition", "seed"]
-    for acc, short in (("heldout_accuracy", "heldout"), ("val_accuracy", "val")):
-        if acc not in table:
-            table[acc] = math.nan
-        noisy = table[table["rule"] == NOISY].set_index(keys)[acc]
-        oracle = table[table["rule"] == ORACLE].set_index(keys)[acc]
-        idx = pd.MultiIndex.from_frame(table[keys])
-        base = noisy.reindex(idx).to_numpy(dtype=float)
-        top = oracle.reindex(idx).to_numpy(dtype=float)
-        value = table[acc].to_numpy(dtype=float)
-        gain = value - base
-        denom = top - base
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rec = np.where(np.abs(denom) > 0, gain / denom, np.nan)
-        table[f"gain_{short}"] = gain + 0.0          # + 0.0: no -0.0 in the table
-        table[f"recovered_{short}"] = rec + 0.0
-    return table
-
-
 #: Columns of ``loop.md`` (metric, header), each mean [95 % interval over seeds].
 MD_METRICS = (("removed", "removed"), ("precision", "precision"), ("recall", "recall"),
               ("noise_left", "noise left"), ("heldout_accuracy", "held-out acc"),
-              ("recovered_heldout", "recovered (held-out)"), ("val_accuracy", "verification acc"),
-              ("recovered_val", "recovered (verification)"))
+              ("val_accuracy", "verification acc"))
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per loss x condition x rule: n runs, the runs that learned, and mean / lo / hi over
     seeds of every :data:`MD_METRICS` column (rules in the loop's order, references first)."""
-    from noisyfr.analysis.seeds import interval
+    from noisyfr.analysis.seeds import metric_interval
 
     order = list(dict.fromkeys([NOISY, ORACLE, *table["rule"]]))
     out = []
@@ -614,7 +612,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
                                    "learned": int(g["learned"].fillna(False).astype(bool).sum())
                                    if "learned" in g else 0}
             for metric, _ in MD_METRICS:
-                iv = interval(pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float))
+                iv = metric_interval(metric, pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float))
                 rec.update({f"{metric}_mean": iv["mean"], f"{metric}_lo": iv["lo"],
                             f"{metric}_hi": iv["hi"], f"{metric}_n": iv["n"]})
             out.append(rec)
@@ -636,12 +634,11 @@ def markdown(table: pd.DataFrame, plan: Plan | None = None, wall: float | None =
                   "last epoch of each run.", ""]
     if wall is not None:
         lines += [f"This invocation: {trained} training run(s), {wall:.0f} s wall.", ""]
-    lines += ["Mean [95 % interval over seeds] (n). *removed*: samples removed from the noisy run's "
+    lines += ["Mean [95 % interval over seeds] (n); for a quantity in [0, 1] the t-interval on the "
+              "logit scale. *removed*: samples removed from the noisy run's "
               "training samples; *precision*, *recall*: of the removal against the manifest's truth; "
-              "*noise left*: noisy share of the kept training samples; *recovered*: "
-              "(acc_rule - acc_noisy) / (acc_oracle - acc_noisy), per seed (the runs of one seed share "
-              "the noise draw, the held-out images and the initialisation), then over seeds: 0 is no "
-              "better than training on the noisy labels, 1 is the oracle.", ""]
+              "*noise left*: noisy share of the kept training samples. How much of the oracle's "
+              "gain each rule recovers is the next table, paired by seed.", ""]
     lines.append("| loss | condition | rule | runs (learned) | " + " | ".join(heads) + " |")
     lines.append("|" + "---|" * (4 + len(heads)))
     for _, r in s.iterrows():
@@ -661,5 +658,6 @@ def markdown(table: pd.DataFrame, plan: Plan | None = None, wall: float | None =
     same = table[table["status"].astype(str).str.startswith("nothing removed")]
     if len(same):
         lines += ["", f"{len(same)} rule run(s) removed nothing: their row is the noisy run's "
-                  "(recovered 0 by definition)."]
-    return "\n".join(lines) + "\n"
+                  "(a gain of 0 pp by definition)."]
+    lines += ["", *markdown_lines(table)]
+    return "\n".join(lines).rstrip("\n") + "\n"

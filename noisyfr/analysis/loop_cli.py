@@ -21,12 +21,14 @@ EXAMPLES = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr loop``."""
     parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE",
-                        help="loop YAML (a training config plus a 'loop' section; optional with --resume "
-                             "--out DIR), then dotted-key overrides, e.g. optim.epochs=3 loop.seeds=[0]")
+                        help="loop YAML or a shipped config's name (a training config plus a 'loop' section; "
+                             "optional with --resume --out DIR), then dotted-key overrides, "
+                             "e.g. optim.epochs=3 loop.seeds=[0]")
     parser.add_argument("--out", help="loop directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue a loop in --out: finished trainings and cleanings are skipped")
-    parser.add_argument("--dry-run", action="store_true", help="validate and count the stages, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config (importing its plugins, as every command that reads it "
+                             "does) and count the stages; train and write nothing")
     intermixed(parser, "args")
 
 
@@ -48,9 +50,16 @@ def run(args: argparse.Namespace) -> int:
         config = stored
         plan = load_plan(stored)
     else:
+        from noisyfr.shipped import config_path
+
+        config = config_path(config, "loop config")
         plan = load_plan(config, items)
     out = Path(args.out or plan.base.get("output_dir") or Path("runs") / str(plan.base.get("name") or "loop"))
-    check_output(out, [config], kind="dir")
+    from noisyfr.train.config import run_inputs
+
+    # everything a training of the loop reads (dataset, val sets, outliers, init): none may hold
+    # the loop's folder, checked before loop.yaml or anything else is written
+    check_output(out, [config, *run_inputs(plan.base)], kind="dir")
     cells = sum(1 for _ in plan.cells())
     trainings = cells * (len(plan.rules) + 2)
     if args.dry_run:

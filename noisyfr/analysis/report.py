@@ -8,7 +8,7 @@ the figures of :mod:`noisyfr.analysis.plots` and writes ``out_dir/report.md``, `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from noisyfr import numeric
-from noisyfr.analysis import load, plots, seeds, stats
+from noisyfr.analysis import comparisons, counterfactual, load, plots, seeds, stats
 from noisyfr.analysis.document import Document, format_number
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path, atomic_write
 from noisyfr.names import slug
-from noisyfr.outputs import check_output, output_folder
+from noisyfr.outputs import check_output, csv_safe, output_folder
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, HEALTH_COLUMNS, check_learned_threshold
 
 
@@ -67,7 +67,7 @@ def run_curves(runs) -> pd.DataFrame | None:
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        csv_safe(df).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def summary_table(ep: pd.DataFrame, reg: pd.DataFrame, acc: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
@@ -115,6 +115,9 @@ class _Options:
     seed: int
     metric: str | None
     learned_threshold: float
+    #: the sweep's ``analysis`` section (the epoch pairs are read at, the primary comparison)
+    plan: comparisons.AnalysisPlan = field(default_factory=comparisons.AnalysisPlan)
+    extra_losses: tuple = ()  #: loss sections the counterfactual weights add to the runs' own
 
 
 #: what the report reads in a run or sweep directory, and what it writes in its output folder
@@ -234,7 +237,8 @@ def _stream(runs, o: _Options, figures: bool) -> dict[str, list[pd.DataFrame]]:
                 ep = stats.epoch_stats(parts, o.weight)
                 acc["health"].append(ep[["epoch", *HEALTH_COLUMNS]])
                 acc["n"] = max(acc["n"], int(ep["n"].max()) if len(ep) else 0)
-                acc["max_label"] = max(acc["max_label"], int(parts.cells["max_label"].max()) if len(parts.cells) else -1)
+                top = int(parts.cells["max_label"].max()) if len(parts.cells) else -1
+                acc["max_label"] = max(acc["max_label"], top)
                 acc["logged"] += int(parts.cells["wcount"].sum())
                 out["epoch_stats.csv"].append(ep)
                 out["noise_types.csv"].append(stats.noise_type_stats(parts, o.weight))
@@ -336,10 +340,11 @@ def _compute(runs, results, o: _Options, figures: bool = True) -> dict[str, pd.D
     else:
         t["summary.csv"] = counts.copy()
     t["grad_mode.csv"] = grad_mode_table(rtab, ep_all, t)
-    t["run_values.csv"] = seeds.run_values(runs, ep_all, rtab)
+    t["run_values.csv"] = seeds.run_values(runs, ep_all, rtab, epoch=o.plan.epoch)
     t["cells.csv"] = seeds.cell_table(t["run_values.csv"])
-    t["paired.csv"] = seeds.paired_table(t["run_values.csv"])
-    t["convention.csv"] = seeds.convention_table(t["run_values.csv"])
+    t["paired.csv"] = seeds.paired_table(t["run_values.csv"], o.plan)
+    t["convention.csv"] = seeds.convention_table(t["run_values.csv"], o.plan.paired_rule)
+    t["counterfactual.csv"] = counterfactual.table(runs, o.extra_losses)
     t["_kept"] = rtab[rtab["run"].isin(ok)]
     t["_theta_hist"] = kept("_theta_hist")
     t["_angle_2d"] = kept("_angle_2d")
@@ -455,28 +460,18 @@ def _doc_conclusions(doc: Document, t, o: _Options) -> None:
     by = values[values["epoch_rule"] == rule]["selected_by"].value_counts().to_dict()
     doc.p("Each run is read at the epoch of its best held-out accuracy (no ground truth: "
           f"{', '.join(f'{n} run(s) by {k}' for k, n in sorted(by.items()))}; `last` where no held-out "
-          "or verification accuracy was recorded); the same tables at the last epoch are in "
-          "`tables/cells.csv` and `tables/paired.csv` (`epoch_rule`). Every cell is shown over "
-          "all runs and over the runs that learned: mean [95 % t-interval over seeds] n. With "
-          "n = 3 the interval is mean +- 4.30 sd/sqrt(3). A cell whose runs did not learn is a "
+          "or verification accuracy was recorded); the same cells at the last epoch are in "
+          "`tables/cells.csv` (`epoch_rule`). Every cell is shown over all runs and over the runs "
+          "that learned: mean [95 % interval over seeds] n; for a quantity in [0, 1] (accuracy, "
+          "AUC, share, rate) a t-interval on the logit scale, which stays inside [0, 1], else a "
+          "t-interval (with n = 3: mean +- 4.30 sd/sqrt(3)). A cell whose runs did not learn is a "
           f"result. Weight column for shares: `{o.weight}`.")
     metrics = [m for m in _CONCLUSION_METRICS if m in set(cells.get("metric", []))]
     doc.table(seeds.cell_text(cells, metrics, rule), "tables/cells.csv")
     if paired.empty:
-        doc.p("No two losses share a condition and a seed: no paired comparison.")
+        doc.p("No two losses share a condition, a seed and an epoch: no paired comparison.")
         return
-    p = paired[(paired["epoch_rule"] == rule) & paired["metric"].isin(metrics)].copy()
-    p["difference A - B"] = seeds.interval_texts(p, "diff_mean", "diff_lo", "diff_hi", "n_pairs")
-    p["learned pairs"] = seeds.interval_texts(p, "learned_diff_mean", "learned_diff_lo",
-                                              "learned_diff_hi", "n_pairs_learned")
-    doc.p("Paired differences A - B between two losses over runs of the same seed (same noise "
-          "draw, same held-out split); `verdict` is `A > B` or `A < B` when the 95 % interval of "
-          "all pairs excludes 0. `equal_by_construction`: both losses use `grad_mode: detached`, "
-          "whose target weight is s (1 - p) for every loss, so their weight shares can differ only "
-          "through p (about 0 for samples far from their centre): an equal share there is built "
-          "in, not found.")
-    doc.table(p[["condition", "loss_a", "loss_b", "metric", "difference A - B", "verdict",
-                 "learned pairs", "equal_by_construction"]], "tables/paired.csv")
+    comparisons.doc_paired(doc, paired, metrics, o.plan)
 
 
 def _doc_health(doc: Document, t) -> None:
@@ -618,7 +613,7 @@ def cleaning_table(cleaning: pd.DataFrame, learned: set[str]) -> pd.DataFrame:
     for (loss, cond, rule), g in c.groupby(["loss", "condition", "rule"], sort=True):
         row = {"loss": loss, "condition": cond, "rule": rule}
         for col in ("precision", "recall", "noise_left", "clean_lost"):
-            iv = seeds.interval(g[col])
+            iv = seeds.metric_interval(col, g[col])
             row[col] = seeds.format_interval(iv["mean"], iv["lo"], iv["hi"], iv["n"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -700,7 +695,8 @@ def tables(run_or_sweep_dir: str | Path, quantile: float = stats.DEFAULT_CENTRE_
     ``"_theta_hist"`` and ``"_angle_2d"`` (the binned data the distribution figures draw, for
     one run per loss and condition; empty with ``figures=False``). Options as in write_report."""
     src = Path(run_or_sweep_dir)
-    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
+    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold,
+                 comparisons.read_plan(src))
     _check_options(None, o)
     results_path = load.find_results(src)
     results = load.load_results(results_path) if results_path else None
@@ -712,26 +708,30 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
                  bins: int = stats.DEFAULT_BINS, seed: int = 0, metric: str | None = None,
                  figures: bool = True, weight: str = stats.DEFAULT_WEIGHT,
                  region_deg: float = stats.DEFAULT_REGION_DEG,
-                 learned_threshold: float = DEFAULT_LEARNED_ACCURACY) -> Path:
+                 learned_threshold: float = DEFAULT_LEARNED_ACCURACY, extra_losses=()) -> Path:
     """Analyse a run or sweep directory and write ``out_dir/report.md`` (+ html, figures, tables).
 
     ``weight`` is the per-sample weight column used for shares (``grad_norm``, ``unit_pull``,
     ``weight`` or ``weight_theta``); ``quantile`` defines the quantile centre region and ``region_deg`` the
     fixed-angle and 2-D regions; ``bins`` the number of theta_y bins over [0, 180] degrees;
     ``seed`` the Gaussian-mixture seed; ``metric`` the sweep results' accuracy column (it must
-    be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy a run needs to count as learned
-    (comparisons use learned runs only). ``figures=False`` skips drawing the PNGs (tables and
-    report text only). Every option is checked before anything is written. Returns the path of
-    report.md.
+    be a numeric column of the results table); ``learned_threshold`` the last-epoch clean accuracy
+    a run needs to count as learned (comparisons use learned runs only); ``extra_losses`` loss
+    sections whose counterfactual weights are computed beside those of the runs' own losses.
+    ``figures=False`` skips drawing the PNGs (tables and report text only). Every option is
+    checked before anything is written. Returns the path of report.md.
     """
     src, out = Path(run_or_sweep_dir), Path(out_dir)
-    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold)
+    o = _Options(weight, quantile, region_deg, bins, seed, metric, learned_threshold,
+                 comparisons.read_plan(src), tuple(extra_losses))
     _check_options(out, o)
     check_output(out, [src / n for n in _READS], kind="dir", writes=_WRITES)
     results_path = load.find_results(src)
     results = load.load_results(results_path) if results_path else None
     _check_metric(metric, results, results_path, src)
     runs = load.scan_runs(src)
+    # every input found, at any depth and outside the directory (manifests) too
+    check_output(out, load.run_inputs(runs), kind="dir", writes=_WRITES)
 
     steps = tqdm(total=4, desc="analyze", disable=None)
     with output_folder(out):  # a failure removes what this call added
@@ -758,6 +758,7 @@ def write_report(run_or_sweep_dir: str | Path, out_dir: str | Path, quantile: fl
             _doc_weighting(doc, t, curves, o)
             _doc_separability(doc, t, o)
         _doc_grad_mode(doc, t, o)
+        counterfactual.document(doc, t)
         _doc_accuracy(doc, t, o)
         doc.h(2, "Files")
         doc.p("Tables (CSV): " + ", ".join(f"`tables/{n}`" for n in t if not n.startswith("_"))

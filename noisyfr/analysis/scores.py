@@ -79,8 +79,9 @@ def run_scores(run, epoch: int, seed: int = 0, con=None) -> pd.DataFrame:
             table = "scores_manifest"
             engine.manifest_table(con, run.manifest_path, table)
         src = engine.run_source(files, run.columns, table)
+        engine.check_source(con, src, files, str(run.path / "angles"), run.manifest_path)
         at = f"FILTER (WHERE epoch = {int(epoch)})"
-        df = con.sql(f"""
+        df = _sql_df(con, files, f"""
             SELECT sample_index,
               max(label) {at} AS label, max(nearest_label) {at} AS nearest_label,
               max(orig_label) {at} AS orig_label, max(noise_code) {at} AS noise_code,
@@ -90,7 +91,7 @@ def run_scores(run, epoch: int, seed: int = 0, con=None) -> pd.DataFrame:
               max(degrees(theta_dominant)) {at} AS subcentre,
               max(weight) {at} AS weight
             FROM ({src}) GROUP BY sample_index
-            HAVING count(*) {at} > 0 ORDER BY sample_index""").df()
+            HAVING count(*) {at} > 0 ORDER BY sample_index""")
     finally:
         if own:
             con.close()
@@ -102,6 +103,16 @@ def run_scores(run, epoch: int, seed: int = 0, con=None) -> pd.DataFrame:
     for c in ("sample_index", "label", "nearest_label", "orig_label"):
         df[c] = df[c].astype(np.int64)
     return df
+
+
+def _sql_df(con, files, sql: str) -> pd.DataFrame:
+    """``con.sql(sql).df()``; a DuckDB failure is one line naming the log it could not read."""
+    import duckdb
+
+    try:
+        return con.sql(sql).df()
+    except duckdb.Error as exc:
+        raise engine.locate_scan_error(con, files, exc) from None
 
 
 def flag(scores: pd.DataFrame, score: str, max_deg: float | None = None, fraction: float | None = None,

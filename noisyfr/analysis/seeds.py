@@ -1,17 +1,24 @@
 """Results over seeds: every run at a stated epoch, intervals per cell, paired differences.
 
 Seeds are the unit of replication: a cell (loss x noise condition) has one value per run, and
-its mean comes with a 95 % Student-t interval over the runs (n = seeds; with n = 3 the interval
-is mean +- 4.30 sd / sqrt(3): wide, and said so rather than hidden). Every cell is given twice,
+its mean comes with a 95 % interval over the runs (n = seeds; :func:`interval`). A quantity
+bounded by [0, 1] (accuracies, AUCs, shares, rates: :data:`BOUNDED`) gets a logit-scale
+t-interval, which never leaves [0, 1]; an unbounded one (a difference, an angle gap) the
+Student-t interval, with n = 3 mean +- 4.30 sd / sqrt(3): wide, and said so rather than hidden.
+Every cell is given twice,
 over all runs and over the runs that learned, because averaging only the runs that passed a gate
 tied to the outcome biases the mean.
 
 Two losses are compared through *paired* differences: the runs of one condition and one seed
 share the noise draw (the sweep's manifest of that seed) and the held-out split, so the
 difference of a metric within each pair cancels the variance they share; its mean and 95 %
-interval over the pairs say whether A differs from B. In ``detached`` grad mode every loss's
-target weight is ``s (1 - p)``, so a weight comparison between two detached losses differs only
-through p: such rows are flagged ``equal_by_construction``.
+interval over the pairs say whether A differs from B. Both runs of a pair are read at the same
+epoch: the last (``epoch_rule = last``) or the one the sweep's ``analysis.epoch`` fixes
+(``fixed``), never each run's own best held-out epoch. One comparison may be named primary
+before the run; every other one carries a Holm correction (:mod:`noisyfr.analysis.comparisons`).
+How much of a weight difference comes from p and how much from the slope dT/dcos is not read
+here: the counterfactual p- and slope-channel shares on one logged geometry are
+(:mod:`noisyfr.analysis.counterfactual`).
 
 No epoch is chosen with the ground truth: each run is read at its last epoch and at the epoch of
 its best held-out accuracy (:func:`run_values`). A maximum over epochs taken with the noise
@@ -26,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from noisyfr.analysis import comparisons
 from noisyfr.train.heldout import heldout_noise_rate
 
 #: Metrics of a run that the cell and paired tables summarise (those present are used).
@@ -34,24 +42,53 @@ METRICS = ("heldout_accuracy", "reference_heldout_accuracy", "val_accuracy", "va
            "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
            "weight_share_per_fraction",
            "theta_gap_deg", "estimated_rate", "estimate_error", "disagreement_error")
-#: Metrics whose comparison between two detached losses is equal by construction up to p.
-WEIGHT_METRICS = ("noisy_weight_share", "noisy_unit_pull_share", "weight_share_per_fraction")
-#: Epoch rules of :func:`run_values`.
-EPOCH_RULES = ("last", "heldout")
+#: Metrics bounded by [0, 1]: their intervals over seeds are taken on the logit scale.
+BOUNDED = frozenset({"heldout_accuracy", "val_accuracy", "clean_true_accuracy", "noisy_fit_given",
+                     "auc", "auc_closed", "auc_open", "noisy_weight_share", "noisy_unit_pull_share",
+                     "estimated_rate", "precision", "recall", "noise_left", "clean_lost",
+                     "accuracy"})
+#: Epoch rules of :func:`run_values`: ``fixed`` only where ``analysis.epoch`` names an epoch.
+EPOCH_RULES = ("last", "heldout", "fixed")
+#: Epoch rules at which both runs of a pair are read at the same epoch.
+PAIRED_RULES = ("last", "fixed")
 LEVEL = 0.95
 
 
-def interval(values, level: float = LEVEL) -> dict:
-    """Mean, sample sd, n and the two-sided Student-t interval of the finite ``values``
-    (``lo``/``hi`` NaN with fewer than 2 values)."""
+def interval(values, level: float = LEVEL, bounded: bool = False) -> dict:
+    """Mean, sample sd, n and the two-sided 95 % interval of the mean of the finite ``values``
+    (``lo``/``hi`` NaN with fewer than 2 values).
+
+    Unbounded (default): the Student-t interval, mean +- t(n-1) sd / sqrt(n). ``bounded``
+    (values in [0, 1]): the same t-interval on the logit scale around the logit of the mean, its
+    standard error carried by the delta method, and transformed back: logistic(logit(mean) +-
+    t(n-1) sd / (sqrt(n) mean (1 - mean))). It lies inside (0, 1) and contains the mean, is
+    close to the t-interval when the mean is far from the bounds, and is [mean, mean] when the
+    mean sits on a bound (every value there). The mean is the plain mean in both cases."""
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
     sd = float(x.std(ddof=1)) if n > 1 else math.nan
     if n < 2:
         return {"n": n, "mean": mean, "sd": sd, "lo": math.nan, "hi": math.nan}
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+    t = float(sps.t.ppf(0.5 + level / 2, n - 1))
+    if not bounded:
+        half = t * sd / math.sqrt(n)
+        return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+    if x.min() < -1e-9 or x.max() > 1.0 + 1e-9:
+        raise ValueError(f"a bounded interval needs values in [0, 1], got {x.min():g} .. {x.max():g}")
+    x = np.clip(x, 0.0, 1.0)  # rounding only
+    mean = float(x.mean())
+    if mean <= 0.0 or mean >= 1.0:
+        return {"n": n, "mean": mean, "sd": sd, "lo": mean, "hi": mean}
+    centre = math.log(mean / (1.0 - mean))
+    half = t * sd / math.sqrt(n) / (mean * (1.0 - mean))
+    return {"n": n, "mean": mean, "sd": sd, "lo": float(sps.logistic.cdf(centre - half)),
+            "hi": float(sps.logistic.cdf(centre + half))}
+
+
+def metric_interval(metric: str, values, level: float = LEVEL) -> dict:
+    """:func:`interval` of the values of ``metric``, on the logit scale for :data:`BOUNDED`."""
+    return interval(values, level, bounded=metric in BOUNDED)
 
 
 def select_epoch(metrics: pd.DataFrame, epochs: list[int]) -> tuple[int, str]:
@@ -69,10 +106,12 @@ def select_epoch(metrics: pd.DataFrame, epochs: list[int]) -> tuple[int, str]:
     return last, "last"
 
 
-def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFrame:
+def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame,
+               epoch: int | str = "last") -> pd.DataFrame:
     """Every run twice, at its last epoch (``epoch_rule = last``) and at its selected epoch
     (``epoch_rule = heldout``, see :func:`select_epoch`; ``selected_by`` names the rule that
-    applied): its settings, ``learned``, the epoch's statistics from ``epoch_table``
+    applied), and a third time at ``epoch`` when it is a number (``epoch_rule = fixed``; a run
+    that did not log that epoch has no such row): its settings, ``learned``, the epoch's statistics from ``epoch_table``
     (:func:`noisyfr.analysis.stats.epoch_stats`) and metrics.csv values, the noise-rate estimate
     from the held-out images (``estimated_rate``,
     :func:`noisyfr.train.heldout.heldout_noise_rate`, NaN without them) with its error against
@@ -88,9 +127,12 @@ def run_values(runs, epoch_table: pd.DataFrame, rtab: pd.DataFrame) -> pd.DataFr
         epochs = sorted(int(e) for e in ep["epoch"])
         oracle = float(ep["auc"].max()) if ep["auc"].notna().any() else math.nan
         chosen, rule = select_epoch(r.metrics, epochs)
-        for name, epoch in (("last", max(epochs)), ("heldout", chosen)):
-            row = ep[ep["epoch"] == epoch].iloc[0].to_dict()
-            m = r.metrics[r.metrics["epoch"] == epoch] if "epoch" in r.metrics.columns else r.metrics.iloc[0:0]
+        reads = [("last", max(epochs)), ("heldout", chosen)]
+        if epoch != "last" and int(epoch) in epochs:
+            reads.append(("fixed", int(epoch)))
+        for name, at in reads:
+            row = ep[ep["epoch"] == at].iloc[0].to_dict()
+            m = r.metrics[r.metrics["epoch"] == at] if "epoch" in r.metrics.columns else r.metrics.iloc[0:0]
             for col in ("heldout_accuracy", "heldout_given_accuracy", "val_accuracy",
                         "reference_heldout_accuracy", "val_reference_accuracy"):  # the last two: features runs
                 row[col] = float(pd.to_numeric(m[col], errors="coerce").iloc[-1]) \
@@ -125,8 +167,8 @@ def cell_table(values: pd.DataFrame) -> pd.DataFrame:
     for (rule, loss, cond), g in values.groupby(["epoch_rule", "loss", "condition"], sort=True):
         ok = g[g["learned"].astype(bool)]
         for m in _metrics(values):
-            a = interval(pd.to_numeric(g[m], errors="coerce"))
-            b = interval(pd.to_numeric(ok[m], errors="coerce"))
+            a = metric_interval(m, pd.to_numeric(g[m], errors="coerce"))
+            b = metric_interval(m, pd.to_numeric(ok[m], errors="coerce"))
             rows.append({"epoch_rule": rule, "loss": loss, "condition": cond, "metric": m,
                          "n_runs": len(g), "n": a["n"], "mean": a["mean"], "lo": a["lo"], "hi": a["hi"],
                          "n_learned": b["n"], "learned_mean": b["mean"], "learned_lo": b["lo"],
@@ -134,48 +176,52 @@ def cell_table(values: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_table(values: pd.DataFrame) -> pd.DataFrame:
-    """Per epoch rule, condition, pair of losses (A, B) and metric: the differences A - B
-    within runs of the same seed (same noise draw and split), their mean and 95 % interval
-    (``n_pairs``), over all pairs and over pairs where both runs learned; ``verdict`` says
-    ``A > B``, ``A < B`` or ``no difference`` (the interval of all pairs contains 0 or is
-    undefined); ``equal_by_construction`` marks weight metrics of two detached losses."""
+def paired_table(values: pd.DataFrame, plan: comparisons.AnalysisPlan | None = None) -> pd.DataFrame:
+    """Per condition, pair of losses (A, B) and metric, at the epoch rule of ``plan``
+    (``last``, or ``fixed`` = ``analysis.epoch``; :data:`PAIRED_RULES`): the differences A - B
+    within runs of the same seed (same noise draw and split) read at the same epoch, their mean
+    and 95 % t-interval (``n_pairs``), over all pairs and over pairs where both runs learned.
+    A pair whose two runs were read at different epochs (runs of different lengths) is left out
+    and counted in ``n_unpaired``. ``role``, ``p_value``, ``p_holm``, ``family_size`` and
+    ``verdict`` (``A > B``, ``A < B`` or ``no difference``) come from
+    :func:`noisyfr.analysis.comparisons.mark`: the primary comparison reads its own interval,
+    every other one its Holm-adjusted p-value."""
+    plan = plan or comparisons.AnalysisPlan()
     rows = []
     if values.empty or "seed" not in values.columns:
         return pd.DataFrame()
-    for (rule, cond), g in values.groupby(["epoch_rule", "condition"], sort=True):
+    rule = plan.paired_rule
+    for cond, g in values[values["epoch_rule"] == rule].groupby("condition", sort=True):
         losses = sorted(g["loss"].unique())
         for a, b in itertools.combinations(losses, 2):
             ga = g[g["loss"] == a].set_index("seed")
             gb = g[g["loss"] == b].set_index("seed")
-            seeds = sorted(set(ga.index) & set(gb.index))
+            shared = sorted(set(ga.index) & set(gb.index))
+            seeds = [s for s in shared if int(ga.loc[s, "epoch"]) == int(gb.loc[s, "epoch"])]
             if not seeds:
                 continue
             both = [s for s in seeds if bool(ga.loc[s, "learned"]) and bool(gb.loc[s, "learned"])]
-            detached = (set(ga["grad_mode"]) == {"detached"} and set(gb["grad_mode"]) == {"detached"})
             for m in _metrics(values):
                 d = pd.to_numeric(ga.loc[seeds, m], errors="coerce") - pd.to_numeric(gb.loc[seeds, m], errors="coerce")
                 x = interval(d.to_numpy())
                 y = interval(d.loc[both].to_numpy()) if both else interval([])
-                verdict = "no difference"
-                if x["n"] >= 2 and x["lo"] > 0:
-                    verdict = "A > B"
-                elif x["n"] >= 2 and x["hi"] < 0:
-                    verdict = "A < B"
                 rows.append({"epoch_rule": rule, "condition": cond, "loss_a": a, "loss_b": b,
                              "metric": m, "n_pairs": x["n"], "diff_mean": x["mean"],
-                             "diff_lo": x["lo"], "diff_hi": x["hi"], "verdict": verdict,
+                             "diff_lo": x["lo"], "diff_hi": x["hi"], "verdict": "",
                              "n_pairs_learned": y["n"], "learned_diff_mean": y["mean"],
                              "learned_diff_lo": y["lo"], "learned_diff_hi": y["hi"],
-                             "equal_by_construction": bool(detached and m in WEIGHT_METRICS)})
-    return pd.DataFrame(rows)
+                             "n_unpaired": len(shared) - len(seeds), "_diffs": d.to_numpy()})
+    if not rows:
+        return pd.DataFrame()
+    return comparisons.mark(pd.DataFrame(rows), plan)
 
 
-def convention_table(values: pd.DataFrame, rule: str = "heldout") -> pd.DataFrame:
+def convention_table(values: pd.DataFrame, rule: str = "last") -> pd.DataFrame:
     """Does a difference between two losses depend on the gradient convention? Per condition,
     pair of loss *names* run in two grad modes, and metric: the paired difference A - B within
     each mode (over the seeds both modes share), and its change between the modes
-    (``exact`` minus ``detached`` per seed, a difference of differences) with 95 % intervals."""
+    (``exact`` minus ``detached`` per seed, a difference of differences) with 95 % intervals;
+    every run read at the epoch ``rule`` (``last`` or ``fixed``: the same epoch for every run)."""
     rows = []
     v = values[values["epoch_rule"] == rule] if len(values) else values
     if v.empty or "grad_mode" not in v.columns:

@@ -28,6 +28,14 @@ def _thumbnail(image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def class_names(manifest: pd.DataFrame) -> pd.Series:
+    """label -> the identity it names: the ``identity`` of the rows whose true label
+    (``orig_label``) is that label. Never a sample's own folder, which for a mislabelled sample
+    is another identity's."""
+    orig = manifest["orig_label"] if "orig_label" in manifest.columns else manifest["label"]
+    return manifest.assign(_class=orig)[orig >= 0].groupby("_class")["identity"].first()
+
+
 def contact_sheet(run, table: pd.DataFrame, score: str, manifest: pd.DataFrame,
                   identities: int = IDENTITIES, per_identity: int = PER_IDENTITY) -> str:
     """The HTML sheet: the ``identities`` identities whose worst sample scores highest, each with
@@ -42,6 +50,7 @@ def contact_sheet(run, table: pd.DataFrame, score: str, manifest: pd.DataFrame,
     source = run.manifest_path if run.manifest_path is not None else None
     dataset = NoisyDataset(index, manifest=str(source)) if source is not None else NoisyDataset(index)
     names = manifest.set_index("index")
+    classes = class_names(manifest)
     t = table.dropna(subset=[score]).sort_values(score, ascending=False, kind="stable")
     worst = t.groupby("label", sort=False)[score].max().sort_values(ascending=False, kind="stable")
     parts = ["<!doctype html><meta charset='utf-8'><title>noisyfr contact sheet</title>",
@@ -53,8 +62,7 @@ def contact_sheet(run, table: pd.DataFrame, score: str, manifest: pd.DataFrame,
              "Per identity, its highest-scored images first.</p>"]
     for label in worst.index[:identities]:
         rows = t[t["label"] == label].head(per_identity)
-        first = int(rows["sample_index"].iloc[0])
-        ident = names.loc[first, "identity"] if first in names.index else str(label)
+        ident = classes.get(int(label), str(label))
         parts.append(f"<h2>{html.escape(str(ident))} (label {int(label)})</h2>")
         for _, r in rows.iterrows():
             i = int(r["sample_index"])

@@ -20,6 +20,7 @@ import yaml
 
 from noisyfr.noise.manifest import write_manifest
 from noisyfr.io import atomic_path, atomic_write
+from noisyfr.outputs import csv_safe
 
 
 def _weights(theta_y: np.ndarray, theta_nearest: np.ndarray, num_classes: int, scale: float = 16.0,
@@ -43,7 +44,7 @@ def _write_results(sweep_dir: Path, rows: list[dict]) -> None:
     with atomic_path(sweep_dir / "results.parquet") as tmp:
         results.to_parquet(tmp, index=False)
     with atomic_path(sweep_dir / "results.csv") as tmp:
-        results.to_csv(tmp, index=False)
+        csv_safe(results).to_csv(tmp, index=False)
 
 
 def make_synthetic_run(out_dir: str | Path, num_ids: int = 10, per_id: int = 20, epochs: int = 3,
@@ -234,7 +235,8 @@ def _fabricated_arrays(rng: np.random.Generator, loss: dict, label: np.ndarray, 
     values = {"theta_y": theta_y, "theta_nearest": theta_near, "nearest_label": nearest,
               "theta_orig": theta_orig, "theta_dominant": theta_y, "weight": weight,
               "weight_theta": weight_theta, "grad_norm": unit_pull / feat_norm,
-              "unit_pull": unit_pull, "feat_norm": feat_norm, "theta_used": theta_y}
+              "unit_pull": unit_pull, "feat_norm": feat_norm, "theta_used": theta_y,
+              "lse_neg": log_others}
     arrays = {"sample_index": np.arange(m, dtype=np.int64), "label": label, "label_used": label,
               "values": np.stack([values[k] for k in _FLOATS], axis=1).astype(np.float32)}
     return arrays, np.logaddexp(0.0, z)  # -log p
@@ -280,8 +282,8 @@ def fabricate_sweep(out_dir: str | Path, trials: int, epochs: int, samples: int,
     identity's centre (``theta_orig``). Weights from the loss's target logit in a softmax over the
     label, the nearest class and C - 2 classes at 90 degrees; ``grad_norm = unit_pull /
     feat_norm`` (a normalised loss). The held-out accuracies follow symmetric flips, so the
-    report's held-out noise-rate estimate finds ``noise``. Same arguments -> same bytes (the files naming paths, config.yaml and results.*,
-    name ``out_dir``'s absolute path).
+    report's held-out noise-rate estimate finds ``noise``. Same arguments -> same bytes (the files
+    naming paths, config.yaml and results.*, name ``out_dir``'s absolute path).
     """
     from noisyfr import numeric
     from noisyfr.losses import loss_label, loss_settings

@@ -66,11 +66,13 @@ def runs_frame(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def open(run_or_sweep_dir: str | Path, memory_limit: str | None = None):  # noqa: A001 (the documented name)
+def open(run_or_sweep_dir: str | Path, memory_limit: str | None = None,  # noqa: A001 (the documented name)
+         inputs: list | None = None):
     """A DuckDB connection on a run or sweep directory with the views :data:`VIEWS` (module
     docstring). Every run's files are checked first (:func:`noisyfr.analysis.load.scan_run`).
     The connection can read only the directory and the runs' manifests: any other path in a
-    query is refused."""
+    query is refused. ``inputs``, when given, is extended with every path the views read (the
+    directory, the runs, their manifests, the results table): what an output must not replace."""
     root = Path(run_or_sweep_dir)
     runs = load.scan_runs(root)
     con = engine.connect(memory_limit=memory_limit)
@@ -101,6 +103,8 @@ def open(run_or_sweep_dir: str | Path, memory_limit: str | None = None):  # noqa
     con.execute("SET allowed_directories = [" + ", ".join(engine.quote(d + "/") for d in dirs) + "]")
     if files:
         con.execute("SET allowed_paths = [" + ", ".join(engine.quote(f) for f in files) + "]")
+    if inputs is not None:
+        inputs.extend([root, *load.run_inputs(runs), *([found] if found is not None else [])])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
@@ -112,12 +116,9 @@ def list_views(con) -> list[str]:
     return [v for v in VIEWS if v in names]
 
 
-def run_query(con, sql: str) -> pd.DataFrame:
-    """The result of one read-only statement (a SELECT, WITH ... SELECT included) on ``con``;
-    anything else (writes, ATTACH, COPY, SET, several statements) is refused, as is a name
-    that is no view. One-line NoisyFRError naming the problem."""
-    import re
-
+def _statement(con, sql: str) -> tuple[str, str]:
+    """``(text, name)`` of one read-only statement (a SELECT, WITH ... SELECT included), checked:
+    anything else (writes, ATTACH, COPY, SET, several statements) is a one-line NoisyFRError."""
     import duckdb
 
     text = sql.strip().rstrip(";")
@@ -132,15 +133,61 @@ def run_query(con, sql: str) -> pd.DataFrame:
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         raise NoisyFRError(f"{name}: only a SELECT is allowed (read-only), got {kind.name}")
-    views = list_views(con)
+    return text, name
+
+
+def query_error(con, name: str, exc: BaseException) -> NoisyFRError:
+    """The one line for a DuckDB error of a query named ``name``: a missing table or view, a
+    missing function, a path outside the sandbox, or DuckDB's own first sentence."""
+    import re
+
+    import duckdb
+
+    if isinstance(exc, duckdb.CatalogException):
+        m = re.search(r"(Table|View|Function|Macro)[\w ]* with name (\S+) does not exist", str(exc))
+        if m and m.group(1) in ("Table", "View"):
+            return NoisyFRError(f"{name}: names no view {m.group(2)} (the views are "
+                                f"{', '.join(list_views(con))})")
+        if m:
+            return NoisyFRError(f"{name}: calls no known function {m.group(2)} "
+                                f"({engine.first_sentence(exc)})")
+        return NoisyFRError(f"{name}: {engine.first_sentence(exc)}")
+    if isinstance(exc, duckdb.PermissionException):
+        return NoisyFRError(f"{name}: reads a path outside the run or sweep directory and its manifests "
+                            "(refused: queries read only those)")
+    return NoisyFRError(f"{name}: {engine.first_sentence(exc)}")
+
+
+#: Rows per Arrow batch of :func:`stream_query`.
+BATCH_ROWS = 65536
+
+
+def stream_query(con, sql: str, batch_rows: int = BATCH_ROWS):
+    """``(name, reader)``: one read-only statement on ``con`` (checked as :func:`run_query`
+    does) as a pyarrow ``RecordBatchReader`` that DuckDB fills as it is read: nothing is
+    materialised, so the caller bounds the memory by what it keeps. Errors raised while reading
+    are turned into one line by :func:`query_error`."""
+    import duckdb
+
+    text, name = _statement(con, sql)
+    try:
+        rel = con.sql(text)
+        reader = (rel.to_arrow_reader(batch_rows) if hasattr(rel, "to_arrow_reader")
+                  else rel.fetch_record_batch(batch_rows))
+    except duckdb.Error as exc:
+        raise query_error(con, name, exc) from None
+    return name, reader
+
+
+def run_query(con, sql: str) -> pd.DataFrame:
+    """The result of one read-only statement (a SELECT, WITH ... SELECT included) on ``con``;
+    anything else (writes, ATTACH, COPY, SET, several statements) is refused, as is a name
+    that is no view. One-line NoisyFRError naming the problem. Materialises the whole result:
+    ``noisyfr query`` streams it instead (:func:`stream_query`)."""
+    import duckdb
+
+    text, name = _statement(con, sql)
     try:
         return con.sql(text).df()
-    except duckdb.CatalogException as exc:
-        m = re.search(r"with name (\S+) does not exist", str(exc))
-        what = f"names no view {m.group(1)}" if m else engine.first_sentence(exc)
-        raise NoisyFRError(f"{name}: {what} (the views are {', '.join(views)})") from None
-    except duckdb.PermissionException:
-        raise NoisyFRError(f"{name}: reads a path outside the run or sweep directory and its manifests "
-                           "(refused: queries read only those)") from None
     except duckdb.Error as exc:
-        raise NoisyFRError(f"{name}: {engine.first_sentence(exc)}") from None
+        raise query_error(con, name, exc) from None

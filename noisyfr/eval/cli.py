@@ -112,10 +112,11 @@ def _json_safe(value: Any) -> Any:
 def _write_val(path: Path, payload: dict, results: list[dict]) -> None:
     from noisyfr.eval.suite import results_frame
     from noisyfr.io import atomic_write
+    from noisyfr.outputs import csv_safe
 
     if path.suffix == ".csv":
         with atomic_write(path, "w", newline="") as fh:
-            results_frame(results).to_csv(fh, index=False)
+            csv_safe(results_frame(results)).to_csv(fh, index=False)
         return
     with atomic_write(path, "w", encoding="utf-8") as fh:
         json.dump(_json_safe(payload), fh, indent=2)

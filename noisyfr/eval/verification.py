@@ -10,9 +10,10 @@ Conventions
   ``KFold(folds, shuffle=False)`` (the insightface protocol); on a single LFW fold file (300 same
   pairs, then 300 different) plain KFold would hold out all-same or all-different folds and bias the
   accuracy below chance, stratification keeps each fold balanced. When a class has fewer than
-  ``folds`` pairs, plain ``KFold(folds, shuffle=False)`` is used. For each fold the threshold is the one with the best accuracy on the other folds (candidates: the midpoints
-  between consecutive distinct training similarities, plus one below the minimum and one above the
-  maximum; ties go to the smallest threshold), and the accuracy is measured on the held-out fold.
+  ``folds`` pairs, plain ``KFold(folds, shuffle=False)`` is used. For each fold the threshold is the
+  one with the best accuracy on the other folds (candidates: the midpoints between consecutive
+  distinct training similarities, plus one below the minimum and one above the maximum; ties go to
+  the smallest threshold), and the accuracy is measured on the held-out fold.
   ``accuracy`` / ``accuracy_std`` are the mean / population std over folds, ``threshold`` the mean
   of the fold thresholds. ``thresholds="insightface"`` replaces the exact search by insightface's
   grid: "same" iff the squared distance of the unit embeddings ``2 - 2 cos`` is strictly below

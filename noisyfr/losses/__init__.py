@@ -10,9 +10,13 @@ import inspect
 from typing import Any, Mapping
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.losses import margins as _margins  # noqa: F401  (registers the losses)
 from noisyfr.losses.base import (COS_EPS, GRAD_MODES, LOSSES, MarginLoss, MarginOutput, arc_target,
                                  register_loss)
-from noisyfr.losses import margins as _margins  # noqa: F401  (registers the losses)
+
+# The plain margins register before the adaptive losses: that is the order of LOSSES, so the
+# import sorter must not move the adaptive import above the margins one.
+# isort: split
 from noisyfr.losses import adaptive as _adaptive  # noqa: F401
 from noisyfr.losses.adaptive import SubcentreQuery
 from noisyfr.losses.head import MarginHead

@@ -55,7 +55,9 @@ def check_settings(points, num_classes, neg_cos, names=("points", "num_classes",
     return points, num_classes, neg_cos
 
 
-def _reference_loss(name: str, grad_mode: str, params: dict):
+def reference_loss(name: str, grad_mode: str, params: dict):
+    """Loss ``name`` built with ``params`` in ``grad_mode`` (``grad_floor`` dropped outside
+    exact), in float64, eval mode and its reference state (see the module docstring)."""
     if grad_mode != "exact":  # a gradient floor is an exact-mode option (refused otherwise)
         params = {k: v for k, v in params.items() if k != "grad_floor"}
     loss = build_loss(name, grad_mode=grad_mode, **params).double().eval()
@@ -73,7 +75,7 @@ def loss_curves(name: str, points: int = 361, num_classes: int = 1000, neg_cos: 
     params = dict(params or {})
     params.pop("grad_mode", None)
     theta = torch.linspace(0.0, math.pi, points, dtype=torch.float64)
-    ref = _reference_loss(name, "exact", params)
+    ref = reference_loss(name, "exact", params)
     norms = None
     if getattr(ref, "needs_norms", False):
         norms = torch.full((points,), float(ref.reference_norm), dtype=torch.float64)
@@ -85,7 +87,7 @@ def loss_curves(name: str, points: int = 361, num_classes: int = 1000, neg_cos: 
     labels = torch.zeros(points, dtype=torch.long)
     cols = {}
     for mode in ("exact", "detached"):
-        loss = _reference_loss(name, mode, params)
+        loss = reference_loss(name, mode, params)
         cos = torch.full((points, num_classes), float(neg_cos), dtype=torch.float64)
         cos[:, 0] = torch.cos(theta)
         cos.requires_grad_(True)

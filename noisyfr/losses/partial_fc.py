@@ -122,6 +122,7 @@ class PartialState(NamedTuple):
     col: torch.Tensor  #: the row's target column in this rank's logits, -1 elsewhere [B]
     correct: torch.Tensor  #: the label is the row's largest logit [B] (bool)
     classes: torch.Tensor  #: the global class of each of this rank's columns [S]
+    logits: torch.Tensor | None = None  #: this rank's logits as the cross-entropy saw them [B, S]
 
 
 class PartialFCHead(nn.Module):
@@ -246,7 +247,8 @@ class PartialFCHead(nn.Module):
         value, logits, cos_y, correct = self._loss(cos, col, own, labels_all, norms)
         classes = (torch.arange(self.num_local, device=local.device) if index is None
                    else index) + self.class_start
-        self.last = PartialState(x.detach(), labels_all, cos_y, col, correct, classes)
+        self.last = PartialState(x.detach(), labels_all, cos_y, col, correct, classes,
+                                 logits.detach())
         self.last_labels = labels.detach()
         return value, logits, cos
 

@@ -35,7 +35,14 @@ For every sample of a batch, from the head's cosine matrix ``cos`` [B, C] (befor
 - ``feat_norm``: ``|f|``, the norm of the backbone output before L2 normalisation. Not a
   gradient: it is logged beside the weights but is not one of :data:`WEIGHT_COLUMNS`;
 - ``theta_used``: ``arccos(cos[i, label_used_i])``, the angle to the centre of the class trained
-  on. Equal to ``theta_y`` unless BoundaryFace corrected the label (Partial FC never does).
+  on. Equal to ``theta_y`` unless BoundaryFace corrected the label (Partial FC never does);
+- ``lse_neg``: ``log sum_{j != label_used} exp(z_j)`` over the logits ``z`` the cross-entropy
+  saw (``s cos_j`` for a margin loss, with whatever the loss does to the non-target entries:
+  CurricularFace's hard-negative modulation included; ``W x + b`` for plain softmax; under
+  Partial FC over the classes sampled for the step, across every rank). With the target logit
+  ``z_y`` the sample's softmax probability is ``p = sigmoid(z_y - lse_neg)``; it is the
+  geometry the counterfactual weights of :mod:`noisyfr.analysis.counterfactual` hold fixed.
+  Not a weight (not one of :data:`WEIGHT_COLUMNS`). Logs written before it read it as NULL.
 
 Which angle pairs with which weight: ``weight``, ``weight_theta`` are taken at ``label_used``,
 so plot them against ``theta_used`` (or against ``theta_y`` only where ``label_used ==
@@ -74,7 +81,7 @@ from noisyfr.io import atomic_path
 #: Columns of ``angles/epoch_<E>.parquet``, in order.
 COLUMNS = ("sample_index", "epoch", "label", "label_used", "theta_y", "theta_nearest",
            "nearest_label", "theta_orig", "theta_dominant", "weight", "weight_theta", "grad_norm",
-           "unit_pull", "feat_norm", "theta_used")
+           "unit_pull", "feat_norm", "theta_used", "lse_neg")
 #: Columns every angle log has had; the others of :data:`COLUMNS` were added later (an older log
 #: is read with them filled in, see :mod:`noisyfr.analysis.load`).
 REQUIRED_COLUMNS = ("sample_index", "epoch", "label", "theta_y", "theta_nearest", "nearest_label",
@@ -86,7 +93,7 @@ ANGLE_SCHEMA = {"sample_index": "int32", "epoch": "int32", "label": "int32", "la
                 "theta_y": "float32", "theta_nearest": "float32", "nearest_label": "int32",
                 "theta_orig": "float32", "theta_dominant": "float32", "weight": "float32",
                 "weight_theta": "float32", "grad_norm": "float32", "unit_pull": "float32",
-                "feat_norm": "float32", "theta_used": "float32"}
+                "feat_norm": "float32", "theta_used": "float32", "lse_neg": "float32"}
 #: Most rows in one Parquet row group of an angle log (a reader scans the groups of one file on
 #: several threads).
 ROW_GROUP_ROWS = 131072
@@ -106,7 +113,7 @@ SUBSET_STREAM = (0x414E, 1)
 WEIGHT_COLUMNS = ("weight", "weight_theta", "grad_norm", "unit_pull")
 #: Float values per sample kept by the tracker, in order (the columns after the labels).
 _FLOATS = ("theta_y", "theta_nearest", "nearest_label", "theta_orig", "theta_dominant", "weight",
-           "weight_theta", "grad_norm", "unit_pull", "feat_norm", "theta_used")
+           "weight_theta", "grad_norm", "unit_pull", "feat_norm", "theta_used", "lse_neg")
 #: Health metrics of one epoch (see :func:`health_metrics`).
 HEALTH_COLUMNS = ("clean_true_accuracy", "noisy_fit_given", "noisy_fit_true",
                   "theta_clean_median", "theta_noisy_median")
@@ -129,15 +136,17 @@ def batch_rows(cos: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tenso
                orig_labels: torch.Tensor, grad_cos: torch.Tensor | None = None,
                grad_feat: torch.Tensor | None = None, scale: float = 1.0,
                theta_dominant: torch.Tensor | None = None,
-               feats: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample values of one batch as a float tensor [B, 11] in the order of ``_FLOATS``.
+               feats: torch.Tensor | None = None,
+               logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample values of one batch as a float tensor [B, 12] in the order of ``_FLOATS``.
 
     ``cos`` [B, C] (detached or not); ``labels``, ``labels_used``, ``orig_labels`` int64 [B]
     (an ``orig_label`` outside ``0..C-1``, e.g. -1 for open-set noise, gives ``theta_orig = NaN``);
     ``grad_cos`` [B, C] and ``grad_feat`` [B, d]: gradients of the *batch-mean* loss w.r.t. the
     cosines and the backbone's output (times ``scale`` under a gradient scaler), None -> NaN
     weights; ``theta_dominant`` [B] (None: equal to ``theta_y``); ``feats`` [B, d]: the
-    backbone's output (None: ``feat_norm`` and ``unit_pull`` NaN).
+    backbone's output (None: ``feat_norm`` and ``unit_pull`` NaN); ``logits`` [B, C]: the
+    logits the cross-entropy saw, with ``labels_used`` as its labels (None: ``lse_neg`` NaN).
     """
     cos = cos.detach().float().clamp(-1.0, 1.0)
     b, c = cos.shape
@@ -157,7 +166,16 @@ def batch_rows(cos: torch.Tensor, labels: torch.Tensor, labels_used: torch.Tenso
     if pull is not None:
         pull[:, 0] *= b / scale
     return _rows(cos[rows, labels], labels, top_val, top_idx, cos_o,
-                 theta_dominant, cos[rows, labels_used], grad_y, grad_norm, pull)
+                 theta_dominant, cos[rows, labels_used], grad_y, grad_norm, pull,
+                 None if logits is None else lse_negatives(logits, labels_used))
+
+
+@torch.no_grad()
+def lse_negatives(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log sum_{j != labels_i} exp(logits[i, j])`` [B] in float32 (-inf with one class)."""
+    z = logits.detach().float().clone()
+    z.scatter_(1, labels.long().unsqueeze(1), float("-inf"))
+    return torch.logsumexp(z, dim=1)
 
 
 def _unit_pull(feats, grad_feat) -> torch.Tensor | None:
@@ -177,12 +195,13 @@ def _unit_pull(feats, grad_feat) -> torch.Tensor | None:
 
 
 def _rows(cos_y, labels, top_val, top_idx, cos_orig, theta_dominant, cos_used, grad_y,
-          grad_norm, pull=None) -> torch.Tensor:
-    """The [B, 11] rows of :func:`batch_rows` from per-row values: the label's cosine, the two
+          grad_norm, pull=None, lse_neg=None) -> torch.Tensor:
+    """The [B, 12] rows of :func:`batch_rows` from per-row values: the label's cosine, the two
     largest cosines of the row and their classes, the cosine to the original label (NaN when
     outside the label set), the angle to the dominant centre (None: theta_y), the cosine at the
     label trained on, the per-sample gradient on that cosine and on the embedding (None: NaN),
-    and ``[unit_pull, feat_norm]`` [B, 2] (None: NaN)."""
+    ``[unit_pull, feat_norm]`` [B, 2] (None: NaN) and the log-sum-exp of the non-target
+    logits [B] (None: NaN)."""
     first_is_label = top_idx[:, 0] == labels
     near_val = torch.where(first_is_label, top_val[:, 1], top_val[:, 0])
     near_idx = torch.where(first_is_label, top_idx[:, 1], top_idx[:, 0])
@@ -195,7 +214,8 @@ def _rows(cos_y, labels, top_val, top_idx, cos_orig, theta_dominant, cos_used, g
                         torch.arccos(cos_orig), theta_dom, weight, weight_theta,
                         nan if grad_norm is None else grad_norm,
                         nan if pull is None else pull[:, 0], nan if pull is None else pull[:, 1],
-                        torch.arccos(cos_used.clamp(-1.0, 1.0))], 1)
+                        torch.arccos(cos_used.clamp(-1.0, 1.0)),
+                        nan if lse_neg is None else lse_neg.to(nan.dtype)], 1)
 
 
 @torch.no_grad()
@@ -210,7 +230,8 @@ def sharded_batch_rows(head, orig_labels: torch.Tensor, grad_cos: torch.Tensor |
     the global batch) and ``grad_norm`` from ``grad_feat`` (this rank's embeddings' gradient,
     which carries the head's ``grad_scale``), ``unit_pull`` / ``feat_norm`` from it and
     ``feats`` (this rank's embeddings; None: NaN), ``theta_used`` = ``theta_y`` (Partial FC
-    corrects no label). ``orig_labels`` [b] are this rank's rows'."""
+    corrects no label), ``lse_neg`` over the sampled non-target classes of every rank (NaN
+    when the head kept no logits). ``orig_labels`` [b] are this rank's rows'."""
     st = head.last
     B, C = st.labels.shape[0], head.num_classes
     b = B // head.world
@@ -242,8 +263,25 @@ def sharded_batch_rows(head, orig_labels: torch.Tensor, grad_cos: torch.Tensor |
         pull = all_gather_rows(pull)
         pull[:, 0] *= B / (head.grad_scale * scale)
     rows = _rows(cos_y, st.labels, top_val, top_idx, cos_orig, theta_dom, cos_y, grad_y,
-                 grad_norm, pull)
+                 grad_norm, pull, None if st.logits is None else _sharded_lse_neg(st.logits, st.col))
     return rows[mine]
+
+
+def _sharded_lse_neg(logits: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """The log-sum-exp of every row's non-target logits over every rank's sampled columns
+    (``logits`` [B, S] this rank's, ``col`` [B] the target column here or -1)."""
+    z = logits.detach().float().clone()
+    if z.shape[1]:
+        idx = col.clamp_min(0).unsqueeze(1)
+        z.scatter_(1, idx, torch.where(col >= 0, torch.full_like(z[:, 0], -math.inf),
+                                       z.gather(1, idx).squeeze(1)).unsqueeze(1))
+        local = torch.logsumexp(z, dim=1)
+    else:
+        local = z.new_full((z.shape[0],), -math.inf)
+    top = all_reduce_(local.clone(), "max")
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = all_reduce_(torch.exp(local - safe))
+    return torch.where(torch.isfinite(top), safe + total.log(), top)
 
 
 class AngleTracker:
@@ -268,7 +306,7 @@ class AngleTracker:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The collected rows as numpy arrays (one host transfer per column): ``sample_index``,
-        ``label``, ``label_used`` int32 [N] and ``values`` float32 [N, 11]."""
+        ``label``, ``label_used`` int32 [N] and ``values`` float32 [N, len(_FLOATS)]."""
         if not self._index:
             return {"sample_index": np.zeros(0, np.int32), "label": np.zeros(0, np.int32),
                     "label_used": np.zeros(0, np.int32),

@@ -90,12 +90,18 @@ def resume_candidates(output_dir: str | os.PathLike) -> list[Path]:
     epochs = epoch_files(folder, "epoch_*.pt")
     out = []
     interrupted = folder / INTERRUPTED
-    if interrupted.is_file():
+    if _own_file(interrupted):
         out.append(interrupted)
     last = folder / "last.pt"
-    if last.is_file():
+    if _own_file(last):
         out.append(last)
-    return out + [epochs[e] for e in sorted(epochs, reverse=True)]
+    return out + [epochs[e] for e in sorted(epochs, reverse=True) if _own_file(epochs[e])]
+
+
+def _own_file(path: Path) -> bool:
+    """A regular file, not a link (a link or FIFO planted in a shared run directory is never
+    read as the run's checkpoint: a resume neither follows it nor blocks on it)."""
+    return path.is_file() and not path.is_symlink()
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:

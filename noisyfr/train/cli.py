@@ -14,7 +14,7 @@ EXAMPLES = ['noisyfr train experiments/configs/train_synthetic.yaml optim.epochs
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr train``."""
-    parser.add_argument("config", help="training config (YAML); see docs/training.md")
+    parser.add_argument("config", help="training config (YAML), or a shipped config's name; see docs/training.md")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted config overrides, value parsed as YAML "
                              "(e.g. optim.lr=0.05 loss.name=cosface data.val=[a.txt])")
@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.train.checkpoint import last_checkpoint
     from noisyfr.train.config import dump_config
 
+    from noisyfr.shipped import config_path
+
+    args.config = str(config_path(args.config, "training config"))
     protect(args.config)
     if args.resume and args.overwrite:
         raise NoisyFRError("--resume and --overwrite: give one (continue the run, or replace it)")

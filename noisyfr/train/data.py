@@ -131,7 +131,25 @@ def split_rows(manifest, orig_labels, max_per_id: int | None, holdout: float, se
         raise NoisyFRError(f"manifest column {HELDOUT_COLUMN!r}: {len(fixed)} values for {len(orig)} rows")
     rest = np.flatnonzero(~fixed)
     train, _ = split_identities(orig[rest], max_per_id, 0.0, seed, names)
-    return np.sort(rest[train]), np.flatnonzero(fixed)
+    train, held = np.sort(rest[train]), np.flatnonzero(fixed)
+    given = manifest["label"].to_numpy(dtype=np.int64) if "label" in manifest.columns else orig
+    check_trained_identities(given[train], orig[held], names)
+    return train, held
+
+
+def check_trained_identities(train_labels, held_identities, names=None) -> None:
+    """Every identity with a held-out image keeps a training image (a sample labelled with it):
+    else NoisyFRError naming the first identity (its name from ``names`` when given). A run on
+    such a manifest could not learn that identity's class (or, with no training image at all,
+    would run no step), and its held-out accuracy would not mean what it says."""
+    held = np.unique(np.asarray(held_identities, dtype=np.int64))
+    lonely = np.setdiff1d(held[held >= 0], np.asarray(train_labels, dtype=np.int64))
+    if len(lonely):
+        ident = int(lonely[0])
+        name = names[ident] if names is not None and ident < len(names) else ident
+        more = f" (and {len(lonely) - 1} more)" if len(lonely) > 1 else ""
+        raise NoisyFRError(f"data.manifest: identity {name!r}{more} has held-out images but no training "
+                           "image (a cleaning removed them all); refusing to train on it")
 
 
 def training_subset(dataset, max_samples: int | None, seed: int, rows=None):

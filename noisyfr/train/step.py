@@ -46,7 +46,8 @@ class Stepper:
     head itself; a replicated head under DDP is wrapped, a Partial FC head is not). When
     ``self.tracker`` is an :class:`~noisyfr.train.angles.AngleTracker`, the batch's angles are
     added to it from this same forward pass, and with ``self.track_grads`` the per-sample
-    weights (``weight``, ``weight_theta``, ``grad_norm``, ``unit_pull``) from its backward pass. With
+    weights (``weight``, ``weight_theta``, ``grad_norm``, ``unit_pull``) from its backward pass, and
+    ``lse_neg`` from the logits the cross-entropy saw. With
     ``channels_last`` the images are passed in channels-last memory format. Returns ``(loss
     value, number of correct argmax predictions, lr used)``.
     """
@@ -113,7 +114,7 @@ class Stepper:
             clip_grad_norm(self.params, self.grad_clip,
                            (self.head.weight,) if self.sharded else ())
         if track:  # before the update: the angles of the centres the loss saw
-            self._track(feats, labels, cos, index, grads, scale)
+            self._track(feats, labels, cos, index, grads, scale, logits)
         lr_used = float(opt.param_groups[0]["lr"])
         if scaler is not None:
             scaler.step(opt)
@@ -124,7 +125,7 @@ class Stepper:
             self.scheduler.step()
         return loss_val, self.head.correct_count(logits, labels), lr_used
 
-    def _track(self, feats, labels, cos, index, grads: bool, scale: float) -> None:
+    def _track(self, feats, labels, cos, index, grads: bool, scale: float, logits=None) -> None:
         """Add the batch's angle rows to the tracker (after backward, before the update)."""
         orig = (self.orig_labels[index] if self.orig_labels is not None else index.new_full(
             index.shape, -1)).to(self.device)
@@ -137,5 +138,5 @@ class Stepper:
         else:
             values = angles_mod.batch_rows(
                 cos, labels, used, orig, grad_cos=grad_cos, grad_feat=grad_feat, scale=scale,
-                theta_dominant=self._theta_dominant(feats, labels), feats=feats)
+                theta_dominant=self._theta_dominant(feats, labels), feats=feats, logits=logits)
         self.tracker.add(index, labels, used, values)

@@ -57,6 +57,7 @@ from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError, Stopped
 from noisyfr.io import atomic_write
 from noisyfr.lock import acquire, check_free
+from noisyfr.safefs import check_no_links
 from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_error, make_dirs, protected_input,
                              remove_dirs, undo_folder, write_error)
 from noisyfr.train import angles as angles_mod
@@ -147,6 +148,7 @@ def _setup(config) -> _Run:
                  writes=[w for w in RUN_FILES if w not in skip])
     if rank == 0:  # the ranks are one writer; another rank may still be ending the previous run
         check_free(run.out_dir, "output_dir")
+        check_no_links(run.out_dir, RUN_FILES, "output_dir entry")  # a planted link is never written through
     rundir.check_existing_run(run.out_dir, cfg)
     o = cfg["optim"]
     parallel.check_amp(o["amp"], run.device)
@@ -572,6 +574,8 @@ def train(config: Mapping[str, Any] | str | os.PathLike,
     label corrections this epoch), ``heldout_accuracy`` (identification of the held-out images
     of the training identities by their nearest class centre, NaN without ``data.holdout``),
     ``heldout_given_accuracy`` (their agreement with their given, possibly noisy labels),
+    on a dataset of features, the references of :mod:`noisyfr.train.reference`
+    (``reference_heldout_accuracy``, ``val/<name>/reference_accuracy``, ``val_reference_accuracy``),
     ``learned`` and ``learned_on`` (the rule of :mod:`noisyfr.train.heldout`: held-out accuracy
     >= ``health.learned_heldout_accuracy``, or without held-out images ``clean_true_accuracy >=
     health.learned_accuracy``) and ``checkpoint`` (path of the epoch's checkpoint). Raises

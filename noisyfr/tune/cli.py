@@ -1,7 +1,10 @@
 """``noisyfr sweep``: run a Ray Tune grid of training runs (losses x noise settings x seeds).
 
+A shipped config can be named instead of a path (``noisyfr configs`` lists them).
+
 Examples::
 
+    noisyfr sweep demo --dry-run                    # a shipped config by name: the plan, run nothing
     noisyfr sweep experiments/configs/demo.yaml --out runs/demo
     noisyfr sweep experiments/configs/demo.yaml grid.seed=[0,1,2] optim.epochs=3
     noisyfr sweep --resume --out runs/demo          # finish an interrupted sweep
@@ -16,14 +19,15 @@ from noisyfr.cli import intermixed
 from noisyfr.errors import NoisyFRError
 
 #: Command lines shown by ``--help``.
-EXAMPLES = ['noisyfr sweep experiments/configs/demo.yaml --out runs/demo']
+EXAMPLES = ['noisyfr sweep experiments/configs/demo.yaml --out runs/demo', 'noisyfr sweep demo --dry-run']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``noisyfr sweep``."""
     parser.add_argument("args", nargs="*", metavar="CONFIG|KEY=VALUE",
-                        help="sweep YAML (training config + grid/noise/resources; optional with "
-                             "--resume --out DIR), then dotted-key overrides, e.g. optim.epochs=3 grid.seed=[0,1]")
+                        help="sweep YAML or a shipped config's name (training config + grid/noise/resources; "
+                             "optional with --resume --out DIR), then dotted-key overrides, "
+                             "e.g. optim.epochs=3 grid.seed=[0,1]")
     parser.add_argument("--out", help="sweep directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted sweep in the sweep directory: only unfinished trials run")
@@ -53,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
             raise NoisyFRError("sweep: overrides and --device need a CONFIG (a resumed sweep keeps its own)")
         spec = load_stored_sweep(args.out)
     else:
+        from noisyfr.shipped import config_path
+
+        config = config_path(config, "sweep config")
         if args.device:
             overrides = overrides + [("device", args.device)]
         spec = load_sweep(config, overrides, sweep_dir=args.out)

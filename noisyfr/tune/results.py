@@ -172,13 +172,19 @@ SUMMARY_METRICS = (
 )
 
 
-def _cell(values, learned, scale: float, digits: int) -> str:
-    """``mean [95 % interval] n`` over all completed runs, then over the learned ones."""
+#: Summary metrics bounded by [0, 1] (before their scale): logit-scale intervals.
+BOUNDED_SUMMARY = frozenset({"final_heldout_accuracy", "final_clean_true_accuracy", "final_noisy_auc",
+                             "best_noisy_auc", "final_noisy_fit_given", "final_val_accuracy"})
+
+
+def _cell(values, learned, scale: float, digits: int, bounded: bool = False) -> str:
+    """``mean [95 % interval] n`` over all completed runs, then over the learned ones (the
+    interval of :func:`noisyfr.analysis.seeds.interval`, on the logit scale when ``bounded``)."""
     from noisyfr.analysis.seeds import format_interval, interval
 
     def text(v):
-        x = interval([float(a) * scale for a in v])
-        return format_interval(x["mean"], x["lo"], x["hi"], x["n"], digits)
+        x = interval([float(a) for a in v], bounded=bounded)
+        return format_interval(x["mean"] * scale, x["lo"] * scale, x["hi"] * scale, x["n"], digits)
 
     v = list(values)
     return f"{text(v)} · learned {text([a for a, ok in zip(v, learned) if ok])}"
@@ -206,8 +212,10 @@ def _metric_tables(done, spec: SweepSpec) -> list[str]:
         if metric not in done.columns or done[metric].isna().all():
             continue
         lines += [f"## {title}", ""]
-        lines += _grid_table(rows, cols, row_order, col_order, lambda m: _cell(
-            done.loc[m, metric].astype(float), learned[m], scale, digits))
+        lines += _grid_table(rows, cols, row_order, col_order,
+                             lambda m, metric=metric, scale=scale, digits=digits: _cell(
+                                 done.loc[m, metric].astype(float), learned[m], scale, digits,
+                                 metric in BOUNDED_SUMMARY))
     return lines
 
 
@@ -253,11 +261,12 @@ def summary_markdown(df, spec: SweepSpec) -> str:
 def write_results(df, sweep_dir: str | os.PathLike, spec: SweepSpec) -> None:
     """Write ``results.parquet``, ``results.csv`` and ``summary.md`` atomically."""
     from noisyfr.io import atomic_path, atomic_write
+    from noisyfr.outputs import csv_safe
 
     sdir = Path(sweep_dir)
     with atomic_path(sdir / "results.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     with atomic_path(sdir / "results.csv") as tmp:
-        df.to_csv(tmp, index=False)
+        csv_safe(df).to_csv(tmp, index=False)  # text cells escaped (CSV injection)
     with atomic_write(sdir / "summary.md", "w", encoding="utf-8") as fh:
         fh.write(summary_markdown(df, spec))

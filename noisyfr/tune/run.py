@@ -71,7 +71,7 @@ def make_manifests(spec: SweepSpec, progress: bool | None = None) -> list[str]:
 
     indexes: dict[str, Any] = {}
     written = []
-    for key, (train, noise, trials) in tqdm(groups.items(), desc="manifests", unit="manifest",
+    for _key, (train, noise, trials) in tqdm(groups.items(), desc="manifests", unit="manifest",
                                             disable=None if progress is None else not progress):
         path = trials[0].manifest
         written.append(path)

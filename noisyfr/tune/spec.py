@@ -14,6 +14,9 @@ A sweep YAML is a training config (see docs/training.md) plus sweep-only keys:
   current step (``checkpoints/interrupted.pt``) before it ends them (they keep their last epoch checkpoint).
 - ``name`` / ``output_dir``: the sweep's name and directory (``runs/<name>``).
 - ``trainer`` (``noisyfr.train:train``): import path of the ``train(config, report)`` callable.
+- ``analysis``: how ``noisyfr analyze`` compares the runs, fixed before they run: ``epoch`` (``last``
+  or an epoch number: both runs of a pair are read there) and ``primary`` (the one comparison the
+  grid answers; every other one is Holm-corrected). See :mod:`noisyfr.analysis.comparisons`.
 
 Label noise is the training config's own ``data.noise`` section (:class:`noisyfr.noise.NoiseSpec`):
 one manifest per distinct (dataset, noise spec with its seed) is planned under
@@ -40,7 +43,7 @@ from noisyfr.names import label_value, slug
 from noisyfr.noise.spec import NoiseSpec
 
 SWEEP_KEYS = ("grid", "resources", "workers_per_trial", "max_failures", "max_concurrent_trials",
-              "trainer", "name", "output_dir", "stop_grace_s")
+              "trainer", "name", "output_dir", "stop_grace_s", "analysis")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_TRAINER = "noisyfr.train:train"
 STATE_FILE = "sweep.json"
@@ -315,6 +318,9 @@ def load_sweep(path_or_dict: str | os.PathLike | Mapping, overrides: Iterable[st
     _moved_noise(raw, ())
     axes = _parse_grid(raw.get("grid"))
     resources = _check_resources(raw.get("resources"))
+    from noisyfr.analysis.comparisons import parse_analysis
+
+    parse_analysis(raw.get("analysis"))  # checked now: a bad plan fails before any trial runs
     trainer = raw.get("trainer") or DEFAULT_TRAINER
     if not isinstance(trainer, str):
         raise _err("trainer", f"expected 'module:function', got {trainer!r}")
