@@ -234,8 +234,8 @@ def test_a_training_run_puts_clean_samples_in_the_documented_band(tmp_path, one_
     the median theta_y of its clean samples at the last epoch lies in the documented band, and the
     noisy samples sit further out."""
     import yaml
-
     from conftest import REPO
+
     from noisyfr.analysis import views
     from noisyfr.train import load_config, train
 
