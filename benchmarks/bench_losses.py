@@ -79,7 +79,7 @@ def report(best: dict, names: list, modes: list, args, subcentre_k: int) -> floa
     worst = 0.0
     rows = [(n, n, base, n != "subcenter_arcface") for n in names]
     if "subcenter_arcface" in names and WIDE in best:
-        rows.append(("subcenter_arcface", f"subcenter_arcface / normface[C*K]", best[WIDE], True))
+        rows.append(("subcenter_arcface", "subcenter_arcface / normface[C*K]", best[WIDE], True))
     for n, label, ref, held in rows:
         line = f"{label:<36}"
         for m in modes:

@@ -49,7 +49,6 @@ def ray_counts(sweep: Path):
     import pyarrow.compute as pc
     import ray
     import ray.data
-
     from spark_read_angles import _run_manifests
 
     pairs = _run_manifests(sweep)
@@ -99,7 +98,6 @@ def main(argv=None) -> int:
     import pyarrow.parquet as pq
     import ray
     import ray.data
-
     from spark_read_angles import _sweep, agreement, duckdb_counts
 
     sweep = _sweep(args)

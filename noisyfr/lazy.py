@@ -3,7 +3,8 @@ imports its submodule on first use."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def lazy_getattr(package: str, table: Mapping[str, str],

@@ -9,7 +9,8 @@ the next writer. A clean release removes the file.
 
 The lock file is opened with :func:`noisyfr.safefs.open_regular`: a symbolic link or a named
 pipe planted at ``DIR/.lock`` is refused with one line (nothing it names is created, truncated or
-written, and nothing blocks). Readers (``analyze``, ``eval``) take no lock. :func:`check_free` asks without writing anything (a
+written, and nothing blocks). Readers (``analyze``, ``eval``) take no lock. :func:`check_free`
+asks without writing anything (a
 command refuses early, before any work); :func:`acquire` takes the lock when the command starts
 to write; :func:`is_held` says whether a writer holds it (the sweep driver asks it of its trials'
 run directories when it stops them). Asking takes the lock for a moment, so both retry a
@@ -128,7 +129,7 @@ class DirLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         return self
 
     def __exit__(self, *exc) -> None:

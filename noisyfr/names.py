@@ -5,7 +5,8 @@ One owner for both, used by sweeps (trial names, manifest names) and reports (fi
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def slug(text: str) -> str:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Any
 
 from noisyfr.errors import NoisyFRError
 

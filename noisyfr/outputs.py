@@ -17,8 +17,8 @@ import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from noisyfr.errors import NoisyFRError
 

@@ -6,8 +6,8 @@ Outside CI a test that needs them is skipped when the folder is missing; in CI (
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

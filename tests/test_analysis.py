@@ -16,13 +16,13 @@ from PIL import Image
 from scipy.stats import mannwhitneyu
 
 from noisyfr.analysis import plots, stats, write_report
-from noisyfr.analysis.load import load_run, long_angles
 from noisyfr.analysis.document import markdown_table
+from noisyfr.analysis.load import load_run, long_angles
 from noisyfr.analysis.report import analytic_curves
 from noisyfr.analysis.synthetic import make_synthetic_run, make_synthetic_sweep
 from noisyfr.cli import main
-from noisyfr.noise.manifest import write_manifest
 from noisyfr.errors import NoisyFRError
+from noisyfr.noise.manifest import write_manifest
 
 
 # ----------------------------------------------------------------------------- helpers

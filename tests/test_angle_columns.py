@@ -9,14 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import boundaryface_batch, exit_status
+
 from noisyfr.analysis.load import _complete_angle_log
 from noisyfr.analysis.synthetic import make_synthetic_run
 from noisyfr.losses import MarginHead, build_loss
 from noisyfr.losses.partial_fc import PartialFCHead
-from noisyfr.train.angles import COLUMNS, REQUIRED_COLUMNS, WEIGHT_COLUMNS, _FLOATS, batch_rows, \
-    sharded_batch_rows
+from noisyfr.train.angles import _FLOATS, COLUMNS, REQUIRED_COLUMNS, WEIGHT_COLUMNS, batch_rows, sharded_batch_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COL = {name: i for i, name in enumerate(_FLOATS)}

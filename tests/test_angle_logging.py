@@ -16,9 +16,20 @@ import yaml
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.train import load_config, train
-from noisyfr.train.angles import (ANGLE_SCHEMA, COLUMNS, DICTIONARY_COLUMNS, ROW_GROUP_ROWS, _FLOATS,
-                                  AngleTracker, is_logged_epoch, keep_samples, logged_epochs, logged_samples,
-                                  rows_frame, write_angles)
+from noisyfr.train.angles import (
+    _FLOATS,
+    ANGLE_SCHEMA,
+    COLUMNS,
+    DICTIONARY_COLUMNS,
+    ROW_GROUP_ROWS,
+    AngleTracker,
+    is_logged_epoch,
+    keep_samples,
+    logged_epochs,
+    logged_samples,
+    rows_frame,
+    write_angles,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -128,7 +128,8 @@ def test_primary_reads_its_interval_the_rest_are_holm_corrected():
     ({"primary": {"metric": "auc", "a": "x"}}, r"^analysis\.primary\.\w+: the primary comparison takes exactly"),
     ({"primary": {"metric": "speed", "a": "x", "b": "y", "condition": "c"}}, r"^analysis\.primary\.metric: 'speed'"),
     ({"primary": {"metric": "auc", "a": "x", "b": "x", "condition": "c"}}, r"^analysis\.primary\.b: compares"),
-    ({"primary": {"metric": "auc", "a": "x", "b": 3, "condition": "c"}}, r"^analysis\.primary\.b: expected a non-empty"),
+    ({"primary": {"metric": "auc", "a": "x", "b": 3, "condition": "c"}},
+     r"^analysis\.primary\.b: expected a non-empty"),
 ])
 def test_a_bad_analysis_section_names_its_key(section, match):
     with pytest.raises(NoisyFRError, match=match):

@@ -204,6 +204,7 @@ def test_report_section_and_demo_lines(tmp_path):
 
 def test_analyze_counterfactual_option(tmp_path, capsys):
     from conftest import exit_status
+
     from noisyfr.analysis.synthetic import fabricate_sweep
 
     sweep = fabricate_sweep(tmp_path / "sw", trials=3, epochs=1, samples=300, classes=20, noise=0.4)

@@ -8,16 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import inject_file
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import inject_file
 from noisyfr.data import open_index
-from noisyfr.noise import NoisyDataset, read_manifest
-from noisyfr.noise.manifest import write_manifest
 from noisyfr.data.transforms import face_transform
 from noisyfr.errors import NoisyFRError
-
+from noisyfr.noise import NoisyDataset, read_manifest
+from noisyfr.noise.manifest import write_manifest
 
 
 @pytest.fixture(scope="module")

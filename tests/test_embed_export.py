@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import exit_status
 from torch import nn
 
-from conftest import exit_status
 from noisyfr.cli import main
 from noisyfr.data import load_pairs
 from noisyfr.data.pairs import write_bin

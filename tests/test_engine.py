@@ -176,7 +176,8 @@ def sweep(tmp_path_factory):
 
 
 def test_views_hold_what_the_docs_say(sweep):
-    from noisyfr.analysis.views import VIEWS, list_views, open as open_views
+    from noisyfr.analysis.views import VIEWS, list_views
+    from noisyfr.analysis.views import open as open_views
 
     con = open_views(sweep)
     assert list_views(con) == list(VIEWS)

@@ -13,7 +13,6 @@ from noisyfr.errors import NoisyFRError
 from noisyfr.eval import embed_images, evaluate, noisy_detection_auc, verify
 from noisyfr.models import create_backbone
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

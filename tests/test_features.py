@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, exit_status
+
 from noisyfr.data.feature_store import read_features, read_meta
 from noisyfr.errors import NoisyFRError
 from noisyfr.features import extract as ex

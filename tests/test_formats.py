@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import true_in_forked_child
 from PIL import Image
 
 from noisyfr.cli import main as cli_main
@@ -25,7 +26,6 @@ from noisyfr.data.folder import ImageFolderIndex
 from noisyfr.data.recordio import RecordIOIndex
 from noisyfr.data.recordio_pack import encode_record, pack_index
 from noisyfr.errors import NoisyFRError
-from conftest import true_in_forked_child
 
 MAGIC = struct.pack("<I", 0xCED7230A)
 REPO = Path(__file__).resolve().parents[1]

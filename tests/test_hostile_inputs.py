@@ -21,8 +21,8 @@ import os
 import resource
 import signal
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

@@ -20,7 +20,6 @@ keeps its bytes (a hash of everything under the world before and after). The cla
 """
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import os

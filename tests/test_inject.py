@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import exit_status, inject_file
+
 from noisyfr.cli import main
 from noisyfr.data import open_index
-from noisyfr.noise import read_manifest
 from noisyfr.errors import NoisyFRError
-
+from noisyfr.noise import read_manifest
 
 
 def _per_identity(df, mask):

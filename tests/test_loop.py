@@ -6,7 +6,6 @@ manifest's recorded held-out rows, the shared render cache)."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import exit_status
+
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import build_loss
 from noisyfr.losses.matching import differing_band, matched_margin, matching_table, parse_loss_spec

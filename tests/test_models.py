@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from noisyfr.errors import NoisyFRError
-from noisyfr.models import (BACKBONE_SPECS, BACKBONES, check_backbone_args, create_backbone,
-                            register_backbone)
+from noisyfr.models import BACKBONE_SPECS, BACKBONES, check_backbone_args, create_backbone, register_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import inject_file, true_in_forked_child
 
-from noisyfr.noise import draw as nz
-from conftest import inject_file
 from noisyfr.data.index import FaceIndex
-from noisyfr.noise.manifest import dumps_meta
 from noisyfr.errors import NoisyFRError
-from conftest import true_in_forked_child
+from noisyfr.noise import draw as nz
+from noisyfr.noise.manifest import dumps_meta
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,8 +136,9 @@ class _Bytes(FaceIndex):
 
 @pytest.fixture()
 def small_rec(tmp_path: Path):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     from noisyfr.data import pack_index
 

@@ -75,6 +75,7 @@ def ray_local():
     quiet_ray_env()
     import ray
     import ray.data
+
     from noisyfr.tune.reaper import local_ray
 
     def halt_http_fs_import():  # a local function: pickled by value (workers cannot import tests/)

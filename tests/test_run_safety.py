@@ -19,14 +19,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_hostile_inputs import cli, snapshot
 
 from noisyfr.cli import main
 from noisyfr.errors import NoisyFRError, Stopped
 from noisyfr.io import load_checkpoint
 from noisyfr.lock import LOCK_NAME
 from noisyfr.train import load_config, train
-
-from test_hostile_inputs import cli, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

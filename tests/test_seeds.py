@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisyfr.analysis import comparisons, seeds, stats
-from noisyfr.errors import NoisyFRError
+from noisyfr.analysis import seeds, stats
 
 
 # ----------------------------------------------------------------------------- intervals

@@ -14,7 +14,6 @@ from noisyfr.data.render import render_identity_params, render_image
 from noisyfr.data.synthetic import DEFAULTS, SyntheticIndex, encode_png, parse_spec
 from noisyfr.errors import NoisyFRError
 
-
 # ---------------------------------------------------------------- spec and index contract
 
 def test_spec_defaults_and_keys():

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from noisyfr.errors import NoisyFRError
+from noisyfr.io import load_checkpoint
 from noisyfr.train import load_config, train
 from noisyfr.train.angles import COLUMNS, batch_rows
-from noisyfr.io import load_checkpoint
 from noisyfr.train.checkpoint import REQUIRED_KEYS
 from noisyfr.train.data import check_labels as _check_labels
 from noisyfr.train.schedule import lr_factor, make_batches

@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml

@@ -13,8 +13,7 @@ from noisyfr.cli import main as cli_main
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import MarginHead, build_loss
 from noisyfr.models import create_backbone
-from noisyfr.train import load_config, train
-from noisyfr.train import parallel
+from noisyfr.train import load_config, parallel, train
 from noisyfr.train.step import Stepper
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -36,6 +36,7 @@ def two_node_cluster():
 @pytest.mark.slow
 def test_trials_spread_over_two_nodes_and_divergence_fails_alone(two_node_cluster, tmp_path):
     import ray
+
     from noisyfr.tune import load_sweep, run_sweep
 
     assert not ray.is_initialized()

@@ -12,7 +12,8 @@ from noisyfr.demo import DEFAULT_CONFIG
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
 from noisyfr.shipped import config_path
-from noisyfr.tune import run, spec as sweep_spec
+from noisyfr.tune import run
+from noisyfr.tune import spec as sweep_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_CONFIGS = sorted(p for p in (REPO / "experiments").rglob("*.yaml")

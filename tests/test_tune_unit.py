@@ -12,7 +12,8 @@ import yaml
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise import NoiseSpec
-from noisyfr.tune import results, run, spec as sweep_spec, trainable
+from noisyfr.tune import results, run, trainable
+from noisyfr.tune import spec as sweep_spec
 
 SYN = "synthetic:ids=6,per_id=4,size=32,seed=0"
 

@@ -12,13 +12,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import boundaryface_batch, exit_status
+
 from noisyfr.analysis import stats, write_report
 from noisyfr.analysis.load import load_runs, long_angles
 from noisyfr.errors import NoisyFRError
-from noisyfr.losses import (LOSSES, MarginHead, MarginLoss, build_loss, loss_label, loss_settings,
-                            register_loss)
+from noisyfr.losses import LOSSES, MarginHead, MarginLoss, build_loss, loss_label, loss_settings, register_loss
 from noisyfr.train import load_config, train
 from noisyfr.train.angles import batch_rows, health_metrics, learned
 from noisyfr.train.step import Stepper

@@ -52,10 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print its path."""
-    from noisyfr.analysis.report import write_report
-
     from pathlib import Path
 
+    from noisyfr.analysis.report import write_report
     from noisyfr.losses.matching import parse_loss_spec
 
     extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]

@@ -153,8 +153,10 @@ def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.Data
         ok = np.isfinite(lse)
         w = np.nan_to_num(df["weight"].to_numpy(dtype=float))
 
-        def sums(v, where):  # per epoch of the batch: the sum over all rows and over noisy ones
-            k = len(epochs)
+        n_epochs = len(epochs)
+
+        def sums(v, where, code=code, noisy=noisy, k=n_epochs):
+            # per epoch of the batch: the sum over all rows and over noisy ones
             return (np.bincount(code[where], v, minlength=k),
                     np.bincount(code[where & noisy], v[noisy[where]], minlength=k))
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
+from noisyfr.losses.curves import DEFAULT_LOSSES, MAX_CELLS, MAX_CLASSES, MAX_POINTS, check_settings, curves
 from noisyfr.losses.matching import DEFAULT_TOL, matching_table, parse_loss_spec
-from noisyfr.losses.curves import (DEFAULT_LOSSES, MAX_CELLS, MAX_CLASSES, MAX_POINTS, check_settings,
-                                   curves)
-from noisyfr import numeric
 from noisyfr.numeric import int_arg, real_arg
 
 DPI = 120

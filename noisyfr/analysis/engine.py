@@ -245,7 +245,7 @@ class Parts:
     sample: pd.DataFrame | None = None
     quantile: float = 0.9
 
-    def with_keys(self, values: dict) -> "Parts":
+    def with_keys(self, values: dict) -> Parts:
         """The same aggregates with constant key columns (e.g. a run's name, loss, condition)
         put first, before the existing keys."""
         def put(df):

@@ -20,10 +20,9 @@ from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
 from noisyfr.noise.spec import NOISE_TYPES
 from noisyfr.safefs import check_folder, check_regular
-from noisyfr.train.angles import ANGLE_SCHEMA
+from noisyfr.train.angles import ANGLE_SCHEMA, DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
 from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
 from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
 
 MANIFEST_COLUMNS = ("index", "label", "noise")
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")

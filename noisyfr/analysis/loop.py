@@ -28,8 +28,8 @@ Outputs: ``DIR/loop.csv`` (one row per run, :data:`COLUMNS`) and ``DIR/loop.md``
 condition x rule: mean [95 % interval over seeds] of the cleaning's score against the truth and
 of the accuracies; then, paired by seed, in percentage points: rule minus noisy, oracle minus
 rule, oracle minus noisy, and a recovered fraction only where the oracle's gain is identified,
-as a ratio of mean gains with its Fieller interval: :mod:`noisyfr.analysis.recovery`). Each stage is skipped when its output
-exists and finished (``--resume``); everything runs one after another in this process.
+as a ratio of mean gains with its Fieller interval: :mod:`noisyfr.analysis.recovery`). Each
+stage is skipped when its output exists and finished (``--resume``); everything runs one after another in this process.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ import io
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from noisyfr import numeric

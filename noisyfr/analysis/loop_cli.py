@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="loop directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue a loop in --out: finished trainings and cleanings are skipped")
-    parser.add_argument("--dry-run", action="store_true", help="validate the config (importing its plugins, as every command that reads it "
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config (importing its plugins, as every command that reads it "
                              "does) and count the stages; train and write nothing")
     intermixed(parser, "args")
 

@@ -87,13 +87,13 @@ def _write(reader, tmp: Path, parquet: bool, max_bytes: int, out: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the query; print its first rows or write its result, streamed (bounded memory)."""
+    import duckdb
+    import pyarrow as pa
+
     from noisyfr.analysis.views import open as open_views
     from noisyfr.analysis.views import query_error, stream_query
     from noisyfr.io import atomic_path
     from noisyfr.outputs import check_output
-
-    import duckdb
-    import pyarrow as pa
 
     src = Path(args.input)
     if args.out is not None:

@@ -25,7 +25,6 @@ from noisyfr.outputs import check_output, csv_safe, output_folder
 from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, HEALTH_COLUMNS, check_learned_threshold
 
 
-
 def analytic_curves(losses: dict[str, dict], num_classes: int = 2) -> pd.DataFrame | None:
     """Analytic per-sample weight vs theta_y per loss: columns ``loss, theta_deg, gradient``
     (|dL/dcos theta_y|) and ``gradient_theta`` (|dL/dtheta_y| = gradient * sin theta).

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from noisyfr.noise.manifest import write_manifest
 from noisyfr.io import atomic_path, atomic_write
+from noisyfr.noise.manifest import write_manifest
 from noisyfr.outputs import csv_safe
 
 

@@ -6,8 +6,8 @@ Names are imported lazily from their submodules so that ``import noisyfr.data`` 
 """
 from __future__ import annotations
 
-from noisyfr.lazy import lazy_getattr
 from noisyfr.data.index import FaceIndex, decode_image, decode_images
+from noisyfr.lazy import lazy_getattr
 
 _LAZY = {
     "open_index": "noisyfr.data.open",

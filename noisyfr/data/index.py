@@ -19,7 +19,8 @@ import io
 import re
 import struct
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -66,7 +67,7 @@ def image_error(name: str, exc: BaseException) -> NoisyFRError:
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def _jpeg_tensor(data: bytes) -> "torch.Tensor":
+def _jpeg_tensor(data: bytes) -> torch.Tensor:
     import torch
 
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -84,7 +85,7 @@ def _torchvision_jpeg(datas, device=None):
         return decode_jpeg(datas, mode=ImageReadMode.RGB, **kwargs)
 
 
-def _decode_jpeg(data: bytes) -> "torch.Tensor | None":
+def _decode_jpeg(data: bytes) -> torch.Tensor | None:
     """JPEG bytes -> uint8 RGB [3, H, W] with ``torchvision.io.decode_jpeg`` (libjpeg-turbo, the
     same pixels as PIL's decoder); None when torchvision cannot decode it (PIL decides then)."""
     try:
@@ -93,7 +94,7 @@ def _decode_jpeg(data: bytes) -> "torch.Tensor | None":
         return None
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> "torch.Tensor":
+def decode_image(data: bytes, name: str = "<bytes>") -> torch.Tensor:
     """Decode encoded image bytes to a uint8 RGB tensor [3, H, W]; NoisyFRError naming ``name``.
 
     JPEG goes through ``torchvision.io.decode_jpeg`` (about 2x faster than PIL on CPU), every
@@ -119,7 +120,7 @@ def _check_jpeg_pixels(data: bytes, name: str) -> None:
 
 
 def decode_images(datas: Sequence[bytes], names: Sequence[str] | None = None,
-                  device: "str | torch.device" = "cpu") -> list["torch.Tensor"]:
+                  device: str | torch.device = "cpu") -> list[torch.Tensor]:
     """Decode a batch of encoded images to uint8 RGB tensors [3, H, W] on ``device``. On CUDA
     an all-JPEG batch is decoded in one batched ``decode_jpeg`` call on the GPU (nvjpeg); else
     each image goes through :func:`decode_image` (a batched call is no faster on CPU)."""
@@ -147,7 +148,7 @@ def decode_array(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise image_error(name, exc) from None
 
 
-def _decode_pil(data: bytes, name: str) -> "torch.Tensor":
+def _decode_pil(data: bytes, name: str) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(decode_array(data, name).copy()).permute(2, 0, 1).contiguous()
@@ -183,7 +184,7 @@ class FaceIndex:
     def read_bytes(self, i: int) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def load_image(self, i: int) -> "torch.Tensor":
+    def load_image(self, i: int) -> torch.Tensor:
         return decode_image(self.read_bytes(i), name=f"{self.source}[{i}] ({self.paths[i]})")
 
     def __repr__(self) -> str:

@@ -12,8 +12,8 @@ import io
 import os
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

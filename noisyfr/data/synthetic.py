@@ -15,12 +15,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from noisyfr.data.index import FaceIndex
-from noisyfr.data.render import (MAX_SIZE, MIN_SIZE, IdentityParams, render_identity_params,
-                                 render_image)
-# re-exported: the renderer lived in this module before, and these names stay importable from it
-from noisyfr.data.render import RENDERER_VERSION, render_image_array  # noqa: F401
 from noisyfr import numeric
+from noisyfr.data.index import FaceIndex
+
+# re-exported: the renderer lived in this module before, and these names stay importable from it
+from noisyfr.data.render import (  # noqa: F401
+    MAX_SIZE,
+    MIN_SIZE,
+    RENDERER_VERSION,
+    IdentityParams,
+    render_identity_params,
+    render_image,
+    render_image_array,
+)
 from noisyfr.errors import NoisyFRError
 
 DEFAULTS = {"ids": 100, "per_id": 20, "size": 112, "seed": 0}
@@ -277,7 +284,7 @@ class SyntheticIndex(RenderedImages, FaceIndex):
         self._init_cache(cache_mb)
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs) -> "SyntheticIndex":
+    def from_spec(cls, spec: str, **kwargs) -> SyntheticIndex:
         """``SyntheticIndex.from_spec("synthetic:ids=100,per_id=20,size=112,seed=0")``; keys optional."""
         return cls(**parse_spec(spec), **kwargs)
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from noisyfr.data.render import MIN_SIZE, seed_sequence
-from noisyfr.data.synthetic import (PAIRS_DEFAULTS, PAIRS_PREFIX, RenderedImages, check_pairs_params,
-                                    pairs_available, parse_pairs_spec)
+from noisyfr.data.synthetic import (
+    PAIRS_DEFAULTS,
+    PAIRS_PREFIX,
+    RenderedImages,
+    check_pairs_params,
+    pairs_available,
+    parse_pairs_spec,
+)
 from noisyfr.data.verification import VerificationSet
 
 
@@ -103,7 +109,7 @@ class SyntheticPairs(RenderedImages, VerificationSet):
         return PAIRS_PREFIX + ":" + ",".join(f"{k}={p[k]}" for k in PAIRS_DEFAULTS)
 
     @classmethod
-    def from_spec(cls, spec: str, **kwargs) -> "SyntheticPairs":
+    def from_spec(cls, spec: str, **kwargs) -> SyntheticPairs:
         """``SyntheticPairs.from_spec("synthetic-pairs:ids=100,pairs=600")``; keys optional."""
         return cls(**parse_pairs_spec(spec), **kwargs)
 

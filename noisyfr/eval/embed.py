@@ -7,7 +7,7 @@ its norm is kept apart and the row is L2-normalised unless ``normalize=False``.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

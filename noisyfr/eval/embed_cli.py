@@ -15,7 +15,6 @@ import numpy as np
 
 from noisyfr.errors import NoisyFRError
 
-
 #: Command lines shown by ``--help``.
 EXAMPLES = ["noisyfr embed runs/train_lfw/checkpoints/last.pt ../shared/data/lfw_train --out emb.npy"]
 

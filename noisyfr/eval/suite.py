@@ -10,14 +10,14 @@ and skipped (and reported) when absent.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
-from noisyfr.errors import NoisyFRError
-
 from noisyfr.data.pairs import STANDARD_SETS, is_set_name, set_file  # noqa: F401 (STANDARD_SETS re-exported)
+from noisyfr.errors import NoisyFRError
 
 #: result columns of a suite table, in order
 TABLE_COLUMNS = ("name", "accuracy", "accuracy_std", "threshold", "tar_at_far_1e-3",

@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the output, open the data and the model, extract (reusing finished chunks), write."""
-    from noisyfr.features.extract import extract, open_source, work_folder
     from noisyfr.data.feature_store import read_features
+    from noisyfr.features.extract import extract, open_source, work_folder
     from noisyfr.features.models import load_model
     from noisyfr.features.verify import describe, pair_accuracy
     from noisyfr.outputs import check_output

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -73,7 +73,8 @@ def _manifest_source(data: str) -> Source:
     """The dataset a noise manifest was drawn from (its sidecar's ``source``), checked against
     the manifest's fingerprint."""
     from noisyfr.data import open_index
-    from noisyfr.noise.manifest import fingerprint_mismatch, read_meta as manifest_meta
+    from noisyfr.noise.manifest import fingerprint_mismatch
+    from noisyfr.noise.manifest import read_meta as manifest_meta
 
     meta = manifest_meta(data)
     src = meta.get("source")

@@ -54,15 +54,15 @@ def _box(rect) -> tuple[int, int, int, int]:
 
 def fallback_box(width: int, height: int) -> tuple[int, int, int, int]:
     """:data:`FALLBACK_BOX` in pixels of a ``width`` x ``height`` image (left, top, right, bottom)."""
-    l, t, r, b = FALLBACK_BOX
-    return (int(round(l * width)), int(round(t * height)),
-            int(round(r * width)) - 1, int(round(b * height)) - 1)
+    left, top, right, bottom = FALLBACK_BOX
+    return (int(round(left * width)), int(round(top * height)),
+            int(round(right * width)) - 1, int(round(bottom * height)) - 1)
 
 
 def central(boxes: list[tuple[int, int, int, int]], width: int, height: int) -> int:
     """Position of the box whose centre lies nearest the image centre (the first on a tie)."""
     cx, cy = width / 2.0, height / 2.0
-    dist = [((l + r) / 2.0 - cx) ** 2 + ((t + b) / 2.0 - cy) ** 2 for l, t, r, b in boxes]
+    dist = [((x0 + x1) / 2.0 - cx) ** 2 + ((y0 + y1) / 2.0 - cy) ** 2 for x0, y0, x1, y1 in boxes]
     return int(np.argmin(dist))
 
 

@@ -7,12 +7,12 @@ class centres and calls the loss. A new loss subclasses ``MarginLoss`` and is de
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import margins as _margins  # noqa: F401  (registers the losses)
-from noisyfr.losses.base import (COS_EPS, GRAD_MODES, LOSSES, MarginLoss, MarginOutput, arc_target,
-                                 register_loss)
+from noisyfr.losses.base import COS_EPS, GRAD_MODES, LOSSES, MarginLoss, MarginOutput, arc_target, register_loss
 
 # The plain margins register before the adaptive losses: that is the order of LOSSES, so the
 # import sorter must not move the adaptive import above the margins one.

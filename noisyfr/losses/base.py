@@ -23,7 +23,7 @@ GRAD_MODES = ("exact", "detached")
 COS_EPS = 1e-6
 
 #: Registry: loss name -> class. Filled by the :func:`register_loss` decorator.
-LOSSES: dict[str, type["MarginLoss"]] = {}
+LOSSES: dict[str, type[MarginLoss]] = {}
 
 
 def register_loss(name: str):

@@ -5,8 +5,16 @@ import math
 
 import torch
 
-from noisyfr.losses.base import (COS_EPS, MarginLoss, MarginOutput, arc_target, check_bool,
-                                 check_real, easy, register_loss)
+from noisyfr.losses.base import (
+    COS_EPS,
+    MarginLoss,
+    MarginOutput,
+    arc_target,
+    check_bool,
+    check_real,
+    easy,
+    register_loss,
+)
 
 
 class _LinearLogits(torch.autograd.Function):

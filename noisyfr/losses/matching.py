@@ -15,7 +15,7 @@ reference state of :mod:`noisyfr.losses.curves` (SphereFace annealed, ...).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

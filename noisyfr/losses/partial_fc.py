@@ -30,12 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisyfr.distributed import (all_gather_rows, all_reduce_, gather_rows_with_grad, rank_world,
-                                 shard_range)
+from noisyfr.distributed import all_gather_rows, all_reduce_, gather_rows_with_grad, rank_world, shard_range
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses.base import MarginLoss, _MarginLogits, check_real
-from noisyfr.losses.head import (centre_cosines, count_subcentres, dominant_subcentres,
-                                 register_subcentre_counts, rotate_subcentre_counts)
+from noisyfr.losses.head import (
+    centre_cosines,
+    count_subcentres,
+    dominant_subcentres,
+    register_subcentre_counts,
+    rotate_subcentre_counts,
+)
 
 #: Classes per block of the seeded centre initialisation (independent of the world size).
 INIT_BLOCK = 4096

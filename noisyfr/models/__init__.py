@@ -12,9 +12,9 @@ view of it, in registration order).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
 
 from torch import nn
 

@@ -14,7 +14,7 @@ with the keys named: a state dict for another architecture never loads partly.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -35,8 +35,12 @@ import pyarrow.compute as pc
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise import draw as nz
 from noisyfr.noise.manifest import fingerprint_dict, paths_array, write_manifest
-from noisyfr.noise.nearest import (NEAREST_IMAGE_SIZE, NEAREST_MAX_IMAGES, identity_features_from_embeddings,
-                                   identity_features_from_images)
+from noisyfr.noise.nearest import (
+    NEAREST_IMAGE_SIZE,
+    NEAREST_MAX_IMAGES,
+    identity_features_from_embeddings,
+    identity_features_from_images,
+)
 from noisyfr.noise.spec import NOISE_TYPES, NoiseSpec, cli_flag
 
 _CLEAN, _CLOSED, _OPEN, _SPLIT, _MERGE = range(len(NOISE_TYPES))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class NoiseSpec:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None,
-                     name: Callable[[str], str] = config_key) -> "NoiseSpec":
+                     name: Callable[[str], str] = config_key) -> NoiseSpec:
         """A spec from a mapping of fields (missing ones take their defaults). An unknown key or a
         bad value raises NoisyFRError naming ``name(field)``."""
         if values is None:
@@ -104,7 +105,7 @@ class NoiseSpec:
         return cls._checked(dict(values), name)
 
     @classmethod
-    def _checked(cls, values: dict, name: Callable[[str], str]) -> "NoiseSpec":
+    def _checked(cls, values: dict, name: Callable[[str], str]) -> NoiseSpec:
         spec = object.__new__(cls)
         for f in dataclasses.fields(cls):
             object.__setattr__(spec, f.name, values.get(f.name, f.default))
@@ -138,11 +139,11 @@ class NoiseSpec:
             raise NoisyFRError(f"{name('embeddings')}: only used with {name('closed_mode')} nearest, "
                                f"not {self.closed_mode!r}")
 
-    def with_seed(self, seed: int) -> "NoiseSpec":
+    def with_seed(self, seed: int) -> NoiseSpec:
         """This spec with ``seed`` filled in when it has none."""
         return self if self.seed is not None else dataclasses.replace(self, seed=int(seed))
 
-    def replace(self, **changes) -> "NoiseSpec":
+    def replace(self, **changes) -> NoiseSpec:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -74,8 +74,8 @@ import pandas as pd
 import torch
 
 from noisyfr import numeric
-from noisyfr.errors import NoisyFRError
 from noisyfr.distributed import all_gather_rows, all_reduce_
+from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
 
 #: Columns of ``angles/epoch_<E>.parquet``, in order.

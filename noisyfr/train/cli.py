@@ -36,11 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.distributed import rank_world, torchrun_group
     from noisyfr.errors import NoisyFRError
     from noisyfr.outputs import protect
+    from noisyfr.shipped import config_path
     from noisyfr.train import load_config, train
     from noisyfr.train.checkpoint import last_checkpoint
     from noisyfr.train.config import dump_config
-
-    from noisyfr.shipped import config_path
 
     args.config = str(config_path(args.config, "training config"))
     protect(args.config)

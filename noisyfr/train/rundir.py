@@ -4,8 +4,9 @@ directories"), and the stop request (``RUN/.stop``, docs/training.md, "Stopping 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 

@@ -40,9 +40,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,15 +58,24 @@ from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError, Stopped
 from noisyfr.io import atomic_write
 from noisyfr.lock import acquire, check_free
+from noisyfr.outputs import (
+    WriteError,
+    check_output,
+    folder_entries,
+    is_write_error,
+    make_dirs,
+    protected_input,
+    remove_dirs,
+    undo_folder,
+    write_error,
+)
 from noisyfr.safefs import check_no_links
-from noisyfr.outputs import (WriteError, check_output, folder_entries, is_write_error, make_dirs, protected_input,
-                             remove_dirs, undo_folder, write_error)
 from noisyfr.train import angles as angles_mod
+from noisyfr.train import heldout as heldout_mod
+from noisyfr.train import parallel, rundir
 from noisyfr.train.checkpoint import INTERRUPTED, prune_checkpoints, save_checkpoint, save_interrupted
 from noisyfr.train.config import dump_config, load_config, run_inputs
 from noisyfr.train.data import check_labels, open_dataset, split_rows, training_subset, verification_sets
-from noisyfr.train import heldout as heldout_mod
-from noisyfr.train import parallel, rundir
 from noisyfr.train.monitor import Monitor
 from noisyfr.train.schedule import EpochBatches, epoch_seed, lr_factor
 from noisyfr.train.step import Stepper

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 #: The environment variable that marks the processes of one sweep's Ray.
 TAG_VAR = "NOISYFR_SWEEP_TAG"
@@ -155,7 +155,7 @@ class Watchdog:
         self.proc, self.tag = proc, tag
 
     @classmethod
-    def start(cls) -> "Watchdog | None":
+    def start(cls) -> Watchdog | None:
         """Start the watchdog of this driver (None where there is no ``/proc``)."""
         if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
             return None

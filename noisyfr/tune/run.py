@@ -5,8 +5,9 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.tune.reaper import local_ray
@@ -350,7 +351,7 @@ class _TrialStopper:
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="noisyfr-stop-trials", daemon=True)
 
-    def start(self) -> "_TrialStopper":
+    def start(self) -> _TrialStopper:
         self.thread.start()
         return self
 

@@ -31,9 +31,10 @@ import importlib
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from noisyfr import numeric
 from noisyfr.dotted import get_dotted, set_dotted

@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError, Stopped
