@@ -231,13 +231,7 @@ def table(runs, extra: list[dict] | None = None) -> pd.DataFrame:
     manifests: dict[Path, str] = {}
     try:
         for r in runs:
-            tab = None
-            if r.manifest_path is not None:
-                if r.manifest_path not in manifests:
-                    manifests[r.manifest_path] = f"cf_manifest_{len(manifests)}"
-                    engine.manifest_table(con, r.manifest_path, manifests[r.manifest_path])
-                tab = manifests[r.manifest_path]
-            frames.append(run_table(con, r, sections, tab))
+            frames.append(run_table(con, r, sections, engine.run_manifest(con, r, manifests, "cf_manifest")))
     finally:
         con.close()
     frames = [f for f in frames if len(f)]

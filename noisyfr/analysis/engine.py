@@ -126,6 +126,18 @@ def _reader(path: Path) -> str:
     return f"read_parquet({quote(path)})"
 
 
+def run_manifest(con, run, loaded: dict, prefix: str = "manifest") -> str | None:
+    """The temporary table holding ``run``'s manifest (None without one), loaded by
+    :func:`manifest_table` once per manifest file: ``loaded`` maps file -> table name and is
+    filled as runs come."""
+    if run.manifest_path is None:
+        return None
+    if run.manifest_path not in loaded:
+        loaded[run.manifest_path] = f"{prefix}_{len(loaded)}"
+        manifest_table(con, run.manifest_path, loaded[run.manifest_path])
+    return loaded[run.manifest_path]
+
+
 def manifest_table(con, path: Path, name: str) -> pd.DataFrame:
     """Load a noise manifest's join columns into the temporary table ``name`` (``manifest_index``,
     ``manifest_label``, ``noise_code``, ``orig_label``; a few bytes per sample) and return its

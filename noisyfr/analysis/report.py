@@ -178,12 +178,7 @@ def _passes(con, runs, o: _Options, shown: set[str]):
 
     manifests: dict[Path, str] = {}
     for r in runs:
-        table = None
-        if r.manifest_path is not None:
-            if r.manifest_path not in manifests:
-                manifests[r.manifest_path] = f"manifest_{len(manifests)}"
-                engine.manifest_table(con, r.manifest_path, manifests[r.manifest_path])
-            table = manifests[r.manifest_path]
+        table = engine.run_manifest(con, r, manifests)
         epochs = sorted(r.files)
         for i in range(0, len(epochs), EPOCH_CHUNK):
             yield "chunk", r, _aggregate_run(con, r, [r.files[e] for e in epochs[i:i + EPOCH_CHUNK]], table, o)

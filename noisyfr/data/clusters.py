@@ -35,6 +35,7 @@ import numpy as np
 
 from noisyfr import numeric
 from noisyfr.data.feature_store import FeatureTable, table_of
+from noisyfr.data.specs import spec_items
 from noisyfr.errors import NoisyFRError
 
 PREFIX = "synthetic-features"
@@ -64,18 +65,8 @@ def parse_spec(spec: str) -> dict:
         raise NoisyFRError(f"synthetic features spec {spec!r}: must look like "
                            f"'{PREFIX}:ids=100,dim=64,kappa=100,per_id=20,seed=0'")
     where = f"synthetic features spec {spec!r}"
-    params, seen = dict(DEFAULTS), set()
-    for item in filter(None, (s.strip() for s in spec[len(PREFIX) + 1:].split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in DEFAULTS:
-            raise NoisyFRError(f"{where}: unknown key {key!r} (expected {', '.join(DEFAULTS)})")
-        if not eq or not value.strip():
-            raise NoisyFRError(f"{where}: key {key!r} needs a value ({key}=...)")
-        if key in seen:
-            raise NoisyFRError(f"{where}: key {key!r} given twice")
-        seen.add(key)
-        params[key] = value
+    params = dict(DEFAULTS)
+    params.update(spec_items(spec[len(PREFIX) + 1:], DEFAULTS, where))
     return check_params(params, where)
 
 

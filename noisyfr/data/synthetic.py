@@ -28,6 +28,7 @@ from noisyfr.data.render import (  # noqa: F401
     render_image,
     render_image_array,
 )
+from noisyfr.data.specs import spec_items
 from noisyfr.errors import NoisyFRError
 
 DEFAULTS = {"ids": 100, "per_id": 20, "size": 112, "seed": 0}
@@ -129,17 +130,7 @@ def _parse_int_items(body: str, defaults: dict, where: str) -> dict:
     """``"ids=10,per-id=5"`` -> ``defaults`` updated with those integers (``-`` may replace ``_``);
     an unknown, repeated or valueless key, or a non-integer value, is a NoisyFRError naming ``where``."""
     params = dict(defaults)
-    seen = set()
-    for item in filter(None, (s.strip() for s in body.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in defaults:
-            raise NoisyFRError(f"{where}: unknown key {key!r} (expected {', '.join(defaults)})")
-        if not eq or not value.strip():
-            raise NoisyFRError(f"{where}: key {key!r} needs a value ({key}=N)")
-        if key in seen:
-            raise NoisyFRError(f"{where}: key {key!r} given twice")
-        seen.add(key)
+    for key, value in spec_items(body, defaults, where, "N").items():
         params[key] = numeric.integer(value, f"{where}: {key}")
     return params
 
