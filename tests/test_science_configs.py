@@ -75,3 +75,23 @@ def test_science_grid_validates_and_matches_the_library(name, lfw_like, tmp_path
     assert primary["a"] == "expface s=32 m=0.7 detached"
     assert primary["b"] in labels and primary["b"].startswith("arcface") and "m=0.5 " not in primary["b"]
     assert primary["condition"] in {condition_label({"closed": t.noise.closed}) for t in trials}
+
+
+def test_the_paper_scale_science_config_validates_and_names_its_primary(tmp_path, capsys):
+    from noisyfr.cli import main
+
+    rec, val = tmp_path / "train.rec", tmp_path / "lfw.bin"
+    rec.write_bytes(b"")
+    val.write_bytes(b"")
+    over = [f"data.train={rec}", f"data.val=[{val}]"]
+    name = CONFIGS / "casia_science.yaml"
+    assert main(["sweep", str(name), "--out", str(tmp_path / "o"), "--dry-run", *over]) == 0
+    assert "48 trials" in capsys.readouterr().out
+    spec = sweep_spec.load_sweep(name, over, sweep_dir=tmp_path / "sw")
+    losses = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"]) for t in spec.trials}
+    assert len(losses) == 8 and {g for *_, g in losses} == {"exact", "detached"}
+    matched = matched_margin("expface", math.radians(45), "arcface", {"m": 0.7})
+    assert sorted({m for n, m, _ in losses if n == "arcface"}) == [pytest.approx(matched, abs=5e-4), 0.5]
+    primary = parse_analysis(spec.raw["analysis"]).primary
+    assert {primary["a"], primary["b"]} <= {loss_label(t.config["loss"]) for t in spec.trials}
+    assert primary["condition"] in {condition_label({"closed": t.noise.closed}) for t in spec.trials}
