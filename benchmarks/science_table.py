@@ -11,7 +11,9 @@ counterfactual shares are the same quantity. Printed (and written as CSV with ``
   samples' mean p under the run's own loss, the noisy share of the pull and held-out accuracy,
   at the last epoch, mean [95 % interval over seeds] (logit scale for quantities in [0, 1]);
 - actual: ExpFace 0.7 minus each comparator in the same gradient mode, paired by seed at the
-  last epoch (the report's tables/paired.csv: its role, primary or Holm-corrected secondary);
+  last epoch (the report's tables/paired.csv); the primary row of each regime (detached, the
+  matched ArcFace: each config's ``analysis.primary``) reads its 95 % interval, every other row
+  carries a Holm-adjusted p-value over all the secondary rows printed;
 - counterfactual: the same difference with the geometry held fixed, on each run of either loss
   (tables/counterfactual.csv at the run's last epoch), mean [95 % t-interval over the runs],
   for the noisy share and its p channel and slope channel; Holm-adjusted over the rows printed.
@@ -69,15 +71,27 @@ def regime_rows(regime: str, tables: Path) -> list[dict]:
     return rows
 
 
+def mode_of(label: str) -> str:
+    """The gradient arm of a loss label: detached, exact, or exact with the remedy."""
+    if label.endswith(" detached"):
+        return "detached"
+    return "exact, grad_floor=1" if " grad_floor=1 " in label else "exact"
+
+
 def comparator_pairs(losses) -> list[tuple[str, str, str]]:
-    """(mode, ExpFace label, comparator label) for every comparator trained in the same mode."""
+    """(arm, ExpFace label, comparator label) for every comparator in the same arm."""
     out = []
-    for mode in ("detached", "exact"):
-        a = f"{EXPFACE} {mode}"
-        if a not in losses:
-            continue
-        out += [(mode, a, b) for b in sorted(losses) if b.endswith(f" {mode}") and b != a]
+    for arm in ("detached", "exact", "exact, grad_floor=1"):
+        mine = sorted(x for x in losses if mode_of(x) == arm)
+        a = [x for x in mine if x.startswith(EXPFACE + " ")]
+        out += [(arm, a[0], b) for b in mine if a and b != a[0]]
     return out
+
+
+def geometry_of(label: str, trained: set) -> str:
+    """The runs a counterfactual is read on: the loss's own, or for a loss that was not trained
+    (the remedied arm) the same loss's detached runs."""
+    return label if label in trained else label.replace(" grad_floor=1 exact", " detached")
 
 
 def actual_rows(regime: str, tables: Path) -> list[dict]:
@@ -91,10 +105,11 @@ def actual_rows(regime: str, tables: Path) -> list[dict]:
             sign = 1.0 if r["loss_a"] == a else -1.0
             lo, hi = sorted((sign * r["diff_lo"], sign * r["diff_hi"]))
             llo, lhi = sorted((sign * r["learned_diff_lo"], sign * r["learned_diff_hi"]))
-            rows.append({"regime": regime, "mode": mode, "comparator": b, "role": r["role"],
-                         "pairs": int(r["n_pairs"]),
+            primary = mode == "detached" and b.startswith("arcface ") and " m=0.5 " not in b
+            rows.append({"regime": regime, "mode": mode, "comparator": b,
+                         "role": "primary" if primary else "secondary", "pairs": int(r["n_pairs"]),
                          "expface_minus_comparator": sfmt({"mean": sign * r["diff_mean"], "lo": lo, "hi": hi}),
-                         "p_holm": r["p_holm"], "learned_pairs": int(r["n_pairs_learned"]),
+                         "p_value": r["p_value"], "learned_pairs": int(r["n_pairs_learned"]),
                          "learned": sfmt({"mean": sign * r["learned_diff_mean"], "lo": llo, "hi": lhi})})
     return rows
 
@@ -103,8 +118,9 @@ def counterfactual_rows(regime: str, tables: Path) -> list[dict]:
     cf = read(tables, "counterfactual.csv")
     cf = cf[(cf["epoch"] == cf.groupby("run")["epoch"].transform("max")) & cf["available"].astype(bool)]
     rows = []
-    for mode, a, b in comparator_pairs(set(cf["loss"])):
-        for geometry in (a, b):
+    trained = set(cf["loss"])
+    for mode, a, b in comparator_pairs(set(cf["counterfactual"])):
+        for geometry in (geometry_of(a, trained), geometry_of(b, trained)):
             g = cf[cf["loss"] == geometry]
             wide = {c: g.pivot_table(index="run", columns="counterfactual", values=c)
                     for c in ("noisy_share", "p_channel_share", "slope_channel_share")}
@@ -144,6 +160,11 @@ def main(argv=None) -> int:
     c = frames["counterfactual"]
     if len(c):
         c["p_holm"] = holm(c["p_value"].to_numpy(float))
+    a = frames["actual"]
+    if len(a):  # Holm over every secondary row of every regime; the primary reads its interval
+        second = a["role"] == "secondary"
+        a["p_holm"] = np.nan
+        a.loc[second, "p_holm"] = holm(a.loc[second, "p_value"].to_numpy(float))
     for name, df in frames.items():
         print(f"\n## {name}\n")
         print(markdown(df) if len(df) else "(none)")

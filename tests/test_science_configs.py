@@ -14,6 +14,7 @@ from noisyfr.analysis.load import condition_label
 from noisyfr.data.feature_store import table_of, write_features
 from noisyfr.losses import loss_label
 from noisyfr.losses.matching import matched_margin
+from noisyfr.models.vector import head_label
 from noisyfr.tune import spec as sweep_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,12 @@ def test_science_grid_validates_and_matches_the_library(name, lfw_like, tmp_path
     labels = {loss_label(t.config["loss"]) for t in trials}
     assert primary["a"] == "expface s=32 m=0.7 detached"
     assert primary["b"] in labels and primary["b"].startswith("arcface") and "m=0.5 " not in primary["b"]
-    assert primary["condition"] in {condition_label({"closed": t.noise.closed}) for t in trials}
+    # the condition as the analysis names it: the noise, then the trained head (features runs)
+    model = dict(trials[0].config["model"])
+    model.setdefault("input_dim", 64 if kappa is not None else None)
+    heads = {head_label(model)}
+    assert heads in ({"linear 64->64"}, {"linear 128->64"})
+    assert primary["condition"] in {f"{condition_label({'closed': t.noise.closed})} {h}" for t in trials for h in heads}
 
 
 def test_the_paper_scale_science_config_validates_and_names_its_primary(tmp_path, capsys):
