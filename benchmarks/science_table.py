@@ -44,7 +44,11 @@ def fmt(x: dict, digits: int = 3) -> str:
 
 
 def sfmt(x: dict) -> str:
-    return "-" if not np.isfinite(x["mean"]) else f"{x['mean']:+.4f} [{x['lo']:+.4f}, {x['hi']:+.4f}]"
+    """A signed difference with its interval: 4 decimals, or 2 significant digits below 5e-4."""
+    if not np.isfinite(x["mean"]):
+        return "-"
+    f = "+.4f" if abs(x["mean"]) >= 5e-4 else "+.1e"
+    return f"{x['mean']:{f}} [{x['lo']:{f}}, {x['hi']:{f}}]"
 
 
 def read(tables: Path, name: str) -> pd.DataFrame:
