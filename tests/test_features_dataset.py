@@ -338,17 +338,17 @@ def test_loop_trains_cleans_and_retrains_over_features(feats, tmp_path):
     assert (table["status"] == "ok").all() and table["heldout_accuracy"].between(0, 1).all()
 
 
-def test_bounded_intervals_stay_inside_a_proportions_range_and_match_scipy():
+def test_bounded_intervals_stay_inside_a_proportions_range_and_are_the_reports_own():
     import scipy.stats as sps
 
     from noisyfr.analysis.regime_table import bounded_interval
+    from noisyfr.analysis.seeds import interval
 
     values = [0.99, 0.995, 0.97, 1.0, 0.985]
     mean, lo, hi, n = bounded_interval(values, "p")
     assert n == 5 and mean == pytest.approx(np.mean(values)) and 0 < lo < mean < hi < 1
-    z = np.log(np.clip(values, 1e-3, 1 - 1e-3) / (1 - np.clip(values, 1e-3, 1 - 1e-3)))
-    zlo, zhi = sps.t.interval(0.95, 4, loc=z.mean(), scale=sps.sem(z))
-    assert lo == pytest.approx(1 / (1 + np.exp(-zlo))) and hi == pytest.approx(1 / (1 + np.exp(-zhi)))
+    ref = interval(values, bounded=True)  # the one definition (tests/test_seeds.py checks its closed form)
+    assert (lo, hi) == (ref["lo"], ref["hi"])
     angles = [40.0, 44.0, 47.0, 41.0, 43.0]
     _, alo, ahi, _ = bounded_interval(angles, "deg")
     assert (alo, ahi) == pytest.approx(sps.t.interval(0.95, 4, loc=np.mean(angles), scale=sps.sem(angles)))

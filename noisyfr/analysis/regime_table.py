@@ -3,9 +3,9 @@ median theta_y, held-out accuracy beside its reference, detection AUC and noisy 
 with its 95 % interval over seeds (docs/feature_regimes.md).
 
 Reads the run values of a report (``REPORT/tables/run_values.csv``, written by ``noisyfr analyze``)
-at one stated epoch rule (``last``: every run's last epoch, no choice made). Intervals respect the
-quantity's bounds: a proportion (accuracy, AUC, fit) gets the Student-t interval of its logits,
-transformed back (values clipped to [``EPS``, 1 - ``EPS``] first); an angle the plain t-interval.
+at one stated epoch rule (``last``: every run's last epoch, no choice made). Intervals are the
+report's own (:func:`noisyfr.analysis.seeds.interval`): a proportion (accuracy, AUC, fit) on the
+logit scale, inside its bounds; an angle the plain t-interval.
 
     python -m noisyfr.analysis.regime_table runs/lfw_features/report [--rule last] > table.md
 """
@@ -16,10 +16,9 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import scipy.stats as sps
 
+from noisyfr.analysis.seeds import interval
 from noisyfr.errors import NoisyFRError
 
 #: (column of run_values.csv, header, kind, digits): kind ``p`` a proportion, ``deg`` an angle.
@@ -31,27 +30,14 @@ COLUMNS = (
     ("auc", "detection AUC", "p", 3),
     ("noisy_fit_given", "noisy fit", "p", 3),
 )
-#: Proportions are clipped to [EPS, 1 - EPS] before the logit.
-EPS = 1e-3
-LEVEL = 0.95
 
 
-def bounded_interval(values, kind: str, level: float = LEVEL) -> tuple[float, float, float, int]:
-    """``(mean, lo, hi, n)`` of the finite ``values``: a proportion's interval on the logit scale
-    (inside (0, 1) by construction), an angle's on the plain scale; lo/hi NaN below 2 values."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(x.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    z = np.log(np.clip(x, EPS, 1 - EPS) / (1 - np.clip(x, EPS, 1 - EPS))) if kind == "p" else x
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * float(z.std(ddof=1)) / math.sqrt(n)
-    lo, hi = float(z.mean()) - half, float(z.mean()) + half
-    if kind == "p":
-        lo, hi = 1 / (1 + math.exp(-lo)), 1 / (1 + math.exp(-hi))
-    return mean, lo, hi, n
+def bounded_interval(values, kind: str) -> tuple[float, float, float, int]:
+    """``(mean, lo, hi, n)`` of the finite ``values`` by :func:`noisyfr.analysis.seeds.interval`:
+    bounded (logit scale) for a proportion (``kind = "p"``), the plain t-interval for an angle;
+    lo/hi NaN below 2 values."""
+    x = interval(values, bounded=kind == "p")
+    return x["mean"], x["lo"], x["hi"], x["n"]
 
 
 def _text(mean: float, lo: float, hi: float, digits: int) -> str:
