@@ -1,7 +1,8 @@
 """Wall time and peak memory of ``noisyfr analyze`` on fabricated sweeps of two sizes.
 
     .venv/bin/python benchmarks/bench_analysis.py [--small 3,5,100000] [--large 6,10,500000]
-        [--classes 1000] [--figures | --no-figures] [--dir DIR] [--json PATH]
+        [--many 200,10,3000,100 | --many none] [--classes 1000] [--figures | --no-figures]
+        [--dir DIR] [--json PATH]
 
 For each size (``TRIALS,EPOCHS,SAMPLES[,CLASSES]``) a sweep is fabricated with
 :func:`noisyfr.analysis.synthetic.fabricate_sweep` (trials cycling over arcface, cosface and
@@ -28,6 +29,12 @@ rows of the large size over its extra wall time, in which the fixed costs (inter
 imports, figures, whose number depends on losses and conditions, not on rows) cancel.
 The 1-minute load average before and after each size is recorded too; the polling costs a few
 per cent of one core. Nothing is asserted: the numbers are printed (and written with ``--json``).
+
+The many-small-runs shape (``--many``, default 200 runs x 10 epochs x 3,000 samples in 100
+classes: the feature and cluster regimes' grids) is measured against one run of one epoch of the
+same samples (``one``): the cost per (run, epoch) is the extra wall (and CPU) time of ``many``
+over ``one`` divided by its extra (run, epoch) pairs, so start-up and imports cancel. ``--many
+none`` leaves both out.
 """
 from __future__ import annotations
 
@@ -61,12 +68,20 @@ def size_arg(text: str) -> tuple[int, ...]:
     return parts
 
 
+def many_arg(text: str) -> tuple[int, ...] | None:
+    """:func:`size_arg`, or None for ``none``."""
+    return None if text.strip().lower() == "none" else size_arg(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=size_arg, default=(3, 5, 100_000), metavar="T,E,N[,C]",
                     help="trials,epochs,samples[,classes] of the small sweep (default 3,5,100000)")
     ap.add_argument("--large", type=size_arg, default=(6, 10, 500_000), metavar="T,E,N[,C]",
                     help="trials,epochs,samples[,classes] of the large sweep (default 6,10,500000)")
+    ap.add_argument("--many", type=many_arg, default=(200, 10, 3000, 100), metavar="T,E,N[,C]",
+                    help="trials,epochs,samples[,classes] of the many-small-runs sweep, measured against "
+                         "1,1,N[,C]; 'none' to leave it out (default 200,10,3000,100)")
     ap.add_argument("--classes", type=int, default=1000,
                     help="classes of a size given without its 4th field (default %(default)s)")
     ap.add_argument("--noise", type=float, default=0.2, help="closed-set noise rate (default %(default)s)")
@@ -200,6 +215,17 @@ def ratios(small: dict, large: dict) -> dict:
             / max(large["wall_s"] - small["wall_s"], 1e-9)}
 
 
+def per_run_epoch(one: dict, many: dict) -> dict:
+    """The cost of one more (run, epoch): ``many``'s extra wall and CPU time over ``one`` (a single
+    run of one epoch) per extra (run, epoch) pair, and the rows/s of that extra work."""
+    pairs = many["trials"] * many["epochs"] - one["trials"] * one["epochs"]
+    extra_rows = many["angle_rows"] - one["angle_rows"]
+    wall = many["wall_s"] - one["wall_s"]
+    return {"pairs": pairs, "wall_ms": 1e3 * wall / max(pairs, 1),
+            "cpu_ms": 1e3 * (many["cpu_s"] - one["cpu_s"]) / max(pairs, 1),
+            "marginal_rows_per_s": extra_rows / max(wall, 1e-9)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     tmp = None
@@ -226,10 +252,26 @@ def main(argv=None) -> int:
               f"cpu {rat['cpu']:.2f}, rows/s {rat['rows_per_s']:.2f}, peak RSS {rat['peak_rss']:.2f}")
         print(f"marginal rows/s (extra rows / extra wall time, large minus small): "
               f"{rat['marginal_rows_per_s']:,.0f}")
+        per = None
+        if args.many is not None:
+            one_size = (1, 1, *args.many[2:])
+            many = []
+            for name, size in (("one", one_size), ("many", args.many)):
+                r = run_size(name, size, args, root)
+                how = "reused" if r["reused"] else f"fabricated in {r['fabricate_s']:.1f} s"
+                print(f"{name}: {r['angle_rows']:,} angle rows ({how}); {r['command']}", flush=True)
+                many.append(r)
+            per = per_run_epoch(*many)
+            for line in table(many):
+                print(line)
+            print(f"per (run, epoch), many minus one: wall {per['wall_ms']:.1f} ms, cpu {per['cpu_ms']:.1f} ms "
+                  f"over {per['pairs']} extra (run, epoch); marginal rows/s {per['marginal_rows_per_s']:,.0f}")
+            results += many
         if args.json is not None:
             payload = {"figures": args.figures, "poll_hz": args.poll_hz, "noise": args.noise,
                        "seed": args.seed, "analyze_args": args.analyze_args,
-                       "python": sys.executable, "sizes": results, "ratio_large_small": rat}
+                       "python": sys.executable, "sizes": results, "ratio_large_small": rat,
+                       "per_run_epoch": per}
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     finally:

@@ -288,7 +288,8 @@ def clip_bins(values: pd.Series, nbins: int) -> np.ndarray:
 
 def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "grad_norm",
               region_deg: float = 60.0, bins: int = 36, quantile: float = 0.9,
-              raw: str | None = None, manifest: str | None = None, where: str = "angle log") -> Parts:
+              raw: str | None = None, manifest: str | None = None, where: str = "angle log",
+              sample_by_key: bool = False) -> Parts:
     """Stream ``source`` (SQL of an angle relation) into :class:`Parts`: one scan for the cells,
     one for both histograms, then one narrow scan for the rows of the few fine bins that hold the
     medians and the ``quantile`` threshold (:func:`order_bins`) and a fixed sample of theta_y
@@ -301,7 +302,9 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
     it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of
     theta_y, the rows whose sample is missing from the manifest and those it labels differently
     (:func:`check_parts`; the weights' ranges are checked from the files' statistics,
-    :func:`noisyfr.analysis.load.angle_files`)."""
+    :func:`noisyfr.analysis.load.angle_files`). With ``sample_by_key`` the mixture's sample
+    takes every k-th sample index with k from each key's own largest epoch (as a pass over that
+    key's rows alone would: :mod:`noisyfr.analysis.scan`), else from the largest of all."""
     keys = list(keys or [])
     k = "".join(f"{c}, " for c in keys)
     t = math.radians(region_deg)
@@ -352,6 +355,8 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
         hist["n"] = hist["n"].astype(np.int64)
         n_epoch = cells.groupby(keys + ["epoch"], dropna=False)["n"].sum()
         take = int(n_epoch.max()) if len(n_epoch) else 0
+        if sample_by_key and keys and len(n_epoch):
+            take = n_epoch.groupby(level=keys, dropna=False).max().rename("take").reset_index()
         rows, sample = _narrow(con, k, keys, order_bins(hist, keys, quantile), take, weight, raw, manifest)
         first = {}
         if len(cells) and (cells["n_in_manifest"].sum() < cells["n"].sum() or cells["n_mislabelled"].sum()):
@@ -370,15 +375,21 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
                  first.get("unknown"), first.get("mislabelled"), rows, sample, quantile)
 
 
-def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weight: str,
+def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take, weight: str,
             raw: str | None, manifest: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One scan for the order-statistic rows (every row of the ``targets`` bins, with its noise
     type and weight) and the mixture's sample (theta_y of up to :data:`SAMPLE_ROWS` rows an
-    epoch, by sample_index)."""
+    epoch, by sample_index). ``take``: the largest epoch's samples, or a table of it per key
+    (keys + ``take``)."""
     names = np.array(NOISE_TYPES, dtype=object)
     fine = repr(FINE_BINS / math.pi)
-    step = max(1, math.ceil(take / SAMPLE_ROWS))
-    sampled = "true" if step == 1 else f"sample_index % {step} = 0"
+    steps = None
+    if isinstance(take, pd.DataFrame):  # a step per key: joined to the targets below
+        steps = take.assign(step=np.maximum(1, -(-take["take"].to_numpy(dtype=np.int64) // SAMPLE_ROWS)))
+        sampled = "(s.sample_index % st.step = 0)"
+    else:
+        step = max(1, math.ceil(take / SAMPLE_ROWS))
+        sampled = "true" if step == 1 else f"sample_index % {step} = 0"
     if raw is not None and not keys:  # one run: the targets as a plain predicate on the logs
         yb = _bin("theta_y", fine, FINE_BINS, finite=True)
         # the unclipped bins: 0 takes the values just below 0, the last bin those at pi
@@ -400,11 +411,18 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weig
                f"{_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, 0 AS code FROM ({raw})")
         con.register("order_targets", targets.assign(target=True))
         on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
+        join = ""
+        if steps is not None:
+            con.register("sample_steps", steps[keys + ["step"]])
+            join = " JOIN sample_steps st ON " + " AND ".join(f"s.{c} IS NOT DISTINCT FROM st.{c}" for c in keys)
         try:
             got = con.sql(f"SELECT s.*, coalesce(t.target, false) AS target, {sampled} AS sampled "
-                          f"FROM ({src}) s LEFT JOIN order_targets t ON {on} WHERE t.target OR {sampled}").df()
+                          f"FROM ({src}) s{join} LEFT JOIN order_targets t ON {on} "
+                          f"WHERE t.target OR {sampled}").df()
         finally:
             con.unregister("order_targets")
+            if steps is not None:
+                con.unregister("sample_steps")
     rows = got[got["target"].astype(bool)]
     rows = pd.DataFrame({**{c: rows[c].to_numpy() for c in keys}, "epoch": rows["epoch"].to_numpy(),
                          "yb": clip_bins(rows["yb"], FINE_BINS),

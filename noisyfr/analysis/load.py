@@ -58,6 +58,8 @@ class Run:
     #: the angle-log files by epoch and the columns any of them has (:func:`scan_run`)
     files: dict[int, Path] = field(default_factory=dict)
     columns: set[str] = field(default_factory=set)
+    #: angle rows of each epoch's file, from its footer (:func:`scan_run`)
+    rows: dict[int, int] = field(default_factory=dict)
     #: samples per epoch and largest label seen (set by the analysis pass)
     n_samples: int = 0
     max_label: int = -1
@@ -363,13 +365,23 @@ def angle_files(run_dir: Path, cfg: dict | None = None, metrics: pd.DataFrame | 
     """The run's angle logs ``{epoch: path}`` and the union of their columns, each file's schema
     checked (:func:`_check_log_schema`) and every expected epoch (:func:`expected_epochs`)
     present; one-line NoisyFRError naming the file otherwise. Reads only the files' footers."""
+    files, columns, _ = _angle_files(run_dir, cfg, metrics)
+    return files, columns
+
+
+def _angle_files(run_dir: Path, cfg: dict | None, metrics: pd.DataFrame | None
+                 ) -> tuple[dict[int, Path], set[str], dict[int, int]]:
+    """:func:`angle_files` and the rows of each file (its footer's)."""
     adir = check_folder(run_dir / "angles", "angle logs")
     files = {int(_EPOCH_FILE.match(p.name).group(1)): p for p in adir.iterdir() if _EPOCH_FILE.match(p.name)}
     if not files:
         raise NoisyFRError(f"{adir}: no angle logs (angles/epoch_<E>.parquet)")
     columns: set[str] = set()
+    rows: dict[int, int] = {}
     for e in sorted(files):
-        columns |= _check_log_schema(files[e], _schema(files[e]))
+        pf = _schema(files[e])
+        columns |= _check_log_schema(files[e], pf)
+        rows[e] = int(pf.metadata.num_rows)
     if cfg is not None:
         gone = [e for e in expected_epochs(cfg, metrics if metrics is not None else pd.DataFrame(), sorted(files))
                 if e not in files]
@@ -377,7 +389,7 @@ def angle_files(run_dir: Path, cfg: dict | None = None, metrics: pd.DataFrame | 
             raise NoisyFRError(f"{adir / f'epoch_{gone[0]}.parquet'}: missing (the run trained epoch {gone[0]}"
                                f"{' and ' + str(len(gone) - 1) + ' more' if len(gone) > 1 else ''}; "
                                "its angle log was deleted or never written)")
-    return dict(sorted(files.items())), columns
+    return dict(sorted(files.items())), columns, rows
 
 
 def load_angles(run_dir: Path) -> pd.DataFrame:
@@ -454,7 +466,7 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     metrics = pd.DataFrame()
     if (run_dir / "metrics.csv").is_file():
         metrics = read_table(check_regular(run_dir / "metrics.csv", "run metrics"))
-    files, columns = angle_files(run_dir, cfg, metrics)
+    files, columns, rows = _angle_files(run_dir, cfg, metrics)
 
     manifest_value = get_dotted(cfg, "data.manifest")
     manifest_path = None
@@ -497,7 +509,7 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
                loss_name=str(section["name"]), loss_settings=loss_settings(section), seed=_seed(cfg),
                condition=condition, noise_rate=true_rate, rates=rates, angles=None,
                metrics=metrics, manifest_path=manifest_path, manifest_meta=meta,
-               files=files, columns=columns)
+               files=files, columns=columns, rows=rows)
 
 
 def run_inputs(runs: list[Run]) -> list[Path]:
