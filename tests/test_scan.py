@@ -153,3 +153,24 @@ def test_a_bad_run_in_a_batch_is_named(sweep, tmp_path, capsys):
     assert str(bad / "trials" / "c" / "angles") in err and "sample_index 1000000 is not in manifest" in err
     assert not (tmp_path / "out").exists()
     assert np.isfinite(scan.run_rows(runs[2]))
+
+
+def test_counterfactual_batched_equals_one_run_at_a_time(tmp_path_factory):
+    from noisyfr.analysis import counterfactual
+    from noisyfr.analysis.synthetic import fabricate_sweep
+
+    root = fabricate_sweep(tmp_path_factory.mktemp("cf") / "sweep", 4, 2, 400, 20, noise=0.25, seed=5)
+    runs = load.scan_runs(root)
+    assert len(scan.batches(runs)) == 1 and "lse_neg" in runs[0].columns
+    sections = counterfactual.loss_sections(runs)
+    con = engine.connect()
+    try:
+        got = counterfactual.batch_tables(con, runs, sections, scan.BatchManifests(con))
+        for r, frame in zip(runs, got):
+            want = counterfactual.run_table(con, r, sections, engine.run_manifest(con, r, {}, "one"))
+            assert len(frame) == 2 * len(sections) and frame["available"].all()
+            pd.testing.assert_frame_equal(frame, want, check_exact=False, rtol=1e-12, obj=r.name)
+    finally:
+        con.close()
+    pd.testing.assert_frame_equal(counterfactual.table(runs), pd.concat(got, ignore_index=True),
+                                  check_exact=False, rtol=1e-12)
