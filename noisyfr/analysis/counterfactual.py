@@ -36,7 +36,6 @@ batches of :data:`CHUNK_ROWS` rows: memory is bounded whatever the size of the r
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
