@@ -32,6 +32,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# split out of this module and re-exported: the input checks and the order statistics
+from noisyfr.analysis.checks import (  # noqa: F401 (re-exported)
+    _check_join,
+    check_parts,
+    check_source,
+    check_theta,
+    first_sentence,
+    locate_scan_error,
+    quote,
+)
+from noisyfr.analysis.order import ORDER_GROUPS, SAMPLE_ROWS, group_counts, order_bins, rank_bins  # noqa: F401
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
 from noisyfr.train.angles import WEIGHT_COLUMNS
@@ -57,11 +68,6 @@ NAN_AS_NULL = ("theta_orig", "weight", "weight_theta", "grad_norm", "unit_pull",
                "theta_used", "lse_neg")
 
 
-def quote(text: str) -> str:
-    """``text`` as a SQL string literal."""
-    return "'" + str(text).replace("'", "''") + "'"
-
-
 def connect(memory_limit: str | None = None, threads: int | None = None):
     """An in-memory DuckDB connection set up for the analysis (all cores, a memory limit,
     spilling to a private temporary directory). The directory is removed with its contents
@@ -83,13 +89,6 @@ def connect(memory_limit: str | None = None, threads: int | None = None):
         raise
     weakref.finalize(con, shutil.rmtree, tmp, True)
     return con
-
-
-def first_sentence(exc: BaseException) -> str:
-    """The first line of an exception's message, cut at its first sentence."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    m = re.match(r"^(.*?[.!?])(\s|$)", text)
-    return (m.group(1) if m else text).rstrip(".")
 
 
 def _scan_list(files: list[Path]) -> str:
@@ -432,123 +431,10 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take, weight: s
     return rows, sample[keys + ["epoch", "theta_y"]].reset_index(drop=True)
 
 
-#: theta_y values per epoch the Gaussian-mixture reference is fitted to: every sample up to
-#: this many, else every k-th sample index (k = samples / this, rounded up).
-SAMPLE_ROWS = 2048
-#: the groups whose order statistics the report needs: (name, noise types or None for all)
-ORDER_GROUPS = (("clean", ("clean",)), ("noisy", None), ("all", None))
-
-
-def group_counts(h: pd.DataFrame, group: str) -> pd.Series:
-    """Fine-bin counts of one epoch's histogram rows for ``group``: clean, noisy (any type but
-    clean) or all."""
-    if group == "clean":
-        h = h[h["noise"] == "clean"]
-    elif group == "noisy":
-        h = h[h["noise"] != "clean"]
-    return h.groupby("yb")["n"].sum()
-
-
-def rank_bins(counts: pd.Series, q: float) -> list[tuple[int, int]]:
-    """``[(bin, rank inside the bin)]`` of the order statistics numpy's linear ``q`` quantile
-    interpolates between (one or two)."""
-    counts = counts[counts > 0].sort_index()
-    n = int(counts.sum())
-    if n == 0:
-        return []
-    pos = q * (n - 1)
-    cum = np.cumsum(counts.to_numpy())
-    out = []
-    for k in sorted({math.floor(pos), math.ceil(pos)}):
-        i = int(np.searchsorted(cum, k, side="right"))
-        out.append((int(counts.index[i]), int(k - (cum[i] - counts.iloc[i]))))
-    return out
-
-
-def order_bins(hist: pd.DataFrame, keys: list[str], quantile: float) -> pd.DataFrame:
-    """The fine bins (keys, epoch, yb) that hold the medians of the clean and the noisy samples
-    and the ``quantile`` threshold of the clean ones (of all where none is clean)."""
-    out = []
-    for key, h in hist.groupby(keys + ["epoch"], sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        clean = group_counts(h, "clean")
-        wanted = [("clean", 0.5), ("noisy", 0.5), ("clean" if clean.sum() > 0 else "all", quantile)]
-        for group, q in wanted:
-            found = [b for b, _ in rank_bins(group_counts(h, group), q)]
-            # every bin between the two order statistics: the threshold may fall in one that
-            # holds no sample of the group but samples of another
-            for b in range(min(found, default=0), max(found, default=-1) + 1):
-                out.append((*key, b))
-    return pd.DataFrame(out, columns=keys + ["epoch", "yb"]).drop_duplicates()
-
-
-def check_theta(cells: pd.DataFrame, where: str) -> None:
-    """theta_y finite and inside [0, pi] (from the cells' range), else NoisyFRError naming ``where``."""
-    if cells.empty:
-        return
-    if "n_null_theta" in cells.columns and cells["n_null_theta"].fillna(0).sum() > 0:
-        raise NoisyFRError(f"{where}: column theta_y has missing (null) values")
-    # numpy, not pandas: a pandas max skips the NaN it must find
-    both = np.concatenate([cells["min_theta"].to_numpy(dtype=float), cells["max_theta"].to_numpy(dtype=float)])
-    lo, hi = both.min(), both.max()
-    if not np.isfinite(both).all():
-        raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
-    if lo < -1e-6 or hi > math.pi + 1e-6:
-        raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
-
-
-def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
-    """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
-    # theta_y's range was checked by the pass itself (aggregate -> check_theta)
-    _check_join(where, parts.first_unknown, parts.first_mislabelled, manifest)
-
-
-def _check_join(where: str, unknown, mislabelled, manifest: Path | None) -> None:
-    if unknown is not None and pd.notna(unknown):
-        raise NoisyFRError(f"{where}: sample_index {int(unknown)} is not in manifest {manifest}")
-    if mislabelled is not None and pd.notna(mislabelled):
-        raise NoisyFRError(f"{where}: label of sample_index {int(mislabelled)} differs "
-                           f"from manifest {manifest} (wrong manifest?)")
-
-
-def check_source(con, source: str, files: list[Path], where: str, manifest: Path | None = None) -> None:
-    """The checks :func:`aggregate` makes of an angle relation (:func:`run_source` of ``files``),
-    as one narrow pass for a command that reads the logs another way (``noisyfr clean``):
-    theta_y finite and in [0, pi] (:func:`check_theta`), every sample in the manifest and labelled
-    as it says; a file DuckDB cannot read is named (:func:`locate_scan_error`). One line naming
-    ``where`` otherwise: the same input gets the same answer from every command."""
-    import duckdb
-
-    try:
-        got = con.sql(f"SELECT min(theta_y) AS min_theta, max(theta_y) AS max_theta, "
-                      "sum((theta_y IS NULL)::INTEGER) AS n_null_theta, "
-                      "min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
-                      "min(sample_index) FILTER (WHERE manifest_label <> label) AS mislabelled "
-                      f"FROM ({source})").df()
-    except duckdb.Error as exc:
-        raise locate_scan_error(con, files, exc) from None
-    check_theta(got, where)
-    row = got.iloc[0]
-    _check_join(where, row["unknown"], row["mislabelled"], manifest)
-
-
 def noise_order(names) -> list[str]:
     """Noise type names in the library's order."""
     names = set(names)
     return [n for n in NOISE_TYPES if n in names] + sorted(names - set(NOISE_TYPES))
-
-
-def locate_scan_error(con, files: list[Path], exc: BaseException) -> NoisyFRError:
-    """The one-line error for a scan that failed: the first of ``files`` that cannot be read on
-    its own, named, else the scan's own first sentence."""
-    import duckdb
-
-    for f in files:
-        try:
-            con.sql(f"SELECT * FROM read_parquet({quote(f)})").fetchall()
-        except duckdb.Error as one:
-            return NoisyFRError(f"{f}: cannot read angle log ({first_sentence(one)})")
-    return NoisyFRError(f"{files[0].parent}: cannot read angle logs ({first_sentence(exc)})")
 
 
 def theta_histogram(parts: Parts, width_deg: float = 0.5) -> pd.DataFrame:
