@@ -174,3 +174,36 @@ def test_counterfactual_batched_equals_one_run_at_a_time(tmp_path_factory):
         con.close()
     pd.testing.assert_frame_equal(counterfactual.table(runs), pd.concat(got, ignore_index=True),
                                   check_exact=False, rtol=1e-12)
+
+
+def test_order_bins_equal_the_per_group_rank_bins():
+    """The vectorised order bins against a loop over groups with the one-group helpers."""
+    from noisyfr.analysis import order
+
+    def reference(hist, keys, q):
+        out = []
+        for key, h in hist.groupby(keys + ["epoch"], sort=True, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            clean = order.group_counts(h, "clean")
+            for group, qq in (("clean", 0.5), ("noisy", 0.5), ("clean" if clean.sum() > 0 else "all", q)):
+                found = [b for b, _ in order.rank_bins(order.group_counts(h, group), qq)]
+                out += [(*key, b) for b in range(min(found, default=0), max(found, default=-1) + 1)]
+        return pd.DataFrame(out, columns=keys + ["epoch", "yb"]).drop_duplicates()
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        m = int(rng.integers(1, 200))
+        hist = pd.DataFrame({"run": rng.choice(["a", "b", None], m), "epoch": rng.integers(1, 4, m),
+                             "noise": rng.choice(["clean", "closed", "open"], m, p=rng.dirichlet([1, 1, 1])),
+                             "yb": rng.integers(0, int(rng.choice([3, 60, 16384])), m),
+                             "n": rng.integers(0 if trial % 4 == 0 else 1, 6, m)})
+        hist = hist.groupby(["run", "epoch", "noise", "yb"], dropna=False, as_index=False)["n"].sum()
+        for keys in (["run"], []):
+            h = hist if keys else hist[hist["run"] == "a"].drop(columns="run")
+            q = float(rng.choice([0.0, 0.1, 0.5, 0.9, 1.0]))
+            got, want = order.order_bins(h, keys, q), reference(h, keys, q)
+            cols = keys + ["epoch", "yb"]
+            assert len(got) == len(want)
+            if len(want):
+                pd.testing.assert_frame_equal(got.sort_values(cols).reset_index(drop=True),
+                                              want.sort_values(cols).reset_index(drop=True), check_dtype=False)

@@ -222,6 +222,8 @@ def batch_tables(con, runs, sections: list[dict], manifests) -> list[pd.DataFram
     the same logged columns) from one pass over all their logs
     (:func:`noisyfr.analysis.scan.batch_source`; ``manifests``: its
     :class:`~noisyfr.analysis.scan.BatchManifests`)."""
+    from threadpoolctl import threadpool_limits
+
     from noisyfr.analysis import scan
 
     prepared = [_prepare(r, sections) for r in runs]
@@ -229,15 +231,18 @@ def batch_tables(con, runs, sections: list[dict], manifests) -> list[pd.DataFram
     logged: list[dict] = [{} for _ in runs]
     files = [[r.files[e] for e in sorted(r.files)] for r in runs]
     src = scan.batch_source(con, runs, files, manifests)
+    # one thread for torch's elementwise work: a few thousand rows a run gain nothing from its
+    # OpenMP pool, which spins on a busy machine (the same numbers either way)
     try:
-        for batch in con.sql(f"SELECT run_id, {_READ} FROM ({src})").to_arrow_reader(CHUNK_ROWS):
-            df = batch.to_pandas()
-            ids = df["run_id"].to_numpy(dtype=np.int64)
-            order = np.argsort(ids, kind="stable")
-            bounds = np.searchsorted(ids[order], np.arange(len(runs) + 1))
-            for i in np.unique(ids):
-                part = df.iloc[order[bounds[i]:bounds[i + 1]]]
-                _accumulate(part, prepared[i][2], acc[i], logged[i])
+        with threadpool_limits(1):
+            for batch in con.sql(f"SELECT run_id, {_READ} FROM ({src})").to_arrow_reader(CHUNK_ROWS):
+                df = batch.to_pandas()
+                ids = df["run_id"].to_numpy(dtype=np.int64)
+                order = np.argsort(ids, kind="stable")
+                bounds = np.searchsorted(ids[order], np.arange(len(runs) + 1))
+                for i in np.unique(ids):
+                    part = df.iloc[order[bounds[i]:bounds[i + 1]]]
+                    _accumulate(part, prepared[i][2], acc[i], logged[i])
     finally:
         con.unregister("batch_files")
     return [_rows(r, p[0], p[1], a, g) for r, p, a, g in zip(runs, prepared, acc, logged)]

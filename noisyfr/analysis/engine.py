@@ -262,8 +262,9 @@ class Parts:
         def put(df):
             if df is None:
                 return None
-            return pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in values.items()}, index=df.index),
-                              df], axis=1)
+            # scalars broadcast over the index: the dtypes a list of len(df) values infers, faster
+            const = pd.DataFrame(values if len(df) else {k: [] for k in values}, index=df.index)
+            return pd.concat([const, df], axis=1)
         return Parts(list(values) + self.keys, put(self.cells), put(self.hist), put(self.wbins),
                      put(self.dominant), self.weight, self.region_deg, self.bins,
                      self.first_unknown, self.first_mislabelled, put(self.rows), put(self.sample),
