@@ -207,3 +207,27 @@ def test_order_bins_equal_the_per_group_rank_bins():
             if len(want):
                 pd.testing.assert_frame_equal(got.sort_values(cols).reset_index(drop=True),
                                               want.sort_values(cols).reset_index(drop=True), check_dtype=False)
+
+
+def test_the_angles_view_reads_the_batches_row_for_row(sweep):
+    """``noisyfr query``'s angles view (one scan a batch) holds each run's rows as its own relation."""
+    from noisyfr.analysis import views
+
+    runs = load.scan_runs(sweep)
+    con = views.open(sweep)
+    try:
+        got = con.sql("SELECT * FROM angles").df()
+    finally:
+        con.close()
+    assert set(got["run"]) == {r.name for r in runs}
+    one = engine.connect()
+    try:
+        for r in runs:
+            table = engine.run_manifest(one, r, {}, prefix="v_" + r.name.replace("/", "_"))
+            want = one.sql(f"SELECT * EXCLUDE (manifest_index, manifest_label, noise_code) FROM "
+                           f"({engine.run_source(list(r.files.values()), r.columns, table)})").df()
+            mine = got[got["run"] == r.name].drop(columns="run")
+            assert list(mine.columns) == list(want.columns)
+            pd.testing.assert_frame_equal(_sorted(mine), _sorted(want), check_dtype=False, obj=r.name)
+    finally:
+        one.close()
