@@ -26,7 +26,7 @@ from noisyfr.errors import NoisyFRError
 #: Angle rows of a batch at most: its aggregates and the rows its narrow scan keeps stay small.
 BATCH_ROWS = 4_000_000
 #: Runs of a batch at most (the number of files one scan opens).
-BATCH_RUNS = 256
+BATCH_RUNS = 64
 
 
 def run_rows(run) -> int:
