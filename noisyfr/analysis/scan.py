@@ -63,7 +63,7 @@ class BatchManifests:
     checked once."""
 
     def __init__(self, con, name: str = "batch_manifests"):
-        self.con, self.name, self.ids = con, name, {}
+        self.con, self.name, self.ids, self.tables = con, name, {}, set()
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (mid INTEGER, manifest_index BIGINT, "
                     "manifest_label BIGINT, noise_code TINYINT, orig_label BIGINT)")
 
@@ -82,16 +82,19 @@ class BatchManifests:
         return self.ids[path]
 
     def table(self, path: Path | None) -> str | None:
-        """A view of the manifest at ``path`` alone, with the columns of
+        """A table of the manifest at ``path`` alone, with the columns of
         :func:`~noisyfr.analysis.engine.manifest_table` (for
-        :func:`~noisyfr.analysis.engine.run_source`); None for no manifest."""
+        :func:`~noisyfr.analysis.engine.run_source`: the one-run path joins it as before),
+        copied once; None for no manifest."""
         mid = self.id(path)
         if mid is None:
             return None
-        view = f"{self.name}_{mid}"
-        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * EXCLUDE (mid) FROM {self.name} "
-                         f"WHERE mid = {mid}")
-        return view
+        one = f"{self.name}_{mid}"
+        if one not in self.tables:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {one} AS SELECT * EXCLUDE (mid) FROM {self.name} "
+                             f"WHERE mid = {mid}")
+            self.tables.add(one)
+        return one
 
 
 def batch_source(con, runs, files: list[list[Path]], manifests: BatchManifests,
