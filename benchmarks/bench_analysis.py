@@ -35,6 +35,12 @@ classes: the feature and cluster regimes' grids) is measured against one run of 
 same samples (``one``): the cost per (run, epoch) is the extra wall (and CPU) time of ``many``
 over ``one`` divided by its extra (run, epoch) pairs, so start-up and imports cancel. ``--many
 none`` leaves both out.
+
+``--pieces SWEEP`` instead times, in this process, each piece of ``noisyfr analyze`` on an existing
+sweep (CPU and wall time, total and per (run, epoch)): finding and checking the runs, the DuckDB
+passes (:func:`noisyfr.analysis.report._passes`, with the order bins), the per-run tables, the
+mixture reference (:func:`noisyfr.analysis.stats.noise_rate_estimates`) and the counterfactual
+weights, at the report's default options without figures.
 """
 from __future__ import annotations
 
@@ -82,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--many", type=many_arg, default=(200, 10, 3000, 100), metavar="T,E,N[,C]",
                     help="trials,epochs,samples[,classes] of the many-small-runs sweep, measured against "
                          "1,1,N[,C]; 'none' to leave it out (default 200,10,3000,100)")
+    ap.add_argument("--pieces", type=Path, default=None, metavar="SWEEP",
+                    help="time each piece of the analysis of SWEEP in this process, then exit")
     ap.add_argument("--classes", type=int, default=1000,
                     help="classes of a size given without its 4th field (default %(default)s)")
     ap.add_argument("--noise", type=float, default=0.2, help="closed-set noise rate (default %(default)s)")
@@ -226,8 +234,59 @@ def per_run_epoch(one: dict, many: dict) -> dict:
             "marginal_rows_per_s": extra_rows / max(wall, 1e-9)}
 
 
+def pieces(sweep: Path) -> list[dict]:
+    """CPU and wall seconds of each piece of the analysis of ``sweep`` (module docstring)."""
+    from noisyfr.analysis import counterfactual, engine, load, report, stats
+
+    out, clock = [], [time.process_time(), time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = [time.process_time(), time.perf_counter()]
+        out.append({"piece": name, "cpu_s": now[0] - clock[0], "wall_s": now[1] - clock[1]})
+        clock[:] = [time.process_time(), time.perf_counter()]
+
+    runs = load.scan_runs(sweep)
+    lap("find and check runs")
+    o = report._Options(weight="grad_norm", quantile=0.9, region_deg=60.0, bins=36, seed=0, metric=None,
+                        learned_threshold=0.5)
+    con = engine.connect()
+    try:
+        chunks = [item[2] for item in report._passes(con, runs, o, set()) if item[0] == "chunk"]
+    finally:
+        con.close()
+    lap("DuckDB passes")
+    for c in chunks:
+        stats.epoch_stats(c, o.weight)
+        stats.noise_type_stats(c, o.weight)
+        for m in stats.REGION_METHODS:
+            stats.region_stats(c, o.quantile, m, o.region_deg, o.weight)
+        stats.binned_weight(c, bins=o.bins, weight=o.weight)
+    lap("per-run tables")
+    for c in chunks:
+        stats.noise_rate_estimates(c, seed=o.seed)
+    lap("mixture reference")
+    counterfactual.table(runs)
+    lap("counterfactual weights")
+    pairs = sum(len(r.files) for r in runs)
+    for row in out:
+        row.update(pairs=pairs, cpu_ms_per_pair=1e3 * row["cpu_s"] / pairs,
+                   wall_ms_per_pair=1e3 * row["wall_s"] / pairs)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.pieces is not None:
+        rows = pieces(args.pieces)
+        print(f"{args.pieces}: {rows[0]['pairs']} (run, epoch); load {os.getloadavg()[0]:.1f}")
+        print(f"{'piece':24s} {'cpu s':>7s} {'wall s':>7s} {'cpu ms/pair':>11s} {'wall ms/pair':>12s}")
+        for r in rows + [{"piece": "total", **{k: sum(x[k] for x in rows) for k in
+                                                ("cpu_s", "wall_s", "cpu_ms_per_pair", "wall_ms_per_pair")}}]:
+            print(f"{r['piece']:24s} {r['cpu_s']:7.2f} {r['wall_s']:7.2f} {r['cpu_ms_per_pair']:11.1f} "
+                  f"{r['wall_ms_per_pair']:12.1f}")
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
     tmp = None
     if args.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench_analysis_")

@@ -160,3 +160,16 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     assert per["wall_ms"] == pytest.approx(1e3 * (big["wall_s"] - one["wall_s"]) / 5)
     assert all(s["wall_s"] > 0 and s["peak_rss_bytes"] > 0 for s in data["sizes"])
     assert (tmp_path / "work" / "2x1x300_c30_report" / "report.md").is_file()
+
+
+def test_benchmark_times_the_pieces(sweep, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_analysis
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rows = bench_analysis.pieces(sweep)
+    assert [r["piece"] for r in rows] == ["find and check runs", "DuckDB passes", "per-run tables",
+                                          "mixture reference", "counterfactual weights"]
+    assert all(r["pairs"] == TRIALS * EPOCHS and r["wall_s"] > 0 for r in rows)
+    assert all(r["cpu_ms_per_pair"] == pytest.approx(1e3 * r["cpu_s"] / (TRIALS * EPOCHS)) for r in rows)
