@@ -42,8 +42,10 @@ def fake_train(config, report=None):
     log("start", epoch=start)
     if fake.get("barrier"):  # wait (at most a minute) until that many trials have started
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum(
-                json.loads(x)["event"] == "start" for x in Path(fake["log"]).read_text().splitlines()) < fake["barrier"]:
+        def started() -> int:
+            return sum(json.loads(x)["event"] == "start" for x in Path(fake["log"]).read_text().splitlines())
+
+        while time.monotonic() < deadline and started() < fake["barrier"]:
             time.sleep(0.1)
     epochs = config["optim"]["epochs"]
     for e in range(start, epochs + 1):
