@@ -91,7 +91,7 @@ def fabricate(path: Path, trials: int, epochs: int, samples: int, classes: int, 
               seed: int) -> tuple[float, bool]:
     """Fabricate the sweep at ``path`` (or reuse the one there made with the same arguments):
     ``(seconds, reused)``."""
-    from noisyfr.analysis.synthetic import fabricate_sweep
+    from tests.fabricate import fabricate_sweep
 
     stamp = {"trials": trials, "epochs": epochs, "samples": samples, "classes": classes,
              "noise": noise, "seed": seed}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from noisyfr.analysis import stats
+from noisyfr.angle_log import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 from noisyfr.numeric import int_arg, real_arg
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 
 #: Command lines shown by ``--help``.
 EXAMPLES = ['noisyfr analyze runs/demo --weight grad_norm',

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisyfr.angle_log import WEIGHT_COLUMNS
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
-from noisyfr.train.angles import WEIGHT_COLUMNS
 
 #: theta bins over [0, pi] of the fine histogram (medians, quantile thresholds, AUC).
 FINE_BINS = 16384
@@ -98,7 +98,7 @@ def _scan_list(files: list[Path]) -> str:
 
 def _angle_select(present: set[str]) -> list[str]:
     """The trainer's columns as SQL expressions over a log with the columns ``present``."""
-    from noisyfr.train.angles import COLUMNS
+    from noisyfr.angle_log import COLUMNS
 
     cols = []
     for c in COLUMNS:

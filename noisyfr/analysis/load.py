@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisyfr.angle_log import ANGLE_SCHEMA, DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
+from noisyfr.angle_log import COLUMNS as ANGLE_COLUMNS
+from noisyfr.angle_log import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
 from noisyfr.noise.spec import NOISE_TYPES
 from noisyfr.safefs import check_folder, check_regular
-from noisyfr.train.angles import ANGLE_SCHEMA, DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS, health_metrics
-from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
-from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
 
 MANIFEST_COLUMNS = ("index", "label", "noise")
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
@@ -91,7 +91,7 @@ class Run:
         epoch's ``heldout_accuracy`` (metrics.csv) against the run's
         ``health.learned_heldout_accuracy``, or without held-out images its ``clean_true_accuracy``
         against ``threshold``; evidence ``heldout`` or ``train``."""
-        from noisyfr.train.heldout import DEFAULT_LEARNED_HELDOUT, learned_from
+        from noisyfr.angle_log import DEFAULT_LEARNED_HELDOUT, learned_from
 
         last = {"clean_true_accuracy": self.final_clean_accuracy}
         if "heldout_accuracy" in self.metrics.columns and len(self.metrics):
@@ -352,7 +352,7 @@ def expected_epochs(cfg: dict, metrics: pd.DataFrame, found: list[int]) -> list[
         trained = list(range(1, max(found) + 1)) if found else []
     total = get_dotted(cfg, "optim.epochs")
     total = int(total) if isinstance(total, int) and not isinstance(total, bool) else max(trained, default=0)
-    from noisyfr.train.angles import logged_epochs
+    from noisyfr.angle_log import logged_epochs
 
     logged = set(logged_epochs(max(total, max(trained, default=1), 1), every))
     return [e for e in trained if e in logged]

@@ -1,7 +1,7 @@
 """``noisyfr clean RUN_DIR --out CLEAN.parquet --score NAME (--max-deg DEG | --fraction F |
 --estimate)``: score every sample of a trained run from its angle logs, flag the suspicious ones
 by one rule and write a manifest of the kept samples that ``noisyfr train`` reads through
-``data.manifest`` (see :mod:`noisyfr.analysis.scores`, docs/cleaning.md).
+``data.manifest`` (see :mod:`noisyfr.cleaning.scores`, docs/cleaning.md).
 
 Beside it: ``CLEAN.scores.parquet`` (every scored sample, its scores and whether it was removed
 or relabelled: the proposed list) and, with ``--sheet``, an HTML contact sheet. Where the run's
@@ -34,7 +34,7 @@ DEFAULT_RELABEL_MARGIN = 10.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``clean`` options."""
-    from noisyfr.analysis.scores import EPOCH_RULES, SCORES
+    from noisyfr.cleaning.scores import EPOCH_RULES, SCORES
 
     parser.add_argument("input", metavar="RUN_DIR", help="a trained run directory (config.yaml + angles/)")
     parser.add_argument("--out", required=True, metavar="CLEAN.parquet",
@@ -151,7 +151,8 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     truth table's rows, None when the run's noise is unknown). ``command`` is recorded as the
     command line (default: this process's ``noisyfr clean`` arguments). ``verbose`` prints what
     the command prints."""
-    from noisyfr.analysis import load, scores
+    from noisyfr.analysis import load
+    from noisyfr.cleaning import scores
     from noisyfr.io import atomic_path
     from noisyfr.noise.manifest import sidecar_path, write_manifest
     from noisyfr.outputs import all_or_nothing, check_output
@@ -194,7 +195,7 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
     if command is None:
         command = (shlex.join(["noisyfr", "clean", *sys.argv[2:]]) if sys.argv[1:2] == ["clean"]
-                   else "noisyfr.analysis.clean_cli")
+                   else "noisyfr.cleaning.cli")
     rule_json = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in rule.items()}
     provenance = {"run": str(run_.path.resolve()), "score": score, **rule_json, "epoch": int(chosen),
                   "selected_by": selected_by, "relabel": bool(relabel),
@@ -209,7 +210,7 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     rows, side = cleaned_manifest(manifest, meta, table, removed, new_labels, provenance, held)
     sheet_text = None
     if sheet:
-        from noisyfr.analysis.sheet import contact_sheet
+        from noisyfr.cleaning.sheet import contact_sheet
 
         sheet_text = contact_sheet(run_, table.assign(removed=removed, relabelled=relabelled), score, manifest)
     written = [out, sidecar_path(out), scores_path] + ([Path(sheet)] if sheet_text is not None else [])
@@ -271,7 +272,7 @@ def _check_identities(manifest: pd.DataFrame, table: pd.DataFrame, removed: np.n
     left = np.bincount(label[keep], minlength=int(label.max()) + 1 if len(label) else 0)
     empty = [int(c) for c in trained if c >= len(left) or left[c] == 0]
     if empty:
-        from noisyfr.analysis.sheet import class_names
+        from noisyfr.cleaning.sheet import class_names
 
         names = class_names(manifest)
         who = ", ".join(str(names.get(c, c)) for c in empty[:3])

@@ -116,7 +116,7 @@ class Plan:
 
 
 def _rule(i: int, item: Any) -> Rule:
-    from noisyfr.analysis.scores import DEG_RANGE, SCORES
+    from noisyfr.cleaning.scores import DEG_RANGE, SCORES
 
     key = f"loop.rules[{i}]"
     if not isinstance(item, Mapping):
@@ -163,7 +163,7 @@ def load_plan(config: str | Path | Mapping, overrides=()) -> Plan:
     ``KEY=VALUE`` strings or pairs, as for ``noisyfr train``). Every training config of the
     loop (each loss x condition x seed) is validated here; nothing is written. One-line
     NoisyFRError naming the key otherwise."""
-    from noisyfr.analysis.scores import EPOCH_RULES
+    from noisyfr.cleaning.scores import EPOCH_RULES
     from noisyfr.io import read_yaml
     from noisyfr.noise.spec import NoiseSpec
     from noisyfr.train.config import apply_overrides, load_config
@@ -316,7 +316,8 @@ def _train(cfg: dict, resume: bool, log) -> None:
 
 def _noisy_fraction(run_dir: Path, epoch_rule: str) -> float:
     """The true noisy fraction of the samples the run's logs score (its trained samples)."""
-    from noisyfr.analysis import load, scores
+    from noisyfr.analysis import load
+    from noisyfr.cleaning import scores
 
     run = load.scan_run(run_dir)
     epoch, _ = scores.choose_epoch(run, epoch_rule)
@@ -328,8 +329,9 @@ def heldout_estimate(run_dir: Path, epoch_rule: str = "last") -> float:
     """The run's closed-set noise rate estimated from its held-out images at the epoch the scores
     are read at (:func:`noisyfr.train.heldout.heldout_noise_rate`: no ground truth used); NaN
     without held-out images."""
-    from noisyfr.analysis import load, scores
-    from noisyfr.train.heldout import heldout_noise_rate
+    from noisyfr.analysis import load
+    from noisyfr.angle_log import heldout_noise_rate
+    from noisyfr.cleaning import scores
 
     run = load.scan_run(run_dir)
     epoch, _ = scores.choose_epoch(run, epoch_rule)
@@ -428,7 +430,7 @@ def run_loop(plan: Plan, out: Path, resume: bool = False, stream=None, log=None)
 
 
 def _run(plan: Plan, out: Path, resume: bool, stream, log, plan_path: Path, text: str) -> pd.DataFrame:
-    from noisyfr.analysis.clean_cli import clean
+    from noisyfr.cleaning.cli import clean
     from noisyfr.data.synthetic import shared_renders
     from noisyfr.io import atomic_write
     from noisyfr.lock import acquire
