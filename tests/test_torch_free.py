@@ -55,3 +55,50 @@ def test_the_probe_sees_torch_and_sklearn_when_they_are_imported():
     fit = "stats.bimodal_noise_rate([0.1, 0.2, 1.0, 1.1, 1.2])"
     assert _loaded("from noisyfr.analysis import stats", fit)["sklearn"]
     assert _loaded(_help(["train", "--help"]), "from noisyfr.train import train")["torch"]
+
+
+def test_query_on_a_run_imports_no_torch(tmp_path):
+    from fabricate import make_synthetic_run
+
+    run = make_synthetic_run(tmp_path / "run", num_ids=4, per_id=5, epochs=2)
+    query = _help(["query", str(run), "SELECT count(*) FROM angles"])
+    assert _loaded(query) == {"torch": False, "sklearn": False}
+
+
+def test_the_builtin_loss_defaults_are_the_registry_s():
+    """The loss labels computed without torch (noisyfr.labels' table of the built-in losses) are
+    those of the registry: the same losses in the same order with the same defaults, so every
+    label is the same."""
+    from noisyfr import labels
+
+    code = ("from noisyfr.losses import LOSSES, loss_parameters\n"
+            "print(json.dumps({n: loss_parameters(n) for n in LOSSES}))\n")
+    proc = subprocess.run([sys.executable, "-c", "import json\n" + code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = json.loads(proc.stdout)
+    assert list(fresh) == list(labels.BUILTIN_PARAMETERS)
+    for name, params in labels.BUILTIN_PARAMETERS.items():
+        assert list(params.items()) == list(fresh[name].items()), name
+        assert all(type(v) is type(fresh[name][k]) for k, v in params.items()), name  # 4 stays an int
+
+
+def test_a_loss_label_is_the_same_with_and_without_torch():
+    sections = [{"name": "arcface"}, {"name": "arcface", "s": 32, "m": 0.4, "grad_mode": "detached"},
+                {"name": "boundaryface", "start_epoch": 3}, {"name": "sphereface", "m": 4.0},
+                {"name": "magface", "easy_margin": False, "sample_rate": 0.5}, {"name": "softmax"},
+                {"name": "no_such_loss", "s": 16}]
+    code = ("from noisyfr import labels\n"
+            f"print(json.dumps([[labels.loss_label(s), labels.loss_settings(s)] for s in {sections!r}]))\n")
+    out = []
+    for first in ("", "import noisyfr.losses\n"):  # the table, then the live registry
+        proc = subprocess.run([sys.executable, "-c", "import json, sys\n" + first + code
+                               + "print('torch' in sys.modules)"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got, torch_loaded = proc.stdout.strip().splitlines()
+        assert torch_loaded == ("True" if first else "False")
+        out.append(json.loads(got))
+    assert out[0] == out[1]
+    assert out[0][1][0] == "arcface s=32 m=0.4 detached"
+    assert out[0][2][0] == "boundaryface s=64 m=0.5 start_epoch=3 exact"

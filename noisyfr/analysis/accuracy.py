@@ -63,7 +63,7 @@ def _results_condition(df: pd.DataFrame) -> tuple[list[str], list[float]]:
 def _results_loss_labels(df: pd.DataFrame, loss_col: str) -> list[str]:
     """Loss label per results row: ``loss.label`` when recorded, else built from the ``loss.*``
     columns with :func:`noisyfr.losses.loss_label`."""
-    from noisyfr.losses import loss_label
+    from noisyfr.labels import loss_label
 
     if "loss.label" in df.columns:
         return df["loss.label"].astype(str).tolist()

@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from noisyfr.analysis.report import write_report
-    from noisyfr.losses.matching import parse_loss_spec
 
-    extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]
+    extra = []
+    if args.counterfactual:  # checked by building each loss: torch only when one is asked for
+        from noisyfr.losses.matching import parse_loss_spec
+
+        extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]
     out = args.out if args.out is not None else Path(args.input) / "report"
     path = write_report(args.input, out, quantile=args.quantile, bins=args.bins, seed=args.seed,
                         metric=args.metric, figures=not args.no_figures, weight=args.weight,

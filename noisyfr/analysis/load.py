@@ -483,14 +483,14 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
             condition = condition_label(rates)
         else:
             condition, rates = found
-    from noisyfr.models.vector import head_label
+    from noisyfr.labels import head_label
 
     head = head_label(cfg.get("model"))  # runs over features: the trained head is part of the condition
     condition = condition if head is None else f"{condition} {head}"
     name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
     if name in ("", "."):
         name = run_dir.resolve().name
-    from noisyfr.losses import loss_label, loss_settings
+    from noisyfr.labels import loss_label, loss_settings
 
     section = _loss_section(cfg)
     return Run(path=run_dir, name=name, config=cfg, loss=loss_label(section),

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from noisyfr import numeric
-from noisyfr.analysis import comparisons, counterfactual, load, plots, seeds, stats
+from noisyfr.analysis import comparisons, counterfactual, load, seeds, stats
 from noisyfr.analysis import report_sections as sections
 from noisyfr.analysis.document import Document
 from noisyfr.angle_log import DEFAULT_LEARNED_ACCURACY, HEALTH_COLUMNS, check_learned_threshold
@@ -376,6 +376,8 @@ def grad_mode_table(rtab: pd.DataFrame, ep_all: pd.DataFrame, t: dict) -> pd.Dat
 
 def _draw(t: dict[str, pd.DataFrame], curves, out: Path, o: _Options) -> None:
     """Every figure of the report."""
+    from noisyfr.analysis import plots  # matplotlib and seaborn only when figures are drawn
+
     fig = out / "figures"
     save = plots.save_figure
     save(plots.health(t["epoch_stats.csv"]), fig / "health.png")
