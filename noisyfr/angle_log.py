@@ -70,13 +70,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
+
+if TYPE_CHECKING:  # numpy and pandas are imported where used: the constants need neither
+    import numpy as np
+    import pandas as pd
 
 #: Columns of ``angles/epoch_<E>.parquet``, in order.
 COLUMNS = ("sample_index", "epoch", "label", "label_used", "theta_y", "theta_nearest",
@@ -135,16 +137,19 @@ def learned(clean_true_accuracy: float, threshold: float = DEFAULT_LEARNED_ACCUR
     return bool(clean_true_accuracy == clean_true_accuracy and clean_true_accuracy >= threshold)
 
 
-_INT32 = np.iinfo(np.int32)
+#: The int32 range (numpy's ``iinfo(int32)``).
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _int32(values: np.ndarray, name: str) -> np.ndarray:
     """``values`` as int32; NoisyFRError naming the column when one does not fit (a dataset of
     more than 2**31 - 1 samples: beyond every face dataset, WebFace42M has 42M)."""
+    import numpy as np
+
     values = np.asarray(values)
     if values.dtype == np.int32:
         return values
-    if values.size and (values.min() < _INT32.min or values.max() > _INT32.max):
+    if values.size and (values.min() < _INT32_MIN or values.max() > _INT32_MAX):
         raise NoisyFRError(f"angle log column {name}: values outside int32 "
                            f"[{values.min()}, {values.max()}]")
     return values.astype(np.int32)
@@ -153,6 +158,9 @@ def _int32(values: np.ndarray, name: str) -> np.ndarray:
 def rows_frame(arrays: dict[str, np.ndarray], epoch: int) -> pd.DataFrame:
     """Build the epoch's angle table, one row per sample (first occurrence kept), sorted by index,
     with the column types of :data:`ANGLE_SCHEMA`."""
+    import numpy as np
+    import pandas as pd
+
     idx = _int32(arrays["sample_index"], "sample_index")
     _, first = np.unique(idx, return_index=True)  # sorted unique sample indices
     val = np.asarray(arrays["values"], dtype=np.float32)[first]
@@ -169,6 +177,7 @@ def rows_frame(arrays: dict[str, np.ndarray], epoch: int) -> pd.DataFrame:
 
 
 def _arrow_schema():
+    import numpy as np
     import pyarrow as pa
 
     return pa.schema([(c, pa.from_numpy_dtype(np.dtype(ANGLE_SCHEMA[c]))) for c in COLUMNS])
@@ -179,6 +188,8 @@ def write_angles(frame: pd.DataFrame, output_dir: str | Path, epoch: int) -> Pat
     :data:`ANGLE_SCHEMA` (a frame with other numeric types is cast; a value that does not fit
     raises) in row groups of at most :data:`ROW_GROUP_ROWS` rows, only :data:`DICTIONARY_COLUMNS`
     dictionary-encoded (Snappy compression, pyarrow's default); returns the path."""
+    import numpy as np
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -214,6 +225,8 @@ def logged_samples(sample_indices, fraction: float, seed: int) -> np.ndarray | N
     ``sample_indices`` (the run's training samples), drawn without replacement with
     ``numpy.random.default_rng([seed, *SUBSET_STREAM])``; None (every sample) when ``fraction``
     is 1. The same seed and samples give the same subset (every epoch, every rank, on resume)."""
+    import numpy as np
+
     fraction = numeric.real(fraction, "track.angles_fraction", lo=0.0, hi=1.0, lo_open=True)
     if fraction == 1.0:
         return None
@@ -225,6 +238,8 @@ def logged_samples(sample_indices, fraction: float, seed: int) -> np.ndarray | N
 
 def keep_samples(frame: pd.DataFrame, samples: np.ndarray | None) -> pd.DataFrame:
     """The rows of ``frame`` whose ``sample_index`` is in ``samples`` (sorted; None: ``frame``)."""
+    import numpy as np
+
     if samples is None:
         return frame
     keep = np.isin(frame["sample_index"].to_numpy(), samples, assume_unique=True)
@@ -241,6 +256,8 @@ def health_metrics(frame: pd.DataFrame) -> dict[str, float]:
     ``noisy_fit_true`` over closed-set noisy rows, ``theta_clean_median`` and
     ``theta_noisy_median`` (radians; noisy = any noise type but clean). NaN where a group is empty.
     """
+    import numpy as np
+
     label = frame["label"].to_numpy(np.int64)
     theta = frame["theta_y"].to_numpy(np.float64)
     near = frame["theta_nearest"].to_numpy(np.float64)

@@ -17,12 +17,12 @@ PROBE = """
 import contextlib, io, json, sys
 for code in {code!r}:
     exec(code)
-print(json.dumps({{m: m in sys.modules for m in ("torch", "sklearn")}}))
+print(json.dumps({{m: m in sys.modules for m in ("torch", "sklearn", "pandas")}}))
 """
 
 
 def _loaded(*code: str) -> dict[str, bool]:
-    """Which of torch / scikit-learn a fresh interpreter holds after running ``code``."""
+    """Which of torch / scikit-learn / pandas a fresh interpreter holds after running ``code``."""
     proc = subprocess.run([sys.executable, "-c", PROBE.format(code=list(code))], cwd=REPO,
                           capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
@@ -40,12 +40,14 @@ def _help(argv: list[str]) -> str:
 @pytest.mark.parametrize("module", ["noisyfr.analysis.views", "noisyfr.angle_log", "noisyfr.analysis.stats",
                                     "noisyfr.analysis.report_sections", "noisyfr.cleaning.scores"])
 def test_the_analysis_floor_imports_neither_torch_nor_sklearn(module):
-    assert _loaded(f"import {module}") == {"torch": False, "sklearn": False}
+    got = _loaded(f"import {module}")
+    assert not got["torch"] and not got["sklearn"]
 
 
 def test_every_help_and_the_version_import_no_torch():
+    """Nor pandas: a help text needs none of the libraries the command computes with."""
     calls = [_help(["--help"]), _help(["--version"])] + [_help([name, "--help"]) for name in SUBCOMMANDS]
-    assert _loaded(*calls) == {"torch": False, "sklearn": False}
+    assert _loaded(*calls) == {"torch": False, "sklearn": False, "pandas": False}
 
 
 def test_the_probe_sees_torch_and_sklearn_when_they_are_imported():
@@ -62,7 +64,8 @@ def test_query_on_a_run_imports_no_torch(tmp_path):
 
     run = make_synthetic_run(tmp_path / "run", num_ids=4, per_id=5, epochs=2)
     query = _help(["query", str(run), "SELECT count(*) FROM angles"])
-    assert _loaded(query) == {"torch": False, "sklearn": False}
+    got = _loaded(query)
+    assert not got["torch"] and not got["sklearn"] and got["pandas"]  # the control: it did read the run
 
 
 def test_the_builtin_loss_defaults_are_the_registry_s():

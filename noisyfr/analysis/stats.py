@@ -22,21 +22,17 @@ from noisyfr.noise.spec import NOISE_TYPES
 # isort: split
 from noisyfr.analysis.accuracy import accuracy_points, accuracy_table, learned_counts, runs_table  # noqa: F401
 from noisyfr.analysis.detection import bimodal_noise_rate, detection_auc, disagreement_rate  # noqa: F401
+from noisyfr.analysis.options import (  # noqa: F401 (the options' defaults and bounds)
+    DEFAULT_BINS,
+    DEFAULT_CENTRE_QUANTILE,
+    DEFAULT_REGION_DEG,
+    DEFAULT_WEIGHT,
+    MAX_BINS,
+    MAX_MIXTURE_SEED,
+    REGION_METHODS,
+)
 
 RUN_KEYS = ["run", "loss", "condition", "seed", "noise_rate"]
-DEFAULT_CENTRE_QUANTILE = 0.9
-DEFAULT_BINS = 36
-#: Default weight column for shares: the per-sample gradient norm on the embedding (comparable
-#: across losses, negatives and feature-norm terms included).
-DEFAULT_WEIGHT = "grad_norm"
-#: Region definitions of :func:`region_masks`.
-REGION_METHODS = ("quantile", "fixed", "2d")
-#: Most theta_y bins of the weight-vs-angle table (``--bins``).
-MAX_BINS = 3600
-#: Largest Gaussian-mixture seed (scikit-learn takes seeds below 2**32).
-MAX_MIXTURE_SEED = 2**32 - 1
-#: Default fixed region threshold (degrees) of the ``fixed`` and ``2d`` regions.
-DEFAULT_REGION_DEG = 60.0
 
 
 def _keys(df: pd.DataFrame, extra: list[str]) -> list[str]:

@@ -28,19 +28,9 @@ import pandas as pd
 
 from noisyfr.analysis import engine
 from noisyfr.analysis.rules import REPORT_RULES, truth_from_counts  # noqa: F401 (part of this module's API)
+from noisyfr.cleaning.names import ANGLE_SCORES, DEG_RANGE, EPOCH_RULES, SCORES  # noqa: F401 (re-exported)
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
-
-#: Scores read from the angle logs.
-ANGLE_SCORES = ("theta", "margin", "aum", "subcentre")
-#: Every score :func:`run_scores` gives, controls last; ``cleanlab`` (the reference from a
-#: well-kept library, :func:`cleanlab_scores`) is added on demand.
-SCORES = (*ANGLE_SCORES, "weight", "cleanlab", "truth", "random")
-#: Scores whose threshold is an angle in degrees (``--max-deg``), and its range.
-DEG_RANGE = {"theta": (0.0, 180.0), "subcentre": (0.0, 180.0), "margin": (-180.0, 180.0),
-             "aum": (-180.0, 180.0)}
-#: Epoch rules of :func:`choose_epoch`.
-EPOCH_RULES = ("last", "heldout")
 
 
 def check_score(name: str) -> str:
