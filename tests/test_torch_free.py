@@ -59,13 +59,16 @@ def test_the_probe_sees_torch_and_sklearn_when_they_are_imported():
     assert _loaded(_help(["train", "--help"]), "from noisyfr.train import train")["torch"]
 
 
-def test_query_on_a_run_imports_no_torch(tmp_path):
+def test_query_and_clean_on_a_run_import_no_torch(tmp_path):
     from fabricate import make_synthetic_run
 
     run = make_synthetic_run(tmp_path / "run", num_ids=4, per_id=5, epochs=2)
     query = _help(["query", str(run), "SELECT count(*) FROM angles"])
     got = _loaded(query)
     assert not got["torch"] and not got["sklearn"] and got["pandas"]  # the control: it did read the run
+    out = tmp_path / "clean.parquet"
+    got = _loaded(_help(["clean", str(run), "--out", str(out), "--score", "aum", "--fraction", "0.3"]))
+    assert out.is_file() and not got["torch"] and not got["sklearn"]
 
 
 def test_the_builtin_loss_defaults_are_the_registry_s():
