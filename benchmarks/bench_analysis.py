@@ -1,7 +1,8 @@
 """Wall time and peak memory of ``noisyfr analyze`` on fabricated sweeps of two sizes.
 
     .venv/bin/python benchmarks/bench_analysis.py [--small 3,5,100000] [--large 6,10,500000]
-        [--classes 1000] [--figures | --no-figures] [--dir DIR] [--json PATH]
+        [--many 200,10,3000,100 | --many none] [--classes 1000] [--figures | --no-figures]
+        [--dir DIR] [--json PATH]
 
 For each size (``TRIALS,EPOCHS,SAMPLES[,CLASSES]``) a sweep is fabricated with
 :func:`noisyfr.analysis.synthetic.fabricate_sweep` (trials cycling over arcface, cosface and
@@ -28,6 +29,18 @@ rows of the large size over its extra wall time, in which the fixed costs (inter
 imports, figures, whose number depends on losses and conditions, not on rows) cancel.
 The 1-minute load average before and after each size is recorded too; the polling costs a few
 per cent of one core. Nothing is asserted: the numbers are printed (and written with ``--json``).
+
+The many-small-runs shape (``--many``, default 200 runs x 10 epochs x 3,000 samples in 100
+classes: the feature and cluster regimes' grids) is measured against one run of one epoch of the
+same samples (``one``): the cost per (run, epoch) is the extra wall (and CPU) time of ``many``
+over ``one`` divided by its extra (run, epoch) pairs, so start-up and imports cancel. ``--many
+none`` leaves both out.
+
+``--pieces SWEEP`` instead times, in this process, each piece of ``noisyfr analyze`` on an existing
+sweep (CPU and wall time, total and per (run, epoch)): finding and checking the runs, the DuckDB
+passes (:func:`noisyfr.analysis.report._passes`, with the order bins), the per-run tables, the
+mixture reference (:func:`noisyfr.analysis.stats.noise_rate_estimates`) and the counterfactual
+weights, at the report's default options without figures.
 """
 from __future__ import annotations
 
@@ -61,12 +74,22 @@ def size_arg(text: str) -> tuple[int, ...]:
     return parts
 
 
+def many_arg(text: str) -> tuple[int, ...] | None:
+    """:func:`size_arg`, or None for ``none``."""
+    return None if text.strip().lower() == "none" else size_arg(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=size_arg, default=(3, 5, 100_000), metavar="T,E,N[,C]",
                     help="trials,epochs,samples[,classes] of the small sweep (default 3,5,100000)")
     ap.add_argument("--large", type=size_arg, default=(6, 10, 500_000), metavar="T,E,N[,C]",
                     help="trials,epochs,samples[,classes] of the large sweep (default 6,10,500000)")
+    ap.add_argument("--many", type=many_arg, default=(200, 10, 3000, 100), metavar="T,E,N[,C]",
+                    help="trials,epochs,samples[,classes] of the many-small-runs sweep, measured against "
+                         "1,1,N[,C]; 'none' to leave it out (default 200,10,3000,100)")
+    ap.add_argument("--pieces", type=Path, default=None, metavar="SWEEP",
+                    help="time each piece of the analysis of SWEEP in this process, then exit")
     ap.add_argument("--classes", type=int, default=1000,
                     help="classes of a size given without its 4th field (default %(default)s)")
     ap.add_argument("--noise", type=float, default=0.2, help="closed-set noise rate (default %(default)s)")
@@ -200,8 +223,70 @@ def ratios(small: dict, large: dict) -> dict:
             / max(large["wall_s"] - small["wall_s"], 1e-9)}
 
 
+def per_run_epoch(one: dict, many: dict) -> dict:
+    """The cost of one more (run, epoch): ``many``'s extra wall and CPU time over ``one`` (a single
+    run of one epoch) per extra (run, epoch) pair, and the rows/s of that extra work."""
+    pairs = many["trials"] * many["epochs"] - one["trials"] * one["epochs"]
+    extra_rows = many["angle_rows"] - one["angle_rows"]
+    wall = many["wall_s"] - one["wall_s"]
+    return {"pairs": pairs, "wall_ms": 1e3 * wall / max(pairs, 1),
+            "cpu_ms": 1e3 * (many["cpu_s"] - one["cpu_s"]) / max(pairs, 1),
+            "marginal_rows_per_s": extra_rows / max(wall, 1e-9)}
+
+
+def pieces(sweep: Path) -> list[dict]:
+    """CPU and wall seconds of each piece of the analysis of ``sweep`` (module docstring)."""
+    from noisyfr.analysis import counterfactual, engine, load, report, stats
+
+    out, clock = [], [time.process_time(), time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = [time.process_time(), time.perf_counter()]
+        out.append({"piece": name, "cpu_s": now[0] - clock[0], "wall_s": now[1] - clock[1]})
+        clock[:] = [time.process_time(), time.perf_counter()]
+
+    runs = load.scan_runs(sweep)
+    lap("find and check runs")
+    o = report._Options(weight="grad_norm", quantile=0.9, region_deg=60.0, bins=36, seed=0, metric=None,
+                        learned_threshold=0.5)
+    con = engine.connect()
+    try:
+        chunks = [item[2] for item in report._passes(con, runs, o, set()) if item[0] == "chunk"]
+    finally:
+        con.close()
+    lap("DuckDB passes")
+    for c in chunks:
+        stats.epoch_stats(c, o.weight)
+        stats.noise_type_stats(c, o.weight)
+        for m in stats.REGION_METHODS:
+            stats.region_stats(c, o.quantile, m, o.region_deg, o.weight)
+        stats.binned_weight(c, bins=o.bins, weight=o.weight)
+    lap("per-run tables")
+    for c in chunks:
+        stats.noise_rate_estimates(c, seed=o.seed)
+    lap("mixture reference")
+    counterfactual.table(runs)
+    lap("counterfactual weights")
+    pairs = sum(len(r.files) for r in runs)
+    for row in out:
+        row.update(pairs=pairs, cpu_ms_per_pair=1e3 * row["cpu_s"] / pairs,
+                   wall_ms_per_pair=1e3 * row["wall_s"] / pairs)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.pieces is not None:
+        rows = pieces(args.pieces)
+        print(f"{args.pieces}: {rows[0]['pairs']} (run, epoch); load {os.getloadavg()[0]:.1f}")
+        print(f"{'piece':24s} {'cpu s':>7s} {'wall s':>7s} {'cpu ms/pair':>11s} {'wall ms/pair':>12s}")
+        for r in rows + [{"piece": "total", **{k: sum(x[k] for x in rows) for k in
+                                                ("cpu_s", "wall_s", "cpu_ms_per_pair", "wall_ms_per_pair")}}]:
+            print(f"{r['piece']:24s} {r['cpu_s']:7.2f} {r['wall_s']:7.2f} {r['cpu_ms_per_pair']:11.1f} "
+                  f"{r['wall_ms_per_pair']:12.1f}")
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
     tmp = None
     if args.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench_analysis_")
@@ -226,10 +311,26 @@ def main(argv=None) -> int:
               f"cpu {rat['cpu']:.2f}, rows/s {rat['rows_per_s']:.2f}, peak RSS {rat['peak_rss']:.2f}")
         print(f"marginal rows/s (extra rows / extra wall time, large minus small): "
               f"{rat['marginal_rows_per_s']:,.0f}")
+        per = None
+        if args.many is not None:
+            one_size = (1, 1, *args.many[2:])
+            many = []
+            for name, size in (("one", one_size), ("many", args.many)):
+                r = run_size(name, size, args, root)
+                how = "reused" if r["reused"] else f"fabricated in {r['fabricate_s']:.1f} s"
+                print(f"{name}: {r['angle_rows']:,} angle rows ({how}); {r['command']}", flush=True)
+                many.append(r)
+            per = per_run_epoch(*many)
+            for line in table(many):
+                print(line)
+            print(f"per (run, epoch), many minus one: wall {per['wall_ms']:.1f} ms, cpu {per['cpu_ms']:.1f} ms "
+                  f"over {per['pairs']} extra (run, epoch); marginal rows/s {per['marginal_rows_per_s']:,.0f}")
+            results += many
         if args.json is not None:
             payload = {"figures": args.figures, "poll_hz": args.poll_hz, "noise": args.noise,
                        "seed": args.seed, "analyze_args": args.analyze_args,
-                       "python": sys.executable, "sizes": results, "ratio_large_small": rat}
+                       "python": sys.executable, "sizes": results, "ratio_large_small": rat,
+                       "per_run_epoch": per}
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     finally:

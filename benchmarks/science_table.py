@@ -7,14 +7,14 @@ Each REPORT_DIR is ``noisyfr analyze SWEEP --weight weight`` of one science grid
 |dL/dcos theta_y|, the quantity the counterfactual weights compute, so the actual and the
 counterfactual shares are the same quantity. Printed (and written as CSV with ``--out``):
 
-- regime: per loss, the runs, the learned ones, the clean and noisy median theta_y, the clean
+- regime: per noise rate and loss, the runs, the learned ones, the clean and noisy median theta_y, the clean
   samples' mean p under the run's own loss, the noisy share of the pull and held-out accuracy,
   at the last epoch, mean [95 % interval over seeds] (logit scale for quantities in [0, 1]);
-- actual: ExpFace 0.7 minus each comparator in the same gradient mode, paired by seed at the
-  last epoch (the report's tables/paired.csv); the primary row of each regime (detached, the
-  matched ArcFace: each config's ``analysis.primary``) reads its 95 % interval, every other row
+- actual: per noise rate, ExpFace 0.7 minus each comparator in the same gradient mode, paired by seed at the
+  last epoch (the report's tables/paired.csv); the primary row of each regime (the one the
+  report marks: each config's ``analysis.primary``) reads its 95 % interval, every other row
   carries a Holm-adjusted p-value over all the secondary rows printed;
-- counterfactual: the same difference with the geometry held fixed, on each run of either loss
+- counterfactual: per noise rate, the same difference with the geometry held fixed, on each run of either loss
   (tables/counterfactual.csv at the run's last epoch), mean [95 % t-interval over the runs],
   for the noisy share and its p channel and slope channel; Holm-adjusted over the rows printed.
 """
@@ -66,13 +66,19 @@ def regime_rows(regime: str, tables: Path) -> list[dict]:
     own = cf[(cf["epoch"] == last) & cf["same_loss"].astype(bool)].set_index("run")["mean_p_clean"]
     rv = rv.assign(mean_p_clean=rv["run"].map(own))
     rows = []
-    for loss, g in rv.groupby("loss", sort=True):
-        row = {"regime": regime, "loss": loss, "runs": len(g), "learned": int(g["learned"].astype(bool).sum())}
+    for (cond, loss), g in rv.groupby(["condition", "loss"], sort=True):
+        row = {"regime": regime, "noise": noise_of(cond), "loss": loss, "runs": len(g),
+               "learned": int(g["learned"].astype(bool).sum())}
         for col, digits in (("theta_clean_median_deg", 1), ("theta_noisy_median_deg", 1),
                             ("mean_p_clean", 3), (METRIC, 3), ("heldout_accuracy", 3)):
             row[col] = fmt(interval(g[col].to_numpy(float), bounded=col in BOUNDED), digits)
         rows.append(row)
     return rows
+
+
+def noise_of(condition: str) -> str:
+    """The noise part of the report's condition label (``closed=0.2 linear 64->64`` -> ``closed=0.2``)."""
+    return str(condition).split(" ")[0]
 
 
 def mode_of(label: str) -> str:
@@ -99,6 +105,7 @@ def geometry_of(label: str, trained: set) -> str:
 
 
 def actual_rows(regime: str, tables: Path) -> list[dict]:
+    """The primary row is the one the report marks (the config's ``analysis.primary``)."""
     p = read(tables, "paired.csv")
     p = p[p["metric"] == METRIC]
     losses = set(p["loss_a"]) | set(p["loss_b"])
@@ -109,8 +116,8 @@ def actual_rows(regime: str, tables: Path) -> list[dict]:
             sign = 1.0 if r["loss_a"] == a else -1.0
             lo, hi = sorted((sign * r["diff_lo"], sign * r["diff_hi"]))
             llo, lhi = sorted((sign * r["learned_diff_lo"], sign * r["learned_diff_hi"]))
-            primary = mode == "detached" and b.startswith("arcface ") and " m=0.5 " not in b
-            rows.append({"regime": regime, "mode": mode, "comparator": b,
+            primary = str(r.get("role", "")) == "primary"
+            rows.append({"regime": regime, "noise": noise_of(r["condition"]), "mode": mode, "comparator": b,
                          "role": "primary" if primary else "secondary", "pairs": int(r["n_pairs"]),
                          "expface_minus_comparator": sfmt({"mean": sign * r["diff_mean"], "lo": lo, "hi": hi}),
                          "p_value": r["p_value"], "learned_pairs": int(r["n_pairs_learned"]),
@@ -123,13 +130,14 @@ def counterfactual_rows(regime: str, tables: Path) -> list[dict]:
     cf = cf[(cf["epoch"] == cf.groupby("run")["epoch"].transform("max")) & cf["available"].astype(bool)]
     rows = []
     trained = set(cf["loss"])
-    for mode, a, b in comparator_pairs(set(cf["counterfactual"])):
+    for (cond, mode, a, b) in [(c, *t) for c in sorted(cf["condition"].unique())
+                               for t in comparator_pairs(set(cf["counterfactual"]))]:
         for geometry in (geometry_of(a, trained), geometry_of(b, trained)):
-            g = cf[cf["loss"] == geometry]
+            g = cf[(cf["loss"] == geometry) & (cf["condition"] == cond)]
             wide = {c: g.pivot_table(index="run", columns="counterfactual", values=c)
                     for c in ("noisy_share", "p_channel_share", "slope_channel_share")}
-            row = {"regime": regime, "mode": mode, "comparator": b, "geometry": geometry,
-                   "runs": len(wide["noisy_share"])}
+            row = {"regime": regime, "noise": noise_of(cond), "mode": mode, "comparator": b,
+                   "geometry": geometry, "runs": len(wide["noisy_share"])}
             for c, w in wide.items():
                 d = (w[a] - w[b]).to_numpy(float)
                 row[c] = sfmt(interval(d))

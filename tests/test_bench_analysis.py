@@ -134,7 +134,8 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
         sys.path.remove(str(REPO / "benchmarks"))
     out = tmp_path / "bench.json"
     assert bench_analysis.main(["--small", "1,1,300", "--large", "2,1,300,30", "--classes", "30",
-                                "--no-figures", "--dir", str(tmp_path / "work"), "--json", str(out)]) == 0
+                                "--many", "3,2,200,20", "--no-figures", "--dir", str(tmp_path / "work"),
+                                "--json", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("size "))
     rows = lines[head + 1:head + 3]
@@ -145,7 +146,30 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
         assert key in lines[head + 3]
     import json
 
+    # the many-small-runs shape against one run of one epoch of the same samples
+    second = [i for i, line in enumerate(lines) if line.startswith("size ")][1]
+    many = lines[second:second + 4]
+    assert [r.split()[0] for r in many[1:3]] == ["one", "many"]
+    assert "1 x 1 x 200" in many[1] and "3 x 2 x 200" in many[2]
+    assert many[3].startswith("per (run, epoch), many minus one:") and "over 5 extra (run, epoch)" in many[3]
     data = json.loads(out.read_text())
-    assert [s["angle_rows"] for s in data["sizes"]] == [300, 600]
+    assert [s["angle_rows"] for s in data["sizes"]] == [300, 600, 200, 1200]
+    per = data["per_run_epoch"]
+    one, big = data["sizes"][2], data["sizes"][3]
+    assert per["pairs"] == 5
+    assert per["wall_ms"] == pytest.approx(1e3 * (big["wall_s"] - one["wall_s"]) / 5)
     assert all(s["wall_s"] > 0 and s["peak_rss_bytes"] > 0 for s in data["sizes"])
     assert (tmp_path / "work" / "2x1x300_c30_report" / "report.md").is_file()
+
+
+def test_benchmark_times_the_pieces(sweep, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_analysis
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rows = bench_analysis.pieces(sweep)
+    assert [r["piece"] for r in rows] == ["find and check runs", "DuckDB passes", "per-run tables",
+                                          "mixture reference", "counterfactual weights"]
+    assert all(r["pairs"] == TRIALS * EPOCHS and r["wall_s"] > 0 for r in rows)
+    assert all(r["cpu_ms_per_pair"] == pytest.approx(1e3 * r["cpu_s"] / (TRIALS * EPOCHS)) for r in rows)

@@ -50,7 +50,7 @@ def test_science_grid_validates_and_matches_the_library(name, lfw_like, tmp_path
     kappa, angle = GRIDS[name]
     over = overrides(name, lfw_like)
     assert main(["sweep", str(CONFIGS / name), "--out", str(tmp_path / "o"), "--dry-run", *over]) == 0
-    assert "80 trials" in capsys.readouterr().out
+    assert "220 trials" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
 
     spec = sweep_spec.load_sweep(CONFIGS / name, over, base_dir=REPO)
@@ -59,14 +59,23 @@ def test_science_grid_validates_and_matches_the_library(name, lfw_like, tmp_path
     if kappa is not None:
         assert {t.config["data"]["train"] for t in trials} == {
             f"synthetic-features:ids=250,dim=64,kappa={kappa},per_id=20,seed=0"}
-    # four losses, each in both gradient modes, none remedied, every one at every seed
-    modes = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"]) for t in trials}
+    assert {t.noise.closed for t in trials} == {0.2, 0.4}
+    # four losses, each in both gradient modes, and the three whose slope falls below 1 once more
+    # with the remedy (grad_floor: 1, exact): every one at every seed and noise rate
+    modes = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"]) for t in trials
+             if "grad_floor" not in t.config["loss"]}
     matched = matched_margin("expface", math.radians(angle), "arcface", {"m": 0.7})
     arc_m = {m for n, m, _ in modes if n == "arcface" and m != 0.5}
     assert len(arc_m) == 1 and arc_m.pop() == pytest.approx(matched, abs=5e-4)
     assert {(n, m) for n, m, _ in modes if (n, m) in LOSSES} == LOSSES
     assert {g for *_, g in modes} == {"exact", "detached"} and len(modes) == 8
-    assert not any("grad_floor" in t.config["loss"] or t.config["loss"].get("easy_margin") for t in trials)
+    assert not any(t.config["loss"].get("easy_margin") for t in trials)
+    remedied = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"],
+                 t.config["loss"]["grad_floor"]) for t in trials if "grad_floor" in t.config["loss"]}
+    assert {(n, m, g) for n, m, g, _ in remedied} == {(n, m, "exact") for n, m, _ in modes if n != "cosface"}
+    assert {f for *_, f in remedied} == {1.0}
+    assert len(trials) == 10 * 2 * 11 and len({(t.config["seed"], t.noise.closed, loss_label(t.config["loss"]))
+                                                for t in trials}) == len(trials)
     # the config's comment states the angle it was matched at and the value
     text = (CONFIGS / name).read_text()
     assert re.search(rf"--match expface:m=0.7 --at {angle}\b", text)
@@ -92,9 +101,13 @@ def test_the_paper_scale_science_config_validates_and_names_its_primary(tmp_path
     over = [f"data.train={rec}", f"data.val=[{val}]"]
     name = CONFIGS / "casia_science.yaml"
     assert main(["sweep", str(name), "--out", str(tmp_path / "o"), "--dry-run", *over]) == 0
-    assert "48 trials" in capsys.readouterr().out
+    assert "66 trials" in capsys.readouterr().out
     spec = sweep_spec.load_sweep(name, over, sweep_dir=tmp_path / "sw")
-    losses = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"]) for t in spec.trials}
+    losses = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"]) for t in spec.trials
+              if "grad_floor" not in t.config["loss"]}
+    remedied = {(t.config["loss"]["name"], t.config["loss"]["m"], t.config["loss"]["grad_mode"])
+                for t in spec.trials if t.config["loss"].get("grad_floor") == 1.0}
+    assert remedied == {(n, m, g) for n, m, g in losses if g == "exact" and n != "cosface"}
     assert len(losses) == 8 and {g for *_, g in losses} == {"exact", "detached"}
     matched = matched_margin("expface", math.radians(45), "arcface", {"m": 0.7})
     assert sorted({m for n, m, _ in losses if n == "arcface"}) == [pytest.approx(matched, abs=5e-4), 0.5]

@@ -42,13 +42,15 @@ def test_trials_spread_over_two_nodes_and_divergence_fails_alone(two_node_cluste
     assert not ray.is_initialized()
     log = tmp_path / "events.jsonl"
     cfg = {"name": "cluster", "trainer": "test_tune_sweep:fake_train", "loss": {"name": "arcface"},
-           "optim": {"epochs": 3}, "fake": {"log": str(log), "sleep": 0.5},
+           "optim": {"epochs": 3}, "fake": {"log": str(log), "sleep": 0.5, "barrier": 2},
            "grid": {"loss.name": ["arcface", "sphereface", "cosface", "expface"]},
            "resources": {"cpu": 1}, "max_failures": 2}
     df = run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw"), address=two_node_cluster.address,
                    echo=None)
     df = df.set_index("loss.name")
-    # 1 CPU per node and 1 CPU per trial: two trials at a time, necessarily on different nodes
+    # 1 CPU per node and 1 CPU per trial: two trials at a time (the first two wait for each other:
+    # Tune reuses a finished trial's worker, so short trials could all run on the first node),
+    # necessarily on different nodes
     node_ids = {n.node_id for n in two_node_cluster.list_all_nodes()}
     assert len(node_ids) == 2
     assert set(df["node_id"]) == node_ids, df[["node_id", "status"]]

@@ -40,6 +40,11 @@ def fake_train(config, report=None):
                 fh.write(json.dumps({"trial": config["name"], "event": event, "pid": os.getpid(), **kw}) + "\n")
 
     log("start", epoch=start)
+    if fake.get("barrier"):  # wait (at most a minute) until that many trials have started
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(
+                json.loads(x)["event"] == "start" for x in Path(fake["log"]).read_text().splitlines()) < fake["barrier"]:
+            time.sleep(0.1)
     epochs = config["optim"]["epochs"]
     for e in range(start, epochs + 1):
         time.sleep(fake.get("sleep", 0.0))
@@ -122,6 +127,15 @@ def slow_steps_train(config, report=None):
         return train(config, report=report)
     finally:
         Stepper.step = real
+
+
+def pid_train(config, report=None):
+    """The real trainer; records the worker's pid beside the run directory first."""
+    from noisyfr.train import train
+
+    with open(str(config["output_dir"]).rstrip("/") + ".pid", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return train(config, report=report)
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +243,39 @@ def test_four_trial_sweep_with_the_real_trainer(ray_local, tmp_path, capsys):
     df2 = run_sweep(load_sweep(cfg, sweep_dir=sdir), resume=True, echo=None)
     assert list(df2["final_loss"]) == list(df["final_loss"])
     assert before == {p: p.stat().st_mtime_ns for p in sdir.glob("trials/*/metrics.csv")}
+
+
+def test_trials_reuse_one_worker_and_match_a_fresh_process(ray_local, tmp_path):
+    """Tune reuses a trial's worker process for the next trial (a fresh process per trial cost
+    seconds each, most of a small feature-regime trial). Reuse must not leak state from one trial
+    into the next: every trial's numbers equal those of the same config trained alone."""
+    import torch
+    import yaml
+
+    from noisyfr.train import train
+    from noisyfr.tune import load_sweep, run_sweep
+
+    cfg = real_cfg(trainer="test_tune_sweep:pid_train", max_concurrent_trials=1)
+    cfg["grid"] = {"loss.name": ["arcface", "cosface", "expface"]}
+    cfg["optim"]["epochs"] = 2
+    cfg["data"]["noise"] = {"closed": 0.3}
+    df = run_sweep(load_sweep(cfg, sweep_dir=tmp_path / "sw"), echo=None, progress=False)
+    assert len(df) == 3 and set(df["status"]) == {"completed"}, df[["trial", "status", "error"]]
+    pids = {Path(out).with_name(Path(out).name + ".pid").read_text().split()[0] for out in df["output_dir"]}
+    assert len(pids) == 1, f"each trial started its own worker: {pids}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial's worker (resources: cpu 1)
+    try:
+        for out in df["output_dir"][1:]:  # the trials that ran in a reused worker
+            alone = yaml.safe_load((Path(out) / "config.yaml").read_text())
+            alone["output_dir"] = str(tmp_path / "alone" / Path(out).name)
+            train(alone)
+            a = pd.read_csv(Path(out) / "metrics.csv")
+            b = pd.read_csv(Path(alone["output_dir"]) / "metrics.csv")
+            for col in ("loss", "theta_clean_mean", "theta_noisy_mean"):
+                assert a[col].tolist() == b[col].tolist(), (out, col)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_gpu_request_without_gpu_fails_before_any_trial(ray_local, tmp_path):

@@ -36,7 +36,6 @@ batches of :data:`CHUNK_ROWS` rows: memory is bounded whatever the size of the r
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,14 +122,10 @@ def blocker(run_section: dict, cf_section: dict) -> str | None:
     return None
 
 
-def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.DataFrame:
-    """:data:`COLUMNS` for one run (:class:`noisyfr.analysis.load.Run`) and each loss section of
-    ``sections``: per logged epoch, the noisy shares that loss would give on the run's logged
-    geometry. ``table``: the run's manifest table in ``con`` (:func:`~noisyfr.analysis.engine.
-    manifest_table`; None: every sample clean). A section without ``s`` takes the run's. A run
-    without ``lse_neg`` (an older log) gives ``available = False`` rows saying so."""
-    from noisyfr.analysis import engine
-
+def _prepare(r, sections: list[dict]) -> tuple[dict, dict, dict]:
+    """``(keys, blocked, built)`` of a run: its key columns, per counterfactual label the reason it
+    is not available (None when it is) and the built losses of the available ones. A section
+    without ``s`` takes the run's."""
     keys = {"run": r.name, "loss": r.loss, "condition": r.condition,
             "seed": r.seed if r.seed is not None else -1}
     run_s = r.loss_settings.get("s")
@@ -138,42 +133,42 @@ def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.Data
     by_label = {label(c): c for c in sections}  # a setting given twice is weighted once
     blocked = {k: blocker(r.loss_settings, c) for k, c in by_label.items()}
     built = {k: build(c) for k, c in by_label.items() if blocked[k] is None}
-    files = [r.files[e] for e in sorted(r.files)]
-    src = engine.run_source(files, r.columns, table)
-    sql = (f"SELECT epoch, is_noisy, coalesce(theta_used, theta_y) AS theta, lse_neg, feat_norm, "
-           f"weight FROM ({src})")
-    acc: dict[tuple, float] = {}
-    logged: dict[int, int] = {}
-    reader = con.sql(sql).to_arrow_reader(CHUNK_ROWS)
-    for batch in reader:
-        df = batch.to_pandas()
-        epochs, code = np.unique(df["epoch"].to_numpy(dtype=np.int64), return_inverse=True)
-        noisy = df["is_noisy"].to_numpy(dtype=bool)
-        lse = df["lse_neg"].to_numpy(dtype=float)
-        ok = np.isfinite(lse)
-        w = np.nan_to_num(df["weight"].to_numpy(dtype=float))
+    return keys, blocked, built
 
-        n_epochs = len(epochs)
 
-        def sums(v, where, code=code, noisy=noisy, k=n_epochs):
-            # per epoch of the batch: the sum over all rows and over noisy ones
-            return (np.bincount(code[where], v, minlength=k),
-                    np.bincount(code[where & noisy], v[noisy[where]], minlength=k))
+def _accumulate(df: pd.DataFrame, built: dict, acc: dict, logged: dict) -> None:
+    """Add the per-epoch sums of one batch of a run's rows (``epoch, is_noisy, theta, lse_neg,
+    feat_norm, weight``) to ``acc`` and the rows with ``lse_neg`` to ``logged``."""
+    epochs, code = np.unique(df["epoch"].to_numpy(dtype=np.int64), return_inverse=True)
+    noisy = df["is_noisy"].to_numpy(dtype=bool)
+    lse = df["lse_neg"].to_numpy(dtype=float)
+    ok = np.isfinite(lse)
+    w = np.nan_to_num(df["weight"].to_numpy(dtype=float))
+    n_epochs = len(epochs)
 
-        every = np.ones(len(df), dtype=bool)
-        per = {"n": sums(np.ones(len(df)), every), "weight": sums(w, every),
-               "logged": sums(np.ones(int(ok.sum())), ok)}
-        if ok.any():
-            theta, fn = df["theta"].to_numpy(dtype=float)[ok], df["feat_norm"].to_numpy(dtype=float)[ok]
-            for name, loss in built.items():
-                ws = sample_weights(loss, theta, lse[ok], fn)
-                for k in _SUMS:
-                    per[(name, k)] = sums(ws[k], ok)
-                per[(name, "n_ok")] = sums(np.ones(int(ok.sum())), ok)
-        for i, e in enumerate(int(x) for x in epochs):
-            for key, (total, part) in per.items():
-                _add(acc, (e, *key) if isinstance(key, tuple) else (e, key), total[i], part[i])
-            logged[e] = logged.get(e, 0) + int(per["logged"][0][i])
+    def sums(v, where, code=code, noisy=noisy, k=n_epochs):
+        # per epoch of the batch: the sum over all rows and over noisy ones
+        return (np.bincount(code[where], v, minlength=k),
+                np.bincount(code[where & noisy], v[noisy[where]], minlength=k))
+
+    every = np.ones(len(df), dtype=bool)
+    per = {"n": sums(np.ones(len(df)), every), "weight": sums(w, every),
+           "logged": sums(np.ones(int(ok.sum())), ok)}
+    if ok.any():
+        theta, fn = df["theta"].to_numpy(dtype=float)[ok], df["feat_norm"].to_numpy(dtype=float)[ok]
+        for name, loss in built.items():
+            ws = sample_weights(loss, theta, lse[ok], fn)
+            for k in _SUMS:
+                per[(name, k)] = sums(ws[k], ok)
+            per[(name, "n_ok")] = sums(np.ones(int(ok.sum())), ok)
+    for i, e in enumerate(int(x) for x in epochs):
+        for key, (total, part) in per.items():
+            _add(acc, (e, *key) if isinstance(key, tuple) else (e, key), total[i], part[i])
+        logged[e] = logged.get(e, 0) + int(per["logged"][0][i])
+
+
+def _rows(r, keys: dict, blocked: dict, acc: dict, logged: dict) -> pd.DataFrame:
+    """:data:`COLUMNS` of one run from its accumulated sums."""
     rows = []
     for e in sorted(logged):
         n, n_noisy = acc[(e, "n")]
@@ -200,6 +195,59 @@ def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.Data
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+#: The columns the counterfactual weights read of an angle relation.
+_READ = "epoch, is_noisy, coalesce(theta_used, theta_y) AS theta, lse_neg, feat_norm, weight"
+
+
+def run_table(con, r, sections: list[dict], table: str | None = None) -> pd.DataFrame:
+    """:data:`COLUMNS` for one run (:class:`noisyfr.analysis.load.Run`) and each loss section of
+    ``sections``: per logged epoch, the noisy shares that loss would give on the run's logged
+    geometry. ``table``: the run's manifest table in ``con`` (:func:`~noisyfr.analysis.engine.
+    manifest_table`; None: every sample clean). A section without ``s`` takes the run's. A run
+    without ``lse_neg`` (an older log) gives ``available = False`` rows saying so."""
+    from noisyfr.analysis import engine
+
+    keys, blocked, built = _prepare(r, sections)
+    files = [r.files[e] for e in sorted(r.files)]
+    src = engine.run_source(files, r.columns, table)
+    acc: dict[tuple, float] = {}
+    logged: dict[int, int] = {}
+    for batch in con.sql(f"SELECT {_READ} FROM ({src})").to_arrow_reader(CHUNK_ROWS):
+        _accumulate(batch.to_pandas(), built, acc, logged)
+    return _rows(r, keys, blocked, acc, logged)
+
+
+def batch_tables(con, runs, sections: list[dict], manifests) -> list[pd.DataFrame]:
+    """:func:`run_table` of each of ``runs`` (one batch of :func:`noisyfr.analysis.scan.batches`:
+    the same logged columns) from one pass over all their logs
+    (:func:`noisyfr.analysis.scan.batch_source`; ``manifests``: its
+    :class:`~noisyfr.analysis.scan.BatchManifests`)."""
+    from threadpoolctl import threadpool_limits
+
+    from noisyfr.analysis import scan
+
+    prepared = [_prepare(r, sections) for r in runs]
+    acc: list[dict] = [{} for _ in runs]
+    logged: list[dict] = [{} for _ in runs]
+    files = [[r.files[e] for e in sorted(r.files)] for r in runs]
+    src = scan.batch_source(con, runs, files, manifests)
+    # one thread for torch's elementwise work: a few thousand rows a run gain nothing from its
+    # OpenMP pool, which spins on a busy machine (the same numbers either way)
+    try:
+        with threadpool_limits(1):
+            for batch in con.sql(f"SELECT run_id, {_READ} FROM ({src})").to_arrow_reader(CHUNK_ROWS):
+                df = batch.to_pandas()
+                ids = df["run_id"].to_numpy(dtype=np.int64)
+                order = np.argsort(ids, kind="stable")
+                bounds = np.searchsorted(ids[order], np.arange(len(runs) + 1))
+                for i in np.unique(ids):
+                    part = df.iloc[order[bounds[i]:bounds[i + 1]]]
+                    _accumulate(part, prepared[i][2], acc[i], logged[i])
+    finally:
+        con.unregister("batch_files")
+    return [_rows(r, p[0], p[1], a, g) for r, p, a, g in zip(runs, prepared, acc, logged)]
+
+
 def _add(acc: dict, key: tuple, total: float, noisy: float) -> None:
     a, b = acc.get(key, (0.0, 0.0))
     acc[key] = (a + float(total), b + float(noisy))
@@ -221,17 +269,21 @@ def loss_sections(runs) -> list[dict]:
 
 def table(runs, extra: list[dict] | None = None) -> pd.DataFrame:
     """:func:`run_table` for every run, under every loss setting of the runs plus ``extra``
-    (loss sections; one without ``s`` takes each run's), one DuckDB connection, one run at a
-    time."""
-    from noisyfr.analysis import engine
+    (loss sections; one without ``s`` takes each run's), one DuckDB connection: small runs many
+    at a time (:func:`batch_tables` over :func:`noisyfr.analysis.scan.batches`), a large one
+    alone."""
+    from noisyfr.analysis import engine, scan
 
     sections = loss_sections(runs) + list(extra or [])
     frames = []
     con = engine.connect()
-    manifests: dict[Path, str] = {}
+    manifests = scan.BatchManifests(con, "cf_manifests")
     try:
-        for r in runs:
-            frames.append(run_table(con, r, sections, engine.run_manifest(con, r, manifests, "cf_manifest")))
+        for batch in scan.batches(runs):
+            if len(batch) > 1:
+                frames += batch_tables(con, batch, sections, manifests)
+            else:
+                frames.append(run_table(con, batch[0], sections, manifests.table(batch[0].manifest_path)))
     finally:
         con.close()
     frames = [f for f in frames if len(f)]

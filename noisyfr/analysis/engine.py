@@ -32,6 +32,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# split out of this module and re-exported: the input checks and the order statistics
+from noisyfr.analysis.checks import (  # noqa: F401 (re-exported)
+    _check_join,
+    check_parts,
+    check_source,
+    check_theta,
+    first_sentence,
+    locate_scan_error,
+    quote,
+)
+from noisyfr.analysis.order import ORDER_GROUPS, SAMPLE_ROWS, group_counts, order_bins, rank_bins  # noqa: F401
 from noisyfr.angle_log import WEIGHT_COLUMNS
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
@@ -57,11 +68,6 @@ NAN_AS_NULL = ("theta_orig", "weight", "weight_theta", "grad_norm", "unit_pull",
                "theta_used", "lse_neg")
 
 
-def quote(text: str) -> str:
-    """``text`` as a SQL string literal."""
-    return "'" + str(text).replace("'", "''") + "'"
-
-
 def connect(memory_limit: str | None = None, threads: int | None = None):
     """An in-memory DuckDB connection set up for the analysis (all cores, a memory limit,
     spilling to a private temporary directory). The directory is removed with its contents
@@ -83,13 +89,6 @@ def connect(memory_limit: str | None = None, threads: int | None = None):
         raise
     weakref.finalize(con, shutil.rmtree, tmp, True)
     return con
-
-
-def first_sentence(exc: BaseException) -> str:
-    """The first line of an exception's message, cut at its first sentence."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    m = re.match(r"^(.*?[.!?])(\s|$)", text)
-    return (m.group(1) if m else text).rstrip(".")
 
 
 def _scan_list(files: list[Path]) -> str:
@@ -263,8 +262,9 @@ class Parts:
         def put(df):
             if df is None:
                 return None
-            return pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in values.items()}, index=df.index),
-                              df], axis=1)
+            # scalars broadcast over the index: the dtypes a list of len(df) values infers, faster
+            const = pd.DataFrame(values if len(df) else {k: [] for k in values}, index=df.index)
+            return pd.concat([const, df], axis=1)
         return Parts(list(values) + self.keys, put(self.cells), put(self.hist), put(self.wbins),
                      put(self.dominant), self.weight, self.region_deg, self.bins,
                      self.first_unknown, self.first_mislabelled, put(self.rows), put(self.sample),
@@ -288,7 +288,8 @@ def clip_bins(values: pd.Series, nbins: int) -> np.ndarray:
 
 def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "grad_norm",
               region_deg: float = 60.0, bins: int = 36, quantile: float = 0.9,
-              raw: str | None = None, manifest: str | None = None, where: str = "angle log") -> Parts:
+              raw: str | None = None, manifest: str | None = None, where: str = "angle log",
+              sample_by_key: bool = False) -> Parts:
     """Stream ``source`` (SQL of an angle relation) into :class:`Parts`: one scan for the cells,
     one for both histograms, then one narrow scan for the rows of the few fine bins that hold the
     medians and the ``quantile`` threshold (:func:`order_bins`) and a fixed sample of theta_y
@@ -301,7 +302,9 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
     it keeps. ``where`` names the input in errors. The cells carry the input checks: the range of
     theta_y, the rows whose sample is missing from the manifest and those it labels differently
     (:func:`check_parts`; the weights' ranges are checked from the files' statistics,
-    :func:`noisyfr.analysis.load.angle_files`)."""
+    :func:`noisyfr.analysis.load.angle_files`). With ``sample_by_key`` the mixture's sample
+    takes every k-th sample index with k from each key's own largest epoch (as a pass over that
+    key's rows alone would: :mod:`noisyfr.analysis.scan`), else from the largest of all."""
     keys = list(keys or [])
     k = "".join(f"{c}, " for c in keys)
     t = math.radians(region_deg)
@@ -352,6 +355,8 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
         hist["n"] = hist["n"].astype(np.int64)
         n_epoch = cells.groupby(keys + ["epoch"], dropna=False)["n"].sum()
         take = int(n_epoch.max()) if len(n_epoch) else 0
+        if sample_by_key and keys and len(n_epoch):
+            take = n_epoch.groupby(level=keys, dropna=False).max().rename("take").reset_index()
         rows, sample = _narrow(con, k, keys, order_bins(hist, keys, quantile), take, weight, raw, manifest)
         first = {}
         if len(cells) and (cells["n_in_manifest"].sum() < cells["n"].sum() or cells["n_mislabelled"].sum()):
@@ -370,15 +375,21 @@ def aggregate(con, source: str, keys: list[str] | None = None, weight: str = "gr
                  first.get("unknown"), first.get("mislabelled"), rows, sample, quantile)
 
 
-def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weight: str,
+def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take, weight: str,
             raw: str | None, manifest: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One scan for the order-statistic rows (every row of the ``targets`` bins, with its noise
     type and weight) and the mixture's sample (theta_y of up to :data:`SAMPLE_ROWS` rows an
-    epoch, by sample_index)."""
+    epoch, by sample_index). ``take``: the largest epoch's samples, or a table of it per key
+    (keys + ``take``)."""
     names = np.array(NOISE_TYPES, dtype=object)
     fine = repr(FINE_BINS / math.pi)
-    step = max(1, math.ceil(take / SAMPLE_ROWS))
-    sampled = "true" if step == 1 else f"sample_index % {step} = 0"
+    steps = None
+    if isinstance(take, pd.DataFrame):  # a step per key: joined to the targets below
+        steps = take.assign(step=np.maximum(1, -(-take["take"].to_numpy(dtype=np.int64) // SAMPLE_ROWS)))
+        sampled = "(s.sample_index % st.step = 0)"
+    else:
+        step = max(1, math.ceil(take / SAMPLE_ROWS))
+        sampled = "true" if step == 1 else f"sample_index % {step} = 0"
     if raw is not None and not keys:  # one run: the targets as a plain predicate on the logs
         yb = _bin("theta_y", fine, FINE_BINS, finite=True)
         # the unclipped bins: 0 takes the values just below 0, the last bin those at pi
@@ -400,11 +411,18 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weig
                f"{_bin('theta_y', fine, FINE_BINS, finite=True)} AS yb, 0 AS code FROM ({raw})")
         con.register("order_targets", targets.assign(target=True))
         on = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in keys + ["epoch", "yb"])
+        join = ""
+        if steps is not None:
+            con.register("sample_steps", steps[keys + ["step"]])
+            join = " JOIN sample_steps st ON " + " AND ".join(f"s.{c} IS NOT DISTINCT FROM st.{c}" for c in keys)
         try:
             got = con.sql(f"SELECT s.*, coalesce(t.target, false) AS target, {sampled} AS sampled "
-                          f"FROM ({src}) s LEFT JOIN order_targets t ON {on} WHERE t.target OR {sampled}").df()
+                          f"FROM ({src}) s{join} LEFT JOIN order_targets t ON {on} "
+                          f"WHERE t.target OR {sampled}").df()
         finally:
             con.unregister("order_targets")
+            if steps is not None:
+                con.unregister("sample_steps")
     rows = got[got["target"].astype(bool)]
     rows = pd.DataFrame({**{c: rows[c].to_numpy() for c in keys}, "epoch": rows["epoch"].to_numpy(),
                          "yb": clip_bins(rows["yb"], FINE_BINS),
@@ -414,123 +432,10 @@ def _narrow(con, k: str, keys: list[str], targets: pd.DataFrame, take: int, weig
     return rows, sample[keys + ["epoch", "theta_y"]].reset_index(drop=True)
 
 
-#: theta_y values per epoch the Gaussian-mixture reference is fitted to: every sample up to
-#: this many, else every k-th sample index (k = samples / this, rounded up).
-SAMPLE_ROWS = 2048
-#: the groups whose order statistics the report needs: (name, noise types or None for all)
-ORDER_GROUPS = (("clean", ("clean",)), ("noisy", None), ("all", None))
-
-
-def group_counts(h: pd.DataFrame, group: str) -> pd.Series:
-    """Fine-bin counts of one epoch's histogram rows for ``group``: clean, noisy (any type but
-    clean) or all."""
-    if group == "clean":
-        h = h[h["noise"] == "clean"]
-    elif group == "noisy":
-        h = h[h["noise"] != "clean"]
-    return h.groupby("yb")["n"].sum()
-
-
-def rank_bins(counts: pd.Series, q: float) -> list[tuple[int, int]]:
-    """``[(bin, rank inside the bin)]`` of the order statistics numpy's linear ``q`` quantile
-    interpolates between (one or two)."""
-    counts = counts[counts > 0].sort_index()
-    n = int(counts.sum())
-    if n == 0:
-        return []
-    pos = q * (n - 1)
-    cum = np.cumsum(counts.to_numpy())
-    out = []
-    for k in sorted({math.floor(pos), math.ceil(pos)}):
-        i = int(np.searchsorted(cum, k, side="right"))
-        out.append((int(counts.index[i]), int(k - (cum[i] - counts.iloc[i]))))
-    return out
-
-
-def order_bins(hist: pd.DataFrame, keys: list[str], quantile: float) -> pd.DataFrame:
-    """The fine bins (keys, epoch, yb) that hold the medians of the clean and the noisy samples
-    and the ``quantile`` threshold of the clean ones (of all where none is clean)."""
-    out = []
-    for key, h in hist.groupby(keys + ["epoch"], sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        clean = group_counts(h, "clean")
-        wanted = [("clean", 0.5), ("noisy", 0.5), ("clean" if clean.sum() > 0 else "all", quantile)]
-        for group, q in wanted:
-            found = [b for b, _ in rank_bins(group_counts(h, group), q)]
-            # every bin between the two order statistics: the threshold may fall in one that
-            # holds no sample of the group but samples of another
-            for b in range(min(found, default=0), max(found, default=-1) + 1):
-                out.append((*key, b))
-    return pd.DataFrame(out, columns=keys + ["epoch", "yb"]).drop_duplicates()
-
-
-def check_theta(cells: pd.DataFrame, where: str) -> None:
-    """theta_y finite and inside [0, pi] (from the cells' range), else NoisyFRError naming ``where``."""
-    if cells.empty:
-        return
-    if "n_null_theta" in cells.columns and cells["n_null_theta"].fillna(0).sum() > 0:
-        raise NoisyFRError(f"{where}: column theta_y has missing (null) values")
-    # numpy, not pandas: a pandas max skips the NaN it must find
-    both = np.concatenate([cells["min_theta"].to_numpy(dtype=float), cells["max_theta"].to_numpy(dtype=float)])
-    lo, hi = both.min(), both.max()
-    if not np.isfinite(both).all():
-        raise NoisyFRError(f"{where}: column theta_y has NaN or infinite values")
-    if lo < -1e-6 or hi > math.pi + 1e-6:
-        raise NoisyFRError(f"{where}: theta_y outside [0, pi] (angles must be in radians)")
-
-
-def check_parts(parts: Parts, where: str, manifest: Path | None = None) -> None:
-    """Raise the first input problem the pass found, naming ``where`` (a run's angles folder)."""
-    # theta_y's range was checked by the pass itself (aggregate -> check_theta)
-    _check_join(where, parts.first_unknown, parts.first_mislabelled, manifest)
-
-
-def _check_join(where: str, unknown, mislabelled, manifest: Path | None) -> None:
-    if unknown is not None and pd.notna(unknown):
-        raise NoisyFRError(f"{where}: sample_index {int(unknown)} is not in manifest {manifest}")
-    if mislabelled is not None and pd.notna(mislabelled):
-        raise NoisyFRError(f"{where}: label of sample_index {int(mislabelled)} differs "
-                           f"from manifest {manifest} (wrong manifest?)")
-
-
-def check_source(con, source: str, files: list[Path], where: str, manifest: Path | None = None) -> None:
-    """The checks :func:`aggregate` makes of an angle relation (:func:`run_source` of ``files``),
-    as one narrow pass for a command that reads the logs another way (``noisyfr clean``):
-    theta_y finite and in [0, pi] (:func:`check_theta`), every sample in the manifest and labelled
-    as it says; a file DuckDB cannot read is named (:func:`locate_scan_error`). One line naming
-    ``where`` otherwise: the same input gets the same answer from every command."""
-    import duckdb
-
-    try:
-        got = con.sql(f"SELECT min(theta_y) AS min_theta, max(theta_y) AS max_theta, "
-                      "sum((theta_y IS NULL)::INTEGER) AS n_null_theta, "
-                      "min(sample_index) FILTER (WHERE manifest_index IS NULL) AS unknown, "
-                      "min(sample_index) FILTER (WHERE manifest_label <> label) AS mislabelled "
-                      f"FROM ({source})").df()
-    except duckdb.Error as exc:
-        raise locate_scan_error(con, files, exc) from None
-    check_theta(got, where)
-    row = got.iloc[0]
-    _check_join(where, row["unknown"], row["mislabelled"], manifest)
-
-
 def noise_order(names) -> list[str]:
     """Noise type names in the library's order."""
     names = set(names)
     return [n for n in NOISE_TYPES if n in names] + sorted(names - set(NOISE_TYPES))
-
-
-def locate_scan_error(con, files: list[Path], exc: BaseException) -> NoisyFRError:
-    """The one-line error for a scan that failed: the first of ``files`` that cannot be read on
-    its own, named, else the scan's own first sentence."""
-    import duckdb
-
-    for f in files:
-        try:
-            con.sql(f"SELECT * FROM read_parquet({quote(f)})").fetchall()
-        except duckdb.Error as one:
-            return NoisyFRError(f"{f}: cannot read angle log ({first_sentence(one)})")
-    return NoisyFRError(f"{files[0].parent}: cannot read angle logs ({first_sentence(exc)})")
 
 
 def theta_histogram(parts: Parts, width_deg: float = 0.5) -> pd.DataFrame:

@@ -174,19 +174,27 @@ EPOCH_CHUNK = 8
 
 def _passes(con, runs, o: _Options, shown: set[str]):
     """The DuckDB side of :func:`_stream`, in order: per run, ``("chunk", run, parts)`` for each
-    chunk of at most :data:`EPOCH_CHUNK` epochs, then ``("end", run, cleaning rows, angle plane)``."""
-    from noisyfr.analysis import engine
+    chunk of at most :data:`EPOCH_CHUNK` epochs, then ``("end", run, cleaning rows, angle plane)``.
+    Small runs are read many at a time (:mod:`noisyfr.analysis.scan`): one chunk of all epochs."""
+    from noisyfr.analysis import engine, scan
 
-    manifests: dict[Path, str] = {}
-    for r in runs:
-        table = engine.run_manifest(con, r, manifests)
-        epochs = sorted(r.files)
-        for i in range(0, len(epochs), EPOCH_CHUNK):
-            yield "chunk", r, _aggregate_run(con, r, [r.files[e] for e in epochs[i:i + EPOCH_CHUNK]], table, o)
-        last = engine.run_source([r.files[epochs[-1]]], r.columns, table)
-        cleaning = _cleaning_rows(con, last, r, epochs[-1]) if r.manifest_path is not None else None
-        plane = engine.angle_plane(con, last).assign(**_run_keys(r)) if r.name in shown else None
-        yield "end", r, cleaning, plane
+    manifests = scan.BatchManifests(con)
+    for batch in scan.batches(runs):
+        got = (scan.aggregate_batch(con, batch, manifests, o.weight, o.region_deg, o.bins, o.quantile)
+               if len(batch) > 1 else None)
+        for j, r in enumerate(batch):
+            table = manifests.table(r.manifest_path)
+            epochs = sorted(r.files)
+            if got is not None:
+                yield "chunk", r, got[j].with_keys(_run_keys(r))
+            else:
+                for i in range(0, len(epochs), EPOCH_CHUNK):
+                    yield "chunk", r, _aggregate_run(con, r, [r.files[e] for e in epochs[i:i + EPOCH_CHUNK]],
+                                                     table, o)
+            last = engine.run_source([r.files[epochs[-1]]], r.columns, table)
+            cleaning = _cleaning_rows(con, last, r, epochs[-1]) if r.manifest_path is not None else None
+            plane = engine.angle_plane(con, last).assign(**_run_keys(r)) if r.name in shown else None
+            yield "end", r, cleaning, plane
 
 
 def _prefetched(items):

@@ -66,6 +66,23 @@ def runs_frame(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _angle_selects(con, runs) -> list[str]:
+    """SQL of the ``angles`` view, one SELECT per batch of runs (:func:`noisyfr.analysis.scan.batches`:
+    one scan over all their logs, :func:`~noisyfr.analysis.scan.batch_source`), in the runs' order."""
+    from noisyfr.analysis import scan
+
+    manifests = scan.BatchManifests(con, "view_manifests")
+    selects = []
+    for k, batch in enumerate(scan.batches(runs)):
+        names = f"view_runs_{k}"
+        con.register(names, pd.DataFrame({"run_id": range(len(batch)), "run": [r.name for r in batch]}))
+        src = scan.batch_source(con, batch, [list(r.files.values()) for r in batch], manifests,
+                                name=f"view_files_{k}")
+        selects.append(f"SELECT n.run, s.* EXCLUDE (run_id, manifest_index, manifest_label, noise_code) "
+                       f"FROM ({src}) s JOIN {names} n ON s.run_id = n.run_id")
+    return selects
+
+
 def open(run_or_sweep_dir: str | Path, memory_limit: str | None = None,  # noqa: A001 (the documented name)
          inputs: list | None = None):
     """A DuckDB connection on a run or sweep directory with the views :data:`VIEWS` (module
@@ -76,18 +93,9 @@ def open(run_or_sweep_dir: str | Path, memory_limit: str | None = None,  # noqa:
     root = Path(run_or_sweep_dir)
     runs = load.scan_runs(root)
     con = engine.connect(memory_limit=memory_limit)
-    selects, allowed = [], {str(root.resolve())}
-    for i, r in enumerate(runs):
-        table = None
-        if r.manifest_path is not None:
-            table = f"manifest_{i}"
-            engine.manifest_table(con, r.manifest_path, table)
-            allowed.add(str(Path(r.manifest_path).resolve()))
-        src = engine.run_source(list(r.files.values()), r.columns, table)
-        selects.append(f"SELECT {engine.quote(r.name)} AS run, * EXCLUDE (manifest_index, manifest_label, "
-                       f"noise_code) FROM ({src})")
-        allowed.add(str(Path(r.path).resolve()))
-    con.execute("CREATE VIEW angles AS " + " UNION ALL BY NAME ".join(selects))
+    allowed = {str(root.resolve())}
+    allowed |= {str(Path(p).resolve()) for r in runs for p in (r.path, r.manifest_path) if p is not None}
+    con.execute("CREATE VIEW angles AS " + " UNION ALL BY NAME ".join(_angle_selects(con, runs)))
     con.register("runs_frame", runs_frame(runs))
     con.execute("CREATE VIEW runs AS SELECT * FROM runs_frame")
     metrics = [r.metrics.assign(run=r.name) for r in runs if not r.metrics.empty]

@@ -177,7 +177,7 @@ def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
         trainable,
         param_space={"trial": tune.grid_search(_trial_dicts(spec))},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials or None,
-                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name, reuse_actors=True),
         run_config=tune.RunConfig(
             storage_path=str(spec.sweep_dir), name="tune", verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
