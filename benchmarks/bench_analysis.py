@@ -5,7 +5,7 @@
         [--dir DIR] [--json PATH]
 
 For each size (``TRIALS,EPOCHS,SAMPLES[,CLASSES]``) a sweep is fabricated with
-:func:`noisyfr.analysis.synthetic.fabricate_sweep` (trials cycling over arcface, cosface and
+``fabricate_sweep`` of tests/fabricate.py (trials cycling over arcface, cosface and
 expface and over seeds, closed-set noise ``--noise``; not timed), then
 ``python -m noisyfr analyze SWEEP --out REPORT [--no-figures] [--analyze-args ...]`` runs in a
 fresh subprocess (this interpreter, the repository first on ``PYTHONPATH``). The benchmark
