@@ -5,7 +5,7 @@
         [--dir DIR] [--json PATH]
 
 For each size (``TRIALS,EPOCHS,SAMPLES[,CLASSES]``) a sweep is fabricated with
-:func:`noisyfr.analysis.synthetic.fabricate_sweep` (trials cycling over arcface, cosface and
+``fabricate_sweep`` of tests/fabricate.py (trials cycling over arcface, cosface and
 expface and over seeds, closed-set noise ``--noise``; not timed), then
 ``python -m noisyfr analyze SWEEP --out REPORT [--no-figures] [--analyze-args ...]`` runs in a
 fresh subprocess (this interpreter, the repository first on ``PYTHONPATH``). The benchmark
@@ -114,7 +114,7 @@ def fabricate(path: Path, trials: int, epochs: int, samples: int, classes: int, 
               seed: int) -> tuple[float, bool]:
     """Fabricate the sweep at ``path`` (or reuse the one there made with the same arguments):
     ``(seconds, reused)``."""
-    from noisyfr.analysis.synthetic import fabricate_sweep
+    from tests.fabricate import fabricate_sweep
 
     stamp = {"trials": trials, "epochs": epochs, "samples": samples, "classes": classes,
              "noise": noise, "seed": seed}

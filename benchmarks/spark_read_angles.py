@@ -12,7 +12,7 @@ noisyfr: install it anywhere and put it on PYTHONPATH, e.g.
         --size 3,5,100000 --dir /tmp/spark_sweep
 
 ``--sweep DIR`` reads an existing sweep (or run) directory instead of fabricating one
-(:func:`noisyfr.analysis.synthetic.fabricate_sweep`, closed-set noise 0.2, 1000 classes, seed 0).
+(`fabricate_sweep` of tests/fabricate.py, closed-set noise 0.2, 1000 classes, seed 0).
 Prints the versions, the timings and the largest difference; exits 1 when Spark's numbers differ
 from DuckDB's, 2 when pyspark or java is missing. docs/cluster_analysis.md records a run.
 """
@@ -51,7 +51,7 @@ def _java_version() -> str:
 def _sweep(args) -> Path:
     if args.sweep:
         return Path(args.sweep).resolve()
-    from noisyfr.analysis.synthetic import fabricate_sweep
+    from tests.fabricate import fabricate_sweep
 
     trials, epochs, samples = (int(x) for x in args.size.split(","))
     out = Path(args.dir) / f"sweep_{trials}x{epochs}x{samples}"

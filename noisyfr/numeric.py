@@ -42,6 +42,17 @@ MAX_EMBEDDING_DIM = 65536
 #: Identities of a dataset (a RecordIO label or ``property`` count beyond it is corruption, not
 #: a 16M-way classifier: WebFace42M has 2M identities).
 MAX_IDENTITIES = 2**24
+#: Bounds of the loss curves' reference setting (:mod:`noisyfr.losses.curves`, ``noisyfr curves``):
+#: theta values, classes, and their product (each mode holds a float64 cosine matrix of points x
+#: classes and its gradient: 10M cells = 160 MB).
+MAX_CURVE_POINTS = 100_000
+MAX_CURVE_CLASSES = 1_000_000
+MAX_CURVE_CELLS = 10_000_000
+#: Losses drawn by ``noisyfr curves`` by default, and the target-logit difference (before s) that
+#: counts as differing in a margin match (:mod:`noisyfr.losses.matching`). Here, beside the limits,
+#: so that the command's ``--help`` needs no torch.
+DEFAULT_CURVE_LOSSES = ("arcface", "cosface", "sphereface", "expface")
+DEFAULT_MATCH_TOL = 0.01
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 

@@ -1,6 +1,6 @@
 """Tests of noisyfr.analysis: statistics against independent references, and a report on run
 directories with a known structure (a cosine classifier trained here with half its labels flipped,
-and the synthetic sweep of noisyfr.analysis.synthetic)."""
+and the synthetic sweep of tests/fabricate.py)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from fabricate import make_synthetic_run, make_synthetic_sweep
 from PIL import Image
 from scipy.stats import mannwhitneyu
 
@@ -19,7 +20,6 @@ from noisyfr.analysis import plots, stats, write_report
 from noisyfr.analysis.document import markdown_table
 from noisyfr.analysis.load import load_run, long_angles
 from noisyfr.analysis.report import analytic_curves
-from noisyfr.analysis.synthetic import make_synthetic_run, make_synthetic_sweep
 from noisyfr.cli import main
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.manifest import write_manifest

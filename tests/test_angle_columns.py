@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 from conftest import boundaryface_batch, exit_status
+from fabricate import make_synthetic_run
 
 from noisyfr.analysis.load import _complete_angle_log
-from noisyfr.analysis.synthetic import make_synthetic_run
 from noisyfr.losses import MarginHead, build_loss
 from noisyfr.losses.partial_fc import PartialFCHead
 from noisyfr.train.angles import _FLOATS, COLUMNS, REQUIRED_COLUMNS, WEIGHT_COLUMNS, batch_rows, sharded_batch_rows

@@ -1,4 +1,4 @@
-"""The fabricated benchmark sweeps of ``noisyfr.analysis.synthetic.fabricate_sweep`` (the trainer's
+"""The fabricated benchmark sweeps of ``fabricate.fabricate_sweep`` (the trainer's
 files and dtypes, realistic values, determinism, a report that sees every run learned) and
 ``benchmarks/bench_analysis.py`` end to end at a tiny size."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fabricate import FABRICATED_LOSSES, fabricate_sweep
 
 from noisyfr.analysis import write_report
-from noisyfr.analysis.synthetic import FABRICATED_LOSSES, fabricate_sweep
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.manifest import read_manifest
 from noisyfr.train import angles as angles_mod

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisyfr.analysis import scores
 from noisyfr.analysis.load import load_run, long_angles, scan_run
+from noisyfr.cleaning import scores
 from noisyfr.cli import main
 from noisyfr.train import load_config, train
 

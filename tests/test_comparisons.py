@@ -160,8 +160,9 @@ def test_the_plan_is_read_from_the_stored_sweep(tmp_path):
 
 
 def test_the_report_names_the_primary_and_reads_pairs_at_the_fixed_epoch(tmp_path):
+    from fabricate import make_synthetic_sweep
+
     from noisyfr.analysis.report import write_report
-    from noisyfr.analysis.synthetic import make_synthetic_sweep
 
     src = make_synthetic_sweep(tmp_path / "sweep", closed_rates=(0.2,), seeds=(0, 1, 2), epochs=3)
     primary = {"metric": "noisy_weight_share", "condition": "closed=0.2",

@@ -165,8 +165,9 @@ def test_blockers():
 
 
 def test_shares_on_a_fabricated_sweep_and_older_logs(tmp_path):
+    from fabricate import fabricate_sweep, make_synthetic_run
+
     from noisyfr.analysis.load import scan_runs
-    from noisyfr.analysis.synthetic import fabricate_sweep, make_synthetic_run
 
     sweep = fabricate_sweep(tmp_path / "sw", trials=3, epochs=2, samples=600, classes=20, noise=0.4)
     runs = scan_runs(sweep)
@@ -186,8 +187,9 @@ def test_shares_on_a_fabricated_sweep_and_older_logs(tmp_path):
 
 
 def test_report_section_and_demo_lines(tmp_path):
+    from fabricate import fabricate_sweep
+
     from noisyfr.analysis.report import write_report
-    from noisyfr.analysis.synthetic import fabricate_sweep
     from noisyfr.demo import conclusions
 
     sweep = fabricate_sweep(tmp_path / "sw", trials=6, epochs=2, samples=400, classes=20, noise=0.4)
@@ -204,8 +206,7 @@ def test_report_section_and_demo_lines(tmp_path):
 
 def test_analyze_counterfactual_option(tmp_path, capsys):
     from conftest import exit_status
-
-    from noisyfr.analysis.synthetic import fabricate_sweep
+    from fabricate import fabricate_sweep
 
     sweep = fabricate_sweep(tmp_path / "sw", trials=3, epochs=1, samples=300, classes=20, noise=0.4)
     out = tmp_path / "rep"

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fabricate import make_synthetic_run, make_synthetic_sweep
 from sklearn.metrics import roc_auc_score
 
 from noisyfr.analysis import engine, stats
-from noisyfr.analysis.synthetic import make_synthetic_run, make_synthetic_sweep
 from noisyfr.cli import main
 from noisyfr.train.angles import HEALTH_COLUMNS, health_metrics
 

@@ -77,7 +77,7 @@ def cli(argv: list[str], capsys) -> tuple[int, list[str]]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    from noisyfr.analysis.synthetic import make_synthetic_sweep
+    from fabricate import make_synthetic_sweep
 
     w = World(tmp_path_factory.mktemp("world"))
     for argv in (["synth", "--ids", 4, "--per-id", 4, "--size", 32, "--out", w.data],

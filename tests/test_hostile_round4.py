@@ -125,7 +125,7 @@ def rewrite_log(path: Path, change) -> None:
 def world(tmp_path_factory) -> Path:
     """A synthetic sweep (no training), a secret file outside it, and a copy of one trial whose
     manifest lives outside the run (``run`` + ``outside/M.parquet``)."""
-    from noisyfr.analysis.synthetic import make_synthetic_sweep
+    from fabricate import make_synthetic_sweep
 
     root = tmp_path_factory.mktemp("round4")
     make_synthetic_sweep(root / "sweep", losses=("arcface",), closed_rates=(0.0, 0.4), seeds=(0,),
@@ -300,7 +300,7 @@ def test_rule_labels_are_checked_after_slugging(tmp_path, capsys, labels, words)
 
 def test_clean_refuses_to_leave_an_identity_only_held_out_images(run_copy, world, tmp_path, capsys):
     from noisyfr.analysis import load
-    from noisyfr.analysis.clean_cli import heldout_rows
+    from noisyfr.cleaning.cli import heldout_rows
 
     cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
     cfg["data"]["holdout"] = 0.5
@@ -352,7 +352,7 @@ def test_an_empty_last_epoch_log_is_refused(world, tmp_path, capsys):
 
 
 def test_a_sheet_titles_each_class_with_its_true_identity():
-    from noisyfr.analysis.sheet import class_names
+    from noisyfr.cleaning.sheet import class_names
 
     manifest = pd.DataFrame({"index": [0, 1, 2, 3], "identity": ["bob", "ann", "ann", "bob"],
                              "orig_label": [1, 0, 0, 1], "label": [0, 0, 0, 1]})

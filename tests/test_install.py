@@ -212,8 +212,10 @@ def test_installed_wheel_runs_from_an_empty_folder_without_the_source_tree(insta
     assert plan.startswith(f"sweep demo: 12 trials, 4 manifests -> {empty / 'runs' / 'demo'}")
     # one notebook, copied out as a user would, on a tiny sweep made by the installed package
     _run(installed, "noisyfr", "configs", "01_noise_injection", "--out", "nb.ipynb")
-    _run(installed, "python", "-c", "from noisyfr.analysis.synthetic import make_synthetic_sweep as m; "
-         "m('sweep', losses=('arcface',), closed_rates=(0.4,), seeds=(0,), num_ids=5, per_id=12, epochs=2)")
+    from fabricate import make_synthetic_sweep  # the tests' fabricator (not part of the package)
+
+    make_synthetic_sweep(empty / "sweep", losses=("arcface",), closed_rates=(0.4,), seeds=(0,), num_ids=5,
+                         per_id=12, epochs=2)
     kernels = tmp_path / "jupyter" / "kernels" / "python3"
     kernels.mkdir(parents=True)
     (kernels / "kernel.json").write_text(json.dumps({

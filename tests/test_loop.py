@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from noisyfr.analysis import loop
 from noisyfr.cli import main
+from noisyfr.loop import run as loop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from noisyfr.analysis.synthetic import make_synthetic_sweep
+from fabricate import make_synthetic_sweep
 
 NB_DIR = Path(__file__).resolve().parents[1] / "experiments" / "notebooks"
 NOTEBOOKS = ["01_noise_injection.ipynb", "02_angle_analysis.ipynb"]

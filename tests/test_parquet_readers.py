@@ -14,7 +14,7 @@ from noisyfr.train.angles import ANGLE_SCHEMA
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    from noisyfr.analysis.synthetic import fabricate_sweep
+    from fabricate import fabricate_sweep
 
     return fabricate_sweep(tmp_path_factory.mktemp("readers") / "sweep", trials=2, epochs=2,
                            samples=300, classes=20)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fabricate import make_synthetic_run, make_synthetic_sweep
 
 from noisyfr.analysis.report import write_report
-from noisyfr.analysis.synthetic import make_synthetic_run, make_synthetic_sweep
 
 PINNED = Path(__file__).parent / "data" / "pinned_report"
 #: columns that name files on the machine that wrote them

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fabricate import make_synthetic_run
 
 from noisyfr.analysis import engine, load, scan, stats
-from noisyfr.analysis.synthetic import make_synthetic_run
 from noisyfr.cli import main
 
 TABLES = ("cells", "hist", "wbins", "rows", "sample")
@@ -156,8 +156,9 @@ def test_a_bad_run_in_a_batch_is_named(sweep, tmp_path, capsys):
 
 
 def test_counterfactual_batched_equals_one_run_at_a_time(tmp_path_factory):
+    from fabricate import fabricate_sweep
+
     from noisyfr.analysis import counterfactual
-    from noisyfr.analysis.synthetic import fabricate_sweep
 
     root = fabricate_sweep(tmp_path_factory.mktemp("cf") / "sweep", 4, 2, 400, 20, noise=0.25, seed=5)
     runs = load.scan_runs(root)

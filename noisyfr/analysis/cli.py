@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from noisyfr.analysis import stats
+from noisyfr.analysis import options
+from noisyfr.angle_log import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 from noisyfr.numeric import int_arg, real_arg
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, WEIGHT_COLUMNS
 
 #: Command lines shown by ``--help``.
 EXAMPLES = ['noisyfr analyze runs/demo --weight grad_norm',
@@ -20,25 +20,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="REPORT_DIR",
                         help="folder for report.md/html, figures, tables (default RUN_OR_SWEEP_DIR/report)")
     parser.add_argument("--quantile", type=real_arg(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
-                        default=stats.DEFAULT_CENTRE_QUANTILE,
+                        default=options.DEFAULT_CENTRE_QUANTILE,
                         help="centre region = theta_y <= this quantile of clean theta_y, in (0, 1) "
                              "(default %(default)s)")
-    parser.add_argument("--bins", type=int_arg(lo=2, hi=stats.MAX_BINS), default=stats.DEFAULT_BINS,
-                        help=f"theta_y bins over [0, 180] deg for weight-vs-angle, 2 to {stats.MAX_BINS} "
+    parser.add_argument("--bins", type=int_arg(lo=2, hi=options.MAX_BINS), default=options.DEFAULT_BINS,
+                        help=f"theta_y bins over [0, 180] deg for weight-vs-angle, 2 to {options.MAX_BINS} "
                              "(default %(default)s)")
-    parser.add_argument("--seed", type=int_arg(lo=0, hi=stats.MAX_MIXTURE_SEED), default=0,
+    parser.add_argument("--seed", type=int_arg(lo=0, hi=options.MAX_MIXTURE_SEED), default=0,
                         help="Gaussian-mixture seed, in [0, 2**32) (default %(default)s)")
     parser.add_argument("--metric", default=None,
                         help="accuracy column of the sweep results (default: first of final_val_accuracy, "
                              "val_accuracy, accuracy, best_val_accuracy)")
-    parser.add_argument("--weight", default=stats.DEFAULT_WEIGHT,
+    parser.add_argument("--weight", default=options.DEFAULT_WEIGHT,
                         metavar="{" + ",".join(WEIGHT_COLUMNS) + "}",
                         help="per-sample weight used for shares: grad_norm (||dL/df||), unit_pull "
                              "(|f| ||(I - x x^T) dL/df||, the tangential pull on the unit embedding: "
                              "comparable across losses and feature norms), weight (|dL/dcos theta|) or "
                              "weight_theta (|dL/dtheta|) (default %(default)s)")
     parser.add_argument("--region-deg", type=real_arg(lo=0.0, hi=180.0, lo_open=True, hi_open=True),
-                        default=stats.DEFAULT_REGION_DEG, metavar="DEG",
+                        default=options.DEFAULT_REGION_DEG, metavar="DEG",
                         help="angle of the fixed and 2-D regions, in (0, 180) (default %(default)s)")
     parser.add_argument("--learned-threshold", type=real_arg(lo=0.0, hi=1.0), default=DEFAULT_LEARNED_ACCURACY,
                         metavar="ACC", help="a run learned when its last epoch's clean-sample accuracy "
@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from noisyfr.analysis.report import write_report
-    from noisyfr.losses.matching import parse_loss_spec
 
-    extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]
+    extra = []
+    if args.counterfactual:  # checked by building each loss: torch only when one is asked for
+        from noisyfr.losses.matching import parse_loss_spec
+
+        extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]
     out = args.out if args.out is not None else Path(args.input) / "report"
     path = write_report(args.input, out, quantile=args.quantile, bins=args.bins, seed=args.seed,
                         metric=args.metric, figures=not args.no_figures, weight=args.weight,

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import atomic_path
-from noisyfr.losses.curves import DEFAULT_LOSSES, MAX_CELLS, MAX_CLASSES, MAX_POINTS, check_settings, curves
-from noisyfr.losses.matching import DEFAULT_TOL, matching_table, parse_loss_spec
+from noisyfr.numeric import DEFAULT_CURVE_LOSSES as DEFAULT_LOSSES
+from noisyfr.numeric import DEFAULT_MATCH_TOL as DEFAULT_TOL
+from noisyfr.numeric import MAX_CURVE_CELLS as MAX_CELLS
+from noisyfr.numeric import MAX_CURVE_CLASSES as MAX_CLASSES
+from noisyfr.numeric import MAX_CURVE_POINTS as MAX_POINTS
 from noisyfr.numeric import int_arg, real_arg
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DPI = 120
 
@@ -59,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Compute the curves, write the CSV and the PNG (both atomically); with ``--match``, print
     the matched margins instead."""
+    from noisyfr.losses.curves import check_settings, curves  # torch: the curves are computed by autograd
     from noisyfr.outputs import check_output, csv_safe
 
     if args.match:
@@ -83,6 +89,8 @@ def run(args) -> int:
 
 def print_matches(specs: list[str], at: str, tol: float) -> int:
     """Print :func:`noisyfr.losses.matching.matching_table` for the ``--match`` specs."""
+    from noisyfr.losses.matching import matching_table, parse_loss_spec
+
     losses = [parse_loss_spec(t) for t in specs]
     angles = [numeric.real(item.strip(), f"--at {item.strip()!r}", lo=0.0, hi=180.0)
               for item in str(at).split(",")]

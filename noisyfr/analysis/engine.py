@@ -43,9 +43,9 @@ from noisyfr.analysis.checks import (  # noqa: F401 (re-exported)
     quote,
 )
 from noisyfr.analysis.order import ORDER_GROUPS, SAMPLE_ROWS, group_counts, order_bins, rank_bins  # noqa: F401
+from noisyfr.angle_log import WEIGHT_COLUMNS
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
-from noisyfr.train.angles import WEIGHT_COLUMNS
 
 #: theta bins over [0, pi] of the fine histogram (medians, quantile thresholds, AUC).
 FINE_BINS = 16384
@@ -97,7 +97,7 @@ def _scan_list(files: list[Path]) -> str:
 
 def _angle_select(present: set[str]) -> list[str]:
     """The trainer's columns as SQL expressions over a log with the columns ``present``."""
-    from noisyfr.train.angles import COLUMNS
+    from noisyfr.angle_log import COLUMNS
 
     cols = []
     for c in COLUMNS:

@@ -22,12 +22,12 @@ from noisyfr.analysis.logs import (  # noqa: F401 (re-exported)
     load_angles,
     read_table,
 )
+from noisyfr.angle_log import DEFAULT_LEARNED_ACCURACY, health_metrics
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.io import read_yaml
 from noisyfr.noise.spec import NOISE_TYPES
 from noisyfr.safefs import check_folder, check_regular
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY, health_metrics
 
 MANIFEST_COLUMNS = ("index", "label", "noise")
 
@@ -97,7 +97,7 @@ class Run:
         epoch's ``heldout_accuracy`` (metrics.csv) against the run's
         ``health.learned_heldout_accuracy``, or without held-out images its ``clean_true_accuracy``
         against ``threshold``; evidence ``heldout`` or ``train``."""
-        from noisyfr.train.heldout import DEFAULT_LEARNED_HELDOUT, learned_from
+        from noisyfr.angle_log import DEFAULT_LEARNED_HELDOUT, learned_from
 
         last = {"clean_true_accuracy": self.final_clean_accuracy}
         if "heldout_accuracy" in self.metrics.columns and len(self.metrics):
@@ -309,14 +309,14 @@ def scan_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
             condition = condition_label(rates)
         else:
             condition, rates = found
-    from noisyfr.models.vector import head_label
+    from noisyfr.labels import head_label
 
     head = head_label(cfg.get("model"))  # runs over features: the trained head is part of the condition
     condition = condition if head is None else f"{condition} {head}"
     name = str(run_dir.relative_to(root)) if root is not None and run_dir != Path(root) else run_dir.name
     if name in ("", "."):
         name = run_dir.resolve().name
-    from noisyfr.losses import loss_label, loss_settings
+    from noisyfr.labels import loss_label, loss_settings
 
     section = _loss_section(cfg)
     return Run(path=run_dir, name=name, config=cfg, loss=loss_label(section),

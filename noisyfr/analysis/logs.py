@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisyfr.angle_log import ANGLE_SCHEMA, WEIGHT_COLUMNS
+from noisyfr.angle_log import COLUMNS as ANGLE_COLUMNS
+from noisyfr.angle_log import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError
 from noisyfr.safefs import check_folder, check_regular
-from noisyfr.train.angles import ANGLE_SCHEMA, WEIGHT_COLUMNS
-from noisyfr.train.angles import COLUMNS as ANGLE_COLUMNS
-from noisyfr.train.angles import REQUIRED_COLUMNS as REQUIRED_ANGLE_COLUMNS
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.parquet$")
 
@@ -132,7 +132,7 @@ def expected_epochs(cfg: dict, metrics: pd.DataFrame, found: list[int]) -> list[
         trained = list(range(1, max(found) + 1)) if found else []
     total = get_dotted(cfg, "optim.epochs")
     total = int(total) if isinstance(total, int) and not isinstance(total, bool) else max(trained, default=0)
-    from noisyfr.train.angles import logged_epochs
+    from noisyfr.angle_log import logged_epochs
 
     logged = set(logged_epochs(max(total, max(trained, default=1), 1), every))
     return [e for e in trained if e in logged]

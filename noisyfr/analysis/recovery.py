@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-#: The references of the loop (the same names as :mod:`noisyfr.analysis.loop`).
+#: The references of the loop (the same names as :mod:`noisyfr.loop.run`).
 NOISY, ORACLE = "noisy", "oracle"
 #: Accuracy column -> short name used in column names.
 ACCURACIES = (("heldout_accuracy", "heldout"), ("val_accuracy", "val"))

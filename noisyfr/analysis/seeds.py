@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from noisyfr.analysis import comparisons
-from noisyfr.train.heldout import heldout_noise_rate
+from noisyfr.angle_log import heldout_noise_rate
 
 #: Metrics of a run that the cell and paired tables summarise (those present are used).
 METRICS = ("heldout_accuracy", "reference_heldout_accuracy", "val_accuracy", "val_reference_accuracy",

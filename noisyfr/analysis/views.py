@@ -33,7 +33,7 @@ VIEWS = ("angles", "runs", "epochs", "results")
 
 def _learned(run) -> tuple[object, str | None]:
     """``(learned, evidence)`` from metrics.csv alone (None when it has neither accuracy)."""
-    from noisyfr.train.heldout import learned_from
+    from noisyfr.angle_log import learned_from
 
     m = run.metrics
     if m.empty:

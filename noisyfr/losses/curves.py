@@ -30,12 +30,11 @@ from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import LOSSES, build_loss
 
-DEFAULT_LOSSES = ("arcface", "cosface", "sphereface", "expface")
-#: Bounds of the reference setting: theta values, classes, and their product (each mode holds a
-#: float64 cosine matrix of points x classes and its gradient: 10M cells = 160 MB).
-MAX_POINTS = 100_000
-MAX_CLASSES = 1_000_000
-MAX_CELLS = 10_000_000
+DEFAULT_LOSSES = numeric.DEFAULT_CURVE_LOSSES
+#: Bounds of the reference setting (:mod:`noisyfr.numeric`): theta values, classes, their product.
+MAX_POINTS = numeric.MAX_CURVE_POINTS
+MAX_CLASSES = numeric.MAX_CURVE_CLASSES
+MAX_CELLS = numeric.MAX_CURVE_CELLS
 COLUMNS = ["loss", "theta", "theta_deg", "target_logit", "dT_dtheta", "dT_dcos", "p_y",
            "weight_exact", "weight_detached", "s", "num_classes", "neg_cos"]
 

@@ -28,7 +28,7 @@ from noisyfr.losses.base import MarginLoss
 FAMILIES = ("arcface", "cosface")
 #: Default tolerance of :func:`differing_band`, in target-logit units (before the scale s; at
 #: s = 64 a difference of 0.01 is 0.64 in the logit).
-DEFAULT_TOL = 0.01
+DEFAULT_TOL = numeric.DEFAULT_MATCH_TOL
 #: Angles (degrees) of the band scan: 0 to 180 in steps of 0.05.
 BAND_STEP_DEG = 0.05
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Default ``depth`` of each vector backbone.
-DEFAULT_DEPTH = {"linear": 1, "mlp": 2}
+from noisyfr.labels import DEFAULT_DEPTH, head_label  # noqa: F401 (re-exported: without torch there)
 
 
 class LinearHead(nn.Module):
@@ -71,18 +70,3 @@ def build_mlp(embedding_dim: int, input_dim: int, dropout: float, width: float,
               depth: int) -> nn.Module:
     return MLPHead(input_dim, embedding_dim, depth=depth, hidden=max(1, round(width * input_dim)),
                    dropout=dropout)
-
-
-def head_label(model_cfg) -> str | None:
-    """The trained head of a run over features, as analysis conditions name it (``linear
-    128->64``, ``mlp 128->512x1->64``), or None for an image backbone. Runs with different heads
-    are different conditions: a head's capacity decides whether wrong labels can be fitted."""
-    if not isinstance(model_cfg, dict) or model_cfg.get("backbone") not in DEFAULT_DEPTH:
-        return None
-    name, d_in, d_out = model_cfg["backbone"], model_cfg.get("input_dim"), model_cfg.get("embedding_dim")
-    d_in = "?" if d_in is None else int(d_in)
-    if name == "linear":
-        return f"linear {d_in}->{d_out}"
-    depth = int(model_cfg.get("depth") or DEFAULT_DEPTH[name])
-    hidden = "?" if d_in == "?" else max(1, round(float(model_cfg.get("width", 1.0)) * d_in))
-    return f"mlp {d_in}->{hidden}x{depth - 1}->{d_out}"

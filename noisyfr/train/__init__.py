@@ -4,7 +4,13 @@
 see :mod:`noisyfr.train.config`, :mod:`noisyfr.train.trainer`, :mod:`noisyfr.train.angles` and
 :mod:`noisyfr.train.checkpoint`, and docs/training.md.
 """
-from noisyfr.train.config import load_config
-from noisyfr.train.trainer import train
+from __future__ import annotations
 
-__all__ = ["load_config", "train"]
+from noisyfr.lazy import lazy_getattr
+
+_LAZY = {"load_config": "noisyfr.train.config", "train": "noisyfr.train.trainer"}
+
+__all__ = [*_LAZY]
+
+# Resolved on first use: importing a submodule (``noisyfr.train.config``) does not import torch.
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Subset
 
 from noisyfr.errors import NoisyFRError
 
@@ -161,6 +160,8 @@ def training_subset(dataset, max_samples: int | None, seed: int, rows=None):
         rows = rows[np.sort(pick)]
     if len(rows) == len(dataset):
         return dataset
+    from torch.utils.data import Subset  # torch where it is used: the held-out split needs none
+
     return Subset(dataset, rows.tolist())
 
 

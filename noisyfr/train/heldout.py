@@ -25,10 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from noisyfr.train import angles as angles_mod
-
-#: Default of ``health.learned_heldout_accuracy``.
-DEFAULT_LEARNED_HELDOUT = 0.5
+from noisyfr.angle_log import DEFAULT_LEARNED_HELDOUT, heldout_noise_rate, learned_from  # noqa: F401 (re-exported)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -88,31 +85,3 @@ def heldout_accuracy(model, head, held, device, batch_size: int = 256) -> dict[s
     pred = nearest_centre(head, torch.from_numpy(feats).to(device)).cpu().numpy()
     return {"heldout_accuracy": float(np.mean(pred == true)),
             "heldout_given_accuracy": float(np.mean(pred == given))}
-
-
-def heldout_noise_rate(accuracy: float, given_accuracy: float, num_classes: int) -> float:
-    """The closed-set noise rate estimated from the held-out images: they carry the manifest's
-    labels like every image, but the model never trained on them, so it cannot have memorised
-    a wrong one. With ``a`` = their identification accuracy against the true identity (the same
-    for clean and mislabelled images) and ``g`` = their agreement with the given labels,
-    ``g = (1 - rate) a + rate (1 - a) / (C - 1)`` under symmetric label flips, so
-    ``rate = (a - g) / (a - (1 - a) / (C - 1))``, clipped to [0, 1]. Exactly 0 on clean data
-    (g = a); its error is the sampling error of the held-out images (about
-    sqrt(rate (1 - rate) / n) / a) and, for asymmetric flips, the (1 - a) / (C - 1) term. NaN
-    without held-out images or when a is at chance."""
-    a, g = float(accuracy), float(given_accuracy)
-    if not (math.isfinite(a) and math.isfinite(g)) or num_classes < 2:
-        return math.nan
-    denom = a - (1.0 - a) / (num_classes - 1)
-    if denom <= 1e-9:
-        return math.nan
-    return float(min(1.0, max(0.0, (a - g) / denom)))
-
-
-def learned_from(metrics: dict, health: dict) -> tuple[bool, str]:
-    """``(learned, evidence)`` of an epoch's metrics under the ``health`` config section."""
-    held = metrics.get("heldout_accuracy", math.nan)
-    if isinstance(held, float) and math.isfinite(held):
-        return held >= health.get("learned_heldout_accuracy", DEFAULT_LEARNED_HELDOUT), "heldout"
-    return angles_mod.learned(metrics.get("clean_true_accuracy", math.nan),
-                              health.get("learned_accuracy", angles_mod.DEFAULT_LEARNED_ACCURACY)), "train"

@@ -2,13 +2,20 @@
 
 Split by job: :mod:`~noisyfr.tune.spec` (parse, expand and validate a sweep YAML; plan manifests),
 :mod:`~noisyfr.tune.trainable` (the Ray function trainable and DDP worker), :mod:`~noisyfr.tune.run`
-(Ray set-up, manifests, the Tuner, resume) and :mod:`~noisyfr.tune.results` (results table,
-summary). ``load_sweep(path_or_dict, overrides=(), sweep_dir=None)`` then
+(Ray set-up, manifests, the Tuner, resume), :mod:`~noisyfr.tune.state` (``sweep.json``) and
+:mod:`~noisyfr.tune.results` (results table, summary). ``load_sweep(path_or_dict, overrides=(), sweep_dir=None)`` then
 ``run_sweep(spec, resume=False, address=None)``.
 """
-from noisyfr.tune.results import results_table, summary_markdown
-from noisyfr.tune.run import run_sweep
-from noisyfr.tune.spec import SweepSpec, Trial, load_stored_sweep, load_sweep
+from __future__ import annotations
+
+from noisyfr.lazy import lazy_getattr
+
+# Resolved on first use, so that ``noisyfr sweep --help`` (noisyfr.tune.cli) imports neither Ray nor pandas.
+_LAZY = {"results_table": "noisyfr.tune.results", "summary_markdown": "noisyfr.tune.results",
+         "run_sweep": "noisyfr.tune.run", "SweepSpec": "noisyfr.tune.spec", "Trial": "noisyfr.tune.spec",
+         "load_stored_sweep": "noisyfr.tune.spec", "load_sweep": "noisyfr.tune.spec"}
 
 __all__ = ["SweepSpec", "Trial", "load_sweep", "load_stored_sweep", "run_sweep", "results_table",
            "summary_markdown"]
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -9,10 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from noisyfr.angle_log import DEFAULT_LEARNED_ACCURACY, DEFAULT_LEARNED_HELDOUT
 from noisyfr.dotted import get_dotted
 from noisyfr.names import is_number, label_value
-from noisyfr.train.angles import DEFAULT_LEARNED_ACCURACY
-from noisyfr.train.heldout import DEFAULT_LEARNED_HELDOUT
 from noisyfr.tune.spec import SweepSpec, Trial, flatten
 
 METRICS = ("loss", "val_accuracy", "heldout_accuracy", "noisy_auc", "theta_clean_mean", "theta_noisy_mean",

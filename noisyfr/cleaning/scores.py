@@ -27,19 +27,10 @@ import numpy as np
 import pandas as pd
 
 from noisyfr.analysis import engine
+from noisyfr.analysis.rules import REPORT_RULES, truth_from_counts  # noqa: F401 (part of this module's API)
+from noisyfr.cleaning.names import ANGLE_SCORES, DEG_RANGE, EPOCH_RULES, SCORES  # noqa: F401 (re-exported)
 from noisyfr.errors import NoisyFRError
 from noisyfr.noise.spec import NOISE_TYPES
-
-#: Scores read from the angle logs.
-ANGLE_SCORES = ("theta", "margin", "aum", "subcentre")
-#: Every score :func:`run_scores` gives, controls last; ``cleanlab`` (the reference from a
-#: well-kept library, :func:`cleanlab_scores`) is added on demand.
-SCORES = (*ANGLE_SCORES, "weight", "cleanlab", "truth", "random")
-#: Scores whose threshold is an angle in degrees (``--max-deg``), and its range.
-DEG_RANGE = {"theta": (0.0, 180.0), "subcentre": (0.0, 180.0), "margin": (-180.0, 180.0),
-             "aum": (-180.0, 180.0)}
-#: Epoch rules of :func:`choose_epoch`.
-EPOCH_RULES = ("last", "heldout")
 
 
 def check_score(name: str) -> str:
@@ -158,28 +149,6 @@ def flag(scores: pd.DataFrame, score: str, max_deg: float | None = None, fractio
     flags[order[:k]] = True
     threshold = float(s[order[k - 1]]) if k else float("inf")
     return flags, {"rule": rule, "threshold": threshold, "fraction": float(fraction)}
-
-
-def truth_from_counts(n: dict[str, int], flagged: dict[str, int]) -> dict:
-    """Precision, recall, F1, the noise left and the clean samples lost of a removal rule from its
-    counts per noise type (``n``: samples, ``flagged``: removed): the definitions of
-    :func:`truth_table` without relabelling."""
-    n_noisy = sum(v for k, v in n.items() if k != "clean")
-    f_noisy = sum(v for k, v in flagged.items() if k != "clean")
-    f_all = sum(flagged.values())
-    kept = sum(n.values()) - f_all
-    precision = f_noisy / f_all if f_all else float("nan")
-    recall = f_noisy / n_noisy if n_noisy else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan")
-    clean = n.get("clean", 0)
-    return {"flagged": f_all, "precision": precision, "recall": recall, "f1": f1,
-            "noise_left": (n_noisy - f_noisy) / kept if kept else float("nan"),
-            "clean_lost": flagged.get("clean", 0) / clean if clean else float("nan")}
-
-
-#: The fixed rules the report scores at each run's last epoch: name -> SQL of "flagged".
-REPORT_RULES = {"theta>75": "degrees(theta_y) > 75", "subcentre>75": "degrees(theta_dominant) > 75",
-                "margin>0": "theta_y > theta_nearest"}
 
 
 def truth_table(scores: pd.DataFrame, removed: np.ndarray, relabelled: np.ndarray | None = None,

@@ -1,4 +1,6 @@
-"""Synthetic run and sweep directories with a known clean/noisy angle structure.
+"""Synthetic run and sweep directories with a known clean/noisy angle structure: the tests' and
+benchmarks' fabricators, not part of the package (``from fabricate import ...`` in tests,
+``from tests.fabricate import ...`` from the repository root).
 
 They follow the formats of docs/ARCHITECTURE.md (manifest + sidecar, config.yaml, metrics.csv,
 angles/epoch_<E>.parquet, results.parquet/csv, trials/<trial>/) so that the analysis, its tests

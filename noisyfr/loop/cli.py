@@ -1,6 +1,6 @@
 """``noisyfr loop CONFIG.yaml [--out DIR] [--resume]``: train on noisy labels, clean with each
 rule, retrain on each cleaned manifest, and report how much of the oracle's accuracy each rule
-recovers (:mod:`noisyfr.analysis.loop`, docs/cleaning.md)."""
+recovers (:mod:`noisyfr.loop.run`, docs/cleaning.md)."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``noisyfr loop``."""
-    from noisyfr.analysis.loop import PLAN_FILE, load_plan, run_loop
+    from noisyfr.loop.run import PLAN_FILE, load_plan, run_loop
     from noisyfr.outputs import check_output
 
     items = list(args.args)

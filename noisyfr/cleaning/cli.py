@@ -1,7 +1,7 @@
 """``noisyfr clean RUN_DIR --out CLEAN.parquet --score NAME (--max-deg DEG | --fraction F |
 --estimate)``: score every sample of a trained run from its angle logs, flag the suspicious ones
 by one rule and write a manifest of the kept samples that ``noisyfr train`` reads through
-``data.manifest`` (see :mod:`noisyfr.analysis.scores`, docs/cleaning.md).
+``data.manifest`` (see :mod:`noisyfr.cleaning.scores`, docs/cleaning.md).
 
 Beside it: ``CLEAN.scores.parquet`` (every scored sample, its scores and whether it was removed
 or relabelled: the proposed list) and, with ``--sheet``, an HTML contact sheet. Where the run's
@@ -15,12 +15,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.numeric import int_arg, real_arg
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 #: Command lines shown by ``--help``.
 EXAMPLES = [
@@ -34,7 +36,7 @@ DEFAULT_RELABEL_MARGIN = 10.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``clean`` options."""
-    from noisyfr.analysis.scores import EPOCH_RULES, SCORES
+    from noisyfr.cleaning.names import EPOCH_RULES, SCORES
 
     parser.add_argument("input", metavar="RUN_DIR", help="a trained run directory (config.yaml + angles/)")
     parser.add_argument("--out", required=True, metavar="CLEAN.parquet",
@@ -91,6 +93,8 @@ def cleaned_manifest(manifest: pd.DataFrame, meta: dict, scores: pd.DataFrame, r
     ``manifest``: the rows the cleaned run held out) the column
     :data:`noisyfr.train.data.HELDOUT_COLUMN`, so a run trained on it holds out the same images)
     and its sidecar (counts and rates of the kept rows, ``cleaned`` = ``provenance``)."""
+    import numpy as np
+
     from noisyfr.noise.spec import NOISE_TYPES
     from noisyfr.train.data import HELDOUT_COLUMN
 
@@ -126,6 +130,8 @@ def heldout_rows(run, manifest: pd.DataFrame) -> np.ndarray | None:
     """A boolean per row of ``manifest`` (the run's manifest): the images ``run`` held out, by
     the trainer's own rule (:func:`noisyfr.train.data.split_rows` with the run's ``data.holdout``,
     ``data.max_per_id`` and ``seed``); None when it held none out."""
+    import numpy as np
+
     from noisyfr.dotted import get_dotted
     from noisyfr.train.data import split_rows
 
@@ -151,7 +157,10 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     truth table's rows, None when the run's noise is unknown). ``command`` is recorded as the
     command line (default: this process's ``noisyfr clean`` arguments). ``verbose`` prints what
     the command prints."""
-    from noisyfr.analysis import load, scores
+    import numpy as np
+
+    from noisyfr.analysis import load
+    from noisyfr.cleaning import scores
     from noisyfr.io import atomic_path
     from noisyfr.noise.manifest import sidecar_path, write_manifest
     from noisyfr.outputs import all_or_nothing, check_output
@@ -194,7 +203,7 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     truth = scores.truth_table(table, removed, relabelled, new_labels) if truth_known else None
     if command is None:
         command = (shlex.join(["noisyfr", "clean", *sys.argv[2:]]) if sys.argv[1:2] == ["clean"]
-                   else "noisyfr.analysis.clean_cli")
+                   else "noisyfr.cleaning.cli")
     rule_json = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in rule.items()}
     provenance = {"run": str(run_.path.resolve()), "score": score, **rule_json, "epoch": int(chosen),
                   "selected_by": selected_by, "relabel": bool(relabel),
@@ -209,7 +218,7 @@ def clean(run_dir, out, score: str, *, max_deg: float | None = None, fraction: f
     rows, side = cleaned_manifest(manifest, meta, table, removed, new_labels, provenance, held)
     sheet_text = None
     if sheet:
-        from noisyfr.analysis.sheet import contact_sheet
+        from noisyfr.cleaning.sheet import contact_sheet
 
         sheet_text = contact_sheet(run_, table.assign(removed=removed, relabelled=relabelled), score, manifest)
     written = [out, sidecar_path(out), scores_path] + ([Path(sheet)] if sheet_text is not None else [])
@@ -249,6 +258,8 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def _check_indices(manifest: pd.DataFrame, table: pd.DataFrame, run) -> None:
     """Every scored sample is a row of the manifest it is cleaned from, else one line naming it."""
+    import numpy as np
+
     idx = table["sample_index"].to_numpy(dtype=np.int64)
     bad = idx[(idx < 0) | (idx >= len(manifest))]
     if len(bad):
@@ -262,6 +273,8 @@ def _check_identities(manifest: pd.DataFrame, table: pd.DataFrame, removed: np.n
     """Every label the run trained on keeps a training sample (held-out rows do not count: a
     run on the cleaned manifest would have none to learn it from, :func:`noisyfr.train.data.
     check_trained_identities`), else a one-line error naming the identity."""
+    import numpy as np
+
     label = manifest["label"].to_numpy(dtype=np.int64).copy()
     idx = table["sample_index"].to_numpy(dtype=np.int64)
     label[idx] = new_labels
@@ -271,7 +284,7 @@ def _check_identities(manifest: pd.DataFrame, table: pd.DataFrame, removed: np.n
     left = np.bincount(label[keep], minlength=int(label.max()) + 1 if len(label) else 0)
     empty = [int(c) for c in trained if c >= len(left) or left[c] == 0]
     if empty:
-        from noisyfr.analysis.sheet import class_names
+        from noisyfr.cleaning.sheet import class_names
 
         names = class_names(manifest)
         who = ", ".join(str(names.get(c, c)) for c in empty[:3])
