@@ -16,7 +16,11 @@ counterfactual shares are the same quantity. Printed (and written as CSV with ``
   carries a Holm-adjusted p-value over all the secondary rows printed;
 - counterfactual: per noise rate, the same difference with the geometry held fixed, on each run of either loss
   (tables/counterfactual.csv at the run's last epoch), mean [95 % t-interval over the runs],
-  for the noisy share and its p channel and slope channel; Holm-adjusted over the rows printed.
+  for the noisy share and its p channel and slope channel; Holm-adjusted over the rows printed;
+- answer: one row per regime and noise rate, the rows above that answer the question: the clean
+  mode (ExpFace 0.7 detached), the runs that learned, and ExpFace 0.7 minus the matched ArcFace
+  (shape) in each gradient arm, actual and counterfactual (on ExpFace's own runs), and minus
+  ArcFace 0.5 (strength and shape), detached.
 """
 from __future__ import annotations
 
@@ -153,6 +157,29 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
 
 
+def answer_rows(reg: pd.DataFrame, act: pd.DataFrame, cfr: pd.DataFrame) -> list[dict]:
+    """The condensed table: per regime and noise rate, shape in each arm and strength."""
+    rows = []
+    for (regime, noise), r in reg.groupby(["regime", "noise"], sort=False):
+        mine = r[r["loss"] == f"{EXPFACE} detached"]
+        row = {"regime": regime, "noise": noise,
+               "clean_mode_deg": mine["theta_clean_median_deg"].iloc[0] if len(mine) else "-",
+               "learned": f"{int(r['learned'].sum())}/{int(r['runs'].sum())}"}
+        a = act[(act["regime"] == regime) & (act["noise"] == noise)]
+        c = cfr[(cfr["regime"] == regime) & (cfr["noise"] == noise)]
+        for arm, short in (("detached", "detached"), ("exact", "exact"), ("exact, grad_floor=1", "remedied")):
+            matched = [b for b in a.loc[a["mode"] == arm, "comparator"]
+                       if b.startswith("arcface ") and " m=0.5 " not in b]
+            hit = a[(a["mode"] == arm) & a["comparator"].isin(matched)]
+            row[f"shape_{short}_actual"] = hit["expface_minus_comparator"].iloc[0] if len(hit) else "-"
+            cf = c[(c["mode"] == arm) & c["comparator"].isin(matched) & c["geometry"].str.startswith(EXPFACE + " ")]
+            row[f"shape_{short}_counterfactual"] = cf["noisy_share"].iloc[0] if len(cf) else "-"
+        strong = a[(a["mode"] == "detached") & (a["comparator"] == "arcface s=32 m=0.5 detached")]
+        row["strength_detached_actual"] = strong["expface_minus_comparator"].iloc[0] if len(strong) else "-"
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("reports", nargs="+", help="LABEL=REPORT_DIR")
@@ -177,6 +204,8 @@ def main(argv=None) -> int:
         second = a["role"] == "secondary"
         a["p_holm"] = np.nan
         a.loc[second, "p_holm"] = holm(a.loc[second, "p_value"].to_numpy(float))
+    if len(frames["regime"]) and len(a):
+        frames["answer"] = pd.DataFrame(answer_rows(frames["regime"], a, c))
     for name, df in frames.items():
         print(f"\n## {name}\n")
         print(markdown(df) if len(df) else "(none)")
