@@ -3,9 +3,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Extra pytest arguments, e.g. make test PYTEST_ARGS='-n 2 --dist loadgroup' (pytest-xdist: tests
-# that must not share the machine with each other carry one xdist_group and run on one worker).
-PYTEST_ARGS ?=
+# pytest arguments after the defaults: two pytest-xdist workers (tests that must not share the
+# machine with each other carry one xdist_group and run on one worker, one at a time);
+# make test PYTEST_ARGS= runs the suite serially.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install test lint demo lfw-features bench clean
 

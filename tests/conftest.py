@@ -14,8 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-#: Test modules that must not run beside each other under pytest-xdist (``make test
-#: PYTEST_ARGS='-n 2 --dist loadgroup'``): each group runs on one worker, one test at a time. ray:
+#: Test modules that must not run beside each other under pytest-xdist (``make test`` runs two
+#: workers with ``--dist loadgroup``): each group runs on one worker, one test at a time. ray:
 #: local Ray clusters (one per machine is what ray.init expects), the sweep driver's signals and
 #: its watchdog; distributed: gloo process groups on local ports; timing: wall-clock bounds.
 #: tests/test_install.py checks that every module starting Ray or process groups is listed.
