@@ -70,7 +70,10 @@ class Dense:
 
     def tid(self, df: pd.DataFrame) -> np.ndarray:
         """Type column of each row of an aggregate table."""
-        return df["noise"].map(self._tix).to_numpy(dtype=np.int64)
+        codes, names = pd.factorize(df["noise"])  # each distinct name looked up once
+        if (codes < 0).any():  # a missing name: as before (NaN, which no integer holds)
+            return df["noise"].map(self._tix).to_numpy(dtype=np.int64)
+        return np.array([self._tix[n] for n in names], dtype=np.int64)[codes]
 
     def cell(self, col: str) -> np.ndarray:
         """[g, type] sums of a cells column (NaN where every row of a g and type is NULL)."""
