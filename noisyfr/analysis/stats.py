@@ -269,7 +269,7 @@ def region_stats(data, quantile: float = DEFAULT_CENTRE_QUANTILE,
         thresholds = np.degrees(t)
     else:
         cells = p.cells
-        gi, ti = d.gid(cells), d.tid(cells)
+        gi, ti = d.cell_ids()
         own, other = cells["own"].astype(bool).to_numpy(), cells["other"].astype(bool).to_numpy()
         sel = {"centre": own & other, "far_from_all": ~own & other, "near_both": own & ~other,
                "nearer_other": ~own & ~other} if method == "2d" else {"centre": own, "periphery": ~own}
