@@ -129,6 +129,27 @@ def test_bimodal_estimate_is_zero_for_a_single_mode():
     assert not est["bimodal"] and est["estimate"] == 0.0
 
 
+@pytest.mark.parametrize("shape", ["normal", "bimodal", "tight"])
+def test_closed_form_one_gaussian_bic_matches_scikit_learn(shape):
+    """``gaussian_bic`` replaces ``GaussianMixture(n_components=1)``'s fit in the mixture
+    reference: the same BIC (to 1e-9 relative) on three samples, and a control that could fail
+    (a second mean or a variance off by 1 % changes it by far more than the tolerance)."""
+    from sklearn.mixture import GaussianMixture
+
+    from noisyfr.analysis.detection import gaussian_bic
+
+    rng = np.random.default_rng({"normal": 0, "bimodal": 1, "tight": 2}[shape])
+    x = {"normal": rng.normal(0.7, 0.1, 3000),
+         "bimodal": np.r_[rng.normal(0.6, 0.1, 700), rng.normal(1.4, 0.2, 300)],
+         "tight": rng.normal(1.2, 1e-3, 50)}[shape]
+    ref = GaussianMixture(n_components=1, random_state=0, reg_covar=1e-6).fit(x[:, None]).bic(x[:, None])
+    got = gaussian_bic(x, reg_covar=1e-6)
+    assert got == pytest.approx(ref, rel=1e-9, abs=1e-6)
+    n, mu, var = len(x), x.mean(), x.var() * 1.01 + 1e-6  # the control: a 1 % wider Gaussian
+    worse = -2 * np.sum(-0.5 * np.log(2 * np.pi * var) - (x - mu) ** 2 / (2 * var)) + 2 * np.log(n)
+    assert worse - got > 1e-6 * abs(got) + 1e-4
+
+
 def _random_angles(seed=0, runs=2, epochs=2, n=200):
     rng = np.random.default_rng(seed)
     frames = []

@@ -293,3 +293,17 @@ def test_analyze_bad_options_exit_2_one_line_no_report(control_runs, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_periphery_ratio_has_one_row_per_run_epoch_and_method():
+    """Two runs of different losses and seeds: one row per (run, epoch, method) present in the
+    regions, not one per combination of the key columns' values (the control: the cross product
+    would have 2 x 2 x 2 x 2 = 16 rows per method and epoch, each NaN but the two real ones)."""
+    rows = []
+    for run, loss, seed, w in (("a", "arcface", 0, 2.0), ("b", "cosface", 1, 3.0)):
+        for region, n, mean in (("centre", 4, 1.0), ("periphery", 2, w)):
+            rows.append({"run": run, "loss": loss, "condition": "c", "seed": seed, "epoch": 1,
+                         "method": "fixed", "region": region, "n": n, "weight_mean": mean})
+    ratio = stats.periphery_ratio(pd.DataFrame(rows))
+    assert ratio[["run", "loss", "seed"]].values.tolist() == [["a", "arcface", 0], ["b", "cosface", 1]]
+    assert ratio["periphery_to_centre_weight"].tolist() == pytest.approx([2.0, 3.0])

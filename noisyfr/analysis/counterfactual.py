@@ -156,11 +156,20 @@ def _accumulate(df: pd.DataFrame, built: dict, acc: dict, logged: dict) -> None:
            "logged": sums(np.ones(int(ok.sum())), ok)}
     if ok.any():
         theta, fn = df["theta"].to_numpy(dtype=float)[ok], df["feat_norm"].to_numpy(dtype=float)[ok]
+        # the rows with lse_neg: their epoch codes and noisy flags found once for every loss
+        code_ok, noisy_ok = code[ok], noisy[ok]
+        code_noisy = code_ok[noisy_ok]
+
+        def sums_ok(v):
+            return (np.bincount(code_ok, v, minlength=n_epochs),
+                    np.bincount(code_noisy, v[noisy_ok], minlength=n_epochs))
+
+        n_ok = sums_ok(np.ones(len(code_ok)))
         for name, loss in built.items():
             ws = sample_weights(loss, theta, lse[ok], fn)
             for k in _SUMS:
-                per[(name, k)] = sums(ws[k], ok)
-            per[(name, "n_ok")] = sums(np.ones(int(ok.sum())), ok)
+                per[(name, k)] = sums_ok(ws[k])
+            per[(name, "n_ok")] = n_ok
     for i, e in enumerate(int(x) for x in epochs):
         for key, (total, part) in per.items():
             _add(acc, (e, *key) if isinstance(key, tuple) else (e, key), total[i], part[i])

@@ -49,6 +49,7 @@ class Dense:
         self.W = np.bincount(flat[ok], np.nan_to_num(h["wsum"].to_numpy(dtype=float))[ok], size).reshape(G, T, B)
         self.WC = np.bincount(flat[ok], h["wcount"].to_numpy(dtype=float)[ok], size).reshape(G, T, B)
         self._cells = {}
+        self._cell_ids = None
         self.rows = None
         self.fetched: set[int] = set()
         if p.rows is not None:
@@ -70,13 +71,22 @@ class Dense:
 
     def tid(self, df: pd.DataFrame) -> np.ndarray:
         """Type column of each row of an aggregate table."""
-        return df["noise"].map(self._tix).to_numpy(dtype=np.int64)
+        codes, names = pd.factorize(df["noise"])  # each distinct name looked up once
+        if (codes < 0).any():  # a missing name: as before (NaN, which no integer holds)
+            return df["noise"].map(self._tix).to_numpy(dtype=np.int64)
+        return np.array([self._tix[n] for n in names], dtype=np.int64)[codes]
+
+    def cell_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gid` and :meth:`tid` of the cells table (found once for every column)."""
+        if self._cell_ids is None:
+            self._cell_ids = (self.gid(self.parts.cells), self.tid(self.parts.cells))
+        return self._cell_ids
 
     def cell(self, col: str) -> np.ndarray:
         """[g, type] sums of a cells column (NaN where every row of a g and type is NULL)."""
         if col not in self._cells:
             c = self.parts.cells
-            gi, ti = self.gid(c), self.tid(c)
+            gi, ti = self.cell_ids()
             v = c[col].to_numpy(dtype=float)
             out = np.zeros((len(self.index), len(self.types)))
             seen = np.zeros_like(out)

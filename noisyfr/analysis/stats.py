@@ -269,7 +269,7 @@ def region_stats(data, quantile: float = DEFAULT_CENTRE_QUANTILE,
         thresholds = np.degrees(t)
     else:
         cells = p.cells
-        gi, ti = d.gid(cells), d.tid(cells)
+        gi, ti = d.cell_ids()
         own, other = cells["own"].astype(bool).to_numpy(), cells["other"].astype(bool).to_numpy()
         sel = {"centre": own & other, "far_from_all": ~own & other, "near_both": own & ~other,
                "nearer_other": ~own & ~other} if method == "2d" else {"centre": own, "periphery": ~own}
@@ -311,7 +311,9 @@ def periphery_ratio(regions: pd.DataFrame) -> pd.DataFrame:
                        _side=np.where(regions["region"] == "centre", "centre", "periphery"))
     agg = r.groupby(keys + ["_side"], sort=True)[["_wsum", "n"]].sum().reset_index()
     agg["mean"] = agg["_wsum"] / agg["n"].where(agg["n"] > 0)
-    wide = agg.pivot_table(index=keys, columns="_side", values="mean", dropna=False).reset_index()
+    # one row per (run, epoch, method) present, a NaN mean kept (a pivot_table with dropna=False
+    # would add every combination of the key columns' values: runs x losses x seeds x epochs)
+    wide = agg.set_index(keys + ["_side"])["mean"].unstack("_side").reset_index()
     wide.columns.name = None
     for side in ("centre", "periphery"):
         if side not in wide.columns:
