@@ -63,7 +63,8 @@ def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> di
     and one Gaussian in closed form (:func:`gaussian_bic`). When the 2-component fit lowers the
     BIC by at least ``min_bic_gain`` and its modes are separated by Ashman's
     D = |mean difference| / sqrt((sd1^2 + sd2^2) / 2) > 2, the distribution is called bimodal
-    and ``estimate`` is the mixture weight of the higher-mean component; otherwise it is unimodal and ``estimate`` is 0. Also returned: both components'
+    and ``estimate`` is the mixture weight of the higher-mean component; otherwise it is unimodal
+    and ``estimate`` is 0. Also returned: both components'
     means and standard deviations, ``separation`` (Ashman's D) and ``bimodal``.
     Well-separated modes (separation > 3, n >= 1000) give an estimate within 0.05 of the true
     rate; overlapping modes make it unreliable.
