@@ -36,6 +36,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` every test of a group must carry the group in its id (xdist's
+    scheduler sends the tests of one id suffix to one worker): if a pytest or xdist version stops
+    doing so, the groups would split silently and, say, two Ray clusters run at once. Fail loudly."""
+    config = session.config
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not config.getvalue("loadgroup"):
+        return
+    module_group = {m: g for g, mods in XDIST_GROUPS.items() for m in mods}
+    lost = [item.nodeid for item in session.items
+            if item.path.stem in module_group and not item.nodeid.endswith("@" + module_group[item.path.stem])]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup does not group {len(lost)} test(s), e.g. {lost[0]} "
+                                "(pytest-xdist and this pytest disagree on node ids: see pyproject.toml)")
+
+
 def pytest_configure(config):
     """Under pytest-xdist, each worker's torch uses its share of the cores (not all of them)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
