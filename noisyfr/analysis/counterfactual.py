@@ -231,9 +231,8 @@ def batch_tables(con, runs, sections: list[dict], manifests) -> list[pd.DataFram
     the same logged columns) from one pass over all their logs
     (:func:`noisyfr.analysis.scan.batch_source`; ``manifests``: its
     :class:`~noisyfr.analysis.scan.BatchManifests`)."""
-    from threadpoolctl import threadpool_limits
-
     from noisyfr.analysis import scan
+    from noisyfr.analysis.detection import one_thread
 
     prepared = [_prepare(r, sections) for r in runs]
     acc: list[dict] = [{} for _ in runs]
@@ -243,7 +242,7 @@ def batch_tables(con, runs, sections: list[dict], manifests) -> list[pd.DataFram
     # one thread for torch's elementwise work: a few thousand rows a run gain nothing from its
     # OpenMP pool, which spins on a busy machine (the same numbers either way)
     try:
-        with threadpool_limits(1):
+        with one_thread():
             for batch in con.sql(f"SELECT run_id, {_READ} FROM ({src})").to_arrow_reader(CHUNK_ROWS):
                 df = batch.to_pandas()
                 ids = df["run_id"].to_numpy(dtype=np.int64)

@@ -31,9 +31,10 @@ def detection_auc(theta_y, is_noisy) -> float:
 _CONTROLLER = None
 
 
-def _one_thread():
-    """A context limiting the native thread pools to one thread. The pools are found once per
-    process (finding them walks every loaded library: about 4 ms a call with torch loaded)."""
+def one_thread():
+    """A context limiting the native thread pools (OpenMP, BLAS) to one thread, for the analysis's
+    small numeric work. The pools are found once per process (finding them walks every loaded
+    library: about 4 ms a call with torch loaded)."""
     global _CONTROLLER
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
@@ -80,7 +81,7 @@ def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> di
 
     # one thread: the k-means initialisation's OpenMP pool spins on a busy machine (12x slower on
     # 2 shared cores), and 1-D fits of a few thousand angles gain nothing from threads
-    with warnings.catch_warnings(), _one_thread():
+    with warnings.catch_warnings(), one_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm = GaussianMixture(n_components=2, n_init=3, random_state=seed, reg_covar=1e-6).fit(x)
     # the 1-component model in closed form (what GaussianMixture(n_components=1) converges to)
