@@ -103,8 +103,9 @@ def comparator_pairs(losses) -> list[tuple[str, str, str]]:
 
 
 def geometry_of(label: str, trained: set) -> str:
-    """The runs a counterfactual is read on: the loss's own, or for a loss that was not trained
-    (the remedied arm) the same loss's detached runs."""
+    """The runs a counterfactual is read on: the loss's own, or for a loss given only as a
+    counterfactual (not trained: a remedied arm read on a report of an older grid) the same
+    loss's detached runs."""
     return label if label in trained else label.replace(" grad_floor=1 exact", " detached")
 
 

@@ -25,13 +25,14 @@ XDIST_GROUPS = {
     "distributed": ("test_train_parallel", "test_train_dist"),
     "timing": ("test_config",),
 }
+#: test module -> its group
+MODULE_GROUP = {m: g for g, mods in XDIST_GROUPS.items() for m in mods}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the markers
 def pytest_collection_modifyitems(config, items):
-    module_group = {m: g for g, mods in XDIST_GROUPS.items() for m in mods}
     for item in items:
-        group = module_group.get(item.path.stem)
+        group = MODULE_GROUP.get(item.path.stem)
         if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
 
@@ -43,9 +44,8 @@ def pytest_collection_finish(session):
     config = session.config
     if not os.environ.get("PYTEST_XDIST_WORKER") or not config.getvalue("loadgroup"):
         return
-    module_group = {m: g for g, mods in XDIST_GROUPS.items() for m in mods}
     lost = [item.nodeid for item in session.items
-            if item.path.stem in module_group and not item.nodeid.endswith("@" + module_group[item.path.stem])]
+            if item.path.stem in MODULE_GROUP and not item.nodeid.endswith("@" + MODULE_GROUP[item.path.stem])]
     if lost:
         raise pytest.UsageError(f"--dist loadgroup does not group {len(lost)} test(s), e.g. {lost[0]} "
                                 "(pytest-xdist and this pytest disagree on node ids: see pyproject.toml)")
