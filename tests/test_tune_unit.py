@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -220,6 +221,33 @@ def test_summarize_failed_and_errored_trials():
     assert s["status"] == "error" and s["error"] == "RuntimeError: worker died"
     # a trial that never reported (never started) is not counted as completed
     assert results.summarize_trial(None, None)["status"] == "pending"
+
+
+def test_results_fill_the_epochs_tune_lost_from_the_run_directory(tmp_path):
+    """A driver killed between two of Tune's copies of a trial's history loses its latest rows (or
+    all of them); the run directory's metrics.csv, written after each epoch, gives them back."""
+    spec = sweep_spec.load_sweep(base(grid={"seed": [0, 1, 2, 3]}), sweep_dir=tmp_path)
+    full = _history([3.0, 2.0, 1.5, 1.2], [0.6, 0.8, 0.7, 0.75], [0.5, 0.9, 0.85, 0.8])
+    a, b, c, d = spec.trials
+    for t in (a, b, c):
+        out = Path(t.config["output_dir"])
+        out.mkdir(parents=True)
+        full.assign(checkpoint=str(out / "last.pt")).to_csv(out / "metrics.csv", index=False)
+    where = {"hostname": "node-a", "node_id": "n1", "world_size": 1}
+    hist = {a.name: (full.iloc[:2].assign(**where), None),   # the last two epochs lost
+            b.name: (None, None),                            # every row lost
+            c.name: (full.assign(**where), None),            # nothing lost
+            d.name: (None, None)}                            # never ran: no run directory
+    df = results.results_table(spec, hist).set_index("trial")
+    for t in (a, b, c):
+        row = df.loc[t.name]
+        assert row["status"] == "completed" and row["epochs"] == 4, row
+        assert row["final_loss"] == 1.2 and row["best_val_accuracy"] == 0.8 and row["best_epoch"] == 2
+    assert df.loc[a.name, "hostname"] == "node-a" and df.loc[c.name, "hostname"] == "node-a"
+    assert df.loc[d.name, "status"] == "pending" and df.loc[d.name, "epochs"] == 0
+    # Tune's own rows win over the run directory's for the epochs it has
+    hist[c.name] = (full.assign(loss=[9.0, 9.0, 9.0, 8.0], **where), None)
+    assert results.results_table(spec, hist).set_index("trial").loc[c.name, "final_loss"] == 8.0
 
 
 def test_results_table_and_summary_statistics(tmp_path):

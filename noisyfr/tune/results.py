@@ -43,6 +43,70 @@ def _config_columns(t: Trial) -> dict:
     return cols
 
 
+def scalar(v: Any) -> Any:
+    """A plain Python scalar (numpy scalars unwrapped), or None for anything else."""
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return None
+
+
+def clean_metrics(metrics: Mapping) -> dict:
+    """Scalar metrics for Tune (non-scalars dropped; ``checkpoint`` kept as ``checkpoint_path``)."""
+    out = {}
+    for k, v in metrics.items():
+        if k == "checkpoint":
+            out["checkpoint_path"] = str(v) if v is not None else None
+            continue
+        s = scalar(v)
+        if s is not None or v is None:
+            out[str(k)] = s
+    return out
+
+
+def run_dir_epochs(output_dir: str | os.PathLike) -> list[dict]:
+    """The per-epoch rows of a run directory's ``metrics.csv`` (the trainer writes it after each
+    epoch's checkpoint), or [] when there is none."""
+    import pandas as pd
+
+    path = Path(output_dir) / "metrics.csv"
+    try:
+        return pd.read_csv(path).to_dict("records") if path.is_file() else []
+    except (OSError, ValueError):
+        return []
+
+
+#: columns Tune's rows carry beside the trainer's metrics (where the trial ran)
+_WHERE = ("hostname", "node_id", "world_size")
+
+
+def with_run_dir_epochs(history: Any, output_dir: str | os.PathLike):
+    """A trial's Tune history completed with the epochs its run directory's ``metrics.csv`` holds
+    and the history lacks.
+
+    Tune's loggers write a trial's history on the driver and copy it into the sweep directory
+    only now and then, so a driver killed between two copies loses the trial's latest rows (all of
+    them when the trial ended before the first copy), and a resumed sweep that finds the trial
+    done reads it back without them. The trainer's ``metrics.csv`` is written after each epoch's
+    checkpoint: its rows fill the gap, with the where-it-ran columns of the last Tune row."""
+    import pandas as pd
+
+    h = history if isinstance(history, pd.DataFrame) else pd.DataFrame()
+    rows = run_dir_epochs(output_dir)
+    have = set(pd.to_numeric(h["epoch"], errors="coerce").dropna().astype(int)) if "epoch" in h.columns else set()
+    extra = [clean_metrics(r) for r in rows if "epoch" in r and pd.notna(r["epoch"]) and int(r["epoch"]) not in have]
+    if not extra:
+        return history
+    if len(h):
+        last = h.iloc[-1]
+        for r in extra:
+            r.update({k: last[k] for k in _WHERE if k in h.columns})
+    return pd.concat([h, pd.DataFrame(extra)], ignore_index=True).sort_values("epoch", kind="stable")
+
+
 def _clean_history(history: Any):
     """The per-epoch rows of a trial (last report per epoch wins) and its failure, if any."""
     import pandas as pd
@@ -110,6 +174,7 @@ def results_table(spec: SweepSpec, histories: Mapping[str, tuple[Any, str | None
     rows = []
     for t in spec.trials:
         hist, error = histories.get(t.name, (None, None))
+        hist = with_run_dir_epochs(hist, t.config["output_dir"])
         row = {"trial": t.name, **_config_columns(t), **summarize_trial(hist, error)}
         row["learned"] = bool(row["learned"]) and row["status"] == "completed"
         row["output_dir"] = t.config["output_dir"]

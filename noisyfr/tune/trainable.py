@@ -18,34 +18,12 @@ from typing import Any
 
 from noisyfr.dotted import get_dotted
 from noisyfr.errors import NoisyFRError, Stopped
+from noisyfr.tune.results import clean_metrics, run_dir_epochs, scalar
 from noisyfr.tune.spec import import_callable, validator_for
 
 #: How long a stopped trial waits for the sweep driver to end it before it fails instead (Tune then
 #: retries it, from its interrupted.pt, within max_failures).
 STOPPED_WAIT_S = 600.0
-
-
-def _scalar(v: Any) -> Any:
-    import numpy as np
-
-    if isinstance(v, np.generic):
-        v = v.item()
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return None
-
-
-def clean_metrics(metrics: Mapping) -> dict:
-    """Scalar metrics for Tune (non-scalars dropped; ``checkpoint`` kept as ``checkpoint_path``)."""
-    out = {}
-    for k, v in metrics.items():
-        if k == "checkpoint":
-            out["checkpoint_path"] = str(v) if v is not None else None
-            continue
-        s = _scalar(v)
-        if s is not None or v is None:
-            out[str(k)] = s
-    return out
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -74,18 +52,6 @@ def _node_info(name: str) -> dict:
     except Exception:  # pragma: no cover - outside Ray
         info["node_id"] = None
     return info
-
-
-def _run_dir_epochs(cfg: dict) -> list[dict]:
-    """The per-epoch rows the run directory's ``metrics.csv`` holds (the trainer writes it after
-    each epoch's checkpoint), or [] when there is none."""
-    import pandas as pd
-
-    path = Path(cfg["output_dir"]) / "metrics.csv"
-    try:
-        return pd.read_csv(path).to_dict("records") if path.is_file() else []
-    except (OSError, ValueError):
-        return []
 
 
 def _restore_checkpoint(cfg: dict, ckpt: Any, run_epoch: int) -> int | None:
@@ -153,7 +119,7 @@ def _reporter(info: dict, report_fn: Callable, checkpoint_cls, with_checkpoint: 
         if with_checkpoint and path and os.path.isfile(path):
             with tempfile.TemporaryDirectory(prefix="noisyfr-ckpt-") as d:
                 _link_or_copy(path, Path(d) / "last.pt")
-                (Path(d) / "trial.json").write_text(json.dumps({"epoch": _scalar(metrics.get("epoch"))}))
+                (Path(d) / "trial.json").write_text(json.dumps({"epoch": scalar(metrics.get("epoch"))}))
                 report_fn(row, checkpoint=checkpoint_cls.from_directory(d))
         else:
             report_fn(row)
@@ -179,7 +145,7 @@ def trial_fn(tune_config: dict) -> None:
     ckpt = tune.get_checkpoint()
     # A sweep directory holds one sweep (run.py refuses a second), so a run directory that already
     # has epochs is this trial's own, from before the driver died.
-    rows = _run_dir_epochs(cfg)
+    rows = run_dir_epochs(cfg["output_dir"])
     run_epoch = int(rows[-1]["epoch"]) if rows and "epoch" in rows[-1] else 0
     done_epoch = _restore_checkpoint(cfg, ckpt, run_epoch)
     ckpts = Path(cfg["output_dir"]) / "checkpoints"
@@ -231,7 +197,7 @@ def _stopped_unfinished(cfg: dict) -> bool:
     from noisyfr.train.rundir import STOP_NAME
 
     out = Path(cfg["output_dir"])
-    rows = _run_dir_epochs(cfg)
+    rows = run_dir_epochs(cfg["output_dir"])
     done = int(rows[-1]["epoch"]) if rows and "epoch" in rows[-1] else 0
     epochs = get_dotted(cfg, "optim.epochs")
     return (out / STOP_NAME).is_file() and isinstance(epochs, int) and done < epochs
