@@ -21,7 +21,7 @@ SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" 
 #: tests/test_install.py checks that every module starting Ray or process groups is listed.
 XDIST_GROUPS = {
     "ray": ("test_tune_sweep", "test_tune_resume", "test_tune_cluster", "test_tune_reaper",
-            "test_parquet_readers", "test_run_safety", "test_features_dataset"),
+            "test_parquet_readers", "test_sweep_signals", "test_features_dataset"),
     "distributed": ("test_train_parallel", "test_train_dist"),
     "timing": ("test_config",),
 }

@@ -252,7 +252,8 @@ def test_every_module_that_starts_ray_or_process_groups_is_in_an_xdist_group():
     from conftest import XDIST_GROUPS
 
     grouped = {m for mods in XDIST_GROUPS.values() for m in mods}
-    starts = re.compile(r"^\s*(import ray|from ray)|ray\.init\(|run_sweep\(|mp\.spawn\(|init_process_group\(|torchrun",
+    starts = re.compile(r"^\s*(import ray|from ray)|ray\.init\(|run_sweep\(|importorskip\(\"ray\"\)|mp\.spawn\("
+                        r"|init_process_group\(|torchrun",
                         re.M)
     found = {p.stem for p in (REPO / "tests").glob("test_*.py")
              if p.name != Path(__file__).name and starts.search(p.read_text(encoding="utf-8"))}
