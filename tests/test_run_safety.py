@@ -290,13 +290,15 @@ def test_stop_mid_epoch_then_resume_gives_the_same_tensors(uninterrupted, tmp_pa
         return result
 
     by = f"the stop request {out / STOP_NAME}" if signum == "request" else signal.Signals(signum).name
+    # what was installed before (an in-process ray.init of an earlier test on this worker leaves its own)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Stepper, "step", step)
         with pytest.raises(Stopped, match=f"stopped by {by} at epoch "
                                           f"{(stop_at + 1) // 2} step {stop_at}") as info:
             train(load_config(TINY, [("output_dir", str(out))]))
     assert info.value.code == (143 if signum == "request" else 128 + signum)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL         # handlers given back
+    assert {s: signal.getsignal(s) for s in before} == before          # handlers given back
     assert (out / "checkpoints" / "interrupted.pt").is_file() and not (out / LOCK_NAME).exists()
     assert not (out / "angles" / f"epoch_{(stop_at + 1) // 2}.parquet").exists()
     train(load_config(TINY, [("output_dir", str(out)), ("resume", True)]))
