@@ -17,13 +17,15 @@ SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" 
 #: Test modules that must not run beside each other under pytest-xdist (``make test`` runs two
 #: workers with ``--dist loadgroup``): each group runs on one worker, one test at a time. ray:
 #: local Ray clusters (one per machine is what ray.init expects), the sweep driver's signals and
-#: its watchdog; distributed: gloo process groups on local ports; timing: wall-clock bounds.
+#: its watchdog; distributed: gloo process groups on local ports; timing: wall-clock bounds;
+#: validity: its module fixture trains two runs (13 s), made once on one worker, not once on each.
 #: tests/test_install.py checks that every module starting Ray or process groups is listed.
 XDIST_GROUPS = {
     "ray": ("test_tune_sweep", "test_tune_resume", "test_tune_cluster", "test_tune_reaper",
             "test_parquet_readers", "test_sweep_signals", "test_features_dataset"),
     "distributed": ("test_train_parallel", "test_train_dist"),
     "timing": ("test_config",),
+    "validity": ("test_validity",),
 }
 #: test module -> its group
 MODULE_GROUP = {m: g for g, mods in XDIST_GROUPS.items() for m in mods}

@@ -294,6 +294,42 @@ def test_dlib_features_of_real_faces(dlib, few_lfw, tmp_path):
     assert d[same & off].max() < 0.6 < d[~same].min()
 
 
+def test_dlib_workers_give_the_same_bytes_and_refuse_what_they_cannot_keep(dlib, few_lfw, tmp_path, capsys,
+                                                                          monkeypatch, small_ckpt):
+    """``--workers 2`` embeds the chunks in two forked processes: the feature file is the same,
+    byte for byte, as one process's; a cached chunk is reused, not recomputed. Refused with one
+    line and nothing written: with --jitter (dlib's jitter generator is per process) and with a
+    torch model (it has its own threads)."""
+    import pandas as pd
+
+    monkeypatch.setattr(ex, "CHUNK", 2)  # 3 chunks of the 6 images
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    assert exit_status(["features", str(few_lfw), "--model", "dlib", "--out", str(one)]) == 0
+    assert exit_status(["features", str(few_lfw), "--model", "dlib", "--out", str(two), "--workers", "2"]) == 0
+    assert one.read_bytes() == two.read_bytes()
+    assert "0 of 3 chunks reused" in capsys.readouterr().out
+    # an interrupted run's finished chunk (here: the first) is reused, the others computed in the pool
+    three = tmp_path / "three.parquet"
+    table = read_features(one)
+    model = load_model("dlib")
+    hashes = ex.image_hashes(ex.open_source(str(few_lfw)), "read")
+    parts = ex.work_folder(three)
+    parts.mkdir()
+    with open(parts / f"{ex.chunk_key(model, hashes[:2])}.npz", "wb") as fh:
+        np.savez(fh, embedding=table.embeddings[:2], miss=table.misses[:2])
+    assert exit_status(["features", str(few_lfw), "--model", "dlib", "--out", str(three), "--workers", "2"]) == 0
+    assert "1 of 3 chunks reused" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(three), pd.read_parquet(one))
+    ckpt, _ = small_ckpt
+    for args, needle in ((["--model", "dlib", "--jitter", "2"], "--jitter 2"),
+                         (["--model", str(ckpt)], "only for --model dlib")):
+        out = tmp_path / "no.parquet"
+        assert exit_status(["features", str(few_lfw), "--out", str(out), "--workers", "2", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--workers 2" in err[0] and needle in err[0], err
+        assert not out.exists() and not ex.work_folder(out).exists()
+
+
 def test_dlib_misses_fall_back_to_the_centre_box_and_are_counted(dlib, tmp_path, few_lfw):
     from PIL import Image
 
@@ -319,7 +355,9 @@ def test_dlib_verification_on_lfw_fold1_is_near_the_published_accuracy(dlib, lfw
     from noisyfr.features.verify import pair_accuracy
 
     out = tmp_path / "fold1.parquet"
-    assert exit_status(["features", str(lfw_pairs_file.parent), "--model", "dlib", "--out", str(out)]) == 0
+    # two processes (the numbers do not depend on it: test_dlib_workers_give_the_same_bytes...)
+    assert exit_status(["features", str(lfw_pairs_file.parent), "--model", "dlib", "--out", str(out),
+                        "--workers", "2"]) == 0
     table = read_features(out)
     assert len(table) == 807 and len(table.pairs) == 600 and table.pairs[:, 2].sum() == 300
     result = pair_accuracy(table)

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dlib: times the image is upsampled before detection (default 1)")
     parser.add_argument("--jitter", type=int_arg(lo=0, hi=100), default=0,
                         help="dlib: jittered copies averaged per face (default 0: the chip alone)")
+    parser.add_argument("--workers", type=int_arg(lo=1, hi=256), default=1, metavar="N",
+                        help="dlib: processes embedding chunks side by side (default 1; the numbers "
+                             "are the same for any N). Torch and ONNX models use their own threads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".parquet":
         raise NoisyFRError(f"--out {args.out}: must end with .parquet (the sidecar goes beside it)")
     model_input = None if args.model == "dlib" else args.model
+    if args.workers > 1 and args.model != "dlib":
+        raise NoisyFRError(f"--workers {args.workers}: only for --model dlib (torch and ONNX models "
+                           "use their own threads)")
+    if args.workers > 1 and args.jitter:
+        raise NoisyFRError(f"--workers {args.workers} with --jitter {args.jitter}: dlib draws the jittered "
+                           "copies from one generator per process, so they would depend on which "
+                           "process embeds which image; use --workers 1")
     inputs = [args.data, model_input]
     check_output(out, inputs)
     check_output(Path(str(out) + ".json"), inputs, what="--out (its sidecar)")
@@ -70,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                        jitter=args.jitter)
     source = open_source(args.data)
     check_output(out, source.inputs)  # a manifest's dataset is an input too
-    table, counts = extract(source, model, out)
+    table, counts = extract(source, model, out, workers=args.workers)
     wall = time.perf_counter() - t0
     if table is None:
         print(f"{out}: up to date ({source.count} images, same model and preprocessing): nothing done")

@@ -195,30 +195,75 @@ def _embed_chunk(model, source: Source, rows: range) -> tuple[np.ndarray, np.nda
     return emb, np.asarray(miss, dtype=bool)
 
 
-def embed_all(model, source: Source, hashes: list[str], parts: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Every image's embedding and miss flag, chunk by chunk, reusing finished chunks in ``parts``.
-    Returns ``(embeddings, misses, counts)`` with the chunks computed and reused."""
+#: what a forked worker of :func:`_computed` embeds with: ``(model, source)``, set before the fork
+_WORK: dict = {}
+
+
+def _pool_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    model, source = _WORK["work"]
+    return _embed_chunk(model, source, range(start, stop))
+
+
+def _computed(model, source: Source, todo: list[range], workers: int):
+    """``(rows, (embeddings, misses))`` of each chunk of ``todo``, in order: in this process, or
+    in ``workers`` forked ones (each inherits the loaded model; a chunk is embedded by the same
+    code in either, so the numbers do not depend on ``workers``)."""
+    if workers <= 1 or len(todo) <= 1:
+        for rows in todo:
+            yield rows, _embed_chunk(model, source, rows)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    _WORK["work"] = (model, source)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                               mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = [pool.submit(_pool_chunk, rows.start, rows.stop) for rows in todo]
+        for rows, fut in zip(todo, futures):
+            yield rows, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _WORK.pop("work", None)
+
+
+def embed_all(model, source: Source, hashes: list[str], parts: Path,
+              workers: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every image's embedding and miss flag, chunk by chunk, reusing finished chunks in ``parts``
+    and computing the others in ``workers`` processes (:func:`_computed`). Returns
+    ``(embeddings, misses, counts)`` with the chunks computed and reused."""
+    import contextlib
+
     n = source.count
     emb = np.zeros((n, model.dim), dtype=np.float32)
     miss = np.zeros(n, dtype=bool)
     counts = {"computed": 0, "reused": 0}
     bar = tqdm(total=n, desc=f"features {Path(source.name).name}", unit="img", disable=None)
+
+    def part_of(rows: range) -> Path:
+        return parts / f"{chunk_key(model, hashes[rows.start:rows.stop])}.npz"
+
+    todo = []
     try:
         for start in range(0, n, CHUNK):
             rows = range(start, min(n, start + CHUNK))
-            part = parts / f"{chunk_key(model, hashes[rows.start:rows.stop])}.npz"
+            part = part_of(rows)
             got = _load_part(part, len(rows), model.dim) if part.is_file() else None
             if got is None:
-                got = _embed_chunk(model, source, rows)
-                parts.mkdir(parents=True, exist_ok=True)
-                with atomic_path(part) as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, embedding=got[0], miss=got[1])
-                counts["computed"] += 1
-            else:
-                counts["reused"] += 1
+                todo.append(rows)
+                continue
+            counts["reused"] += 1
             emb[rows.start:rows.stop], miss[rows.start:rows.stop] = got
             bar.update(len(rows))
-            bar.set_postfix(misses=int(miss[:rows.stop].sum()), refresh=False)
+        with contextlib.closing(_computed(model, source, todo, workers)) as results:
+            for rows, got in results:
+                parts.mkdir(parents=True, exist_ok=True)
+                with atomic_path(part_of(rows)) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, embedding=got[0], miss=got[1])
+                counts["computed"] += 1
+                emb[rows.start:rows.stop], miss[rows.start:rows.stop] = got
+                bar.update(len(rows))
+                bar.set_postfix(misses=int(miss.sum()), refresh=False)
     finally:
         bar.close()
     return emb, miss, counts
@@ -236,9 +281,10 @@ def up_to_date(out: Path, meta: dict) -> bool:
                                                    "format"))
 
 
-def extract(source: Source, model, out: str | Path) -> tuple[FeatureTable | None, dict]:
-    """Embed ``source`` with ``model`` into the feature file ``out``. Returns ``(table, counts)``;
-    ``table`` is None when ``out`` was already up to date (nothing recomputed or rewritten)."""
+def extract(source: Source, model, out: str | Path, workers: int = 1) -> tuple[FeatureTable | None, dict]:
+    """Embed ``source`` with ``model`` into the feature file ``out`` (in ``workers`` processes:
+    :func:`embed_all`). Returns ``(table, counts)``; ``table`` is None when ``out`` was already
+    up to date (nothing recomputed or rewritten)."""
     out = Path(out)
     hashes = image_hashes(source, f"read {Path(source.name).name}")
     meta = {"format": FORMAT, "model": model.info, "preprocessing": model.preprocessing,
@@ -252,7 +298,7 @@ def extract(source: Source, model, out: str | Path) -> tuple[FeatureTable | None
     if parts.is_symlink() or (parts.exists() and not parts.is_dir()):
         raise NoisyFRError(f"{parts}: the work folder beside --out is a link or a file; remove it")
     try:
-        emb, miss, counts = embed_all(model, source, hashes, parts)
+        emb, miss, counts = embed_all(model, source, hashes, parts, workers)
         table = table_of(source.paths, source.identities, emb, miss, meta)
         write_features(table, out)
     except NoisyFRError:
