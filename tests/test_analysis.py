@@ -150,6 +150,37 @@ def test_closed_form_one_gaussian_bic_matches_scikit_learn(shape):
     assert worse - got > 1e-6 * abs(got) + 1e-4
 
 
+@pytest.mark.parametrize("shape", ["normal", "bimodal", "overlap", "tiny", "ties", "uniform"])
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_two_gaussians_is_scikit_learns_mixture(shape, seed):
+    """``two_gaussians`` runs scikit-learn's GaussianMixture(n_components=2, n_init=3) fit with
+    its EM written in 1-D: the same weights, means, variances and BIC (to 1e-9 relative) on
+    samples that converge in a few iterations or in many (overlapping modes), tiny ones, ties and
+    a flat one; and a control that could fail (one EM iteration fewer moves the fit by far more)."""
+    from sklearn.mixture import GaussianMixture
+
+    from noisyfr.analysis import detection
+
+    rng = np.random.default_rng({"normal": 0, "bimodal": 1, "overlap": 2, "tiny": 3, "ties": 4, "uniform": 5}[shape])
+    x = {"normal": rng.normal(0.7, 0.1, 3000),
+         "bimodal": np.r_[rng.normal(0.6, 0.1, 2400), rng.normal(1.4, 0.2, 600)],
+         "overlap": np.r_[rng.normal(0.8, 0.15, 700), rng.normal(1.0, 0.15, 300)],
+         "tiny": rng.normal(1.0, 0.3, 5),
+         "ties": np.round(rng.normal(1.0, 0.3, 400), 1),
+         "uniform": rng.uniform(0.2, 2.5, 2000)}[shape]
+    gm = GaussianMixture(n_components=2, n_init=3, random_state=seed, reg_covar=1e-6).fit(x[:, None])
+    means, sds, weights, bic = detection.two_gaussians(x, seed)
+    np.testing.assert_allclose(means, gm.means_.ravel(), rtol=1e-9)
+    np.testing.assert_allclose(sds ** 2, gm.covariances_.ravel(), rtol=1e-9)
+    np.testing.assert_allclose(weights, gm.weights_, rtol=1e-9)
+    assert bic == pytest.approx(gm.bic(x[:, None]), rel=1e-9)
+    if shape == "overlap":  # the control: stopping one iteration early is visible
+        short = GaussianMixture(n_components=2, n_init=3, random_state=seed, reg_covar=1e-6,
+                                max_iter=max(1, gm.n_iter_ - 1)).fit(x[:, None])
+        assert np.abs(short.means_.ravel() - means).max() > 1e-6
+
+
 def _random_angles(seed=0, runs=2, epochs=2, n=200):
     rng = np.random.default_rng(seed)
     frames = []

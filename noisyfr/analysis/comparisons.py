@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 from noisyfr.errors import NoisyFRError
 
@@ -117,7 +117,7 @@ def paired_p(diffs) -> float:
     if sd == 0.0:
         return 1.0 if mean == 0.0 else 0.0
     t = mean / (sd / math.sqrt(n))
-    return float(2.0 * sps.t.sf(abs(t), n - 1))
+    return float(2.0 * special.stdtr(n - 1, -abs(t)))
 
 
 def holm(pvalues) -> np.ndarray:

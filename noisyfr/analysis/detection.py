@@ -5,7 +5,6 @@ inside the functions that use it."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -54,13 +53,82 @@ def gaussian_bic(x, reg_covar: float = 1e-6) -> float:
     return -2.0 * log_l + 2.0 * math.log(n)
 
 
+#: scikit-learn's GaussianMixture defaults that :func:`two_gaussians` follows
+_TOL, _MAX_ITER, _N_INIT, _REG_COVAR = 1e-3, 100, 3, 1e-6
+
+
+def _gaussians_of(x: np.ndarray, resp: list[np.ndarray]):
+    """M step: component weights (the responsibilities' sums), means and variances (plus the
+    regularisation) of the 1-D sample ``x`` under the two components' responsibilities ``resp``."""
+    nk = np.array([r.sum() for r in resp]) + 10 * np.finfo(np.float64).eps
+    means = np.array([r @ x for r in resp]) / nk
+    var = np.array([(r * (x - m)) @ (x - m) for r, m in zip(resp, means)]) / nk + _REG_COVAR
+    return nk, means, var
+
+
+def _log_prob_norm(x: np.ndarray, weights, means, var) -> tuple[np.ndarray, list[np.ndarray]]:
+    """E step: ``(log p(x_i), the two components' log responsibilities)``."""
+    prec = 1.0 / np.sqrt(var)  # the 1 x 1 Cholesky factor of the precision
+    weighted = []
+    for k in range(2):
+        y = x * prec[k] - means[k] * prec[k]
+        weighted.append(-0.5 * (math.log(2 * math.pi) + y * y) + (math.log(prec[k]) + math.log(weights[k])))
+    hi, lo = np.maximum(*weighted), np.minimum(*weighted)
+    with np.errstate(under="ignore"):
+        norm = hi + np.log1p(np.exp(lo - hi))
+        return norm, [w - norm for w in weighted]
+
+
+def two_gaussians(x, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(means, sds, weights, bic)`` of the 2-component Gaussian mixture that
+    ``sklearn.mixture.GaussianMixture(n_components=2, n_init=3, random_state=seed,
+    reg_covar=1e-6).fit(x)`` gives on the 1-D sample ``x``, and its BIC.
+
+    The same algorithm: each of the 3 initialisations labels the sample with scikit-learn's
+    ``KMeans(n_clusters=2, n_init=1)``, drawing from one ``RandomState(seed)`` in turn, then runs
+    EM until the mean log-likelihood changes by less than 1e-3 (at most 100 iterations); the
+    first initialisation of the highest final likelihood is kept. Only the EM is written here,
+    in 1-D (scikit-learn's general code spends most of a small fit on dispatch), and it runs once
+    for an initialisation whose labels repeat an earlier one's (it would end the same).
+    tests/test_analysis.py checks it against scikit-learn."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(x, dtype=np.float64).ravel()
+    n = x.shape[0]
+    rng = np.random.RandomState(seed)
+    best, best_bound, seen = None, -np.inf, []
+    for _ in range(_N_INIT):
+        with one_thread():
+            labels = KMeans(n_clusters=2, n_init=1, random_state=rng).fit(x[:, None]).labels_
+        if any(np.array_equal(labels, s) for s in seen):
+            continue
+        seen.append(labels)
+        nk, means, var = _gaussians_of(x, [(labels == k).astype(np.float64) for k in range(2)])
+        weights = nk / n
+        bound = -np.inf
+        for _ in range(_MAX_ITER):
+            prev = bound
+            norm, log_resp = _log_prob_norm(x, weights, means, var)
+            nk, means, var = _gaussians_of(x, [np.exp(r) for r in log_resp])
+            weights = nk / nk.sum()
+            bound = float(norm.mean())
+            if abs(bound - prev) < _TOL:
+                break
+        if best is None or bound > best_bound:
+            best, best_bound = (weights, means, var), bound
+    weights, means, var = best
+    log_l = float(_log_prob_norm(x, weights, means, var)[0].sum())
+    return means, np.sqrt(var), weights, -2.0 * log_l + 5 * math.log(n)  # 5 free parameters
+
+
 def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> dict:
     """Estimate the noise rate from the ``theta_y`` distribution alone with a 2-component Gaussian mixture.
 
     As in Hu et al. (CVPR 2019, "Noise-Tolerant Paradigm for Training Face Recognition CNNs"), the
     distribution of the angle to the labelled class centre becomes bimodal under label noise: clean
     samples form the low-angle mode and mislabelled ones the high-angle mode. We fit
-    ``sklearn.mixture.GaussianMixture`` with 2 components (seeded, 3 initialisations) to theta_y,
+    ``sklearn.mixture.GaussianMixture(n_components=2, n_init=3, random_state=seed)`` to theta_y
+    (computed by :func:`two_gaussians`, the same fit without scikit-learn's per-call overhead),
     and one Gaussian in closed form (:func:`gaussian_bic`). When the 2-component fit lowers the
     BIC by at least ``min_bic_gain`` and its modes are separated by Ashman's
     D = |mean difference| / sqrt((sd1^2 + sd2^2) / 2) > 2, the distribution is called bimodal
@@ -76,24 +144,15 @@ def bimodal_noise_rate(theta_y, seed: int = 0, min_bic_gain: float = 10.0) -> di
     if np.ptp(x) < 1e-9:
         return {"estimate": 0.0, "mean_low": float(x[0, 0]), "mean_high": float(x[0, 0]),
                 "sd_low": 0.0, "sd_high": 0.0, "separation": 0.0, "bimodal": False}
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
-    # one thread: the k-means initialisation's OpenMP pool spins on a busy machine (12x slower on
-    # 2 shared cores), and 1-D fits of a few thousand angles gain nothing from threads
-    with warnings.catch_warnings(), one_thread():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gm = GaussianMixture(n_components=2, n_init=3, random_state=seed, reg_covar=1e-6).fit(x)
+    means, sds, weights, bic2 = two_gaussians(x.ravel(), seed)
     # the 1-component model in closed form (what GaussianMixture(n_components=1) converges to)
     bic1 = gaussian_bic(x.ravel(), reg_covar=1e-6)
-    means = gm.means_.ravel()
-    sds = np.sqrt(gm.covariances_.reshape(-1))
     lo, hi = int(np.argmin(means)), int(np.argmax(means))
     pooled = math.sqrt((sds[lo] ** 2 + sds[hi] ** 2) / 2)
     separation = float((means[hi] - means[lo]) / pooled) if pooled > 0 else float("inf")
     # bimodal: the 2-component model is clearly better (BIC) and its modes are separated (Ashman's D > 2)
-    bimodal = bool(bic1 - gm.bic(x) >= min_bic_gain and separation > 2.0)
-    return {"estimate": float(gm.weights_[hi]) if bimodal else 0.0,
+    bimodal = bool(bic1 - bic2 >= min_bic_gain and separation > 2.0)
+    return {"estimate": float(weights[hi]) if bimodal else 0.0,
             "mean_low": float(means[lo]), "mean_high": float(means[hi]),
             "sd_low": float(sds[lo]), "sd_high": float(sds[hi]),
             "separation": separation, "bimodal": bimodal}

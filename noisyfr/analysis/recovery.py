@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 #: The references of the loop (the same names as :mod:`noisyfr.loop.run`).
 NOISY, ORACLE = "noisy", "oracle"
@@ -67,7 +67,7 @@ def fieller(num, den, level: float = LEVEL) -> dict:
     mx, my = float(x.mean()), float(y.mean())
     vxx, vyy = float(x.var(ddof=1)) / n, float(y.var(ddof=1)) / n
     vxy = float(np.cov(x, y, ddof=1)[0, 1]) / n
-    t2 = float(sps.t.ppf(0.5 + level / 2, n - 1)) ** 2
+    t2 = float(special.stdtrit(n - 1, 0.5 + level / 2)) ** 2
     out["ratio"] = mx / my if my != 0 else math.nan
     a = my * my - t2 * vyy          # > 0 exactly when the t-interval of mean(den) excludes 0
     if a <= 0:

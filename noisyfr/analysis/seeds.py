@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 from noisyfr.analysis import comparisons
 from noisyfr.angle_log import heldout_noise_rate
@@ -70,7 +70,7 @@ def interval(values, level: float = LEVEL, bounded: bool = False) -> dict:
     sd = float(x.std(ddof=1)) if n > 1 else math.nan
     if n < 2:
         return {"n": n, "mean": mean, "sd": sd, "lo": math.nan, "hi": math.nan}
-    t = float(sps.t.ppf(0.5 + level / 2, n - 1))
+    t = float(special.stdtrit(n - 1, 0.5 + level / 2))
     if not bounded:
         half = t * sd / math.sqrt(n)
         return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
@@ -82,8 +82,8 @@ def interval(values, level: float = LEVEL, bounded: bool = False) -> dict:
         return {"n": n, "mean": mean, "sd": sd, "lo": mean, "hi": mean}
     centre = math.log(mean / (1.0 - mean))
     half = t * sd / math.sqrt(n) / (mean * (1.0 - mean))
-    return {"n": n, "mean": mean, "sd": sd, "lo": float(sps.logistic.cdf(centre - half)),
-            "hi": float(sps.logistic.cdf(centre + half))}
+    return {"n": n, "mean": mean, "sd": sd, "lo": float(special.expit(centre - half)),
+            "hi": float(special.expit(centre + half))}
 
 
 def metric_interval(metric: str, values, level: float = LEVEL) -> dict:
