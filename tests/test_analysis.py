@@ -181,6 +181,35 @@ def test_two_gaussians_is_scikit_learns_mixture(shape, seed):
         assert np.abs(short.means_.ravel() - means).max() > 1e-6
 
 
+def test_kmeans_labels_are_scikit_learns_on_many_samples():
+    """``_kmeans_labels`` draws from the RandomState as scikit-learn's KMeans(n_clusters=2,
+    n_init=1) does and ends with the same labels: 200 samples of every shape the mixture meets
+    (sizes 4 to 5,000, one or two modes, ties, outliers), three fits each from one generator, as
+    GaussianMixture makes them; and the generators are left in the same state."""
+    from sklearn.cluster import KMeans
+
+    from noisyfr.analysis.detection import _kmeans_labels
+
+    rng = np.random.default_rng(11)
+    for case in range(200):
+        n = int(rng.choice([4, 9, 50, 400, 3000, 5000]))
+        k = case % 4
+        x = (rng.normal(1.0, 0.3, n) if k == 0 else
+             np.r_[rng.normal(0.7, 0.1, n - n // 4), rng.normal(1.5, 0.2, n // 4)] if k == 1 else
+             np.round(rng.uniform(0.2, 2.8, n), 1) if k == 2 else
+             np.r_[rng.normal(1.0, 0.05, n - 1), [3.0]])
+        ours, theirs = np.random.RandomState(case), np.random.RandomState(case)
+        for _ in range(3):
+            got = _kmeans_labels(x, ours)
+            want = KMeans(n_clusters=2, n_init=1, random_state=theirs).fit(x[:, None]).labels_
+            if got is None:  # an emptied cluster: two_gaussians hands it to scikit-learn
+                continue
+            assert np.array_equal(got, want), (case, n, k)
+        assert ours.uniform() == theirs.uniform()
+    # one value repeated: both seeds land on it and a cluster is empty, which is left to scikit-learn
+    assert _kmeans_labels(np.full(6, 0.5), np.random.RandomState(0)) is None
+
+
 def _random_angles(seed=0, runs=2, epochs=2, n=200):
     rng = np.random.default_rng(seed)
     frames = []

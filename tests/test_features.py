@@ -355,9 +355,7 @@ def test_dlib_verification_on_lfw_fold1_is_near_the_published_accuracy(dlib, lfw
     from noisyfr.features.verify import pair_accuracy
 
     out = tmp_path / "fold1.parquet"
-    # two processes (the numbers do not depend on it: test_dlib_workers_give_the_same_bytes...)
-    assert exit_status(["features", str(lfw_pairs_file.parent), "--model", "dlib", "--out", str(out),
-                        "--workers", "2"]) == 0
+    assert exit_status(["features", str(lfw_pairs_file.parent), "--model", "dlib", "--out", str(out)]) == 0
     table = read_features(out)
     assert len(table) == 807 and len(table.pairs) == 600 and table.pairs[:, 2].sum() == 300
     result = pair_accuracy(table)

@@ -52,10 +52,14 @@ def test_every_help_and_the_version_import_no_torch():
 
 def test_the_probe_sees_torch_and_sklearn_when_they_are_imported():
     """The control: the same probe reports the training recipe's torch and a statistic that
-    fits a mixture (scikit-learn, imported where it is used)."""
+    calls scikit-learn (the detection AUC, imported where it is used); the mixture reference
+    imports it no more (its fit is written in 1-D: test_analysis.py checks it against
+    scikit-learn's)."""
     assert _loaded("import noisyfr.train.trainer")["torch"]
+    auc = "stats.detection_auc([0.1, 0.2, 1.0, 1.1], [False, False, True, True])"
+    assert _loaded("from noisyfr.analysis import stats", auc)["sklearn"]
     fit = "stats.bimodal_noise_rate([0.1, 0.2, 1.0, 1.1, 1.2])"
-    assert _loaded("from noisyfr.analysis import stats", fit)["sklearn"]
+    assert not _loaded("from noisyfr.analysis import stats", fit)["sklearn"]
     assert _loaded(_help(["train", "--help"]), "from noisyfr.train import train")["torch"]
 
 

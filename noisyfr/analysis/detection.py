@@ -79,27 +79,74 @@ def _log_prob_norm(x: np.ndarray, weights, means, var) -> tuple[np.ndarray, list
         return norm, [w - norm for w in weighted]
 
 
+def _kmeans_labels(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray | None:
+    """The labels of ``sklearn.cluster.KMeans(n_clusters=2, n_init=1, random_state=rng).fit``
+    on the 1-D sample ``x``, drawing from ``rng`` as it does: the data centred, k-means++ seeding
+    (the first centre drawn uniformly, the second the better of 2 candidates drawn by squared
+    distance), then Lloyd's iterations to the same stopping rule (labels unchanged, or the
+    squared centre shift within 1e-4 of the variance; 300 at most), and the labels of the final
+    centres. None where a cluster empties (scikit-learn then moves a centre: left to it)."""
+    xc = x - x.mean()
+    n = xc.shape[0]
+    sq = xc * xc
+    w = np.ones(n)
+    first = rng.choice(n, p=w / w.sum())
+    c0 = xc[first]
+    closest = np.maximum(-2 * (c0 * xc) + c0 * c0 + sq, 0.0)
+    rand = rng.uniform(size=2) * (closest @ w)
+    cand = np.minimum(np.searchsorted(np.cumsum(w * closest), rand), n - 1)
+    dist = np.maximum(-2 * np.outer(xc[cand], xc) + (xc[cand] ** 2)[:, None] + sq[None, :], 0.0)
+    pot = np.minimum(closest, dist) @ w
+    centres = np.array([c0, xc[cand[int(np.argmin(pot))]]])
+    tol = float(np.var(xc)) * 1e-4
+    labels_old = np.full(n, -1)
+    strict = False
+    for _ in range(300):
+        labels = (centres[1] ** 2 - 2 * xc * centres[1] < centres[0] ** 2 - 2 * xc * centres[0]).astype(np.int64)
+        counts = np.bincount(labels, minlength=2)
+        if (counts == 0).any():
+            return None
+        new = np.bincount(labels, weights=xc, minlength=2) / counts
+        shift = float(((new - centres) ** 2).sum())
+        centres = new
+        if np.array_equal(labels, labels_old):
+            strict = True
+            break
+        if shift <= tol:
+            break
+        labels_old = labels
+    if not strict:
+        labels = (centres[1] ** 2 - 2 * xc * centres[1] < centres[0] ** 2 - 2 * xc * centres[0]).astype(np.int64)
+    return labels
+
+
 def two_gaussians(x, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """``(means, sds, weights, bic)`` of the 2-component Gaussian mixture that
     ``sklearn.mixture.GaussianMixture(n_components=2, n_init=3, random_state=seed,
     reg_covar=1e-6).fit(x)`` gives on the 1-D sample ``x``, and its BIC.
 
-    The same algorithm: each of the 3 initialisations labels the sample with scikit-learn's
-    ``KMeans(n_clusters=2, n_init=1)``, drawing from one ``RandomState(seed)`` in turn, then runs
+    The same algorithm: each of the 3 initialisations labels the sample as scikit-learn's
+    ``KMeans(n_clusters=2, n_init=1)`` does (:func:`_kmeans_labels`), drawing from one
+    ``RandomState(seed)`` in turn, then runs
     EM until the mean log-likelihood changes by less than 1e-3 (at most 100 iterations); the
-    first initialisation of the highest final likelihood is kept. Only the EM is written here,
-    in 1-D (scikit-learn's general code spends most of a small fit on dispatch), and it runs once
+    first initialisation of the highest final likelihood is kept. Written here in 1-D, without
+    scikit-learn (its general code spends most of a small fit on dispatch, and importing it costs
+    analyze half a second); the EM runs once
     for an initialisation whose labels repeat an earlier one's (it would end the same).
     tests/test_analysis.py checks it against scikit-learn."""
-    from sklearn.cluster import KMeans
-
     x = np.asarray(x, dtype=np.float64).ravel()
     n = x.shape[0]
     rng = np.random.RandomState(seed)
     best, best_bound, seen = None, -np.inf, []
     for _ in range(_N_INIT):
-        with one_thread():
-            labels = KMeans(n_clusters=2, n_init=1, random_state=rng).fit(x[:, None]).labels_
+        state = rng.get_state()
+        labels = _kmeans_labels(x, rng)
+        if labels is None:  # an emptied cluster: scikit-learn's own KMeans, from the same draws
+            from sklearn.cluster import KMeans
+
+            rng.set_state(state)
+            with one_thread():
+                labels = KMeans(n_clusters=2, n_init=1, random_state=rng).fit(x[:, None]).labels_
         if any(np.array_equal(labels, s) for s in seen):
             continue
         seen.append(labels)
