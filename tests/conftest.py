@@ -12,12 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-# Ray starts its workers at nice 15: beside the other xdist worker's tests (nice 0) a Ray test
-# waits on starved workers (tests/test_tune_cluster.py took 87 s against 13 s with two busy
-# cores). The suite runs them at nice 0, as Ray's own job manager does for the jobs it starts;
-# subprocesses inherit it.
-os.environ.setdefault("RAY_worker_niceness", "0")
 SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 #: Test modules that must not run beside each other under pytest-xdist (``make test`` runs two
