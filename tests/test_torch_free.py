@@ -63,6 +63,17 @@ def test_the_probe_sees_torch_and_sklearn_when_they_are_imported():
     assert _loaded(_help(["train", "--help"]), "from noisyfr.train import train")["torch"]
 
 
+def test_analyze_imports_torch_for_the_losses_and_no_scikit_learn(tmp_path):
+    """``analyze`` imports torch only for the losses it evaluates (the counterfactual weights and
+    the analytic curves), and no scikit-learn: its mixture reference is written in 1-D."""
+    from fabricate import make_synthetic_run
+
+    run = make_synthetic_run(tmp_path / "run", num_ids=4, per_id=5, epochs=2)
+    got = _loaded(_help(["analyze", str(run), "--out", str(tmp_path / "rep"), "--no-figures"]))
+    assert (tmp_path / "rep" / "tables" / "noise_rate_estimates.csv").is_file()  # it did run the mixture
+    assert got["torch"] and not got["sklearn"]
+
+
 def test_query_and_clean_on_a_run_import_no_torch(tmp_path):
     from fabricate import make_synthetic_run
 
