@@ -79,6 +79,12 @@ def _log_prob_norm(x: np.ndarray, weights, means, var) -> tuple[np.ndarray, list
         return norm, [w - norm for w in weighted]
 
 
+def _nearer_second(xc: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Lloyd's assignment as scikit-learn computes it: 1 where ``c1^2 - 2 x c1`` is below
+    ``c0^2 - 2 x c0`` (a tie goes to centre 0), else 0."""
+    return (centres[1] ** 2 - 2 * xc * centres[1] < centres[0] ** 2 - 2 * xc * centres[0]).astype(np.int64)
+
+
 def _kmeans_labels(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray | None:
     """The labels of ``sklearn.cluster.KMeans(n_clusters=2, n_init=1, random_state=rng).fit``
     on the 1-D sample ``x``, drawing from ``rng`` as it does: the data centred, k-means++ seeding
@@ -102,7 +108,7 @@ def _kmeans_labels(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray | No
     labels_old = np.full(n, -1)
     strict = False
     for _ in range(300):
-        labels = (centres[1] ** 2 - 2 * xc * centres[1] < centres[0] ** 2 - 2 * xc * centres[0]).astype(np.int64)
+        labels = _nearer_second(xc, centres)
         counts = np.bincount(labels, minlength=2)
         if (counts == 0).any():
             return None
@@ -116,7 +122,7 @@ def _kmeans_labels(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray | No
             break
         labels_old = labels
     if not strict:
-        labels = (centres[1] ** 2 - 2 * xc * centres[1] < centres[0] ** 2 - 2 * xc * centres[0]).astype(np.int64)
+        labels = _nearer_second(xc, centres)
     return labels
 
 

@@ -95,8 +95,7 @@ def epoch_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     check_weight(weight)
     p = parts_of(data, weight)
     d = hist.dense(p)
-    out = d.index.copy()
-    if out.empty:
+    if d.index.empty:
         return pd.DataFrame()
     n_t = d.cell("n")
     clean = d.mask("clean")
@@ -135,7 +134,7 @@ def epoch_stats(data, weight: str = DEFAULT_WEIGHT) -> pd.DataFrame:
     cols["disagreement_rate"] = _div(np.nansum(d.cell("n_disagree"), axis=1), np.nansum(d.cell("n_pair"), axis=1))
     cols["disagreement_error"] = cols["disagreement_rate"] - cols["noisy_fraction"]
     cols["auc_bound"] = bound
-    return with_columns(out, cols)
+    return with_columns(d.index, cols)
 
 
 def with_columns(index: pd.DataFrame, cols: dict) -> pd.DataFrame:
