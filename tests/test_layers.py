@@ -11,7 +11,7 @@ import noisyfr
 #: package or top-level module of noisyfr -> floor (docs/ARCHITECTURE.md)
 FLOORS = {"errors": 1, "names": 1, "distributed": 1, "numeric": 1, "lazy": 1, "safefs": 2,
           "io": 2, "shipped": 2, "lock": 2, "dotted": 2, "device": 2, "plugins": 2, "cli": 2, "outputs": 2,
-          "angle_log": 2, "labels": 2, "losses": 2, "models": 2,
+          "angle_log": 2, "labels": 2, "targets": 2, "losses": 2, "models": 2,
           "data": 3, "noise": 4, "eval": 4, "train": 5, "features": 5, "tune": 6, "analysis": 6,
           "cleaning": 7, "loop": 8, "demo": 9, "__main__": 9}
 

@@ -8,8 +8,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from noisyfr import targets
 from noisyfr.errors import NoisyFRError
-from noisyfr.losses.base import COS_EPS, MarginLoss, arc_target, check_real, register_loss
+from noisyfr.losses.base import COS_EPS, TORCH, MarginLoss, arc_target, check_real, register_loss
 
 
 @register_loss("curricularface")
@@ -24,8 +25,7 @@ class CurricularFace(MarginLoss):
     def __init__(self, m: float = 0.5, s: float = 64.0, alpha: float = 0.01,
                  grad_mode: str = "exact", grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
-        self.alpha = check_real(self.name, "alpha", alpha, lo=0.0, lo_open=True, hi=1.0)
+        self.__dict__.update(targets.CHECKS["curricularface"](self.name, {"m": m, "alpha": alpha}))
         self.register_buffer("t", torch.zeros(()))
 
     def update_state(self, cos_y, norms):
@@ -52,9 +52,7 @@ class AdaFace(MarginLoss):
     def __init__(self, m: float = 0.4, h: float = 0.333, s: float = 64.0, t_alpha: float = 0.01,
                  grad_mode: str = "exact", grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, hi=2.0)
-        self.h = check_real(self.name, "h", h, lo=0.0, lo_open=True)
-        self.t_alpha = check_real(self.name, "t_alpha", t_alpha, lo=0.0, lo_open=True, hi=1.0)
+        self.__dict__.update(targets.CHECKS["adaface"](self.name, {"m": m, "h": h, "t_alpha": t_alpha}))
         self.register_buffer("batch_mean", torch.tensor(20.0))
         self.register_buffer("batch_std", torch.tensor(100.0))
 
@@ -76,7 +74,7 @@ class AdaFace(MarginLoss):
     def target_logit(self, theta, norms=None):
         """T = cos(clip(theta - m*z, 1e-3, pi - 1e-3)) - m*(1 + z)."""
         z = self.margin_scaler(norms)
-        return torch.cos((theta - self.m * z).clamp(1e-3, math.pi - 1e-3)) - self.m * (1.0 + z)
+        return targets.adaface(theta, self.m, z, TORCH)
 
 
 @register_loss("magface")
@@ -99,15 +97,8 @@ class MagFace(MarginLoss):
                  u_m: float = 0.8, lambda_g: float = 35.0, easy_margin: bool = True,
                  grad_mode: str = "exact", grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        if not isinstance(easy_margin, bool):
-            raise NoisyFRError(f"{self.name}: invalid parameter easy_margin={easy_margin!r}: "
-                               "must be true or false")
-        self.easy_margin = easy_margin
-        self.l_a = check_real(self.name, "l_a", l_a, lo=0.0, lo_open=True)
-        self.u_a = check_real(self.name, "u_a", u_a, lo=self.l_a, lo_open=True)
-        self.l_m = check_real(self.name, "l_m", l_m, lo=0.0, hi=math.pi, hi_open=True)
-        self.u_m = check_real(self.name, "u_m", u_m, lo=self.l_m, hi=math.pi, hi_open=True)
-        self.lambda_g = check_real(self.name, "lambda_g", lambda_g, lo=0.0)
+        self.__dict__.update(targets.CHECKS["magface"](self.name, {
+            "easy_margin": easy_margin, "l_a": l_a, "u_a": u_a, "l_m": l_m, "u_m": u_m, "lambda_g": lambda_g}))
 
     @property
     def reference_norm(self) -> float:
@@ -116,18 +107,12 @@ class MagFace(MarginLoss):
 
     def margin(self, norms: torch.Tensor | None):
         """Margin m(a) for feature norms (the mid-range margin when ``norms`` is None)."""
-        if norms is None:
-            return 0.5 * (self.l_m + self.u_m)
-        a = norms.clamp(self.l_a, self.u_a)
-        return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
+        return targets.magface_margin(norms, self.l_a, self.u_a, self.l_m, self.u_m, TORCH)
 
     def target_logit(self, theta, norms=None):
         """T = cos(theta + m(a)); beyond 90 degrees cos(theta) (easy margin), else the ArcFace
         fallback cos(theta) - m(a)*sin(m(a)) beyond pi - m(a)."""
-        target = arc_target(theta, self.margin(norms))
-        if self.easy_margin:
-            return torch.where(theta < 0.5 * math.pi, target, torch.cos(theta))
-        return target
+        return targets.magface(theta, self.margin(norms), self.easy_margin, TORCH)
 
     def penalty(self, cos, labels, target, norms):
         a = norms.clamp(self.l_a, self.u_a)
@@ -154,8 +139,7 @@ class SubCenterArcFace(MarginLoss):
     def __init__(self, m: float = 0.5, s: float = 64.0, K: int = 3, grad_mode: str = "exact",
                  grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
-        self.K = check_real(self.name, "K", K, lo=1, hi=64, integer=True)
+        self.__dict__.update(targets.CHECKS["subcenter_arcface"](self.name, {"m": m, "K": K}))
         self.subcenters = self.K
 
     def target_logit(self, theta, norms=None):
@@ -205,9 +189,8 @@ class BoundaryFace(MarginLoss):
                  penalty_weight: float = math.pi, grad_mode: str = "exact",
                  grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
-        self.start_epoch = check_real(self.name, "start_epoch", start_epoch, lo=0, integer=True)
-        self.penalty_weight = check_real(self.name, "penalty_weight", penalty_weight, lo=0.0)
+        self.__dict__.update(targets.CHECKS["boundaryface"](
+            self.name, {"m": m, "start_epoch": start_epoch, "penalty_weight": penalty_weight}))
         self.last_corrected: torch.Tensor | None = None
         self._neg_idx: torch.Tensor | None = None
 

@@ -7,20 +7,14 @@ gradient switch.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from noisyfr import numeric
+from noisyfr import targets
 from noisyfr.errors import NoisyFRError
-
-#: Allowed values of ``grad_mode``.
-GRAD_MODES = ("exact", "detached")
-#: cos(theta_y) is clamped to [-1 + COS_EPS, 1 - COS_EPS] before arccos, i.e. theta_y lies in
-#: [~1.41e-3, pi - ~1.41e-3] rad; this keeps d arccos / d cos finite (<= ~707).
-COS_EPS = 1e-6
+from noisyfr.targets import COS_EPS, GRAD_MODES, check_bool, check_real  # noqa: F401 (re-exported)
 
 #: Registry: loss name -> class. Filled by the :func:`register_loss` decorator.
 LOSSES: dict[str, type[MarginLoss]] = {}
@@ -47,45 +41,34 @@ class MarginOutput(NamedTuple):
     penalty: torch.Tensor | None  #: scalar added to the mean cross-entropy, or None
 
 
-def check_real(loss: str, name: str, value, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> float:
-    """Validate a real-valued parameter with :mod:`noisyfr.numeric` (NaN and infinity refused,
-    strings too: a loss takes numbers); raise :class:`NoisyFRError` naming it when invalid."""
-    try:
-        if isinstance(value, str):
-            raise NoisyFRError(f"expected a number, got str {value!r}")
-        if integer:
-            v = numeric.real(value, None)
-            if v != int(v):
-                raise NoisyFRError("must be an integer")
-            return numeric.integer(int(v), None, lo=None if lo is None else math.ceil(lo),
-                                   hi=None if hi is None else math.floor(hi))
-        return numeric.real(value, None, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-    except NoisyFRError as exc:
-        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: {exc}") from None
+class _TorchNamespace:
+    """The ``xp`` of :mod:`noisyfr.targets` for torch tensors."""
+
+    cos, sin, pow, clip, where = torch.cos, torch.sin, torch.pow, torch.clamp, torch.where
+    floor, remainder = torch.floor, torch.remainder
+
+    @staticmethod
+    def detach(x):
+        return x.detach()
+
+    @staticmethod
+    def like(value, theta):
+        return torch.as_tensor(value, dtype=theta.dtype, device=theta.device)
 
 
-def check_bool(loss: str, name: str, value) -> bool:
-    """``value`` if it is a bool, else :class:`NoisyFRError` naming the parameter."""
-    if not isinstance(value, bool):
-        raise NoisyFRError(f"{loss}: invalid parameter {name}={value!r}: must be true or false")
-    return value
+#: The namespace in which the torch losses evaluate the target logits of :mod:`noisyfr.targets`.
+TORCH = _TorchNamespace()
 
 
 def easy(theta: torch.Tensor, target: torch.Tensor, on: bool) -> torch.Tensor:
-    """insightface's easy margin: ``target`` where cos(theta) > 0 (theta < 90 degrees), else
-    cos(theta) (no margin, dT/dcos = 1); ``target`` unchanged when ``on`` is False."""
-    if not on:
-        return target
-    return torch.where(theta < 0.5 * math.pi, target, torch.cos(theta))
+    """:func:`noisyfr.targets.easy` on tensors."""
+    return targets.easy(theta, target, on, TORCH)
 
 
 def arc_target(theta: torch.Tensor, m) -> torch.Tensor:
-    """ArcFace target cos(theta + m), with the standard fallback cos(theta) - m*sin(m) when
-    theta > pi - m (keeps the curve decreasing). ``m`` may be a float or a tensor like ``theta``."""
-    m_t = torch.as_tensor(m, dtype=theta.dtype, device=theta.device)
-    return torch.where(theta + m_t <= math.pi, torch.cos(theta + m_t),
-                       torch.cos(theta) - m_t * torch.sin(m_t))
+    """:func:`noisyfr.targets.arc` on tensors: cos(theta + m), the fallback cos(theta) - m*sin(m)
+    beyond pi - m. ``m`` may be a float or a tensor like ``theta``."""
+    return targets.arc(theta, m, TORCH)
 
 
 class _MarginLogits(torch.autograd.Function):
@@ -224,21 +207,8 @@ class MarginLoss(nn.Module):
 
     def __init__(self, s: float = 64.0, grad_mode: str = "exact", grad_floor: float | None = None):
         super().__init__()
-        self.s = check_real(self.name, "s", s, lo=0.0, lo_open=True)
-        if grad_mode not in GRAD_MODES:
-            raise NoisyFRError(f"{self.name}: invalid parameter grad_mode={grad_mode!r}: "
-                               f"must be one of {', '.join(GRAD_MODES)}")
-        self.grad_mode = grad_mode
-        if grad_floor is not None:
-            grad_floor = check_real(self.name, "grad_floor", grad_floor, lo=0.0)
-            if self.identity_target:
-                raise NoisyFRError(f"{self.name}: invalid parameter grad_floor={grad_floor!r}: "
-                                   "the target logit is cos itself (no margin to floor)")
-            if grad_mode != "exact":
-                raise NoisyFRError(f"{self.name}: invalid parameter grad_floor={grad_floor!r}: "
-                                   f"needs grad_mode=exact (grad_mode={grad_mode} has dT/dcos = 1 "
-                                   "already)")
-        self.grad_floor = grad_floor
+        self.s, self.grad_mode, self.grad_floor = targets.check_base(self.name, s, grad_mode, grad_floor,
+                                                                     self.identity_target)
         self.epoch = 1
 
     # ---- hooks for subclasses -------------------------------------------------------------

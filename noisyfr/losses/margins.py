@@ -1,20 +1,10 @@
 """Fixed-margin losses: softmax, NormFace, SphereFace, CosFace, ArcFace, combined, ExpFace."""
 from __future__ import annotations
 
-import math
-
 import torch
 
-from noisyfr.losses.base import (
-    COS_EPS,
-    MarginLoss,
-    MarginOutput,
-    arc_target,
-    check_bool,
-    check_real,
-    easy,
-    register_loss,
-)
+from noisyfr import targets
+from noisyfr.losses.base import COS_EPS, TORCH, MarginLoss, MarginOutput, register_loss
 
 
 class _LinearLogits(torch.autograd.Function):
@@ -77,7 +67,7 @@ class Softmax(MarginLoss):
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(theta)."""
-        return torch.cos(theta)
+        return targets.cosine(theta, TORCH)
 
     def compute(self, cos, labels, norms=None, centre_norms=None, bias=None) -> MarginOutput:
         """Logits ``norms*centre_norms*cos + bias`` (each factor optional)."""
@@ -105,7 +95,7 @@ class NormFace(MarginLoss):
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(theta)."""
-        return torch.cos(theta)
+        return targets.cosine(theta, TORCH)
 
 
 @register_loss("cosface")
@@ -115,11 +105,11 @@ class CosFace(MarginLoss):
     def __init__(self, m: float = 0.35, s: float = 64.0, grad_mode: str = "exact",
                  grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, hi=2.0)
+        self.__dict__.update(targets.CHECKS["cosface"](self.name, {"m": m}))
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(theta) - m."""
-        return torch.cos(theta) - self.m
+        return targets.cosface(theta, self.m, TORCH)
 
 
 @register_loss("arcface")
@@ -133,13 +123,12 @@ class ArcFace(MarginLoss):
     def __init__(self, m: float = 0.5, s: float = 64.0, grad_mode: str = "exact",
                  grad_floor: float | None = None, easy_margin: bool = False):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, hi=math.pi, hi_open=True)
-        self.easy_margin = check_bool(self.name, "easy_margin", easy_margin)
+        self.__dict__.update(targets.CHECKS["arcface"](self.name, {"m": m, "easy_margin": easy_margin}))
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(theta + m), fallback cos(theta) - m*sin(m) beyond pi - m; with
         ``easy_margin`` cos(theta) from 90 degrees on."""
-        return easy(theta, arc_target(theta, self.m), self.easy_margin)
+        return targets.arcface(theta, self.m, self.easy_margin, TORCH)
 
 
 @register_loss("combined")
@@ -157,20 +146,14 @@ class Combined(MarginLoss):
                  grad_mode: str = "exact", grad_floor: float | None = None,
                  easy_margin: bool = False):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.easy_margin = check_bool(self.name, "easy_margin", easy_margin)
-        self.m1 = check_real(self.name, "m1", m1, lo=0.0, lo_open=True, hi=10.0)
-        self.m2 = check_real(self.name, "m2", m2, lo=0.0, hi=math.pi, hi_open=True)
-        self.m3 = check_real(self.name, "m3", m3, lo=0.0, hi=2.0)
-        self.theta_c = (math.pi - self.m2) / self.m1
+        self.__dict__.update(targets.CHECKS["combined"](
+            self.name, {"easy_margin": easy_margin, "m1": m1, "m2": m2, "m3": m3}))
+        self.theta_c = targets.combined_corner(self.m1, self.m2)
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(m1*theta + m2) - m3 (continuous decreasing fallback beyond theta_c);
         with ``easy_margin`` cos(theta) from 90 degrees on."""
-        main = torch.cos(self.m1 * theta + self.m2) - self.m3
-        if self.theta_c < math.pi:
-            fallback = torch.cos(theta) - (1.0 + math.cos(self.theta_c)) - self.m3
-            main = torch.where(theta <= self.theta_c, main, fallback)
-        return easy(theta, main, self.easy_margin)
+        return targets.combined(theta, self.m1, self.m2, self.m3, self.easy_margin, TORCH)
 
 
 @register_loss("expface")
@@ -180,11 +163,11 @@ class ExpFace(MarginLoss):
     def __init__(self, m: float = 0.7, s: float = 64.0, grad_mode: str = "exact",
                  grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=0.0, lo_open=True, hi=10.0)
+        self.__dict__.update(targets.CHECKS["expface"](self.name, {"m": m}))
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(pi * (theta/pi)^m)."""
-        return torch.cos(math.pi * torch.pow(theta / math.pi, self.m))
+        return targets.expface(theta, self.m, TORCH)
 
 
 @register_loss("sphereface")
@@ -201,36 +184,30 @@ class SphereFace(MarginLoss):
                  gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0,
                  grad_mode: str = "exact", grad_floor: float | None = None):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
-        self.m = check_real(self.name, "m", m, lo=1.0, hi=16.0)
-        self.lambda_base = check_real(self.name, "lambda_base", lambda_base, lo=0.0)
-        self.gamma = check_real(self.name, "gamma", gamma, lo=0.0)
-        self.power = check_real(self.name, "power", power, lo=0.0)
-        self.lambda_min = check_real(self.name, "lambda_min", lambda_min, lo=0.0)
+        self.__dict__.update(targets.CHECKS["sphereface"](self.name, {
+            "m": m, "lambda_base": lambda_base, "gamma": gamma, "power": power, "lambda_min": lambda_min}))
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     @property
     def lambda_(self) -> float:
         """Current annealing weight lambda."""
-        it = int(self.iteration)
-        return max(self.lambda_min, self.lambda_base * (1.0 + self.gamma * it) ** (-self.power))
+        return targets.sphereface_lambda(self.lambda_base, self.gamma, self.power, self.lambda_min,
+                                         int(self.iteration))
 
     def set_iteration(self, iteration: int) -> None:
         """Set the annealing iteration counter (e.g. to show the annealed curve)."""
-        self.iteration.fill_(check_real(self.name, "iteration", iteration, lo=0, integer=True))
+        self.iteration.fill_(targets.check_real(self.name, "iteration", iteration, lo=0, integer=True))
 
     def psi(self, theta: torch.Tensor) -> torch.Tensor:
         """A-Softmax psi(theta) = (-1)^k cos(m*theta) - 2k, k = floor(m*theta/pi)."""
-        k = torch.floor(self.m * theta.detach() / math.pi)
-        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
-        return sign * torch.cos(self.m * theta) - 2.0 * k
+        return targets.sphereface_psi(theta, self.m, TORCH)
 
     def update_state(self, cos_y, norms):
         self.iteration += 1
 
     def target_logit(self, theta, norms=None):
         """T(theta) = (lambda*cos(theta) + psi(theta)) / (1 + lambda) at the current lambda."""
-        lam = self.lambda_
-        return (lam * torch.cos(theta) + self.psi(theta)) / (1.0 + lam)
+        return targets.sphereface(theta, self.m, self.lambda_, TORCH)
 
 
 __all__ = ["Softmax", "NormFace", "CosFace", "ArcFace", "Combined", "ExpFace", "SphereFace",
