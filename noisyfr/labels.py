@@ -50,6 +50,11 @@ def _parameters(name) -> dict[str, Any] | None:
     return dict(BUILTIN_PARAMETERS[name]) if name in BUILTIN_PARAMETERS else None
 
 
+def is_registered(name) -> bool:
+    """True when a loss of that name is registered (the live registry, or a built-in one)."""
+    return _parameters(name) is not None
+
+
 def loss_settings(section: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting of a config ``loss`` section that changes a number: ``name``, each
     constructor parameter (the section's value, else the loss's default; ``grad_floor`` only when

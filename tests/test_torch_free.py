@@ -38,7 +38,9 @@ def _help(argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("module", ["noisyfr.analysis.views", "noisyfr.angle_log", "noisyfr.analysis.stats",
-                                    "noisyfr.analysis.report_sections", "noisyfr.cleaning.scores"])
+                                    "noisyfr.analysis.report_sections", "noisyfr.cleaning.scores",
+                                    "noisyfr.targets", "noisyfr.analysis.counterfactual",
+                                    "noisyfr.analysis.report"])
 def test_the_analysis_floor_imports_neither_torch_nor_sklearn(module):
     got = _loaded(f"import {module}")
     assert not got["torch"] and not got["sklearn"]
@@ -63,15 +65,27 @@ def test_the_probe_sees_torch_and_sklearn_when_they_are_imported():
     assert _loaded(_help(["train", "--help"]), "from noisyfr.train import train")["torch"]
 
 
-def test_analyze_imports_torch_for_the_losses_and_no_scikit_learn(tmp_path):
-    """``analyze`` imports torch only for the losses it evaluates (the counterfactual weights and
-    the analytic curves), and no scikit-learn: its mixture reference is written in 1-D."""
+def test_analyze_imports_neither_torch_nor_scikit_learn(tmp_path):
+    """``analyze`` evaluates the built-in losses (the counterfactual weights, the analytic
+    curves) in numpy (noisyfr.targets), also for a ``--counterfactual`` setting, and its mixture
+    reference is written in 1-D. The control: a plugin loss, registered under a built-in's name,
+    is evaluated by its own torch code, so the same command then holds torch."""
     from fabricate import make_synthetic_run
 
     run = make_synthetic_run(tmp_path / "run", num_ids=4, per_id=5, epochs=2)
-    got = _loaded(_help(["analyze", str(run), "--out", str(tmp_path / "rep"), "--no-figures"]))
-    assert (tmp_path / "rep" / "tables" / "noise_rate_estimates.csv").is_file()  # it did run the mixture
-    assert got["torch"] and not got["sklearn"]
+    argv = ["analyze", str(run), "--out", str(tmp_path / "rep"), "--no-figures",
+            "--counterfactual", "expface:m=0.7,grad_mode=detached"]
+    got = _loaded(_help(argv))
+    table = tmp_path / "rep" / "tables"
+    assert (table / "noise_rate_estimates.csv").is_file()  # it did run the mixture
+    cf = (table / "counterfactual.csv").read_text()
+    assert "expface s=64 m=0.7 detached" in cf and "True" in cf  # and the counterfactual weights
+    assert not got["torch"] and not got["sklearn"]
+    plugin = ("from noisyfr.losses import register_loss\n"
+              "from noisyfr.losses.margins import ArcFace\n"
+              "register_loss('arcface')(type('PluginArc', (ArcFace,), {}))\n")
+    got = _loaded(plugin, _help([*argv[:3], str(tmp_path / "rep2"), *argv[4:]]))
+    assert got["torch"] and (tmp_path / "rep2" / "tables" / "counterfactual.csv").read_text() == cf
 
 
 def test_query_and_clean_on_a_run_import_no_torch(tmp_path):

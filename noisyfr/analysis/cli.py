@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from noisyfr.analysis.report import write_report
 
     extra = []
-    if args.counterfactual:  # checked by building each loss: torch only when one is asked for
-        from noisyfr.losses.matching import parse_loss_spec
+    if args.counterfactual:  # checked as building each loss would, without torch for a built-in one
+        from noisyfr.targets import parse_loss_spec
 
         extra = [{"name": n, **p} for n, p in (parse_loss_spec(t, "--counterfactual") for t in args.counterfactual)]
     out = args.out if args.out is not None else Path(args.input) / "report"

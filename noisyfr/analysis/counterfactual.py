@@ -53,27 +53,76 @@ _SUMS = ("pull", "p_channel", "slope", "unit_pull", "p")
 
 
 def _settings(section: dict) -> dict:
-    from noisyfr.losses import loss_settings
+    from noisyfr.labels import loss_settings
 
     return loss_settings(section)
 
 
 def label(section: dict) -> str:
     """The loss label of a loss section (``arcface s=32 m=0.5 detached``)."""
-    from noisyfr.losses import loss_label
+    from noisyfr.labels import loss_label
 
     return loss_label(section)
 
 
 def build(section: dict):
-    """The loss of a config ``loss`` section (name, parameters, ``grad_mode``), in float64 and
-    its reference state; ``sample_rate`` (Partial FC) is not a loss parameter and is dropped."""
-    from noisyfr.losses.curves import reference_loss
+    """The loss of a config ``loss`` section (name, parameters, ``grad_mode``) in its reference
+    state; ``sample_rate`` (Partial FC) is not a loss parameter and is dropped. A built-in loss
+    is a :class:`noisyfr.targets.Reference` (numpy: no torch); a loss registered by a plugin
+    (imported in this process) the torch loss, in float64. NoisyFRError for an unknown name or
+    an invalid parameter."""
+    from noisyfr import targets
 
     s = _settings(section)
     name, mode = s.pop("name"), s.pop("grad_mode")
     s.pop("sample_rate", None)
+    if targets.is_builtin(name):
+        return targets.reference(name, mode, s)
+    from noisyfr.labels import is_registered
+
+    if not is_registered(name):  # said without importing torch
+        raise NoisyFRError(f"unknown loss {name!r}: not a built-in loss nor one registered in this process")
+    from noisyfr.losses.curves import reference_loss
+
     return reference_loss(name, mode, s)
+
+
+def target_and_slope(loss, theta, feat_norm=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, |dT/dcos|)`` of a built loss (:func:`build`) at the angles ``theta``, float64: the
+    slope as the loss applies it (its grad mode, its floor). ``feat_norm`` feeds a loss that needs
+    norms."""
+    theta = np.asarray(theta, dtype=np.float64)
+    norms = None
+    if loss.needs_norms:
+        if feat_norm is None:
+            raise NoisyFRError(f"{loss.name}: needs the feature norms (feat_norm not logged)")
+        norms = np.asarray(feat_norm, dtype=np.float64)
+    if hasattr(loss, "target_and_slope"):  # a built-in loss: numpy
+        target, slope = loss.target_and_slope(theta, norms)
+        return target, np.abs(slope)
+    import torch  # a plugin's loss: its own torch code, by autograd
+
+    cos_y = torch.as_tensor(np.cos(theta)).requires_grad_(True)
+    norms = None if norms is None else torch.as_tensor(norms)
+    with torch.enable_grad():
+        target = loss._target(cos_y, norms)
+        (slope,) = torch.autograd.grad(target.sum(), cos_y, allow_unused=True)
+    slope = np.zeros_like(theta) if slope is None else np.abs(slope.numpy())
+    return target.detach().numpy(), slope
+
+
+def weights(loss, theta, lse_neg, feat_norm=None) -> dict[str, np.ndarray]:
+    """:func:`sample_weights` without refusing a linear head (the analytic curves of plain
+    softmax, whose logits are ``cos`` at s = 1 there)."""
+    from scipy.special import expit
+
+    target, slope = target_and_slope(loss, theta, feat_norm)
+    z = loss.s * target - np.asarray(lse_neg, dtype=np.float64)
+    p = expit(z)
+    p_channel = loss.s * expit(-z)  # s (1 - p), accurate where p is near 1
+    pull = p_channel * slope
+    return {"p": p, "p_channel": p_channel, "slope": slope, "pull": pull,
+            "unit_pull": pull * np.sin(np.asarray(theta, dtype=np.float64))}
 
 
 def sample_weights(loss, theta, lse_neg, feat_norm=None) -> dict[str, np.ndarray]:
@@ -81,38 +130,19 @@ def sample_weights(loss, theta, lse_neg, feat_norm=None) -> dict[str, np.ndarray
     applied), ``pull`` = p_channel * slope and ``unit_pull`` = pull * sin(theta), float64, for a
     built loss (:func:`build`) at the angles ``theta`` (radians, at the label trained on) with
     the non-target log-sum-exp ``lse_neg``. ``feat_norm`` feeds a loss that needs norms."""
-    import torch
-    from scipy.special import expit
-
     if loss.linear_head:
         raise NoisyFRError(f"{loss.name}: its logits are not s * T(theta): no counterfactual")
-    theta = np.asarray(theta, dtype=np.float64)
-    cos_y = torch.as_tensor(np.cos(theta)).requires_grad_(True)
-    norms = None
-    if loss.needs_norms:
-        if feat_norm is None:
-            raise NoisyFRError(f"{loss.name}: needs the feature norms (feat_norm not logged)")
-        norms = torch.as_tensor(np.asarray(feat_norm, dtype=np.float64))
-    with torch.enable_grad():
-        target = loss._target(cos_y, norms)
-        (slope,) = torch.autograd.grad(target.sum(), cos_y, allow_unused=True)
-    slope = np.zeros_like(theta) if slope is None else np.abs(slope.numpy())
-    z = loss.s * target.detach().numpy() - np.asarray(lse_neg, dtype=np.float64)
-    p = expit(z)
-    p_channel = loss.s * expit(-z)  # s (1 - p), accurate where p is near 1
-    pull = p_channel * slope
-    return {"p": p, "p_channel": p_channel, "slope": slope, "pull": pull,
-            "unit_pull": pull * np.sin(theta)}
+    return weights(loss, theta, lse_neg, feat_norm)
 
 
 def blocker(run_section: dict, cf_section: dict) -> str | None:
     """Why loss ``cf_section`` has no counterfactual on the logs of a run of ``run_section``
     (None when it has one)."""
-    from noisyfr.losses import LOSSES
+    from noisyfr.labels import is_registered
 
     run, cf = _settings(run_section), _settings(cf_section)
     for what, s in (("the run's loss", run), ("the counterfactual", cf)):
-        if not isinstance(s["name"], str) or s["name"] not in LOSSES:
+        if not is_registered(s["name"]):
             return f"{what} {s['name']!r} is not a registered loss"
         if s["name"] == "softmax":
             return f"{what} is plain softmax (logits not s * T)"

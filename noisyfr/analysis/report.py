@@ -31,27 +31,30 @@ def analytic_curves(losses: dict[str, dict], num_classes: int = 2) -> pd.DataFra
     (|dL/dcos theta_y|) and ``gradient_theta`` (|dL/dtheta_y| = gradient * sin theta).
 
     ``losses`` maps a label to the loss's parameters (``name`` among them, else the label is the
-    name; ``grad_mode`` picks the curve). Taken from :func:`noisyfr.losses.curves.loss_curves`
-    (``weight_exact`` or ``weight_detached``) at ``num_classes`` classes with the other centres
-    at 90 degrees. Losses that cannot be built (unknown name, bad parameters) are left out;
+    name; ``grad_mode`` picks the curve). The weight of one sample at 181 angles in the reference
+    setting of :func:`noisyfr.losses.curves.loss_curves` (``num_classes`` classes, the other
+    centres at 90 degrees, so the non-target log-sum-exp is log(num_classes - 1)), computed as the
+    counterfactual weights are (:func:`noisyfr.analysis.counterfactual.weights`: numpy for the
+    built-in losses). Losses that cannot be built (unknown name, bad parameters) are left out;
     None when no loss has a curve.
     """
-    from noisyfr.losses.curves import loss_curves
+    from noisyfr.analysis import counterfactual
 
+    theta = np.linspace(0.0, math.pi, 181)
+    lse_neg = np.full_like(theta, math.log(num_classes - 1))
     frames = []
     for label, params in losses.items():
         params = dict(params)
-        name = params.pop("name", label)
-        mode = params.get("grad_mode", "exact")
+        params.setdefault("name", label)
         try:
-            df = loss_curves(name, points=181, num_classes=num_classes, params=params)
+            loss = counterfactual.build(params)
         except NoisyFRError:  # unknown loss or parameters: no curve for it
             continue
-        col = "weight_detached" if mode == "detached" else "weight_exact"
-        grad = df[col].astype(float).abs()
-        frames.append(pd.DataFrame({"loss": label, "theta_deg": df["theta_deg"].astype(float),
-                                    "gradient": grad,
-                                    "gradient_theta": grad * np.sin(df["theta"].astype(float))}))
+        norm = getattr(loss, "reference_norm", None)
+        norms = None if norm is None else np.full_like(theta, float(norm))
+        grad = counterfactual.weights(loss, theta, lse_neg, norms)["pull"]
+        frames.append(pd.DataFrame({"loss": label, "theta_deg": np.degrees(theta), "gradient": grad,
+                                    "gradient_theta": grad * np.sin(theta)}))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 

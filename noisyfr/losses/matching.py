@@ -23,6 +23,7 @@ import torch
 from noisyfr import numeric
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses.base import MarginLoss
+from noisyfr.targets import parse_loss_spec  # noqa: F401 (re-exported: without torch there)
 
 #: Families a matched comparator can come from.
 FAMILIES = ("arcface", "cosface")
@@ -119,27 +120,6 @@ def format_bands(bands: list[tuple[float, float]]) -> str:
     if not bands:
         return "none"
     return ", ".join(f"{a:g}-{b:g}" for a, b in bands) + " deg"
-
-
-def parse_loss_spec(text: str, where: str = "--match") -> tuple[str, dict]:
-    """``"expface:m=0.7,s=64"`` -> ``("expface", {"m": 0.7, "s": 64})`` (values parsed as YAML
-    scalars; the name and parameters checked by building the loss). One-line NoisyFRError
-    naming ``where`` otherwise."""
-    from noisyfr.io import parse_yaml
-    from noisyfr.losses import build_loss
-
-    name, _, rest = str(text).partition(":")
-    name, params = name.strip(), {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip() or not value.strip():
-            raise NoisyFRError(f"{where} {text!r}: expected NAME[:KEY=VALUE,...], got item {item!r}")
-        params[key.strip()] = parse_yaml(value, f"{where} {text!r}")
-    try:
-        build_loss(name, **params)
-    except NoisyFRError as exc:
-        raise NoisyFRError(f"{where} {text!r}: {exc}") from None
-    return name, params
 
 
 def matching_table(specs: list[tuple[str, dict]], angles_deg, tol: float = DEFAULT_TOL):
