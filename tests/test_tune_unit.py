@@ -526,3 +526,39 @@ def test_anchor_recipe_configs_parse_with_a_grad_mode_axis(tmp_path, name, loss,
         assert {k: t.config["optim"][k] for k in optim} == optim
         assert t.config["model"]["backbone"] == "iresnet50"
     assert {t.noise.closed for t in spec.trials} == {0.0, 0.2, 0.4}
+
+
+
+def test_a_stopped_trial_ends_when_its_stop_request_is_withdrawn_and_fails_when_never_ended(tmp_path, monkeypatch):
+    """``_wait_for_the_driver`` (a trial stopped by ``RUN/.stop``, in a Ray worker): it waits while
+    the request is there and ends its process (``os._exit(0)``, caught here) once the request is
+    removed (the sweep driver withdraws it after Tune saved its state); while the request stays it
+    fails after the wait with one line naming it."""
+    import threading
+    import time
+
+    from noisyfr.train.rundir import STOP_NAME, request_stop
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code):
+        raise Exited(code)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    request_stop(run_dir, "test")
+    monkeypatch.setattr(trainable.os, "_exit", exit_)
+    withdraw = threading.Timer(0.4, (run_dir / STOP_NAME).unlink)
+    t0 = time.monotonic()
+    withdraw.start()
+    try:
+        with pytest.raises(Exited) as info:
+            trainable._wait_for_the_driver("t stopped; x", run_dir, 60)
+    finally:
+        withdraw.cancel()
+    assert info.value.args == (0,) and 0.4 <= time.monotonic() - t0 < 30
+    request_stop(run_dir, "test")
+    with pytest.raises(RuntimeError, match=r"^trial t stopped; no sweep driver ended it within 0.3 s$"):
+        trainable._wait_for_the_driver("t stopped; x", run_dir, 0.3)
+    assert (run_dir / STOP_NAME).exists()

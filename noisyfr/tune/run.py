@@ -20,6 +20,8 @@ from noisyfr.tune.trainable import one_line, trial_fn, trial_name
 DRIVER_CPU = 0.01   # CPU reserved by a trial's driver when its workers are Ray Train actors
 #: The sweep's progress log (``SWEEP_DIR/sweep.log`` while a sweep runs).
 LOG = logging.getLogger("noisyfr.sweep")
+#: The graceful stop in progress in this driver (:class:`_TrialStopper`), for Tune's callback.
+_ACTIVE: dict[str, Any] = {"stopper": None}
 
 #: Environment of Ray: quiet, offline, light. Set (unless already set) before ray is imported.
 RAY_ENV = {
@@ -161,6 +163,24 @@ def _progress_callback(total_trials: int, total_epochs: int, progress: bool | No
     return _Progress()
 
 
+def _release_callback():
+    """A Tune callback whose ``get_state`` (Tune asks for it while it saves the experiment state,
+    in the driver's main thread) lets the trials that this driver stopped end
+    (:meth:`_TrialStopper.release`). Pickled with the experiment by value: it finds the driver's
+    stopper in this module when called, so a restored sweep has it too."""
+    from ray import tune
+
+    class _ReleaseStoppedTrials(tune.Callback):
+        def get_state(self):
+            from noisyfr.tune import run as this
+
+            if this._ACTIVE["stopper"] is not None:
+                this._ACTIVE["stopper"].release()
+            return None
+
+    return _ReleaseStoppedTrials()
+
+
 def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
     from ray import tune
 
@@ -184,7 +204,8 @@ def _tuner(spec: SweepSpec, resume: bool, progress: bool | None):
             # two: after a hard kill the saved experiment state may still name the previous one
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[_progress_callback(len(spec.trials), sum(
-                int(get_dotted(t.config, "optim.epochs", 1) or 1) for t in spec.trials), progress)]),
+                int(get_dotted(t.config, "optim.epochs", 1) or 1) for t in spec.trials), progress),
+                _release_callback()]),
     )
 
 
@@ -271,7 +292,8 @@ class _TrialStopper:
     is training (whose lock is held), again for any that starts meanwhile, waits until none is
     training (each finishes its step, writes ``checkpoints/interrupted.pt`` and lets its lock go)
     or ``grace_s`` has passed, then stops Tune the graceful way (SIGUSR1: the experiment state is
-    saved with those trials unfinished, and Ray ends their processes)."""
+    saved with those trials unfinished, and Ray ends their processes). When Tune saves that state
+    the stopped trials are released (:meth:`release`): Tune would wait 10 s before it kills each."""
 
     POLL_S = 0.2
 
@@ -282,6 +304,7 @@ class _TrialStopper:
         self.signum, self.grace_s = signum, float(spec.stop_grace_s)
         self.asked: set[str] = set()
         self.left: list[str] = []
+        self.tune_stopping = False      # SIGUSR1 sent: Tune is stopping its experiment
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="noisyfr-stop-trials", daemon=True)
 
@@ -316,6 +339,29 @@ class _TrialStopper:
                      + (f"{len(self.left)} still training after {self.grace_s:g} s ({', '.join(self.left)})"
                         if self.left else "none training now") + "; stopping Tune")
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop (its handler, main thread)
+            self.tune_stopping = True
+
+    def release(self) -> None:
+        """Called in the main thread while Tune saves its experiment state: once Tune is stopping,
+        withdraw the stop request of every asked trial that has stopped (its lock is free; it
+        waits in :func:`noisyfr.tune.trainable._wait_for_the_driver`), and it ends. SIGUSR1 is
+        raised here again, so that Tune's handler has run (the loop takes no further step, in
+        which a released trial's end could be recorded) before the first trial is released; the
+        state being saved, and the final one, hold those trials unfinished."""
+        import signal
+        import threading
+
+        from noisyfr.lock import is_held
+        from noisyfr.train.rundir import STOP_NAME, clear_stop
+
+        if (not self.tune_stopping or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None)):
+            return
+        signal.raise_signal(signal.SIGUSR1)  # Tune's handler runs before this returns
+        for n in sorted(self.asked):
+            if (self.dirs[n] / STOP_NAME).exists() and not is_held(self.dirs[n]):
+                with contextlib.suppress(OSError):
+                    clear_stop(self.dirs[n])
 
     def finish(self) -> None:
         """Tune has returned: end the thread and remove the stop requests it wrote (the trials'
@@ -360,13 +406,15 @@ def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None,
         if stop["fitting"]:
             if stop["signal"] is None:  # the trials stop at their current step, then Tune stops
                 stop["signal"] = signum
-                stop["stopper"] = _TrialStopper(spec, signum).start()
+                stop["stopper"] = _ACTIVE["stopper"] = _TrialStopper(spec, signum).start()
                 # Tune's own lines about the stop (SIGINT, Tuner.restore) would contradict the one
                 # line this driver prints
                 tune_log.setLevel(logging.ERROR)
             elif signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
                 # asked twice: Tune's graceful stop now (the trials keep their last checkpoints)
                 signal.raise_signal(signal.SIGUSR1)
+                if stop["stopper"] is not None:
+                    stop["stopper"].tune_stopping = True
         else:
             stop["signal"] = signum
             raise Stopped(signum, f"sweep dir {spec.sweep_dir}: stopped by {signal.Signals(signum).name} "
@@ -414,6 +462,7 @@ def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None,
                 raise Stopped(stop["signal"], msg)
             histories = trial_histories(grid)
     finally:
+        _ACTIVE["stopper"] = None
         if stop["stopper"] is not None:  # Ray is shut down: the trials' processes are gone
             stop["stopper"].finish()
             tune_log.setLevel(tune_level)

@@ -4,7 +4,9 @@ Ray Train ``TorchTrainer`` of DDP workers. Runs inside Ray worker processes.
 A trial stopped by its run directory's stop request (the sweep driver writes ``RUN/.stop`` when it
 is TERMed, see :mod:`noisyfr.tune.run`) has written ``checkpoints/interrupted.pt``; it does not
 return (Tune would count it finished) but waits for the driver to end Tune's experiment, which
-saves it as unfinished: ``sweep --resume`` runs it again and it continues from that file."""
+saves it as unfinished: ``sweep --resume`` runs it again and it continues from that file. Once
+that state is saved the driver withdraws the request, and the trial ends at once (otherwise Tune
+waits 10 s before it kills a trial's process that does not stop)."""
 from __future__ import annotations
 
 import copy
@@ -24,6 +26,8 @@ from noisyfr.tune.spec import import_callable, validator_for
 #: How long a stopped trial waits for the sweep driver to end it before it fails instead (Tune then
 #: retries it, from its interrupted.pt, within max_failures).
 STOPPED_WAIT_S = 600.0
+#: How often a stopped trial looks whether its stop request is still there.
+STOPPED_POLL_S = 0.1
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -172,23 +176,34 @@ def trial_fn(tune_config: dict) -> None:
             return
         train(cfg, report=_reporter(info, tune.report, tune.Checkpoint))
     except Stopped as exc:
-        _wait_for_the_driver(str(exc))
+        _wait_for_the_driver(str(exc), cfg["output_dir"])
     except NoisyFRError as exc:
         # Deterministic failures (divergence: non-finite loss, bad data) are not retried: the trial
         # ends with status "failed" and its reason in the results; other trials go on.
         tune.report({**info, "failed": True, "error": one_line(exc)})
 
 
-def _wait_for_the_driver(why: str, wait_s: float | None = None) -> None:
+def _wait_for_the_driver(why: str, run_dir: str | os.PathLike, wait_s: float | None = None) -> None:
     """A trial stopped by its stop request stays running for Tune until the sweep driver, which
-    asked, ends Tune's experiment (saved with this trial unfinished) and this process with it.
-    When nothing ends it within ``wait_s`` (:data:`STOPPED_WAIT_S`; a request no driver made),
-    the trial fails with a one-line error and Tune retries it (within ``max_failures``), from its
+    asked, has saved Tune's experiment state with this trial unfinished and withdraws the request
+    (removes ``run_dir/.stop``): the trial's process then ends, which Tune, stopping, no longer
+    records. When nothing ends it within ``wait_s`` (:data:`STOPPED_WAIT_S`; a request no driver
+    made) the trial fails with a one-line error, and when such a request is removed while Tune
+    still runs its process ends; either way Tune retries it (within ``max_failures``), from its
     ``interrupted.pt``."""
     import time
 
+    from noisyfr.train.rundir import STOP_NAME
+
     wait_s = STOPPED_WAIT_S if wait_s is None else wait_s
-    time.sleep(wait_s)
+    request = Path(run_dir) / STOP_NAME
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not request.exists():
+            # the process ends (an error raised here would be a task error no one reads, which
+            # Ray prints on the driver's stderr); Tune sees a trial whose actor died
+            os._exit(0)
+        time.sleep(STOPPED_POLL_S)
     raise RuntimeError(f"trial {why.split(';')[0]}; no sweep driver ended it within {wait_s:g} s")
 
 
@@ -264,7 +279,8 @@ def _run_distributed(t: dict, cfg: dict) -> None:
     try:
         trainer.fit()
         if _stopped_unfinished(cfg):
-            _wait_for_the_driver(f"{t['name']} stopped by the stop request in {cfg['output_dir']}")
+            _wait_for_the_driver(f"{t['name']} stopped by the stop request in {cfg['output_dir']}",
+                                 cfg["output_dir"])
     except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
         text = f"{exc!r} {exc.__cause__!r}"
         if "NoisyFRError" not in text:
