@@ -184,18 +184,25 @@ def test_is_held_sees_a_live_holder_only_and_a_probe_never_refuses_a_writer(tmp_
 
 
 def test_two_trains_started_into_one_directory(config, tmp_path):
-    """The issue's measurement: the second of two trains started 4 s apart is refused; the
-    directory holds the first run alone."""
+    """The issue's measurement: the second of two trains started while the first runs is
+    refused; the directory holds the first run alone. The first is paused (SIGSTOP) after its
+    first epoch while the second starts, so it is still running whatever the machine's speed,
+    then continued to its end."""
     out = tmp_path / "run"
-    first = subprocess.Popen(_nf("train", config, "--out", out, "optim.epochs=40", "optim.batch_size=8"),
+    first = subprocess.Popen(_nf("train", config, "--out", out, "optim.epochs=4", "optim.batch_size=8"),
                              env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         while not (out / "checkpoints" / "epoch_1.pt").exists():
             assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else "slow"
-            time.sleep(0.1)
-        second = subprocess.run(_nf("train", config, "--out", out, "loss.name=cosface", "loss.m=0.35"),
-                                env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            assert first.poll() is None  # paused, not ended: it holds the directory
+            second = subprocess.run(_nf("train", config, "--out", out, "loss.name=cosface", "loss.m=0.35"),
+                                    env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        finally:
+            first.send_signal(signal.SIGCONT)
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(lines) == 1, second.stderr
         assert f"{out}: in use by another writer (pid {first.pid} on " in lines[0]
@@ -204,7 +211,7 @@ def test_two_trains_started_into_one_directory(config, tmp_path):
         if first.poll() is None:
             first.kill()
     assert yaml.safe_load((out / "config.yaml").read_text())["loss"]["name"] == "arcface"
-    assert len(pd.read_csv(out / "metrics.csv")) == 40 and not (out / LOCK_NAME).exists()
+    assert len(pd.read_csv(out / "metrics.csv")) == 4 and not (out / LOCK_NAME).exists()
 
 
 # --------------------------------------------------------------------------- 3. resume past damage
@@ -314,7 +321,7 @@ def test_stop_mid_epoch_then_resume_gives_the_same_tensors(uninterrupted, tmp_pa
 
 def test_sigterm_of_the_train_command_exits_143_and_resumes(config, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", config, "--out", out, "optim.epochs=30", "optim.batch_size=8"]
+    argv = ["train", config, "--out", out, "optim.epochs=12", "optim.batch_size=8"]
     proc = subprocess.Popen(_nf(*argv), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -329,12 +336,12 @@ def test_sigterm_of_the_train_command_exits_143_and_resumes(config, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("noisyfr train: stopped by SIGTERM") and "--resume" in lines[0]
     assert not (out / LOCK_NAME).exists()
     done = len(pd.read_csv(out / "metrics.csv"))
-    assert done < 30
+    assert done < 12
     assert "stopped by SIGTERM" in (out / "train.log").read_text()
     second = subprocess.run(_nf(*argv, "--resume"), env=_env(), cwd=tmp_path, capture_output=True, text=True,
                             timeout=180)
     assert second.returncode == 0, second.stderr
-    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == list(range(1, 31))
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == list(range(1, 13))
 
 
 def test_the_stop_request_alone_stops_a_train_mid_epoch_and_resume_clears_a_stale_one(config, tmp_path):
