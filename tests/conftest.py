@@ -18,6 +18,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NOISYFR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+# Ray starts its workers at nice 15: beside the other xdist worker (nice 0) a Ray test waits on
+# starved workers, while the CPU it leaves goes to whoever is nicer still (the dlib features of
+# BackgroundRun, at nice 19). The suite runs Ray's workers at nice 0, as the jobs Ray's job
+# manager starts run; the sweeps' subprocesses inherit it. Users' sweeps keep Ray's default.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 #: Test modules that must not run beside each other under pytest-xdist (``make test`` runs two
 #: workers with ``--dist loadgroup``): each group runs on one worker, one test at a time. ray:
 #: local Ray clusters (one per machine is what ray.init expects), the sweep driver's signals and
