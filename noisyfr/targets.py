@@ -32,6 +32,10 @@ GRAD_MODES = ("exact", "detached")
 COS_EPS = 1e-6
 #: The SphereFace iteration of the reference state: annealed, lambda = lambda_min.
 ANNEALED = 10 ** 12
+#: The built-in losses whose target logit is cos itself, whose margin needs the feature norms, and
+#: whose logits are an unnormalised linear head's (the torch classes' ``identity_target``,
+#: ``needs_norms`` and ``linear_head``; tests/test_targets.py checks that they agree).
+IDENTITY_TARGETS, NEEDS_NORMS, LINEAR_HEADS = ("softmax", "normface"), ("magface",), ("softmax",)
 
 
 def check_real(loss: str, name: str, value, *, lo: float | None = None, hi: float | None = None,
@@ -155,16 +159,11 @@ def arcface(theta, m, easy_margin, xp):
     return easy(theta, arc(theta, m, xp), easy_margin, xp)
 
 
-def combined_corner(m1: float, m2: float) -> float:
-    """theta_c = (pi - m2) / m1: where m1*theta + m2 reaches pi."""
-    return (math.pi - m2) / m1
-
-
 def combined(theta, m1, m2, m3, easy_margin, xp):
     """T(theta) = cos(m1*theta + m2) - m3, beyond theta_c the continuous decreasing fallback
     cos(theta) - (1 + cos(theta_c)) - m3; with ``easy_margin`` cos(theta) from 90 degrees on."""
     main = xp.cos(m1 * theta + m2) - m3
-    theta_c = combined_corner(m1, m2)
+    theta_c = (math.pi - m2) / m1  # where m1*theta + m2 reaches pi
     if theta_c < math.pi:
         fallback = xp.cos(theta) - (1.0 + math.cos(theta_c)) - m3
         main = xp.where(theta <= theta_c, main, fallback)
@@ -372,7 +371,7 @@ def _target_of(name: str, p: dict) -> Callable:
     """T(theta, norms, xp) of built-in loss ``name`` with checked parameters ``p``, in its
     reference state (SphereFace annealed, AdaFace at z = 0, MagFace at the given norms or the
     mid-range margin, CurricularFace and BoundaryFace: their ArcFace target)."""
-    if name in ("softmax", "normface"):
+    if name in IDENTITY_TARGETS:
         return lambda t, n, xp: cosine(t, xp)
     if name == "cosface":
         return lambda t, n, xp: cosface(t, p["m"], xp)
@@ -424,7 +423,7 @@ def check(name: str, params: dict) -> dict:
             raise NoisyFRError(f"{name}: unknown parameter {key!r}: accepted {', '.join(allowed)}")
     p = {**allowed, **params}
     s, mode, floor = check_base(name, p.get("s", 1.0), p["grad_mode"], p.get("grad_floor"),
-                                name in ("softmax", "normface"))
+                                name in IDENTITY_TARGETS)
     return {"s": s, "grad_mode": mode, "grad_floor": floor, **CHECKS[name](name, p)}
 
 
@@ -438,8 +437,8 @@ def reference(name: str, grad_mode: str, params: dict) -> Reference:
         params.pop("grad_floor", None)
     p = check(name, params)
     return Reference(name=name, s=p.pop("s"), grad_mode=p.pop("grad_mode"), grad_floor=p.pop("grad_floor"),
-                     target=_target_of(name, p), params=p, needs_norms=name == "magface",
-                     linear_head=name == "softmax", identity_target=name in ("softmax", "normface"))
+                     target=_target_of(name, p), params=p, needs_norms=name in NEEDS_NORMS,
+                     linear_head=name in LINEAR_HEADS, identity_target=name in IDENTITY_TARGETS)
 
 
 def parse_loss_spec(text: str, where: str = "--match") -> tuple[str, dict]:

@@ -129,13 +129,14 @@ def pytest_configure(config):
     """Under pytest-xdist, each worker's torch uses its share of the cores (not all of them)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers and int(workers) > 1:
+        share = max(1, (os.cpu_count() or 1) // int(workers))
         # and so do the commands the tests start (their torch, numpy's BLAS): a second thread
         # of theirs would spin beside the other worker's tests, not compute
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(max(1, (os.cpu_count() or 1) // int(workers))))
+            os.environ.setdefault(var, str(share))
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+        torch.set_num_threads(share)
 
 
 def _require(sub: str) -> Path:

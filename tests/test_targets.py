@@ -47,6 +47,8 @@ def test_reference_value_and_slope_are_the_torch_loss_s_in_training(setting):
     np.testing.assert_allclose(value * ref.s, logits[:, 0].detach().numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(slope * ref.s, grad[:, 0].numpy(), rtol=1e-10, atol=1e-10)
     assert ref.s == loss.s and ref.grad_mode == loss.grad_mode and ref.grad_floor == loss.grad_floor
+    assert (ref.identity_target, ref.needs_norms, ref.linear_head) == (
+        loss.identity_target, loss.needs_norms, loss.linear_head)
 
 
 def test_the_reference_is_not_another_loss_s():

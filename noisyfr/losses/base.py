@@ -60,11 +60,6 @@ class _TorchNamespace:
 TORCH = _TorchNamespace()
 
 
-def easy(theta: torch.Tensor, target: torch.Tensor, on: bool) -> torch.Tensor:
-    """:func:`noisyfr.targets.easy` on tensors."""
-    return targets.easy(theta, target, on, TORCH)
-
-
 def arc_target(theta: torch.Tensor, m) -> torch.Tensor:
     """:func:`noisyfr.targets.arc` on tensors: cos(theta + m), the fallback cos(theta) - m*sin(m)
     beyond pi - m. ``m`` may be a float or a tensor like ``theta``."""

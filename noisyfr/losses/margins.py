@@ -148,7 +148,6 @@ class Combined(MarginLoss):
         super().__init__(s=s, grad_mode=grad_mode, grad_floor=grad_floor)
         self.__dict__.update(targets.CHECKS["combined"](
             self.name, {"easy_margin": easy_margin, "m1": m1, "m2": m2, "m3": m3}))
-        self.theta_c = targets.combined_corner(self.m1, self.m2)
 
     def target_logit(self, theta, norms=None):
         """T(theta) = cos(m1*theta + m2) - m3 (continuous decreasing fallback beyond theta_c);
