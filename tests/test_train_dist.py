@@ -1,4 +1,7 @@
-"""train() inside an initialised torch.distributed group (2 gloo processes on CPU, as Ray Train does)."""
+"""train() inside an initialised torch.distributed group (2 gloo processes on CPU, as Ray Train does).
+
+The ranks are forked from the test process (``start_method="fork"``): a spawned rank imports
+torch, torchvision and noisyfr again, about 3 s of CPU each, most of what these tests cost."""
 from __future__ import annotations
 
 import json
@@ -51,7 +54,7 @@ def test_two_gloo_processes(tmp_path):
                        "loss": {"name": "arcface", "s": 30.0, "m": 0.3},
                        "optim": {"epochs": 2, "batch_size": 8, "lr": 0.05},
                        "device": "cpu", "output_dir": str(run)})
-    mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0 = json.loads((tmp_path / "reports_0.json").read_text())
     assert [r["epoch"] for r in r0] == [1, 2]
     # every rank reports the same metrics (compared as text: NaN != NaN)
@@ -88,7 +91,7 @@ def test_noisyfr_train_under_torchrun_starts_its_own_process_group(tmp_path):
            "output_dir": str(run)}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    mp.spawn(_torchrun_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
+    mp.start_processes(_torchrun_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True, start_method="fork")
     assert [(tmp_path / f"exit_{r}").read_text() for r in range(2)] == ["0", "0"]
     frame = pd.read_parquet(run / "angles" / "epoch_1.parquet")
     expected = logged_samples(np.arange(8), 0.75, seed=0)
@@ -139,8 +142,8 @@ DIST_STOP = {"data": {"train": "synthetic:ids=16,per_id=2,size=32,seed=0", "imag
 
 def _spawn_train(tmp_path: Path, tag: str, argv: list, stop_rank: int = -1, stop_at: int = 0) -> list[tuple]:
     path = tmp_path / "c.yaml"
-    mp.spawn(_stopping_worker, args=(2, _free_port(), str(path), argv, stop_rank, stop_at, tag), nprocs=2,
-             join=True)
+    mp.start_processes(_stopping_worker, args=(2, _free_port(), str(path), argv, stop_rank, stop_at, tag), nprocs=2,
+                       join=True, start_method="fork")
     return [(int((tmp_path / f"{tag}_exit_{r}").read_text()),
              (tmp_path / f"{tag}_err_{r}").read_text().strip().splitlines()) for r in range(2)]
 

@@ -1,6 +1,7 @@
 """Data and model parallel training on 2 gloo processes (CPU): one DDP step and one Partial FC step
 against the single-process step on the concatenated batch, Partial FC under sampling against a
-softmax over the sampled classes, and a Partial FC run's checkpoint and resume."""
+softmax over the sampled classes, and a Partial FC run's checkpoint and resume. The 2 processes are
+forked from the test process, as in tests/test_train_dist.py."""
 from __future__ import annotations
 
 import json
@@ -145,7 +146,7 @@ def _train_cfg(out: Path, resume: bool = False) -> dict:
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
     return out, [torch.load(out / f"steps_{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
