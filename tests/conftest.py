@@ -5,12 +5,13 @@ Outside CI a test that needs them is skipped when the folder is missing; in CI (
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,39 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(share)
+
+
+@contextlib.contextmanager
+def ray_session(**init) -> Iterator:
+    """A local Ray for a test module: ``ray.init(address="local", include_dashboard=False,
+    log_to_driver=False, logging_level="WARNING", **init)``, quiet and offline
+    (noisyfr.tune.run.RAY_ENV), yielding the ``ray`` module. It starts through
+    noisyfr.tune.reaper.local_ray, so whatever ``ray.shutdown`` leaves (a Ray Train controller
+    actor outlived it once) is reaped. ``address="local"``: a fresh instance even while another
+    process's ``ray start`` or ray.cluster_utils.Cluster (tests/test_tune_cluster.py) is recorded
+    in /tmp/ray/ray_current_cluster, which ray.init() without an address would join. ray.init
+    installs its own SIGTERM handler in this process and ray.shutdown leaves it: the test
+    process's SIGTERM and SIGINT handlers are put back afterwards (tests/test_run_safety.py checks
+    them). Skips when this process already runs a Ray session."""
+    import signal
+
+    from noisyfr.tune.run import quiet_ray_env
+
+    quiet_ray_env()
+    import ray
+
+    from noisyfr.tune.reaper import local_ray
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    kwargs = dict(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING", **init)
+    try:
+        with local_ray(lambda: ray.init(**kwargs), None) as started:
+            if not started:
+                pytest.skip("a Ray session was already running in this process")
+            yield ray
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def _require(sub: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ray_session
 
 from noisyfr.train.angles import ANGLE_SCHEMA
 
@@ -58,8 +59,7 @@ HTTP_FS = "fsspec.implementations.http"
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local one-CPU Ray for this module, quiet and offline (noisyfr.tune.run.RAY_ENV), started
-    through noisyfr.tune.reaper.local_ray so that whatever ray.shutdown leaves is reaped.
+    """A local one-CPU Ray for this module (conftest.ray_session).
 
     Without aiohttp, every worker (and this driver, while the module runs) first puts None in
     ``sys.modules[HTTP_FS]``, so that importing it fails at once and always with
@@ -71,13 +71,6 @@ def ray_local():
     pytest.importorskip("ray")
     import sys
 
-    from noisyfr.tune.run import quiet_ray_env
-    quiet_ray_env()
-    import ray
-    import ray.data
-
-    from noisyfr.tune.reaper import local_ray
-
     def halt_http_fs_import():  # a local function: pickled by value (workers cannot import tests/)
         import importlib.util
         import sys
@@ -87,28 +80,15 @@ def ray_local():
 
     had = HTTP_FS in sys.modules
     halt_http_fs_import()
-    import signal
-
-    # ray.init installs its own SIGTERM handler in this process and ray.shutdown leaves it: put
-    # the test process's handlers back afterwards (tests/test_run_safety.py checks them)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    # address="local": a fresh instance even while another process's `ray start` or
-    # ray.cluster_utils.Cluster (tests/test_tune_cluster.py) is recorded in
-    # /tmp/ray/ray_current_cluster, which ray.init() without an address would join
-    init = lambda: ray.init(address="local", num_cpus=1, include_dashboard=False,  # noqa: E731
-                            log_to_driver=False, logging_level="WARNING",
-                            runtime_env={"worker_process_setup_hook": halt_http_fs_import})
     try:
-        with local_ray(init, None) as started:
-            if not started:
-                pytest.skip("a Ray session was already running in this process")
+        with ray_session(num_cpus=1, runtime_env={"worker_process_setup_hook": halt_http_fs_import}) as ray:
+            import ray.data
+
             ray.data.DataContext.get_current().enable_progress_bars = False
             yield ray
     finally:
         if not had and HTTP_FS in sys.modules and sys.modules[HTTP_FS] is None:
             del sys.modules[HTTP_FS]
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
 
 
 @pytest.mark.slow

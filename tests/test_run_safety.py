@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import exit_status
 from test_hostile_inputs import cli, snapshot
 
 from noisyfr.cli import main
@@ -338,9 +339,8 @@ def test_sigterm_of_the_train_command_exits_143_and_resumes(config, tmp_path):
     done = len(pd.read_csv(out / "metrics.csv"))
     assert done < 12
     assert "stopped by SIGTERM" in (out / "train.log").read_text()
-    second = subprocess.run(_nf(*argv, "--resume"), env=_env(), cwd=tmp_path, capture_output=True, text=True,
-                            timeout=180)
-    assert second.returncode == 0, second.stderr
+    # the resume in this process: a second command's start (torch's import) is not what is tested
+    assert main([*map(str, argv), "--resume"]) == 0
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == list(range(1, 13))
 
 
@@ -370,9 +370,7 @@ def test_the_stop_request_alone_stops_a_train_mid_epoch_and_resume_clears_a_stal
     assert lines[0].endswith("interrupted.pt holds the run: continue with --resume"), lines
     assert load_checkpoint(out / "checkpoints" / "interrupted.pt")["partial"]["epoch"] == 2
     assert (out / STOP_NAME).exists() and not (out / LOCK_NAME).exists()   # stale from here on
-    second = subprocess.run(_nf(*argv, "--resume"), env=_env(), cwd=tmp_path, capture_output=True, text=True,
-                            timeout=180)
-    assert second.returncode == 0, second.stderr
+    assert main([*map(str, argv), "--resume"]) == 0                      # in this process
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2, 3]
     assert not (out / STOP_NAME).exists() and not (out / "checkpoints" / "interrupted.pt").exists()
 
@@ -392,10 +390,7 @@ def test_sweep_overwrite_replaces_only_what_the_sweep_wrote(tmp_path):
     assert sorted(p.name for p in sdir.iterdir()) == ["notes.txt"]
 
 
-def test_sweep_refusal_names_overwrite_and_resume_with_overwrite_is_refused(tmp_path):
-    import subprocess
-    import sys as _sys
-
+def test_sweep_refusal_names_overwrite_and_resume_with_overwrite_is_refused(tmp_path, capsys):
     from noisyfr.tune.spec import STATE_FILE
 
     cfg = tmp_path / "s.yaml"
@@ -409,8 +404,8 @@ def test_sweep_refusal_names_overwrite_and_resume_with_overwrite_is_refused(tmp_
     (sdir / STATE_FILE).write_text("{}")
     before = sorted(p.name for p in sdir.iterdir())
     for extra, needle in (([], "--overwrite to replace it"), (["--resume", "--overwrite"], "exclude each other")):
-        p = subprocess.run([_sys.executable, "-m", "noisyfr.cli", "sweep", str(cfg), "--out", str(sdir), *extra],
-                           capture_output=True, text=True, timeout=120)
-        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
+        code = exit_status(["sweep", str(cfg), "--out", str(sdir), *extra])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err
         assert sorted(q.name for q in sdir.iterdir()) == before

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ray_session
 
 from noisyfr.errors import NoisyFRError
 
@@ -142,19 +143,18 @@ def pid_train(config, report=None):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     old = os.environ.get("PYTHONPATH")
     # Ray workers import the stand-in trainer from this folder.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE)] + ([old] if old else []))
-    from noisyfr.tune.run import quiet_ray_env
-    quiet_ray_env()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
+    try:
+        with ray_session(num_cpus=2) as ray:
+            yield ray
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 def real_cfg(**extra):
