@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import exit_status
 from scipy import stats as sps
 
 from noisyfr.analysis import comparisons, seeds
@@ -136,17 +135,17 @@ def test_a_bad_analysis_section_names_its_key(section, match):
         comparisons.parse_analysis(section)
 
 
-def test_sweep_refuses_a_bad_analysis_section_before_anything_runs(tmp_path):
+def test_sweep_refuses_a_bad_analysis_section_before_anything_runs(tmp_path, capsys):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("data: {train: 'synthetic:ids=4,per_id=8,size=32,seed=0', image_size: 32}\n"
                    "model: {backbone: small_cnn, embedding_dim: 32}\n"
                    "loss: {name: arcface}\noptim: {epochs: 1, batch_size: 8}\n"
                    "grid: {seed: [0, 1]}\nanalysis: {epoch: later}\n")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "noisyfr.cli", "sweep", str(cfg), "--out", str(out), "--dry-run"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
-    assert "analysis.epoch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    code = exit_status(["sweep", str(cfg), "--out", str(out), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "analysis.epoch" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
