@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     ap.add_argument("--json", help="write the measurements here")
     args = ap.parse_args(argv)
-    from noisyfr.tune.run import quiet_ray_env
+    from noisyfr.tune.run import RAY_INIT, quiet_ray_env
     quiet_ray_env()
     import pyarrow.parquet as pq
     import ray
@@ -108,8 +108,7 @@ def main(argv=None) -> int:
     halt_http_fs_import()
     t0 = time.perf_counter()
     kw = {"address": args.address} if args.address else {"address": "local", "num_cpus": args.cpus}
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-             runtime_env={"worker_process_setup_hook": halt_http_fs_import}, **kw)
+    ray.init(**RAY_INIT, runtime_env={"worker_process_setup_hook": halt_http_fs_import}, **kw)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         t_start = time.perf_counter() - t0

@@ -142,9 +142,9 @@ def pytest_configure(config):
 
 @contextlib.contextmanager
 def ray_session(**init) -> Iterator:
-    """A local Ray for a test module: ``ray.init(address="local", include_dashboard=False,
-    log_to_driver=False, logging_level="WARNING", **init)``, quiet and offline
-    (noisyfr.tune.run.RAY_ENV), yielding the ``ray`` module. It starts through
+    """A local Ray for a test module, started as a sweep starts it: ``ray.init(address="local",
+    **noisyfr.tune.run.RAY_INIT, **init)``, quiet and offline (``RAY_ENV``), yielding the ``ray``
+    module. It starts through
     noisyfr.tune.reaper.local_ray, so whatever ``ray.shutdown`` leaves (a Ray Train controller
     actor outlived it once) is reaped. ``address="local"``: a fresh instance even while another
     process's ``ray start`` or ray.cluster_utils.Cluster (tests/test_tune_cluster.py) is recorded
@@ -154,7 +154,7 @@ def ray_session(**init) -> Iterator:
     them). Skips when this process already runs a Ray session."""
     import signal
 
-    from noisyfr.tune.run import quiet_ray_env
+    from noisyfr.tune.run import RAY_INIT, quiet_ray_env
 
     quiet_ray_env()
     import ray
@@ -162,7 +162,7 @@ def ray_session(**init) -> Iterator:
     from noisyfr.tune.reaper import local_ray
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    kwargs = dict(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING", **init)
+    kwargs = {"address": "local", **RAY_INIT, **init}
     try:
         with local_ray(lambda: ray.init(**kwargs), None) as started:
             if not started:

@@ -33,6 +33,10 @@ RAY_ENV = {
 }
 
 
+#: How noisyfr starts (or joins) Ray: no dashboard, workers' output kept off the driver's console.
+RAY_INIT = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+
+
 def quiet_ray_env() -> None:
     """Set :data:`RAY_ENV` in this process (existing values win); call before importing ray."""
     for key, value in RAY_ENV.items():
@@ -429,8 +433,7 @@ def _run_locked(spec: SweepSpec, state: dict, resume: bool, address: str | None,
     if main:  # SIGINT is this driver's too: Tune's own handler would end the trials at once
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        with local_ray(lambda: ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                                        logging_level="WARNING"), address):
+        with local_ray(lambda: ray.init(address=address, **RAY_INIT), address):
             # Until sweep.json is written, a failure removes what this call added to the directory
             # (the directory too when it made it); from then on the directory holds a sweep that
             # --resume finishes.
