@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import exit_status
 
 from noisyfr.errors import NoisyFRError
 from noisyfr.losses import MarginHead
@@ -71,8 +72,6 @@ def test_bad_split_settings_name_their_key(tmp_path, key, value, match):
 def test_cli_refuses_a_bad_holdout_with_one_line_and_writes_nothing(tmp_path, capsys):
     """``noisyfr train`` in this process (the command's own entry point, without a fresh
     interpreter's imports for each refusal)."""
-    from conftest import exit_status
-
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"train": "synthetic:ids=2,per_id=2,size=32,seed=0",
                                             "image_size": 32},

@@ -528,7 +528,6 @@ def test_anchor_recipe_configs_parse_with_a_grad_mode_axis(tmp_path, name, loss,
     assert {t.noise.closed for t in spec.trials} == {0.0, 0.2, 0.4}
 
 
-
 def test_a_stopped_trial_ends_when_its_stop_request_is_withdrawn_and_fails_when_never_ended(tmp_path, monkeypatch):
     """``_wait_for_the_driver`` (a trial stopped by ``RUN/.stop``, in a Ray worker): it waits while
     the request is there and ends its process (``os._exit(0)``, caught here) once the request is
